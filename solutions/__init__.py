@@ -1,0 +1,1 @@
+"""Reference implementations of every exercise, at the paths that mirror `mili/`."""
