@@ -1,0 +1,1 @@
+"""Triton kernels (chapters 02 and 04), exported under the op names of `mili.backends`."""
