@@ -1,0 +1,1 @@
+"""Benchmarks: `mili bench <name>` runs `mili.bench.<name>:main`."""
