@@ -1,0 +1,67 @@
+"""The Qwen3 causal language model over the flat batch of DESIGN.md §3.
+
+One class serves every use: prefill and decode, one sequence or many, any backend.
+    hidden = model(input_ids [T], positions [T], attn_metadata, kv_cache) -> [T, hidden]
+    logits = model.compute_logits(hidden[rows]) -> [rows, vocab] float32
+Computing logits only for the rows that are sampled (the last token of each sequence) saves
+a [T, vocab] matrix product during prefill.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mili.backends import Backend, get_backend
+from mili.config import Qwen3Config
+from mili.model.layers import Qwen3DecoderLayer, RMSNorm, RotaryEmbedding
+from mili.model.metadata import AttentionMetadata, KVCache
+
+
+class Qwen3Model(nn.Module):
+    def __init__(self, config: Qwen3Config, ops: Backend):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
+        self.layers = nn.ModuleList(Qwen3DecoderLayer(config, rotary, ops) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+
+    def forward(self, input_ids: Tensor, positions: Tensor, attn_metadata: AttentionMetadata,
+                kv_cache: KVCache | None = None) -> Tensor:
+        hidden_states, residual = self.embed_tokens(input_ids), None
+        for index, layer in enumerate(self.layers):
+            layer_cache = kv_cache.layer(index) if kv_cache is not None else None
+            hidden_states, residual = layer(positions, hidden_states, residual, attn_metadata, layer_cache)
+        hidden_states, _ = self.norm(hidden_states, residual)
+        return hidden_states
+
+
+class Qwen3ForCausalLM(nn.Module):
+    def __init__(self, config: Qwen3Config, backend: Backend | str = "auto", device: torch.device | str = "cpu"):
+        super().__init__()
+        self.config = config
+        self.backend = backend if isinstance(backend, Backend) else get_backend(backend, device)
+        self.model = Qwen3Model(config, self.backend)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @torch.inference_mode()
+    def forward(self, input_ids: Tensor, positions: Tensor, attn_metadata: AttentionMetadata,
+                kv_cache: KVCache | None = None) -> Tensor:
+        if input_ids.dim() != 1 or positions.shape != input_ids.shape:
+            raise ValueError(f"input_ids and positions must both be flat [T], got {tuple(input_ids.shape)} "
+                             f"and {tuple(positions.shape)}")
+        return self.model(input_ids, positions, attn_metadata, kv_cache)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden_states: Tensor) -> Tensor:
+        return self.lm_head(hidden_states).float()
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
