@@ -1,0 +1,1 @@
+"""Reference Triton kernels for chapter 02 (mirrors mili/kernels/)."""

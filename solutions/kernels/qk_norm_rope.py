@@ -1,0 +1,86 @@
+"""Reference for exercise 2.4 (mirrors mili/kernels/qk_norm_rope.py)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from mili.kernels._checks import check_rope_args, check_same_device, check_same_dtype, check_shape, check_tensor
+from mili.kernels._triton import tl, triton
+
+
+@triton.jit
+def _norm_rotate_heads(
+    x_ptr, head_stride, num_heads,      # reads and writes one token's heads [num_heads, D] in place
+    weight_ptr,                         # reads the norm weight [D]
+    cos, sin, half, half_mask, half_dim, eps,
+    BLOCK_HEADS: tl.constexpr,
+):
+    heads = tl.arange(0, BLOCK_HEADS)
+    offsets = heads[:, None] * head_stride + half[None, :]
+    mask = (heads[:, None] < num_heads) & half_mask[None, :]
+    dtype = x_ptr.dtype.element_ty
+    x1 = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x_ptr + offsets + half_dim, mask=mask, other=0.0).to(tl.float32)
+    w1 = tl.load(weight_ptr + half, mask=half_mask, other=0.0).to(tl.float32)
+    w2 = tl.load(weight_ptr + half_dim + half, mask=half_mask, other=0.0).to(tl.float32)
+    # the head's mean square spans both halves
+    rstd = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * half_dim) + eps)
+    # round where the unfused path rounds: after normalising, after scaling
+    n1 = ((x1 * rstd[:, None]).to(dtype).to(tl.float32) * w1[None, :]).to(dtype).to(tl.float32)
+    n2 = ((x2 * rstd[:, None]).to(dtype).to(tl.float32) * w2[None, :]).to(dtype).to(tl.float32)
+    tl.store(x_ptr + offsets, (n1 * cos[None, :] - n2 * sin[None, :]).to(dtype), mask=mask)
+    tl.store(x_ptr + offsets + half_dim, (n2 * cos[None, :] + n1 * sin[None, :]).to(dtype), mask=mask)
+
+
+@triton.jit
+def _qk_norm_rope_kernel(
+    q_ptr, q_token_stride, q_head_stride, num_q_heads, q_weight_ptr,    # q [T, Hq, D] in place; reads q_weight [D]
+    k_ptr, k_token_stride, k_head_stride, num_kv_heads, k_weight_ptr,   # k [T, Hkv, D] in place; reads k_weight [D]
+    positions_ptr,                                                      # reads positions [T]
+    cache_ptr, cache_stride,                                            # reads cos_sin_cache [P, D]
+    half_dim, eps,
+    BLOCK_Q_HEADS: tl.constexpr, BLOCK_KV_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    position = tl.load(positions_ptr + token).to(tl.int64)
+    half = tl.arange(0, BLOCK_HALF)
+    half_mask = half < half_dim
+    cos = tl.load(cache_ptr + position * cache_stride + half, mask=half_mask, other=0.0)
+    sin = tl.load(cache_ptr + position * cache_stride + half_dim + half, mask=half_mask, other=0.0)
+    _norm_rotate_heads(q_ptr + token * q_token_stride, q_head_stride, num_q_heads, q_weight_ptr,
+                       cos, sin, half, half_mask, half_dim, eps, BLOCK_Q_HEADS)
+    _norm_rotate_heads(k_ptr + token * k_token_stride, k_head_stride, num_kv_heads, k_weight_ptr,
+                       cos, sin, half, half_mask, half_dim, eps, BLOCK_KV_HEADS)
+
+
+def qk_norm_rope(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, eps: float,
+                 positions: Tensor, cos_sin_cache: Tensor) -> tuple[Tensor, Tensor]:
+    """RMSNorm each head of q and k over head_dim, then rotate it by RoPE, in place, in one launch.
+
+    q: [T, Hq, D], k: [T, Hkv, D], positions, cos_sin_cache: as in apply_rope (exercise 2.2).
+    q_weight, k_weight: [D], the same dtype as q. Gives the same result as
+        apply_rope(rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps), positions, cos_sin_cache)
+    with the same roundings (normalised value rounded to q's dtype, times weight rounded again,
+    rotated in float32). Writes into q and k and returns (q, k), the same tensor objects.
+    Bad input raises TypeError/ValueError naming the argument.
+    """
+    num_tokens, head_dim, _ = check_rope_args(q, k, positions, cos_sin_cache)
+    check_tensor("q_weight", q_weight, ndim=1)
+    check_tensor("k_weight", k_weight, ndim=1)
+    check_shape("q_weight", q_weight, (head_dim,))
+    check_shape("k_weight", k_weight, (head_dim,))
+    check_same_device(q=q, q_weight=q_weight, k_weight=k_weight)
+    check_same_dtype(q=q, q_weight=q_weight, k_weight=k_weight)
+    if num_tokens == 0:
+        return q, k
+    half_dim = head_dim // 2
+    block_q, block_kv = triton.next_power_of_2(q.shape[1]), triton.next_power_of_2(k.shape[1])
+    num_warps = 4 if (block_q + block_kv) * half_dim <= 2048 else 8
+    _qk_norm_rope_kernel[(num_tokens,)](
+        q, q.stride(0), q.stride(1), q.shape[1], q_weight,
+        k, k.stride(0), k.stride(1), k.shape[1], k_weight,
+        positions, cos_sin_cache, cos_sin_cache.stride(0), half_dim, eps,
+        BLOCK_Q_HEADS=block_q, BLOCK_KV_HEADS=block_kv, BLOCK_HALF=triton.next_power_of_2(half_dim),
+        num_warps=num_warps,
+    )
+    return q, k

@@ -1,0 +1,73 @@
+"""Reference for exercise 2.2 (mirrors mili/kernels/rope.py)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from mili.kernels._checks import check_rope_args
+from mili.kernels._triton import tl, triton
+
+
+@triton.jit
+def _rotate_heads(
+    x_ptr, head_stride, num_heads,      # reads and writes one token's heads [num_heads, D] in place
+    cos, sin, half, half_mask, half_dim,
+    BLOCK_HEADS: tl.constexpr,
+):
+    heads = tl.arange(0, BLOCK_HEADS)
+    offsets = heads[:, None] * head_stride + half[None, :]
+    mask = (heads[:, None] < num_heads) & half_mask[None, :]
+    x1 = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x_ptr + offsets + half_dim, mask=mask, other=0.0).to(tl.float32)
+    tl.store(x_ptr + offsets, (x1 * cos[None, :] - x2 * sin[None, :]).to(x_ptr.dtype.element_ty), mask=mask)
+    tl.store(x_ptr + offsets + half_dim, (x2 * cos[None, :] + x1 * sin[None, :]).to(x_ptr.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _rope_kernel(
+    q_ptr, q_token_stride, q_head_stride, num_q_heads,      # reads and writes q [T, Hq, D]
+    k_ptr, k_token_stride, k_head_stride, num_kv_heads,     # reads and writes k [T, Hkv, D]
+    positions_ptr,                                          # reads positions [T]
+    cache_ptr, cache_stride,                                # reads cos_sin_cache [P, D]
+    half_dim,
+    BLOCK_Q_HEADS: tl.constexpr, BLOCK_KV_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr,
+):
+    # one program per token: its cos/sin row is loaded once and serves every q and k head
+    token = tl.program_id(0).to(tl.int64)
+    position = tl.load(positions_ptr + token).to(tl.int64)
+    half = tl.arange(0, BLOCK_HALF)
+    half_mask = half < half_dim
+    cos = tl.load(cache_ptr + position * cache_stride + half, mask=half_mask, other=0.0)
+    sin = tl.load(cache_ptr + position * cache_stride + half_dim + half, mask=half_mask, other=0.0)
+    _rotate_heads(q_ptr + token * q_token_stride, q_head_stride, num_q_heads, cos, sin, half, half_mask, half_dim,
+                  BLOCK_Q_HEADS)
+    _rotate_heads(k_ptr + token * k_token_stride, k_head_stride, num_kv_heads, cos, sin, half, half_mask, half_dim,
+                  BLOCK_KV_HEADS)
+
+
+def apply_rope(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotate every head of q and k by its token's position, in place, in one launch.
+
+    q: [T, Hq, D] · k: [T, Hkv, D] — same dtype (bf16/fp16/fp32) and device; each may be a
+    strided view (e.g. slices of a fused qkv projection) whose last dimension is contiguous.
+    positions: [T] int32/int64, each in [0, max_position) · cos_sin_cache: [max_position, D] float32.
+    For each head x with halves x1 = x[..., :D/2], x2 = x[..., D/2:], cos/sin the row of its position:
+        x1, x2 <- x1*cos - x2*sin, x2*cos + x1*sin        (computed in float32)
+    Writes the result into q and k and returns (q, k), the same tensor objects.
+    Bad input raises TypeError/ValueError naming the argument (see mili/kernels/_checks.py).
+    """
+    num_tokens, head_dim, _ = check_rope_args(q, k, positions, cos_sin_cache)
+    if num_tokens == 0:
+        return q, k
+    half_dim = head_dim // 2
+    block_q, block_kv = triton.next_power_of_2(q.shape[1]), triton.next_power_of_2(k.shape[1])
+    num_warps = 4 if (block_q + block_kv) * half_dim <= 2048 else 8
+    _rope_kernel[(num_tokens,)](
+        q, q.stride(0), q.stride(1), q.shape[1],
+        k, k.stride(0), k.stride(1), k.shape[1],
+        positions, cos_sin_cache, cos_sin_cache.stride(0), half_dim,
+        BLOCK_Q_HEADS=block_q, BLOCK_KV_HEADS=block_kv, BLOCK_HALF=triton.next_power_of_2(half_dim),
+        num_warps=num_warps,
+    )
+    return q, k
