@@ -186,12 +186,24 @@ def exercise(exercise_id: str, title: str | None = None) -> Callable[[T], T]:
     return mark
 
 
-def discover() -> dict[str, Exercise]:
-    """Import every module of the mili package so that every exercise registers itself."""
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+def discover(strict: bool = True) -> dict[str, Exercise]:
+    """Import every module of the mili package so that every exercise registers itself.
+
+    With strict=False a module that fails to import (a student's syntax error, say) is recorded
+    in IMPORT_ERRORS and skipped, so `mili status` can still list everything else.
+    """
     import mili
 
-    for info in pkgutil.walk_packages(mili.__path__, prefix="mili."):
-        importlib.import_module(info.name)
+    for info in pkgutil.walk_packages(mili.__path__, prefix="mili.", onerror=lambda name: None):
+        try:
+            importlib.import_module(info.name)
+        except Exception as err:  # noqa: BLE001 - reported to the student, not swallowed
+            if strict:
+                raise
+            IMPORT_ERRORS[info.name] = f"{type(err).__name__}: {err}"
     return dict(sorted(REGISTRY.items(), key=lambda kv: tuple(int(p) for p in kv[0].split("."))))
 
 

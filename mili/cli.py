@@ -1,0 +1,217 @@
+"""The `mili` command: status, grade, generate, eval, bench.
+
+Every command turns bad input into one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from mili.exercise import CHAPTERS, repo_root
+
+DEFAULT_MODEL = repo_root() / "data" / "mili-tiny-qwen3"
+BENCHMARKS = ("kernels", "attention", "cache", "throughput", "serve")
+
+
+class UsageError(Exception):
+    """Bad arguments: reported as one line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+# ---------------------------------------------------------------- status / grade
+
+def cmd_status(args) -> int:
+    from mili.exercise import IMPORT_ERRORS, current_mode, discover
+
+    exercises = discover(strict=False)
+    for module, error in IMPORT_ERRORS.items():
+        print(f"warning: {module} failed to import, its exercises are not listed: {error}", file=sys.stderr)
+    print(f"MILI_IMPL={current_mode()}  ({len(exercises)} exercises)")
+    print(f"{'id':<6} {'chapter':<34} {'title':<46} implemented by")
+    for ex in exercises.values():
+        chapter = f"{ex.chapter} {CHAPTERS.get(ex.chapter, '')}"
+        where = ", ".join(sorted({t.module for t in ex.targets}))
+        print(f"{ex.id:<6} {chapter[:34]:<34} {ex.title[:46]:<46} {ex.implemented_by:<9} ({where})")
+    return 0
+
+
+def cmd_grade(args) -> int:
+    from mili.grading import grade
+
+    summary = grade(args.target, report=args.report)
+    return 0 if summary["score"] == summary["max_score"] else 1
+
+
+# ---------------------------------------------------------------- generate
+
+def _resolve_model(model: str | None) -> str:
+    if model is not None:
+        return model
+    if not DEFAULT_MODEL.is_dir():
+        raise UsageError(f"the default model {DEFAULT_MODEL} is not here; pass --model PATH (a Hugging Face "
+                         "Qwen3 folder) or a preset such as --model Qwen3-0.6B for random weights")
+    return str(DEFAULT_MODEL)
+
+
+def _load_tokenizer(model: str):
+    from mili.tokenizer import Tokenizer
+
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return Tokenizer.from_pretrained(folder)
+    from mili.qwen3_tokenizer import qwen3_tokenizer  # presets use the real Qwen3 vocabulary
+
+    return qwen3_tokenizer()
+
+
+def _pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from mili.checkpoint import load_model
+    from mili.generation_utils import sampling_picker, stream_text
+    from mili.generate import generate_tokens
+
+    if args.prompt is None:
+        if sys.stdin.isatty():
+            raise UsageError("give a prompt: mili generate \"What is 17 + 25?\"")
+        args.prompt = sys.stdin.read()
+    model_name = _resolve_model(args.model)
+    device = _pick_device(args.device)
+    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    tokenizer = _load_tokenizer(model_name)
+    model = load_model(model_name, dtype=dtype, device=device, backend=args.backend, seed=args.seed or 0)
+    chat = tokenizer.has_chat_template if args.chat is None else args.chat
+    if chat:
+        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}],
+                                                   add_generation_prompt=True, tokenize=True)
+    else:
+        prompt_ids = tokenizer.encode(args.prompt)
+    context = model.config.max_position_embeddings
+    if not prompt_ids:
+        raise UsageError("the prompt is empty")
+    if len(prompt_ids) + args.max_tokens > context:
+        raise UsageError(f"the prompt ({len(prompt_ids)} tokens) plus --max-tokens ({args.max_tokens}) exceeds the "
+                         f"model's context window of {context} tokens")
+    pick = sampling_picker(args.temperature, args.top_p, args.top_k, args.seed, device)
+    eos = set(tokenizer.eos_token_ids)
+    token_ids: list[int] = []
+    tokens = generate_tokens(model, prompt_ids, args.max_tokens, eos, pick)
+    for piece in stream_text(tokenizer, tokens, token_ids, eos):
+        if not args.json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finish_reason = "stop" if token_ids and token_ids[-1] in eos else "length"
+    text = tokenizer.decode([t for t in token_ids if t not in eos])
+    if args.json:
+        print(json.dumps({"prompt_token_ids": prompt_ids, "token_ids": token_ids, "text": text,
+                          "finish_reason": finish_reason}))
+    else:
+        sys.stdout.write("\n")
+    return 0
+
+
+# ---------------------------------------------------------------- delegated commands
+
+def _delegate(module: str, argv: list[str]) -> int:
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name == module:
+            raise UsageError(f"{module} is not part of this checkout yet") from None
+        raise
+    return int(mod.main(argv) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mili", description="MILI: a Qwen3 inference engine you build yourself.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("status", help="list every exercise and who implements it now").set_defaults(func=cmd_status)
+
+    p = sub.add_parser("grade", help="grade your code: all, a chapter (01) or an exercise (2.1)")
+    p.add_argument("target", nargs="?", default=None, help="chapter (01..06) or exercise id (e.g. 2.1)")
+    p.add_argument("--report", metavar="FILE", help="write scores as JSON to FILE and JUnit XML beside it")
+    p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("generate", help="generate text from a prompt, streamed to the terminal")
+    p.add_argument("prompt", nargs="?", help="the prompt (read from stdin if omitted)")
+    p.add_argument("--model", default=None, help=f"model folder or preset (default: {DEFAULT_MODEL.name})")
+    p.add_argument("--max-tokens", type=_positive_int, default=128)
+    p.add_argument("--temperature", type=_non_negative_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=_probability, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = no top-k filter")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--chat", dest="chat", action="store_true", default=None, help="apply the chat template (default when the tokenizer has one)")
+    p.add_argument("--no-chat", dest="chat", action="store_false")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="accuracy of a model on the tiny model's skills", add_help=False)
+    p.set_defaults(delegate="mili.evaluation")
+
+    p = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS))
+    p.add_argument("name", choices=BENCHMARKS)
+    p.set_defaults(delegate_bench=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        if argv and argv[0] == "eval":
+            return _delegate("mili.evaluation", argv[1:])
+        if argv and argv[0] == "bench" and len(argv) > 1 and argv[1] in BENCHMARKS:
+            return _delegate(f"mili.bench.{argv[1]}", argv[2:])
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except UsageError as err:
+        print(f"mili: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError, ImportError) as err:
+        message = str(err).strip().splitlines()
+        print(f"mili: error: {message[0] if message else type(err).__name__}", file=sys.stderr)
+        for line in message[1:6]:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
