@@ -1,0 +1,1 @@
+"""References for chapter 05 (the paged KV cache and prefix sharing)."""
