@@ -72,7 +72,8 @@ def _paged_decode_split_kernel(
     else:
         part = (seq * GROUP * tl.num_programs(1) + head) * NUM_SPLITS + split  # [B, Hq, NUM_SPLITS]
         tl.store(partial_out_ptr + part[:, None] * HEAD_DIM + d[None, :], out, mask=row_ok[:, None])
-        tl.store(partial_lse_ptr + part, tl.where(nonempty, m_i + tl.math.log2(l_i), float("-inf")), mask=row_ok)
+        lse = m_i + tl.math.log2(tl.where(nonempty, l_i, 1.0))
+        tl.store(partial_lse_ptr + part, tl.where(nonempty, lse, float("-inf")), mask=row_ok)
 
 
 @triton.jit

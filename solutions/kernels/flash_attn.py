@@ -48,7 +48,7 @@ def _attend(acc, m_i, l_i, q, k_ptr, v_ptr, seq, kv_head, k_start, seqlen_k, shi
         if MASKED:
             visible = in_seq[None, :]
             if CAUSAL:
-                visible = visible & (start + tl.arange(0, BLOCK_N))[None, :] <= (offs_m[:, None] + shift)
+                visible = visible & ((start + tl.arange(0, BLOCK_N))[None, :] <= offs_m[:, None] + shift)
             s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
