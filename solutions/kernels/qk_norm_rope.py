@@ -9,27 +9,23 @@ from mili.kernels._triton import tl, triton
 
 
 @triton.jit
-def _norm_rotate_heads(
-    x_ptr, head_stride, num_heads,      # reads and writes one token's heads [num_heads, D] in place
-    weight_ptr,                         # reads the norm weight [D]
-    cos, sin, half, half_mask, half_dim, eps,
-    BLOCK_HEADS: tl.constexpr,
-):
+def _head_offsets(head_stride, num_heads, half, half_mask, BLOCK_HEADS: tl.constexpr):
+    """Offsets of the first halves of one token's heads [BLOCK_HEADS, BLOCK_HALF], and their mask."""
     heads = tl.arange(0, BLOCK_HEADS)
-    offsets = heads[:, None] * head_stride + half[None, :]
-    mask = (heads[:, None] < num_heads) & half_mask[None, :]
-    dtype = x_ptr.dtype.element_ty
-    x1 = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(x_ptr + offsets + half_dim, mask=mask, other=0.0).to(tl.float32)
-    w1 = tl.load(weight_ptr + half, mask=half_mask, other=0.0).to(tl.float32)
-    w2 = tl.load(weight_ptr + half_dim + half, mask=half_mask, other=0.0).to(tl.float32)
+    return heads[:, None] * head_stride + half[None, :], (heads[:, None] < num_heads) & half_mask[None, :]
+
+
+@triton.jit
+def _rms_norm_halves(x1, x2, weight_ptr, half, half_mask, half_dim, eps):
+    """RMSNorm of heads split in halves [heads, D/2] x 2, rounding where the unfused path rounds."""
+    dtype = weight_ptr.dtype.element_ty  # the launcher checks that q, k and the weights share it
+    w1 = tl.load(weight_ptr + half, mask=half_mask, other=0.0).to(tl.float32)[None, :]
+    w2 = tl.load(weight_ptr + half_dim + half, mask=half_mask, other=0.0).to(tl.float32)[None, :]
     # the head's mean square spans both halves
-    rstd = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * half_dim) + eps)
-    # round where the unfused path rounds: after normalising, after scaling
-    n1 = ((x1 * rstd[:, None]).to(dtype).to(tl.float32) * w1[None, :]).to(dtype).to(tl.float32)
-    n2 = ((x2 * rstd[:, None]).to(dtype).to(tl.float32) * w2[None, :]).to(dtype).to(tl.float32)
-    tl.store(x_ptr + offsets, (n1 * cos[None, :] - n2 * sin[None, :]).to(dtype), mask=mask)
-    tl.store(x_ptr + offsets + half_dim, (n2 * cos[None, :] + n1 * sin[None, :]).to(dtype), mask=mask)
+    rstd = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * half_dim) + eps)[:, None]
+    n1 = ((x1 * rstd).to(dtype).to(tl.float32) * w1).to(dtype).to(tl.float32)
+    n2 = ((x2 * rstd).to(dtype).to(tl.float32) * w2).to(dtype).to(tl.float32)
+    return n1, n2
 
 
 @triton.jit
@@ -41,16 +37,28 @@ def _qk_norm_rope_kernel(
     half_dim, eps,
     BLOCK_Q_HEADS: tl.constexpr, BLOCK_KV_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):
+    # one program per token, as in apply_rope; every load is issued before the first store
     token = tl.program_id(0).to(tl.int64)
-    position = tl.load(positions_ptr + token).to(tl.int64)
     half = tl.arange(0, BLOCK_HALF)
     half_mask = half < half_dim
-    cos = tl.load(cache_ptr + position * cache_stride + half, mask=half_mask, other=0.0)
-    sin = tl.load(cache_ptr + position * cache_stride + half_dim + half, mask=half_mask, other=0.0)
-    _norm_rotate_heads(q_ptr + token * q_token_stride, q_head_stride, num_q_heads, q_weight_ptr,
-                       cos, sin, half, half_mask, half_dim, eps, BLOCK_Q_HEADS)
-    _norm_rotate_heads(k_ptr + token * k_token_stride, k_head_stride, num_kv_heads, k_weight_ptr,
-                       cos, sin, half, half_mask, half_dim, eps, BLOCK_KV_HEADS)
+    q_ptr += token * q_token_stride
+    k_ptr += token * k_token_stride
+    q_offs, q_mask = _head_offsets(q_head_stride, num_q_heads, half, half_mask, BLOCK_Q_HEADS)
+    k_offs, k_mask = _head_offsets(k_head_stride, num_kv_heads, half, half_mask, BLOCK_KV_HEADS)
+    q1 = tl.load(q_ptr + q_offs, mask=q_mask, other=0.0).to(tl.float32)
+    q2 = tl.load(q_ptr + q_offs + half_dim, mask=q_mask, other=0.0).to(tl.float32)
+    k1 = tl.load(k_ptr + k_offs, mask=k_mask, other=0.0).to(tl.float32)
+    k2 = tl.load(k_ptr + k_offs + half_dim, mask=k_mask, other=0.0).to(tl.float32)
+    position = tl.load(positions_ptr + token).to(tl.int64)
+    cos = tl.load(cache_ptr + position * cache_stride + half, mask=half_mask, other=0.0)[None, :]
+    sin = tl.load(cache_ptr + position * cache_stride + half_dim + half, mask=half_mask, other=0.0)[None, :]
+    dtype = q_ptr.dtype.element_ty
+    q1, q2 = _rms_norm_halves(q1, q2, q_weight_ptr, half, half_mask, half_dim, eps)
+    k1, k2 = _rms_norm_halves(k1, k2, k_weight_ptr, half, half_mask, half_dim, eps)
+    tl.store(q_ptr + q_offs, (q1 * cos - q2 * sin).to(dtype), mask=q_mask)
+    tl.store(q_ptr + q_offs + half_dim, (q2 * cos + q1 * sin).to(dtype), mask=q_mask)
+    tl.store(k_ptr + k_offs, (k1 * cos - k2 * sin).to(dtype), mask=k_mask)
+    tl.store(k_ptr + k_offs + half_dim, (k2 * cos + k1 * sin).to(dtype), mask=k_mask)
 
 
 def qk_norm_rope(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, eps: float,

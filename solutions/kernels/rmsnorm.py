@@ -24,6 +24,7 @@ def _rms_norm_kernel(
     rows = (tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     mask = (rows[:, None] < num_rows) & (cols[None, :] < hidden)
+    w = tl.load(weight_ptr + cols, mask=cols < hidden, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         r = tl.load(res_ptr + rows[:, None] * res_row_stride + cols[None, :], mask=mask, other=0.0)
@@ -32,7 +33,6 @@ def _rms_norm_kernel(
         x = summed.to(tl.float32)  # normalise the rounded sum, exactly what the next layer reads
     rstd = tl.rsqrt(tl.sum(x * x, axis=1) / hidden + eps)
     normed = (x * rstd[:, None]).to(out_ptr.dtype.element_ty).to(tl.float32)
-    w = tl.load(weight_ptr + cols, mask=cols < hidden, other=0.0).to(tl.float32)
     tl.store(out_ptr + rows[:, None] * hidden + cols[None, :], (normed * w[None, :]).to(out_ptr.dtype.element_ty),
              mask=mask)
 

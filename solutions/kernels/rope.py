@@ -9,19 +9,10 @@ from mili.kernels._triton import tl, triton
 
 
 @triton.jit
-def _rotate_heads(
-    x_ptr, head_stride, num_heads,      # reads and writes one token's heads [num_heads, D] in place
-    cos, sin, half, half_mask, half_dim,
-    BLOCK_HEADS: tl.constexpr,
-):
+def _head_offsets(head_stride, num_heads, half, half_mask, BLOCK_HEADS: tl.constexpr):
+    """Offsets of the first halves of one token's heads [BLOCK_HEADS, BLOCK_HALF], and their mask."""
     heads = tl.arange(0, BLOCK_HEADS)
-    offsets = heads[:, None] * head_stride + half[None, :]
-    mask = (heads[:, None] < num_heads) & half_mask[None, :]
-    x1 = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(x_ptr + offsets + half_dim, mask=mask, other=0.0).to(tl.float32)
-    tl.store(x_ptr + offsets, (x1 * cos[None, :] - x2 * sin[None, :]).to(x_ptr.dtype.element_ty), mask=mask)
-    tl.store(x_ptr + offsets + half_dim, (x2 * cos[None, :] + x1 * sin[None, :]).to(x_ptr.dtype.element_ty),
-             mask=mask)
+    return heads[:, None] * head_stride + half[None, :], (heads[:, None] < num_heads) & half_mask[None, :]
 
 
 @triton.jit
@@ -35,15 +26,26 @@ def _rope_kernel(
 ):
     # one program per token: its cos/sin row is loaded once and serves every q and k head
     token = tl.program_id(0).to(tl.int64)
-    position = tl.load(positions_ptr + token).to(tl.int64)
     half = tl.arange(0, BLOCK_HALF)
     half_mask = half < half_dim
-    cos = tl.load(cache_ptr + position * cache_stride + half, mask=half_mask, other=0.0)
-    sin = tl.load(cache_ptr + position * cache_stride + half_dim + half, mask=half_mask, other=0.0)
-    _rotate_heads(q_ptr + token * q_token_stride, q_head_stride, num_q_heads, cos, sin, half, half_mask, half_dim,
-                  BLOCK_Q_HEADS)
-    _rotate_heads(k_ptr + token * k_token_stride, k_head_stride, num_kv_heads, cos, sin, half, half_mask, half_dim,
-                  BLOCK_KV_HEADS)
+    q_ptr += token * q_token_stride
+    k_ptr += token * k_token_stride
+    q_offs, q_mask = _head_offsets(q_head_stride, num_q_heads, half, half_mask, BLOCK_Q_HEADS)
+    k_offs, k_mask = _head_offsets(k_head_stride, num_kv_heads, half, half_mask, BLOCK_KV_HEADS)
+    # issue every load before the first store: q and k may alias as far as the compiler knows,
+    # so a store between them would hold the k loads back until it is done
+    q1 = tl.load(q_ptr + q_offs, mask=q_mask, other=0.0).to(tl.float32)
+    q2 = tl.load(q_ptr + q_offs + half_dim, mask=q_mask, other=0.0).to(tl.float32)
+    k1 = tl.load(k_ptr + k_offs, mask=k_mask, other=0.0).to(tl.float32)
+    k2 = tl.load(k_ptr + k_offs + half_dim, mask=k_mask, other=0.0).to(tl.float32)
+    position = tl.load(positions_ptr + token).to(tl.int64)
+    cos = tl.load(cache_ptr + position * cache_stride + half, mask=half_mask, other=0.0)[None, :]
+    sin = tl.load(cache_ptr + position * cache_stride + half_dim + half, mask=half_mask, other=0.0)[None, :]
+    dtype = q_ptr.dtype.element_ty
+    tl.store(q_ptr + q_offs, (q1 * cos - q2 * sin).to(dtype), mask=q_mask)
+    tl.store(q_ptr + q_offs + half_dim, (q2 * cos + q1 * sin).to(dtype), mask=q_mask)
+    tl.store(k_ptr + k_offs, (k1 * cos - k2 * sin).to(dtype), mask=k_mask)
+    tl.store(k_ptr + k_offs + half_dim, (k2 * cos + k1 * sin).to(dtype), mask=k_mask)
 
 
 def apply_rope(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor) -> tuple[Tensor, Tensor]:

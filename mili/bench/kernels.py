@@ -1,0 +1,262 @@
+"""`mili bench kernels`: chapter 02's Triton kernels against the copy bandwidth, eager PyTorch and torch.compile.
+
+For each kernel at Qwen3-0.6B and 8B sizes and 1 to 16384 tokens (bf16) it measures the median
+time (`triton.testing.do_bench`, L2 flushed before every run), the bytes the op must move at
+least (each input read once, each output written once), the achieved GB/s, and the fraction of
+the copy bandwidth measured in the same run (a device-to-device copy of a 1 GiB buffer, bytes
+read plus written). PyTorch eager and `torch.compile` run the same function on the same inputs.
+
+    mili bench kernels [--json FILE] [--plot FILE] [--tokens 1 64 ...] [--models 0.6B 8B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+MODELS = {"0.6B": dict(hidden=1024, inter=3072, hq=16, hkv=8, d=128),
+          "8B": dict(hidden=4096, inter=12288, hq=32, hkv=8, d=128)}
+TOKENS = (1, 16, 256, 1024, 4096, 16384)
+KERNELS = ("rms_norm", "fused_add_rms_norm", "apply_rope", "silu_and_mul", "qk_norm_rope")
+# done-when targets (issue 4): fraction of copy bandwidth at >= TARGET_TOKENS tokens
+TARGET_TOKENS = 4096
+TARGET_FRACTION = {"rms_norm": 0.85, "fused_add_rms_norm": 0.85, "silu_and_mul": 0.85, "apply_rope": 0.70}
+EPS = 1e-6
+MAX_POSITION = 40960
+
+
+# ---------------------------------------------------------------- the peers, in plain PyTorch
+
+def eager_rms_norm(x, w, eps=EPS):
+    x32 = x.float()
+    return w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def eager_fused_add_rms_norm(x, residual, w, eps=EPS):
+    summed = x + residual
+    return eager_rms_norm(summed, w, eps), summed
+
+
+def _eager_rotate(x, cos, sin):
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def eager_apply_rope(q, k, positions, cache):
+    cos, sin = cache[positions].unsqueeze(1).chunk(2, dim=-1)
+    return _eager_rotate(q, cos, sin), _eager_rotate(k, cos, sin)
+
+
+def eager_silu_and_mul(x):
+    gate, up = x.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+def eager_qk_norm_rope(q, k, qw, kw, eps, positions, cache):
+    return eager_apply_rope(eager_rms_norm(q, qw, eps), eager_rms_norm(k, kw, eps), positions, cache)
+
+
+# ---------------------------------------------------------------- one case: inputs, bytes, ops
+
+def make_case(kernel: str, model: str, tokens: int, dtype=torch.bfloat16):
+    """(args, minimum bytes moved, triton op, eager op) for one kernel at one size."""
+    import mili.kernels as kernels
+
+    m, dev, size = MODELS[model], "cuda", torch.tensor([], dtype=dtype).element_size()
+    randn = lambda *shape: torch.randn(*shape, device=dev, dtype=dtype)  # noqa: E731
+    h, d, heads = m["hidden"], m["d"], m["hq"] + m["hkv"]
+    if kernel == "rms_norm":
+        return (randn(tokens, h), randn(h) + 1), (2 * tokens * h + h) * size, kernels.rms_norm, eager_rms_norm
+    if kernel == "fused_add_rms_norm":
+        return ((randn(tokens, h), randn(tokens, h), randn(h) + 1), (4 * tokens * h + h) * size,
+                kernels.fused_add_rms_norm, eager_fused_add_rms_norm)
+    if kernel == "silu_and_mul":
+        return (randn(tokens, 2 * m["inter"]),), 3 * tokens * m["inter"] * size, kernels.silu_and_mul, eager_silu_and_mul
+    from mili.model.rope import rope_cos_sin_cache
+
+    cache = rope_cos_sin_cache(d, MAX_POSITION, 1_000_000.0).to(dev)
+    positions = torch.arange(tokens, device=dev) % MAX_POSITION
+    q, k = randn(tokens, m["hq"], d), randn(tokens, m["hkv"], d)
+    qk_bytes = 2 * tokens * heads * d * size + tokens * (d * 4 + 8)  # q, k both ways; a cache row and a position per token
+    if kernel == "apply_rope":
+        return (q, k, positions, cache), qk_bytes, kernels.apply_rope, eager_apply_rope
+    if kernel == "qk_norm_rope":
+        return ((q, k, randn(d) + 1, randn(d) + 1, EPS, positions, cache), qk_bytes + 2 * d * size,
+                kernels.qk_norm_rope, eager_qk_norm_rope)
+    raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
+
+
+# ---------------------------------------------------------------- timing
+
+def median_ms(fn) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=10, rep=40, return_mode="median"))
+
+
+def copy_gbps(num_bytes: int) -> float:
+    """Device-to-device copy moving `num_bytes` in all (half read, half written)."""
+    src = torch.empty(max(num_bytes // 2, 16), dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / median_ms(lambda: dst.copy_(src)) / 1e6
+
+
+def allow_many_recompiles() -> None:
+    """torch.compile specialises on each shape; let it keep one graph per (kernel, size)."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit", "accumulated_recompile_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, 1024)
+
+
+def environment() -> dict:
+    def run(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    import triton
+
+    commit = os.environ.get("MILI_GIT_COMMIT") or run(["git", "rev-parse", "HEAD"]) or "unknown"
+    driver = run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).splitlines()
+    return {"gpu": torch.cuda.get_device_name(), "driver": driver[0] if driver else "unknown",
+            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "git_commit": commit, "dtype": "bfloat16",
+            "mili_impl": os.environ.get("MILI_IMPL", "auto")}
+
+
+def run_benchmark(models=tuple(MODELS), tokens=TOKENS, kernels=KERNELS, log=print) -> dict:
+    allow_many_recompiles()
+    copy_bw = copy_gbps(2 << 30)
+    log(f"copy bandwidth (1 GiB device-to-device, read + write): {copy_bw:.0f} GB/s")
+    compiled = {}
+    rows, same_size_copy = [], {}
+    for model in models:
+        for kernel in kernels:
+            for t in tokens:
+                args, num_bytes, ours, eager = make_case(kernel, model, t)
+                compiled.setdefault(kernel, torch.compile(eager, dynamic=False))
+                row = {"model": model, "kernel": kernel, "tokens": t, "bytes": num_bytes}
+                for impl, fn in (("triton", ours), ("eager", eager), ("compile", compiled[kernel])):
+                    ms = median_ms(lambda: fn(*args))
+                    gbps = num_bytes / ms / 1e6
+                    row[impl] = {"ms": ms, "gbps": gbps, "fraction_of_copy": gbps / copy_bw}
+                if num_bytes not in same_size_copy:
+                    same_size_copy[num_bytes] = copy_gbps(num_bytes)
+                row["same_size_copy_gbps"] = same_size_copy[num_bytes]
+                rows.append(row)
+                log(format_row(row))
+                del args
+    return {"environment": environment(), "copy_gbps": copy_bw, "results": rows, "targets": check_targets(rows)}
+
+
+def check_targets(rows: list[dict]) -> list[dict]:
+    checks = []
+    for r in rows:
+        if r["tokens"] < TARGET_TOKENS:
+            continue
+        want = TARGET_FRACTION.get(r["kernel"])
+        got = r["triton"]["fraction_of_copy"]
+        speedup = r["compile"]["ms"] / r["triton"]["ms"]
+        checks.append({"model": r["model"], "kernel": r["kernel"], "tokens": r["tokens"], "fraction": got,
+                       "target_fraction": want, "vs_compile": speedup,
+                       "ok": (want is None or got >= want) and speedup >= 1.0})
+    return checks
+
+
+# ---------------------------------------------------------------- reporting
+
+HEADER = (f"{'model':<5} {'kernel':<19} {'tokens':>6} {'MB':>8} {'triton us':>9} {'GB/s':>6} {'copy%':>6} "
+          f"{'eager us':>9} {'compile us':>10} {'vs compile':>10}")
+
+
+def format_row(r: dict) -> str:
+    t, e, c = r["triton"], r["eager"], r["compile"]
+    return (f"{r['model']:<5} {r['kernel']:<19} {r['tokens']:>6} {r['bytes'] / 1e6:>8.2f} {t['ms'] * 1e3:>9.1f} "
+            f"{t['gbps']:>6.0f} {t['fraction_of_copy'] * 100:>5.0f}% {e['ms'] * 1e3:>9.1f} {c['ms'] * 1e3:>10.1f} "
+            f"{c['ms'] / t['ms']:>9.2f}x")
+
+
+def print_report(report: dict, stream=sys.stdout) -> None:
+    env = report["environment"]
+    stream.write(f"{env['gpu']} · torch {env['torch']} · triton {env['triton']} · copy {report['copy_gbps']:.0f} GB/s\n")
+    stream.write(HEADER + "\n")
+    for r in report["results"]:
+        stream.write(format_row(r) + "\n")
+    misses = [c for c in report["targets"] if not c["ok"]]
+    stream.write(f"targets at >= {TARGET_TOKENS} tokens: {len(report['targets']) - len(misses)}/{len(report['targets'])} met\n")
+    for c in misses:
+        want = f">= {c['target_fraction']:.0%} of copy" if c["target_fraction"] else "no bandwidth target"
+        stream.write(f"  MISS {c['model']} {c['kernel']} T={c['tokens']}: {c['fraction']:.0%} of copy ({want}), "
+                     f"{c['vs_compile']:.2f}x torch.compile\n")
+
+
+def plot_report(report: dict, path: str | Path | None = None, kernels=KERNELS):
+    """GB/s against tokens, one panel per (model, kernel), with the copy bandwidth drawn as the roof."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in report["results"]))
+    fig, axes = plt.subplots(len(models), len(kernels), figsize=(3.6 * len(kernels), 3.2 * len(models)),
+                             squeeze=False, sharey=True)
+    styles = {"triton": ("C0", "o", "mili Triton"), "compile": ("C1", "s", "torch.compile"),
+              "eager": ("C2", "^", "PyTorch eager")}
+    for i, model in enumerate(models):
+        for j, kernel in enumerate(kernels):
+            ax = axes[i][j]
+            rows = [r for r in report["results"] if r["model"] == model and r["kernel"] == kernel]
+            tokens = [r["tokens"] for r in rows]
+            for impl, (color, marker, label) in styles.items():
+                ax.plot(tokens, [r[impl]["gbps"] for r in rows], marker=marker, color=color, label=label)
+            ax.axhline(report["copy_gbps"], color="k", linestyle="--", linewidth=1, label="copy bandwidth (roof)")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{kernel} · Qwen3-{model}", fontsize=9)
+            ax.set_xlabel("tokens")
+            if j == 0:
+                ax.set_ylabel("achieved GB/s")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Chapter 02 kernels, bf16, on {report['environment']['gpu']}", fontsize=11)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mili bench kernels", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the results as JSON here")
+    parser.add_argument("--plot", help="write the GB/s plot (PNG) here")
+    parser.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("mili bench kernels needs a CUDA GPU (the kernels' speed means nothing in the interpreter)",
+              file=sys.stderr)
+        return 2
+    os.environ.setdefault("MILI_IMPL", "reference")  # the engine's default; MILI_IMPL=auto times your kernels
+    print(HEADER, flush=True)
+    report = run_benchmark(args.models, args.tokens, args.kernels, log=lambda line: print(line, flush=True))
+    print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.plot:
+        plot_report(report, args.plot, kernels=args.kernels)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

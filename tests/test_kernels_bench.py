@@ -1,0 +1,59 @@
+"""`mili bench kernels` reporting on a synthetic result (the timing itself needs a GPU)."""
+
+import io
+
+import pytest
+import torch
+
+from mili.bench import kernels as bench
+
+
+def synthetic_report(triton_fraction: float, compile_ratio: float) -> dict:
+    rows = []
+    for model in ("0.6B", "8B"):
+        for kernel in bench.KERNELS:
+            for tokens in (1, 4096):
+                ms = 0.01 * tokens
+                gbps = triton_fraction * 3000.0
+                row = {"model": model, "kernel": kernel, "tokens": tokens, "bytes": int(gbps * ms * 1e6),
+                       "same_size_copy_gbps": 2900.0}
+                for impl, factor in (("triton", 1.0), ("compile", compile_ratio), ("eager", 5.0)):
+                    row[impl] = {"ms": ms * factor, "gbps": gbps / factor, "fraction_of_copy": triton_fraction / factor}
+                rows.append(row)
+    env = {"gpu": "Test GPU", "torch": torch.__version__, "triton": "x", "driver": "1", "git_commit": "abc"}
+    return {"environment": env, "copy_gbps": 3000.0, "results": rows, "targets": bench.check_targets(rows)}
+
+
+def test_targets_are_met_only_above_the_bandwidth_fractions_and_compile():
+    assert all(c["ok"] for c in synthetic_report(0.9, 1.2)["targets"])
+    assert not any(c["ok"] for c in synthetic_report(0.9, 0.8)["targets"])  # slower than torch.compile
+    missed = {c["kernel"] for c in synthetic_report(0.75, 1.2)["targets"] if not c["ok"]}
+    assert missed == {"rms_norm", "fused_add_rms_norm", "silu_and_mul"}  # RoPE's bar is 70%
+    assert all(c["tokens"] >= bench.TARGET_TOKENS for c in synthetic_report(0.9, 1.2)["targets"])
+
+
+def test_report_prints_a_table_and_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    report = synthetic_report(0.9, 1.2)
+    out = io.StringIO()
+    bench.print_report(report, out)
+    assert "copy%" in out.getvalue() and "10/10 met" in out.getvalue()
+    bench.plot_report(report, tmp_path / "k.png")
+    assert (tmp_path / "k.png").stat().st_size > 10_000
+
+
+def test_main_refuses_without_cuda(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    assert bench.main([]) == 2
+    assert "CUDA" in capsys.readouterr().err
+
+
+def test_eager_peers_compute_the_ops():
+    x, w = torch.randn(3, 8), torch.rand(8) + 0.5
+    expected = x / x.pow(2).mean(-1, keepdim=True).add(bench.EPS).sqrt() * w
+    torch.testing.assert_close(bench.eager_rms_norm(x, w), expected)
+    out, summed = bench.eager_fused_add_rms_norm(x, x, w)
+    torch.testing.assert_close(summed, 2 * x)
+    g = torch.randn(2, 6)
+    torch.testing.assert_close(bench.eager_silu_and_mul(g), torch.sigmoid(g[:, :3]) * g[:, :3] * g[:, 3:])
