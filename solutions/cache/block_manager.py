@@ -109,7 +109,8 @@ class BlockManager:
     def append_slots(self, seq_id: Hashable, num_tokens: int = 1) -> None:
         """Grow the sequence's capacity by num_tokens (>= 0), adding blocks only when the last
         one fills up."""
-        self._tables[seq_id].extend(self._take(self._growth(seq_id, num_tokens)))
+        new_blocks = self._take(self._growth(seq_id, num_tokens))
+        self._tables[seq_id].extend(new_blocks)
         self._capacity[seq_id] += num_tokens
 
     def fork(self, parent_id: Hashable, child_id: Hashable) -> list[tuple[int, int]]:
