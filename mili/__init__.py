@@ -3,6 +3,15 @@
 __version__ = "0.1.0"
 
 
+def __getattr__(name):
+    # the engine pulls in torch and the model: import it only when asked for
+    if name in ("LLM", "SamplingParams"):
+        from mili import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'mili' has no attribute {name!r}")
+
+
 def grade(selector: str | None = None, *, report: str | None = None) -> dict:
     """Grade the student's code for a chapter ('01') or an exercise ('1.1'); prints a score table."""
     from mili.grading import grade as _grade
