@@ -57,3 +57,16 @@ def test_eager_peers_compute_the_ops():
     torch.testing.assert_close(summed, 2 * x)
     g = torch.randn(2, 6)
     torch.testing.assert_close(bench.eager_silu_and_mul(g), torch.sigmoid(g[:, :3]) * g[:, :3] * g[:, 3:])
+
+
+@pytest.mark.parametrize("kernel", bench.KERNELS)
+def test_each_case_runs_and_the_peers_agree(kernel, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("covered by the benchmark itself on CUDA")
+    monkeypatch.setitem(bench.MODELS, "tiny", dict(hidden=48, inter=40, hq=4, hkv=2, d=16))
+    args, num_bytes, ours, eager = bench.make_case(kernel, "tiny", 3, dtype=torch.float32, dev="cpu")
+    assert num_bytes > 0
+    expected = eager(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+    got = ours(*args)
+    for g, e in zip(got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,)):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)

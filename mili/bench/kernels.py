@@ -65,17 +65,17 @@ def eager_qk_norm_rope(q, k, qw, kw, eps, positions, cache):
 
 # ---------------------------------------------------------------- one case: inputs, bytes, ops
 
-def make_case(kernel: str, model: str, tokens: int, dtype=torch.bfloat16):
+def make_case(kernel: str, model: str, tokens: int, dtype=torch.bfloat16, dev="cuda"):
     """(args, minimum bytes moved, triton op, eager op) for one kernel at one size."""
     import mili.kernels as kernels
 
-    m, dev, size = MODELS[model], "cuda", torch.tensor([], dtype=dtype).element_size()
+    m, size = MODELS[model], torch.tensor([], dtype=dtype).element_size()
     randn = lambda *shape: torch.randn(*shape, device=dev, dtype=dtype)  # noqa: E731
     h, d, heads = m["hidden"], m["d"], m["hq"] + m["hkv"]
     if kernel == "rms_norm":
-        return (randn(tokens, h), randn(h) + 1), (2 * tokens * h + h) * size, kernels.rms_norm, eager_rms_norm
+        return (randn(tokens, h), randn(h) + 1, EPS), (2 * tokens * h + h) * size, kernels.rms_norm, eager_rms_norm
     if kernel == "fused_add_rms_norm":
-        return ((randn(tokens, h), randn(tokens, h), randn(h) + 1), (4 * tokens * h + h) * size,
+        return ((randn(tokens, h), randn(tokens, h), randn(h) + 1, EPS), (4 * tokens * h + h) * size,
                 kernels.fused_add_rms_norm, eager_fused_add_rms_norm)
     if kernel == "silu_and_mul":
         return (randn(tokens, 2 * m["inter"]),), 3 * tokens * m["inter"] * size, kernels.silu_and_mul, eager_silu_and_mul
