@@ -1,7 +1,8 @@
 """Chapter 02 kernels on CUDA at real Qwen3 sizes (0.6B and 8B), against float32 PyTorch math.
 
-Marked gpu: skipped without CUDA; run on the device machine. Inputs are poisoned-free random
-data, outputs are checked element by element (every element written, none NaN).
+Marked gpu: skipped without CUDA; run on the device machine. bf16, the engine's dtype (the CPU
+graders cover all three dtypes, and the same graders also run on CUDA). Outputs are checked
+element by element against float32 math, so an unwritten or NaN element fails.
 """
 
 import pytest
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.gpu
 
 # (hidden, intermediate, q heads, kv heads, head_dim) of Qwen3-0.6B and Qwen3-8B
 SIZES = {"0.6B": (1024, 3072, 16, 8, 128), "8B": (4096, 12288, 32, 8, 128)}
-TOKENS = [1, 333, 4096]
+TOKENS = [1, 4103]  # one token, and many with a ragged last block of rows
 EPS = 1e-6
 
 
@@ -33,7 +34,7 @@ def rope_oracle(x, positions, cache):
 
 @pytest.mark.parametrize("model", SIZES)
 @pytest.mark.parametrize("tokens", TOKENS)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
 def test_norms(model, tokens, dtype):
     hidden = SIZES[model][0]
     x = randn(tokens, hidden, dtype=dtype, device="cuda", scale=3.0)
@@ -48,7 +49,7 @@ def test_norms(model, tokens, dtype):
 
 @pytest.mark.parametrize("model", SIZES)
 @pytest.mark.parametrize("tokens", TOKENS)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
 def test_silu_and_mul(model, tokens, dtype):
     inter = SIZES[model][1]
     x = randn(tokens, 2 * inter, dtype=dtype, device="cuda", scale=3.0)
@@ -58,7 +59,7 @@ def test_silu_and_mul(model, tokens, dtype):
 
 @pytest.mark.parametrize("model", SIZES)
 @pytest.mark.parametrize("tokens", TOKENS)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
 def test_rope_and_qk_norm_rope_on_qkv_views(model, tokens, dtype):
     _, _, hq, hkv, d = SIZES[model]
     cache = rope_cos_sin_cache(d, 40960, 1_000_000.0).cuda()

@@ -15,11 +15,13 @@ SILU_BLOCK = 1024  # columns per program: one 16-byte vector per thread with 4 w
 def _silu_and_mul_kernel(
     x_ptr, x_row_stride,    # reads x [T, 2I]: gate in [:, :I], up in [:, I:]
     out_ptr,                # writes out [T, I] (contiguous)
-    inter,
+    inter, blocks_per_row,
     BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    # consecutive programs take consecutive column blocks of one row, so the GPU sweeps memory in order
+    pid = tl.program_id(0)
+    row = (pid // blocks_per_row).to(tl.int64)
+    cols = (pid % blocks_per_row) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter
     gate = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * x_row_stride + inter + cols, mask=mask, other=0.0).to(tl.float32)
@@ -46,6 +48,7 @@ def silu_and_mul(x: Tensor) -> Tensor:
     if out.numel() == 0:
         return out
     block = min(SILU_BLOCK, triton.next_power_of_2(inter))
-    _silu_and_mul_kernel[(num_tokens, triton.cdiv(inter, block))](x, x.stride(0), out, inter, BLOCK=block,
-                                                                   num_warps=4)
+    blocks_per_row = triton.cdiv(inter, block)
+    _silu_and_mul_kernel[(num_tokens * blocks_per_row,)](x, x.stride(0), out, inter, blocks_per_row, BLOCK=block,
+                                                         num_warps=4)
     return out
