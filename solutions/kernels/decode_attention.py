@@ -11,6 +11,7 @@ from mili.kernels.attention_checks import check_decode_args
 LOG2E = 1.4426950408889634
 MIN_SPLIT_TOKENS = 256  # shorter splits cost more in partial results than they win in parallelism
 PROGRAMS_PER_SM = 4  # enough loads in flight to keep HBM busy
+DECODE_TILE = dict(BLOCK_N=64, num_warps=4, num_stages=3)  # per program: BLOCK_N tokens of K and V per step
 
 
 @triton.jit
@@ -105,16 +106,15 @@ def _num_sms(device_index: int) -> int:
 def _decode_launch_config(q: Tensor, num_kv_heads: int, max_context: int) -> dict:
     """Split the context so that B·Hkv·splits programs fill the GPU, each split >= MIN_SPLIT_TOKENS."""
     if q.device.type != "cuda":  # the interpreter: tiny tiles and splits, so small tests cross both
-        block_n, min_split, target = 16, 32, 1 << 30
+        tile, min_split, target = dict(BLOCK_N=16, num_warps=4, num_stages=1), 32, 1 << 30
     else:
-        block_n, min_split = 64, MIN_SPLIT_TOKENS
+        tile, min_split = DECODE_TILE, MIN_SPLIT_TOKENS
         target = PROGRAMS_PER_SM * _num_sms(q.device.index if q.device.index is not None else 0)
     base = q.shape[0] * num_kv_heads
     splits = max(1, min(triton.cdiv(target, base), triton.cdiv(max_context, min_split)))
-    tokens_per_split = triton.cdiv(triton.cdiv(max_context, splits), block_n) * block_n
+    tokens_per_split = triton.cdiv(triton.cdiv(max_context, splits), tile["BLOCK_N"]) * tile["BLOCK_N"]
     splits = triton.cdiv(max_context, tokens_per_split)
-    return dict(num_splits=splits, tokens_per_split=tokens_per_split, BLOCK_N=block_n,
-                num_warps=4, num_stages=3 if q.device.type == "cuda" else 1)
+    return dict(num_splits=splits, tokens_per_split=tokens_per_split, **tile)
 
 
 def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, context_lens: Tensor,
