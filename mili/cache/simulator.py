@@ -115,6 +115,8 @@ def simulate(trace: list[Request], capacity: int, scheme: str, *, block_size: in
     if any(r.max_len > capacity for r in trace):
         raise ValueError(f"capacity={capacity} is smaller than a request's max_len: it could never run")
     paged = scheme == "paged"
+    if paged and any(-(-r.final_len // block_size) > capacity // block_size for r in trace):
+        raise ValueError(f"capacity={capacity} holds fewer blocks of {block_size} than a request needs")
     allocator = None if paged else ContiguousAllocator(capacity, scheme.split("-")[0])
     free_blocks = capacity // block_size
     report = SimulationReport(scheme, capacity)

@@ -101,10 +101,13 @@ class RadixCache:
             child = node.children.get(tokens[start : start + bs])
             if child is None:
                 break
-            common = 1  # the first block matched through the dictionary key
-            while (common < len(child.block_ids) and len(matched) + common < num_blocks
-                   and child.tokens[common * bs : (common + 1) * bs] == tokens[start + common * bs : start + (common + 1) * bs]):
-                common += 1
+            limit = min(len(child.block_ids), num_blocks - len(matched))
+            if tokens[start : start + limit * bs] == child.tokens[: limit * bs]:
+                common = limit  # the usual case: one comparison for the whole edge
+            else:
+                common = 1  # the first block matched through the dictionary key
+                while child.tokens[common * bs : (common + 1) * bs] == tokens[start + common * bs : start + (common + 1) * bs]:
+                    common += 1
             if common < len(child.block_ids):
                 child = self._split(child, common)
             child.last_access = self._clock
