@@ -68,10 +68,14 @@ class SamplingParams:
             _check_int("seed", self.seed)
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, minimum=1)
+        if self.stop is not None and not isinstance(self.stop, (str, list, tuple)):
+            raise TypeError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if not all(isinstance(s, str) and s for s in stops):
             raise TypeError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
         self.stop_strings = tuple(stops)
+        if self.stop_token_ids is not None and not isinstance(self.stop_token_ids, (list, tuple)):
+            raise TypeError(f"stop_token_ids must be a list of ints, got {self.stop_token_ids!r}")
         ids = list(self.stop_token_ids or [])
         for tid in ids:
             _check_int("stop_token_ids", tid, minimum=0)
