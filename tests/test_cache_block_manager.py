@@ -13,7 +13,7 @@ from mili.cache.radix_cache import RadixCache
 
 BS = 2
 NUM_BLOCKS = 20
-ops_strategy = st.lists(st.tuples(st.sampled_from(["allocate", "append", "fork", "free", "free+cache"]),
+ops_strategy = st.lists(st.tuples(st.sampled_from(["allocate", "append", "fork", "cache", "free", "free+cache"]),
                                   st.lists(st.integers(0, 1), min_size=1, max_size=6 * BS), st.integers(0, 50)),
                         max_size=30)
 
@@ -96,6 +96,8 @@ def test_block_manager_keeps_reference_counts_exact_and_leaks_nothing(cache_kind
             assert len(copies) == (1 if manager.num_tokens(seq_id) % BS else 0)
             tokens[next_id] = list(tokens[seq_id])
             next_id += 1
+        elif op == "cache" and live:
+            manager.cache_prefix(seq_id, tokens[seq_id][: number % (len(tokens[seq_id]) + 1)])
         elif op.startswith("free") and live:
             written = tokens.pop(seq_id)
             manager.free(seq_id, written if op == "free+cache" else None)

@@ -15,7 +15,8 @@ it. At admission the longest cached prefix (whole blocks, leaving at least one p
 compute) is taken from the cache: the sequence increfs those blocks and pins the matched node so
 that eviction leaves them alone. Parallel samples (`fork`) incref the parent's full blocks and
 get a copy of its partial last block. At `free(seq, token_ids)` the sequence's full blocks are
-inserted into the cache, then the sequence unpins and drops its references. When the free pool
+inserted into the cache, then the sequence unpins and drops its references; `cache_prefix` inserts
+them earlier (after the prefill), and the sequence pins them until it is freed. When the free pool
 runs short, the manager evicts unpinned cached blocks (least recently used first).
 
 Invariants (checked by tests/test_cache_block_manager.py): a block is free iff nobody holds it;
@@ -86,6 +87,13 @@ class BlockManager:
         """Release the sequence. With token_ids (the tokens whose K/V are written, at most its
         capacity; else ValueError) and a prefix cache, first insert its full blocks into the
         cache; then unpin its prefix and drop its reference on every block of its table."""
+        raise NotImplementedError("Exercise 5.2: see chapters/05_kv_cache.ipynb, section 3")
+
+    def cache_prefix(self, seq_id: Hashable, token_ids: Sequence[int]) -> None:
+        """Offer a running sequence's full blocks to the prefix cache now (after the step that
+        wrote their K/V, e.g. its prefill), so that sequences admitted later share them while it
+        runs; the sequence pins what it offered. token_ids: the tokens whose K/V are written (at
+        most its capacity; else ValueError). Without a prefix cache: nothing happens."""
         raise NotImplementedError("Exercise 5.2: see chapters/05_kv_cache.ipynb, section 3")
 
     def block_table(self, seq_id: Hashable) -> list[int]:

@@ -143,17 +143,12 @@ class BlockManager:
         capacity; else ValueError) and a prefix cache, first insert its full blocks into the
         cache; then unpin its prefix and drop its reference on every block of its table."""
         table = self._table(seq_id)
-        if token_ids is not None and len(token_ids) > self._capacity[seq_id]:
-            raise ValueError(f"sequence {seq_id!r}: {len(token_ids)} token_ids but only "
-                             f"{self._capacity[seq_id]} slots hold K/V")
+        if token_ids is not None:
+            self._check_written(seq_id, token_ids)
         family = self._family.pop(seq_id)
         family.discard(seq_id)
         if token_ids is not None and self.prefix_cache is not None:
-            num_full = len(token_ids) // self.block_size
-            full_tokens = list(token_ids[: num_full * self.block_size])
-            self.prefix_cache.insert(full_tokens, table[:num_full])
-            for sibling in family:  # its forks still use some of the blocks just cached: pin them
-                self._repin(sibling, table[:num_full], full_tokens)
+            self._offer(seq_id, token_ids, family)
         pinned = self._pinned.pop(seq_id, None)
         if pinned is not None:
             self.prefix_cache.unpin(pinned[0])
@@ -161,8 +156,32 @@ class BlockManager:
             self.allocator.free(block_id)
         del self._tables[seq_id], self._capacity[seq_id]
 
+    def cache_prefix(self, seq_id: Hashable, token_ids: Sequence[int]) -> None:
+        """Offer a running sequence's full blocks to the prefix cache now (after the step that
+        wrote their K/V, e.g. its prefill), so that sequences admitted later share them while it
+        runs; the sequence pins what it offered. token_ids: the tokens whose K/V are written (at
+        most its capacity; else ValueError). Without a prefix cache: nothing happens."""
+        self._table(seq_id)
+        self._check_written(seq_id, token_ids)
+        if self.prefix_cache is not None:
+            self._offer(seq_id, token_ids, self._family[seq_id])
+
+    def _check_written(self, seq_id: Hashable, token_ids: Sequence[int]) -> None:
+        if len(token_ids) > self._capacity[seq_id]:
+            raise ValueError(f"sequence {seq_id!r}: {len(token_ids)} token_ids but only "
+                             f"{self._capacity[seq_id]} slots hold K/V")
+
+    def _offer(self, seq_id: Hashable, token_ids: Sequence[int], sharers: set) -> None:
+        """Insert seq_id's full blocks into the cache; each sharer of those blocks (seq_id itself
+        while it runs, its forks) pins the node that now covers them, so they stay unevictable."""
+        num_full = len(token_ids) // self.block_size
+        blocks, full_tokens = self._tables[seq_id][:num_full], list(token_ids[: num_full * self.block_size])
+        self.prefix_cache.insert(full_tokens, blocks)
+        for sharer in sharers:
+            self._repin(sharer, blocks, full_tokens)
+
     def _repin(self, seq_id: Hashable, cached_blocks: list[int], cached_tokens: list[int]) -> None:
-        """seq_id shares leading blocks with a sequence whose blocks were just cached: pin the
+        """seq_id's leading blocks were just cached (its own, or shared with a fork): pin the
         node covering the shared part (it lies below the node seq_id pins now) instead."""
         table, shared = self._tables[seq_id], 0
         while shared < min(len(table), len(cached_blocks)) and table[shared] == cached_blocks[shared]:

@@ -220,6 +220,25 @@ def test_prefix_reuse_through_the_cache():
     assert manager.num_free_blocks == 32, "after freeing everything and clearing the cache every block is free"
 
 
+def test_cache_prefix_shares_a_running_prompt():
+    cache = BruteForcePrefixCache(BS)
+    manager = BlockManager(16, BS, prefix_cache=cache)
+    system = list(range(200, 208))  # 2 whole blocks
+    manager.allocate("a", system + [1, 2, 3])
+    manager.cache_prefix("a", system + [1, 2, 3])  # after a's prefill
+    assert cache.num_cached_blocks == 2, f"cache_prefix must insert a's 2 full blocks, the cache holds {cache.num_cached_blocks}"
+    assert cache.evictable_blocks == 0, (
+        "a still uses the blocks it offered: they must be pinned (not evictable) until a is freed")
+    assert manager.allocate("b", system + [9]) == 8, "b, admitted while a runs, must reuse a's 2 cached blocks"
+    assert manager.block_table("b")[:2] == manager.block_table("a")[:2]
+    check_invariants(manager, {s: manager.block_table(s) for s in "ab"}, cache, "after cache_prefix")
+    manager.free("a", system + [1, 2, 3])
+    manager.free("b")
+    assert cache.evictable_blocks == 2
+    with pytest.raises(ValueError):
+        manager.cache_prefix("a", system)
+
+
 def test_eviction_makes_room_and_pinned_prefixes_survive():
     cache = BruteForcePrefixCache(BS)
     manager = BlockManager(6, BS, prefix_cache=cache)
