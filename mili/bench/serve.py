@@ -1,0 +1,165 @@
+"""`mili bench serve`: a load generator for an OpenAI-compatible server (after vLLM's benchmark_serving).
+
+    mili bench serve --url http://127.0.0.1:8000 --num-prompts 200 --max-concurrency 32 \\
+                     [--request-rate R] [--dataset random|shared-prefix] [--json FILE]
+
+Requests go to `/v1/completions` as token-id prompts with `ignore_eos`, so every prompt and every
+output has exactly the length asked for. They arrive as a Poisson process at --request-rate
+per second (inf: all at once), at most --max-concurrency at a time. Each is streamed; the client
+keeps raw timings only (sent, each chunk, end) and `summarize_requests` (exercise 6.3) turns
+them into throughput and TTFT / TPOT / ITL / end-to-end percentiles. The prefix-cache hit rate
+comes from the server's `/metrics`, read before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from mili.bench.analysis import RequestRecord, summarize_requests
+from mili.exercise import repo_root
+
+
+def make_prompts(dataset: str, num_prompts: int, input_len: int, vocab_size: int, seed: int,
+                 prefix_len: int = 0) -> list[list[int]]:
+    """Token-id prompts of `input_len` tokens; 'shared-prefix' starts each with the same `prefix_len`."""
+    if dataset not in ("random", "shared-prefix"):
+        raise ValueError(f"dataset must be 'random' or 'shared-prefix', got {dataset!r}")
+    if dataset == "shared-prefix" and not 0 < prefix_len < input_len:
+        raise ValueError(f"prefix_len must be in (0, input_len={input_len}), got {prefix_len}")
+    rng = random.Random(seed)
+    prefix = [rng.randrange(vocab_size) for _ in range(prefix_len if dataset == "shared-prefix" else 0)]
+    return [prefix + [rng.randrange(vocab_size) for _ in range(input_len - len(prefix))] for _ in range(num_prompts)]
+
+
+async def _one_request(client: httpx.AsyncClient, url: str, body: dict) -> RequestRecord:
+    record = RequestRecord(start=time.perf_counter(), end=0.0, prompt_tokens=len(body["prompt"]))
+    try:
+        async with client.stream("POST", url + "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                record.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+            else:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        record.error = chunk["error"]["message"]
+                    elif chunk["choices"] and chunk["choices"][0]["text"]:
+                        record.token_times.append(time.perf_counter())
+                    if chunk.get("usage"):
+                        record.output_tokens = chunk["usage"]["completion_tokens"]
+                        record.prompt_tokens = chunk["usage"]["prompt_tokens"]
+    except (httpx.HTTPError, json.JSONDecodeError, KeyError) as err:
+        record.error = f"{type(err).__name__}: {err}"
+    record.end = time.perf_counter()
+    return record
+
+
+def _metric(text: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name)
+
+
+async def run_load(url: str, prompts: list[list[int]], *, output_len: int, request_rate: float = float("inf"),
+                   max_concurrency: int = 32, seed: int = 0, api_key: str | None = None,
+                   timeout_s: float = 600.0) -> dict:
+    """Send every prompt, return the summary (exercise 6.3) plus the server's prefix-cache hit rate."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    limits = httpx.Limits(max_connections=max_concurrency + 4, max_keepalive_connections=max_concurrency + 4)
+    async with httpx.AsyncClient(headers=headers, timeout=timeout_s, limits=limits) as client:
+        model = (await client.get(url + "/v1/models")).json()["data"][0]["id"]
+        before = (await client.get(url + "/metrics")).text
+        gate, rng = asyncio.Semaphore(max_concurrency), random.Random(seed)
+
+        async def limited(prompt: list[int]) -> RequestRecord:
+            body = {"model": model, "prompt": prompt, "max_tokens": output_len, "temperature": 0.0,
+                    "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+            async with gate:
+                return await _one_request(client, url, body)
+
+        start, tasks = time.perf_counter(), []
+        for prompt in prompts:
+            tasks.append(asyncio.create_task(limited(prompt)))
+            if request_rate != float("inf"):
+                await asyncio.sleep(rng.expovariate(request_rate))
+        records = await asyncio.gather(*tasks)
+        duration = time.perf_counter() - start
+        after = (await client.get(url + "/metrics")).text
+    summary = summarize_requests(records, duration)
+    queries = _metric(after, "mili:prefix_cache_queries_total") - _metric(before, "mili:prefix_cache_queries_total")
+    hits = _metric(after, "mili:prefix_cache_hits_total") - _metric(before, "mili:prefix_cache_hits_total")
+    summary["prefix_cache_hit_rate"] = hits / queries if queries else 0.0
+    summary["model"] = model
+    summary["first_errors"] = [r.error for r in records if r.error][:5]
+    return summary
+
+
+def environment() -> dict:
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True).stdout.strip()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    return {"device": device, "driver": torch.version.cuda if torch.cuda.is_available() else None,
+            "cpu_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+            "httpx": httpx.__version__, "git_commit": commit, "platform": platform.platform()}
+
+
+def print_summary(summary: dict, out=sys.stdout) -> None:
+    print(f"completed {summary['completed']}, errors {summary['errors']}, {summary['duration_s']:.2f} s, "
+          f"{summary['request_throughput']:.2f} req/s, {summary['output_throughput']:.1f} output tok/s, "
+          f"{summary['total_token_throughput']:.1f} total tok/s, prefix-cache hit rate "
+          f"{summary['prefix_cache_hit_rate']:.1%}", file=out)
+    print(f"{'metric':<8} {'mean ms':>10} {'median ms':>10} {'p99 ms':>10}", file=out)
+    for name in ("ttft", "tpot", "itl", "e2el"):
+        s = summary[f"{name}_ms"]
+        print(f"{name:<8} {s['mean']:>10.1f} {s['median']:>10.1f} {s['p99']:>10.1f}", file=out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mili bench serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--num-prompts", type=int, default=200)
+    p.add_argument("--request-rate", type=float, default=float("inf"), help="requests per second (inf: all at once)")
+    p.add_argument("--max-concurrency", type=int, default=32)
+    p.add_argument("--dataset", choices=["random", "shared-prefix"], default="random")
+    p.add_argument("--input-len", type=int, default=64)
+    p.add_argument("--prefix-len", type=int, default=48, help="shared-prefix: tokens every prompt shares")
+    p.add_argument("--output-len", type=int, default=32)
+    p.add_argument("--vocab-size", type=int, default=None, help="token ids are drawn below this (default: 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--json", type=Path, default=None, help="write the summary and the set-up to this file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("num_prompts", "max_concurrency", "input_len", "output_len"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not args.request_rate > 0:
+        raise ValueError(f"--request-rate must be > 0, got {args.request_rate}")
+    prompts = make_prompts(args.dataset, args.num_prompts, args.input_len, args.vocab_size or 1000, args.seed,
+                           args.prefix_len)
+    summary = asyncio.run(run_load(args.url.rstrip("/"), prompts, output_len=args.output_len,
+                                   request_rate=args.request_rate, max_concurrency=args.max_concurrency,
+                                   seed=args.seed, api_key=args.api_key))
+    print_summary(summary)
+    if args.json:
+        setup = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"setup": setup, "environment": environment(), "summary": summary},
+                                        indent=2, default=str) + "\n")
+        print(f"wrote {args.json}")
+    return 0 if summary["errors"] == 0 else 1

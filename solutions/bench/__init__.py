@@ -1,0 +1,1 @@
+"""References for chapter 06 (load testing): the analysis of raw request timings."""

@@ -1,0 +1,1 @@
+"""References for chapter 06 (the server): streaming chunks and request metrics."""
