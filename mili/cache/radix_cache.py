@@ -15,7 +15,7 @@ allocator to a cache created with `allocator=None`. Without an allocator (a stan
 in the grader), block ids are opaque values and nothing is counted.
 
 Cost: `match_prefix` and `insert` do one dictionary look-up per block plus a comparison of the
-tokens; eviction pops least-recently-used leaves from a heap built over the evictable leaves.
+tokens; eviction pops least-recently-used leaves from a heap of the evictable leaves.
 """
 
 from __future__ import annotations

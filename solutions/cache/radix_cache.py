@@ -46,6 +46,10 @@ class RadixCache:
         self._cached_blocks = 0
         self._evictable_blocks = 0
         self._evictable_leaves: set[RadixNode] = set()
+        # (priority, tie-break, leaf) for the evictable leaves; entries go stale when a leaf is
+        # used again, pinned or removed, and are skipped when popped (lazy deletion)
+        self._heap: list[tuple[int, int, RadixNode]] = []
+        self._pushes = 0
 
     # ------------------------------------------------------------ look-up and insertion
 
@@ -111,6 +115,8 @@ class RadixCache:
             if common < len(child.block_ids):
                 child = self._split(child, common)
             child.last_access = self._clock
+            if child in self._evictable_leaves:
+                self._push(child)  # its priority changed: the old heap entry is stale now
             matched.extend(child.block_ids)
             node = child
         return node, matched
@@ -158,10 +164,10 @@ class RadixCache:
         dropped: list[int] = []
         if num_blocks <= 0:
             return dropped
-        heap = [(self._priority(leaf), id(leaf), leaf) for leaf in self._evictable_leaves]
-        heapq.heapify(heap)
-        while heap and len(dropped) < num_blocks:
-            _, _, leaf = heapq.heappop(heap)
+        while self._heap and len(dropped) < num_blocks:
+            priority, _, leaf = heapq.heappop(self._heap)
+            if leaf not in self._evictable_leaves or priority != self._priority(leaf):
+                continue  # a stale entry
             parent = leaf.parent
             del parent.children[leaf.tokens[: self.block_size]]
             self._evictable_leaves.discard(leaf)
@@ -172,8 +178,6 @@ class RadixCache:
                     self.allocator.free(block_id)
             dropped.extend(leaf.block_ids)
             self._refresh(parent)
-            if parent in self._evictable_leaves:
-                heapq.heappush(heap, (self._priority(parent), id(parent), parent))
         self.num_evicted_blocks += len(dropped)
         return dropped
 
@@ -187,9 +191,21 @@ class RadixCache:
     def _refresh(self, node: RadixNode) -> None:
         """Keep the set of evictable leaves (unpinned, childless, not the root) up to date."""
         if not node.is_root and not node.children and node.lock_ref == 0:
-            self._evictable_leaves.add(node)
+            if node not in self._evictable_leaves:
+                self._evictable_leaves.add(node)
+                self._push(node)
         else:
             self._evictable_leaves.discard(node)
+
+    def _push(self, leaf: RadixNode) -> None:
+        if len(self._heap) > 2 * len(self._evictable_leaves) + 64:  # mostly stale: rebuild
+            self._heap = []
+            for node in self._evictable_leaves:
+                self._pushes += 1
+                self._heap.append((self._priority(node), self._pushes, node))
+            heapq.heapify(self._heap)
+        self._pushes += 1
+        heapq.heappush(self._heap, (self._priority(leaf), self._pushes, leaf))
 
     # ------------------------------------------------------------ sizes
 
