@@ -15,8 +15,7 @@ def synthetic_report(triton_fraction: float, compile_ratio: float) -> dict:
             for tokens in (1, 4096):
                 ms = 0.01 * tokens
                 gbps = triton_fraction * 3000.0
-                row = {"model": model, "kernel": kernel, "tokens": tokens, "bytes": int(gbps * ms * 1e6),
-                       "same_size_copy_gbps": 2900.0}
+                row = {"model": model, "kernel": kernel, "tokens": tokens, "bytes": int(gbps * ms * 1e6)}
                 for impl, factor in (("triton", 1.0), ("compile", compile_ratio), ("eager", 5.0)):
                     row[impl] = {"ms": ms * factor, "gbps": gbps / factor, "fraction_of_copy": triton_fraction / factor}
                 rows.append(row)
@@ -26,7 +25,8 @@ def synthetic_report(triton_fraction: float, compile_ratio: float) -> dict:
 
 def test_targets_are_met_only_above_the_bandwidth_fractions_and_compile():
     assert all(c["ok"] for c in synthetic_report(0.9, 1.2)["targets"])
-    assert not any(c["ok"] for c in synthetic_report(0.9, 0.8)["targets"])  # slower than torch.compile
+    assert not any(c["ok"] for c in synthetic_report(0.9, 0.95)["targets"])  # 5% slower than torch.compile
+    assert all(c["ok"] for c in synthetic_report(0.9, 0.99)["targets"])  # a tie, within timing noise
     missed = {c["kernel"] for c in synthetic_report(0.75, 1.2)["targets"] if not c["ok"]}
     assert missed == {"rms_norm", "fused_add_rms_norm", "silu_and_mul"}  # RoPE's bar is 70%
     assert all(c["tokens"] >= bench.TARGET_TOKENS for c in synthetic_report(0.9, 1.2)["targets"])
@@ -53,7 +53,7 @@ def test_eager_peers_compute_the_ops():
     x, w = torch.randn(3, 8), torch.rand(8) + 0.5
     expected = x / x.pow(2).mean(-1, keepdim=True).add(bench.EPS).sqrt() * w
     torch.testing.assert_close(bench.eager_rms_norm(x, w), expected)
-    out, summed = bench.eager_fused_add_rms_norm(x, x, w)
+    _, summed = bench.eager_fused_add_rms_norm(x, x, w)
     torch.testing.assert_close(summed, 2 * x)
     g = torch.randn(2, 6)
     torch.testing.assert_close(bench.eager_silu_and_mul(g), torch.sigmoid(g[:, :3]) * g[:, :3] * g[:, 3:])
@@ -63,10 +63,11 @@ def test_eager_peers_compute_the_ops():
 def test_each_case_runs_and_the_peers_agree(kernel, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("covered by the benchmark itself on CUDA")
-    monkeypatch.setitem(bench.MODELS, "tiny", dict(hidden=48, inter=40, hq=4, hkv=2, d=16))
+    monkeypatch.setitem(bench.MODELS, "tiny", {"hidden": 48, "inter": 40, "hq": 4, "hkv": 2, "d": 16})
     args, num_bytes, ours, eager = bench.make_case(kernel, "tiny", 3, dtype=torch.float32, dev="cpu")
     assert num_bytes > 0
     expected = eager(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
     got = ours(*args)
-    for g, e in zip(got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,)):
+    as_tuple = lambda out: out if isinstance(out, tuple) else (out,)  # noqa: E731
+    for g, e in zip(as_tuple(got), as_tuple(expected)):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)

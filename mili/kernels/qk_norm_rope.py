@@ -11,7 +11,10 @@ from __future__ import annotations
 from torch import Tensor
 
 from mili.exercise import exercise
-from mili.kernels._checks import check_rope_args, check_same_device, check_same_dtype, check_shape, check_tensor  # noqa: F401
+# the launch checks and Triton, for your kernel and launcher
+from mili.kernels._checks import (  # noqa: F401
+    check_rope_args, check_same_device, check_same_dtype, check_shape, check_tensor,
+)
 from mili.kernels._triton import tl, triton  # noqa: F401
 
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 from torch import Tensor
 
 from mili.exercise import exercise
-from mili.kernels._checks import as_rows, check_block, check_same_device, check_same_dtype, check_shape, check_tensor  # noqa: F401
+# the launch checks and Triton, for your kernel and launcher
+from mili.kernels._checks import (  # noqa: F401
+    as_rows, check_block, check_same_device, check_same_dtype, check_shape, check_tensor,
+)
 from mili.kernels._triton import tl, triton  # noqa: F401
 
 

@@ -12,6 +12,14 @@ from mili.testing import assert_close, randn
 
 pytestmark = pytest.mark.exercise("2.4")
 
+# On a CUDA machine the kernels run compiled on the GPU; on a CPU, in the Triton interpreter.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rand(*shape, **kwargs) -> torch.Tensor:
+    return randn(*shape, device=DEVICE, **kwargs)
+
+
 EPS = 1e-6
 MAX_POSITION = 64
 
@@ -19,7 +27,7 @@ MAX_POSITION = 64
 def cos_sin_table(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.arange(MAX_POSITION, dtype=torch.float64)[:, None] * inv_freq[None, :]
-    return torch.cat([angles.cos(), angles.sin()], dim=-1).float()
+    return torch.cat([angles.cos(), angles.sin()], dim=-1).float().to(DEVICE)
 
 
 def oracle(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -33,10 +41,11 @@ def oracle(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, table
 
 
 def inputs(num_tokens, hq, hkv, d, dtype):
-    q, k = randn(num_tokens, hq, d, dtype=dtype, scale=2.0), randn(num_tokens, hkv, d, dtype=dtype, name="k")
-    q_weight = (randn(d, name="q_weight") + 1.0).to(dtype)
-    k_weight = (randn(d, name="k_weight") + 1.0).to(dtype)
-    positions = torch.randint(0, MAX_POSITION, (num_tokens,), generator=torch.Generator().manual_seed(num_tokens))
+    q, k = rand(num_tokens, hq, d, dtype=dtype, scale=2.0), rand(num_tokens, hkv, d, dtype=dtype, name="k")
+    q_weight = (rand(d, name="q_weight") + 1.0).to(dtype)
+    k_weight = (rand(d, name="k_weight") + 1.0).to(dtype)
+    g = torch.Generator().manual_seed(num_tokens)
+    positions = torch.randint(0, MAX_POSITION, (num_tokens,), generator=g).to(DEVICE)
     return q, k, q_weight, k_weight, positions, cos_sin_table(d)
 
 
@@ -55,7 +64,7 @@ def test_matches_norm_then_rope(dtype, num_tokens):
 
 def test_strided_views_and_odd_sizes():
     num_tokens, hq, hkv, d = 3, 3, 1, 24
-    qkv = randn(num_tokens, (hq + 2 * hkv) * d, scale=2.0)
+    qkv = rand(num_tokens, (hq + 2 * hkv) * d, scale=2.0)
     q = qkv[:, : hq * d].view(num_tokens, hq, d)
     k = qkv[:, hq * d : (hq + hkv) * d].view(num_tokens, hkv, d)
     _, _, qw, kw, positions, table = inputs(num_tokens, hq, hkv, d, torch.float32)
@@ -69,7 +78,7 @@ def test_strided_views_and_odd_sizes():
 def test_bad_input_raises_clear_errors():
     q, k, qw, kw, positions, table = inputs(2, 2, 1, 8, torch.float32)
     with pytest.raises(ValueError, match="q_weight"):
-        qk_norm_rope(q, k, torch.ones(16), kw, EPS, positions, table)
+        qk_norm_rope(q, k, torch.ones(16, device=DEVICE), kw, EPS, positions, table)
     with pytest.raises(TypeError, match="k_weight"):
         qk_norm_rope(q, k, qw, kw.half(), EPS, positions, table)
     with pytest.raises(TypeError, match="cos_sin_cache"):

@@ -13,6 +13,14 @@ from mili.testing import assert_close, randn
 
 pytestmark = pytest.mark.exercise("2.1")
 
+# On a CUDA machine the kernels run compiled on the GPU; on a CPU, in the Triton interpreter.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rand(*shape, **kwargs) -> torch.Tensor:
+    return randn(*shape, device=DEVICE, **kwargs)
+
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 EPS = 1e-6
 
@@ -24,13 +32,13 @@ def oracle_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
 
 
 def weight_for(hidden: int, dtype: torch.dtype) -> torch.Tensor:
-    return (randn(hidden, name="weight") + 1.0).to(dtype)
+    return (rand(hidden, name="weight") + 1.0).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1000), (6, 1000), (2, 3, 64)])
 def test_rms_norm_matches_float32_math(dtype, shape):
-    x = randn(*shape, dtype=dtype, scale=3.0)
+    x = rand(*shape, dtype=dtype, scale=3.0)
     w = weight_for(shape[-1], dtype)
     got = rms_norm(x, w, EPS)
     assert_close(got, oracle_rms_norm(x, w, EPS), dtype=dtype, scale=2.0,
@@ -40,7 +48,7 @@ def test_rms_norm_matches_float32_math(dtype, shape):
 
 
 def test_rms_norm_strided_rows():
-    base = randn(5, 1536, scale=2.0)
+    base = rand(5, 1536, scale=2.0)
     x = base[:, 200:1200]  # rows 1536 elements apart, 1000 wide
     w = weight_for(1000, torch.float32)
     assert_close(rms_norm(x, w, EPS), oracle_rms_norm(x, w, EPS), what="rms_norm on rows with stride 1536",
@@ -48,16 +56,16 @@ def test_rms_norm_strided_rows():
 
 
 def test_rms_norm_rows_are_independent():
-    x = randn(4, 96, scale=2.0)
+    x = rand(4, 96, scale=2.0)
     x[2] *= 100.0
-    w = torch.ones(96)
+    w = torch.ones(96, device=DEVICE)
     assert_close(rms_norm(x, w, EPS), oracle_rms_norm(x, w, EPS), what="rms_norm with one large row",
                  hint="reduce over axis 1 (the columns) so each row gets its own scale")
 
 
 def test_rms_norm_uses_eps():
-    x = torch.full((2, 40), 1e-3) + randn(2, 40, scale=1e-4)
-    w = torch.ones(40)
+    x = torch.full((2, 40), 1e-3, device=DEVICE) + rand(2, 40, scale=1e-4)
+    w = torch.ones(40, device=DEVICE)
     assert_close(rms_norm(x, w, 0.5), oracle_rms_norm(x, w, 0.5), what="rms_norm of tiny inputs with eps=0.5",
                  hint="eps goes inside the square root: rsqrt(mean(x^2) + eps)")
 
@@ -65,7 +73,7 @@ def test_rms_norm_uses_eps():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 5])
 def test_fused_add_rms_norm_matches_float32_math(dtype, rows):
-    x, residual = randn(rows, 1000, dtype=dtype, scale=2.0), randn(rows, 1000, dtype=dtype, name="residual")
+    x, residual = rand(rows, 1000, dtype=dtype, scale=2.0), rand(rows, 1000, dtype=dtype, name="residual")
     x_before, residual_before = x.clone(), residual.clone()
     w = weight_for(1000, dtype)
     got = fused_add_rms_norm(x, residual, w, EPS)
@@ -81,8 +89,8 @@ def test_fused_add_rms_norm_matches_float32_math(dtype, rows):
 
 
 def test_fused_add_rms_norm_strided_rows():
-    x = randn(3, 2000, scale=2.0)[:, ::2].contiguous()  # packed
-    residual = randn(3, 1200, name="residual")[:, 100:1100]  # strided rows
+    x = rand(3, 2000, scale=2.0)[:, ::2].contiguous()  # packed
+    residual = rand(3, 1200, name="residual")[:, 100:1100]  # strided rows
     w = weight_for(1000, torch.float32)
     out, residual_out = fused_add_rms_norm(x, residual, w, EPS)
     summed = x + residual
@@ -92,16 +100,16 @@ def test_fused_add_rms_norm_strided_rows():
 
 
 def test_bad_input_raises_clear_errors():
-    x, w = randn(2, 64), torch.ones(64)
+    x, w = rand(2, 64), torch.ones(64, device=DEVICE)
     with pytest.raises(ValueError, match="weight"):
-        rms_norm(x, torch.ones(32), EPS)
+        rms_norm(x, torch.ones(32, device=DEVICE), EPS)
     with pytest.raises(TypeError, match="x"):
         rms_norm(x.to(torch.int32), w, EPS)
     with pytest.raises(TypeError, match="dtype"):
         rms_norm(x, w.to(torch.float16), EPS)
     with pytest.raises(ValueError, match="contiguous"):
-        rms_norm(randn(64, 2).t(), w, EPS)
+        rms_norm(rand(64, 2).t(), w, EPS)
     with pytest.raises(ValueError, match="device"):
         rms_norm(x, torch.ones(64, device="meta"), EPS)
     with pytest.raises(ValueError, match="residual"):
-        fused_add_rms_norm(x, randn(3, 64), w, EPS)
+        fused_add_rms_norm(x, rand(3, 64), w, EPS)

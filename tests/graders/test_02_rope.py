@@ -12,13 +12,21 @@ from mili.testing import assert_close, randn
 
 pytestmark = pytest.mark.exercise("2.2")
 
+# On a CUDA machine the kernels run compiled on the GPU; on a CPU, in the Triton interpreter.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rand(*shape, **kwargs) -> torch.Tensor:
+    return randn(*shape, device=DEVICE, **kwargs)
+
+
 MAX_POSITION = 64
 
 
 def cos_sin_table(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.arange(MAX_POSITION, dtype=torch.float64)[:, None] * inv_freq[None, :]
-    return torch.cat([angles.cos(), angles.sin()], dim=-1).float()
+    return torch.cat([angles.cos(), angles.sin()], dim=-1).float().to(DEVICE)
 
 
 def oracle_rope(x: torch.Tensor, positions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -30,13 +38,13 @@ def oracle_rope(x: torch.Tensor, positions: torch.Tensor, table: torch.Tensor) -
 
 def positions_for(num_tokens: int, dtype=torch.int64) -> torch.Tensor:
     g = torch.Generator().manual_seed(num_tokens)
-    return torch.randint(0, MAX_POSITION, (num_tokens,), generator=g, dtype=dtype)
+    return torch.randint(0, MAX_POSITION, (num_tokens,), generator=g, dtype=dtype).to(DEVICE)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("num_tokens", [1, 7])
 def test_matches_float32_math_in_place(dtype, num_tokens):
-    q, k = randn(num_tokens, 4, 16, dtype=dtype), randn(num_tokens, 2, 16, dtype=dtype, name="k")
+    q, k = rand(num_tokens, 4, 16, dtype=dtype), rand(num_tokens, 2, 16, dtype=dtype, name="k")
     positions, table = positions_for(num_tokens), cos_sin_table(16)
     expected_q, expected_k = oracle_rope(q, positions, table), oracle_rope(k, positions, table)
     got_q, got_k = apply_rope(q, k, positions, table)
@@ -48,7 +56,7 @@ def test_matches_float32_math_in_place(dtype, num_tokens):
 
 
 def test_head_dim_not_a_power_of_two():
-    q, k = randn(3, 3, 24), randn(3, 1, 24, name="k")  # D/2 = 12, 3 heads
+    q, k = rand(3, 3, 24), rand(3, 1, 24, name="k")  # D/2 = 12, 3 heads
     positions, table = positions_for(3, torch.int32), cos_sin_table(24)
     expected_q, expected_k = oracle_rope(q, positions, table), oracle_rope(k, positions, table)
     apply_rope(q, k, positions, table)
@@ -59,7 +67,7 @@ def test_head_dim_not_a_power_of_two():
 
 def test_strided_views_of_a_fused_qkv():
     num_tokens, hq, hkv, d = 5, 4, 2, 16
-    qkv = randn(num_tokens, (hq + 2 * hkv) * d)
+    qkv = rand(num_tokens, (hq + 2 * hkv) * d)
     v_before = qkv[:, (hq + hkv) * d:].clone()
     q = qkv[:, : hq * d].view(num_tokens, hq, d)
     k = qkv[:, hq * d : (hq + hkv) * d].view(num_tokens, hkv, d)
@@ -73,22 +81,22 @@ def test_strided_views_of_a_fused_qkv():
 
 
 def test_position_zero_is_the_identity():
-    q, k = randn(2, 2, 8), randn(2, 2, 8, name="k")
+    q, k = rand(2, 2, 8), rand(2, 2, 8, name="k")
     expected_q, expected_k = q.clone(), k.clone()
-    apply_rope(q, k, torch.zeros(2, dtype=torch.int64), cos_sin_table(8))
+    apply_rope(q, k, torch.zeros(2, dtype=torch.int64, device=DEVICE), cos_sin_table(8))
     assert_close(q, expected_q, what="q rotated at position 0",
                  hint="at position 0 cos = 1 and sin = 0: read cos from the first half of the row, sin from the second")
     assert_close(k, expected_k, what="k rotated at position 0")
 
 
 def test_bad_input_raises_clear_errors():
-    q, k, positions, table = randn(2, 2, 8), randn(2, 1, 8, name="k"), positions_for(2), cos_sin_table(8)
+    q, k, positions, table = rand(2, 2, 8), rand(2, 1, 8, name="k"), positions_for(2), cos_sin_table(8)
     with pytest.raises(TypeError, match="cos_sin_cache"):
         apply_rope(q, k, positions, table.half())
     with pytest.raises(TypeError, match="positions"):
         apply_rope(q, k, positions.float(), table)
     with pytest.raises(ValueError, match="head_dim"):
-        apply_rope(q, randn(2, 1, 16), positions, table)
+        apply_rope(q, rand(2, 1, 16), positions, table)
     with pytest.raises(ValueError, match="cos_sin_cache"):
         apply_rope(q, k, positions, cos_sin_table(16))
     with pytest.raises(ValueError, match="token"):
