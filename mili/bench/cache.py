@@ -9,7 +9,7 @@ cost is added to every step. Three measurements, all on the CPU (no GPU is invol
    `BlockManager` without a prefix cache.
 2. decode step: the bookkeeping of one decode step of 256 sequences (can_append, append_slots,
    slot_mapping of the new token and block_table, per sequence), in microseconds per step.
-3. scaling: `match_prefix` and `insert` against prompt length, which should grow linearly
+3. scaling: `match_prefix` and `insert` against prompt length (medians), which should grow linearly
    (O(prompt length / block size) dictionary look-ups plus the token comparisons).
 
     mili bench cache [--ops 100000] [--batch 256] [--json FILE] [--plot FILE]
@@ -94,23 +94,26 @@ def decode_step(batch: int, steps: int = 50, seed: int = 0) -> float:
     return sorted(times)[len(times) // 2] * 1e6
 
 
-def prefix_scaling(lengths=PROMPT_LENGTHS, repeats: int = 20, seed: int = 0) -> list[dict]:
-    """Microseconds per match_prefix (full hit) and per insert (all new) against prompt length."""
+def prefix_scaling(lengths=PROMPT_LENGTHS, repeats: int = 21, seed: int = 0) -> list[dict]:
+    """Median microseconds per match_prefix (full hit) and per insert (all new) against prompt
+    length (medians: this host may be shared)."""
     rng = random.Random(seed)
     rows = []
     for length in lengths:
         cache = RadixCache(BLOCK_SIZE)
         prompts = [[rng.randrange(151_000) for _ in range(length)] for _ in range(repeats)]
         blocks = list(range(length // BLOCK_SIZE))
-        start = time.perf_counter()
+        insert_times, match_times = [], []
         for prompt in prompts:
+            start = time.perf_counter()
             cache.insert(prompt, blocks)
-        insert_us = (time.perf_counter() - start) / repeats * 1e6
-        start = time.perf_counter()
+            insert_times.append(time.perf_counter() - start)
         for prompt in prompts:
+            start = time.perf_counter()
             cache.match_prefix(prompt)
-        match_us = (time.perf_counter() - start) / repeats * 1e6
-        rows.append({"prompt_tokens": length, "match_us": match_us, "insert_us": insert_us})
+            match_times.append(time.perf_counter() - start)
+        rows.append({"prompt_tokens": length, "match_us": sorted(match_times)[repeats // 2] * 1e6,
+                     "insert_us": sorted(insert_times)[repeats // 2] * 1e6})
     return rows
 
 
