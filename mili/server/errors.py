@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           429: "rate_limit_error", 500: "internal_server_error", 503: "service_unavailable"}
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 class APIError(Exception):
@@ -36,8 +37,16 @@ def bad_request(message: str, param: str | None = None) -> APIError:
 def from_validation_errors(errors: list[dict]) -> APIError:
     """Pydantic's error list -> one 400 naming the first offending field."""
     first = errors[0]
-    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    path = []
+    for part in first.get("loc", ()):
+        if isinstance(part, str) and (part in _TYPE_TAGS or "[" in part):
+            break  # pydantic names the member of a union it tried ('str', 'list[int]'): not a field
+        if part != "body":
+            path.append(str(part))
+    param = ".".join(path) or None
     message = first.get("msg", "invalid request")
+    if len(errors) > 1 and param and all(e.get("loc", ())[:1] == first.get("loc", ())[:1] for e in errors):
+        message = "not one of the accepted types"
     if param:
         message = f"{param}: {message}"
     return bad_request(message, param)

@@ -1,0 +1,60 @@
+"""SIGTERM on a live `mili serve`: stop admitting (503), let short requests finish, abort the rest, exit 0."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from mili.server.launch import launch_server
+from tests.server_helpers import make_server_model
+
+SHUTDOWN_TIMEOUT_S = 2.0
+
+
+def _stream(url: str, max_tokens: int, result: dict, first_chunk: threading.Event) -> None:
+    body = {"prompt": [1, 2, 3, 4], "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            first_chunk.set()
+            if line == "data: [DONE]":
+                result["done"] = True
+                continue
+            chunk = json.loads(line[6:])
+            for choice in chunk["choices"]:
+                if choice["finish_reason"]:
+                    result.setdefault("finish_reasons", []).append(choice["finish_reason"])
+            if chunk.get("usage"):
+                result["completion_tokens"] = chunk["usage"]["completion_tokens"]
+
+
+def test_sigterm_drains_then_aborts_and_exits_0(tmp_path):
+    folder = make_server_model(tmp_path / "model", max_position_embeddings=4096)
+    args = ["--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S), "--max-model-len", "4096", "--num-kv-blocks", "600"]
+    with launch_server(folder, args=args) as server:
+        short, long = {}, {}
+        events = [threading.Event(), threading.Event()]
+        threads = [threading.Thread(target=_stream, args=(server.url, 40, short, events[0])),
+                   threading.Thread(target=_stream, args=(server.url, 4000, long, events[1]))]
+        for thread in threads:
+            thread.start()
+        assert all(e.wait(30) for e in events)
+        signalled = time.monotonic()
+        server.process.terminate()
+        time.sleep(0.3)
+        assert httpx.get(server.url + "/health").status_code == 503
+        refused = httpx.post(server.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 1})
+        assert refused.status_code == 503 and "retry-after" in refused.headers
+        assert server.process.wait(30) == 0
+        elapsed = time.monotonic() - signalled
+        for thread in threads:
+            thread.join(10)
+    assert short == {"finish_reasons": ["length"], "completion_tokens": 40, "done": True}
+    assert long["finish_reasons"] == ["abort"] and long["done"] and long["completion_tokens"] < 4000
+    assert SHUTDOWN_TIMEOUT_S <= elapsed < SHUTDOWN_TIMEOUT_S + 10
