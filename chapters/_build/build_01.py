@@ -81,6 +81,8 @@ The model takes **one flat batch** of tokens from many sequences at once (`input
 `positions [T]`) plus an `AttentionMetadata` object that says where each sequence starts and where
 its keys and values live in a **paged KV cache**. Prefill (a whole prompt) and decode (one new token
 per sequence) are the same call with different metadata. You will use that contract in exercise 1.7.
+[`docs/architecture.md`](../docs/architecture.md) describes the layout, the batch contract and the
+backends in full.
 
 ### The course map
 
@@ -133,7 +135,7 @@ mili_cli(["status"]);
 md(r"""
 ## 2. The Qwen3 architecture
 
-Qwen3's dense models are decoder-only transformers with four details worth knowing by name:
+Qwen3's dense models are decoder-only transformers with a few details worth knowing by name:
 
 - **RMSNorm**, applied *before* each sub-block (pre-norm), with the residual stream carried around it;
 - **q/k norm**: an extra RMSNorm over the head dimension of every query and key head, before RoPE
@@ -615,8 +617,8 @@ Two methods: `Qwen3Attention.forward` and `Qwen3DecoderLayer.forward`.
 **Attention**, for T tokens: one matrix product gives `qkv [T, (Hq + 2·Hkv)·D]`; split it into q, k, v
 and view them as heads; RMSNorm every q head and every k head over D (`q_norm`, `k_norm`); rotate q and k
 (`self.ops.apply_rope`); `self.attend(...)` (provided) writes k, v into the paged cache and runs attention
-(1.3 underneath); `o_proj` brings the heads back to H. The shapes for the tiny model below (Hq = 4,
-Hkv = 2, D = 16, H = 64):
+(1.3 underneath); `o_proj` brings the heads back to H. The cell after the table prints these shapes for
+the tiny model of section 2 (Hq = 4, Hkv = 2, D = 16, H = 64).
 
 **The layer** carries the residual stream *separately* from the block outputs, so that chapter 02 can
 fuse "add the residual, then normalise" into one kernel (`norm(x, residual) → (normed, x + residual)`).
