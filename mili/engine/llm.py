@@ -41,9 +41,11 @@ class LLM:
                  max_model_len: int | None = None, enable_prefix_caching: bool = True,
                  gpu_memory_utilization: float = 0.9):
         from mili.checkpoint import load_model
+        from mili.engine.batched_attention import engine_backend
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model_name = str(model)
+        backend = engine_backend(backend, device) if isinstance(backend, str) else backend
         self.model = load_model(model, dtype=_resolve_dtype(dtype), device=device, backend=backend, seed=seed)
         self.tokenizer = _load_tokenizer(tokenizer if tokenizer is not None else model)
         config = EngineConfig(block_size=block_size, num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs,

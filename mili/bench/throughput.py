@@ -1,0 +1,241 @@
+"""`mili bench throughput`: offline generation throughput, the workload of DESIGN.md §9.
+
+nano-vllm's workload: 256 sequences of random token ids, prompt and output lengths uniform in
+[100, 1024], seed 0, EOS ignored; counted as output tokens over wall time. Flags scale it down
+for the CPU. `--compare hf` runs Hugging Face `generate` on the same prompts in the same run:
+batches of `--hf-batch-size` prompts in arrival order, left-padded, sampling with the same
+temperature up to the longest output of the batch; only the tokens each request asked for count
+(HF cannot stop one row of a batch early, so its surplus tokens are wasted work).
+The floor: 2 · parameters · (prompt + output tokens) FLOPs at the matmul rate measured here.
+
+    mili bench throughput [--model DIR|PRESET] [--num-seqs 256] [--min-len 100] [--max-len 1024]
+                          [--compare hf] [--json FILE] [--plot FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+TEMPERATURE = 0.6
+
+
+def workload(num_seqs: int, min_len: int, max_len: int, vocab: int, seed: int = 0):
+    """[(prompt token ids, output length)] as nano-vllm draws them (seeded, lengths uniform)."""
+    rng = random.Random(seed)
+    work = []
+    for _ in range(num_seqs):
+        prompt = [rng.randrange(vocab) for _ in range(rng.randint(min_len, max_len))]
+        work.append((prompt, rng.randint(min_len, max_len)))
+    return work
+
+
+def run_mili(llm, work) -> dict:
+    from mili.engine.sampling_params import SamplingParams
+
+    prompts = [{"prompt_token_ids": p} for p, _ in work]
+    params = [SamplingParams(temperature=TEMPERATURE, max_tokens=n, ignore_eos=True) for _, n in work]
+    llm.generate(prompts[:2], [SamplingParams(max_tokens=4, ignore_eos=True)] * 2, use_tqdm=False)  # warm-up
+    _sync(llm.model.device)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    _sync(llm.model.device)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    stats = llm.stats()
+    return {"seconds": seconds, "output_tokens": tokens, "tokens_per_s": tokens / seconds,
+            "preemptions": stats["preemptions"], "steps": stats["steps"]}
+
+
+def run_hf(hf_model, work, batch_size: int) -> dict:
+    device = next(hf_model.parameters()).device
+
+    def generate(batch):
+        width = max(len(p) for p, _ in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, (prompt, _) in enumerate(batch):
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        with torch.no_grad():
+            out = hf_model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                                    temperature=TEMPERATURE, top_k=0, top_p=1.0,
+                                    max_new_tokens=max(n for _, n in batch),
+                                    min_new_tokens=max(n for _, n in batch), pad_token_id=0)
+        return out.shape[1] - width
+
+    generate(work[:2])  # warm-up
+    _sync(device)
+    start, generated = time.perf_counter(), 0
+    for i in range(0, len(work), batch_size):
+        batch = work[i:i + batch_size]
+        generated += generate(batch) * len(batch)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    useful = sum(n for _, n in work)
+    return {"seconds": seconds, "output_tokens": useful, "tokens_per_s": useful / seconds,
+            "generated_tokens_incl_surplus": generated, "batch_size": batch_size}
+
+
+def hf_model_for(llm, model: str):
+    from transformers import Qwen3Config as HFConfig
+    from transformers import Qwen3ForCausalLM as HFQwen3
+
+    folder = Path(model)
+    if (folder / "config.json").exists():
+        hf = HFQwen3.from_pretrained(folder, dtype=llm.model.dtype)
+    else:  # a preset: same shapes, random weights (speed does not depend on the values)
+        hf = HFQwen3(HFConfig(**{k: v for k, v in llm.model.config.to_hf_dict().items() if k != "torch_dtype"}))
+        hf = hf.to(llm.model.dtype)
+    return hf.to(llm.model.device).eval()
+
+
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype) -> float:
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    reps, start = 20 if device.type == "cuda" else 5, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def environment(device: torch.device) -> dict:
+    def run(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    try:
+        import transformers
+
+        transformers_version = transformers.__version__
+    except ImportError:
+        transformers_version = None
+    cuda = device.type == "cuda"
+    driver = run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).splitlines() if cuda else []
+    return {"device": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine()),
+            "gpu": torch.cuda.get_device_name(device) if cuda else None, "driver": driver[0] if driver else None,
+            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "triton": triton_version,
+            "transformers": transformers_version, "python": platform.python_version(),
+            "git_commit": os.environ.get("MILI_GIT_COMMIT") or run(["git", "rev-parse", "HEAD"]) or "unknown",
+            "mili_impl": os.environ.get("MILI_IMPL", "auto")}
+
+
+def run_benchmark(model: str, *, num_seqs: int, min_len: int, max_len: int, compare_hf: bool, device=None,
+                  dtype="auto", hf_batch_size: int | None = None, max_num_seqs: int = 256,
+                  max_num_batched_tokens: int | None = None, seed: int = 0) -> dict:
+    from mili.engine.llm import LLM
+
+    llm = LLM(model, dtype=dtype, device=device, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+              enable_prefix_caching=False, max_model_len=2 * max_len + 1)
+    config = llm.model.config
+    work = workload(num_seqs, min_len, max_len, config.vocab_size, seed)
+    device = llm.model.device
+    flops = matmul_flops_per_s(device, llm.model.dtype)
+    total_tokens = sum(len(p) + n for p, n in work)
+    floor_s = 2 * config.num_parameters() * total_tokens / flops
+    mili = run_mili(llm, work)
+    report = {"environment": environment(device), "model": model, "dtype": str(llm.model.dtype),
+              "workload": {"num_seqs": num_seqs, "min_len": min_len, "max_len": max_len, "seed": seed,
+                           "temperature": TEMPERATURE, "prompt_tokens": sum(len(p) for p, _ in work),
+                           "output_tokens": sum(n for _, n in work)},
+              "matmul_flops_per_s": flops, "floor_seconds": floor_s,
+              "mili": {**mili, "fraction_of_floor": floor_s / mili["seconds"]}}
+    if compare_hf:
+        hf = run_hf(hf_model_for(llm, model), work, hf_batch_size or num_seqs)
+        report["hf"] = {**hf, "fraction_of_floor": floor_s / hf["seconds"]}
+        report["speedup_vs_hf"] = mili["tokens_per_s"] / hf["tokens_per_s"]
+    return report
+
+
+def print_report(report: dict, stream=sys.stdout) -> None:
+    w = report["workload"]
+    print(f"{report['environment']['device']} · {report['model']} · {report['dtype']} · {w['num_seqs']} seqs, lengths "
+          f"[{w['min_len']}, {w['max_len']}] · floor {report['floor_seconds']:.2f} s "
+          f"({report['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s matmul)", file=stream)
+    print(f"{'engine':<8} {'seconds':>9} {'out tok/s':>11} {'of floor':>9} {'ratio':>7}", file=stream)
+    for name in ("mili", "hf"):
+        if name in report:
+            r = report[name]
+            ratio = r["tokens_per_s"] / report["hf"]["tokens_per_s"] if "hf" in report else 1.0
+            print(f"{name:<8} {r['seconds']:>9.2f} {r['tokens_per_s']:>11.1f} {r['fraction_of_floor']:>8.1%} "
+                  f"{ratio:>6.2f}x", file=stream)
+
+
+def plot_report(report: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("mili", "hf") if n in report]
+    values = [report[n]["tokens_per_s"] for n in names]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(["mili engine" if n == "mili" else "HF generate (batched)" for n in names], values, color=["C0", "C1"][:len(names)])
+    w = report["workload"]
+    ax.set_ylabel("output tokens / s")
+    ax.set_title(f"{Path(report['model']).name}, {w['num_seqs']} seqs, lengths [{w['min_len']}, {w['max_len']}]\n"
+                 f"{report['environment']['device']}", fontsize=9)
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.0f}", ha="center", va="bottom")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mili.engine.llm import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="mili bench throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="a model folder or a preset (Qwen3-0.6B)")
+    parser.add_argument("--num-seqs", type=int, default=256)
+    parser.add_argument("--min-len", type=int, default=100, help="shortest prompt and output")
+    parser.add_argument("--max-len", type=int, default=1024, help="longest prompt and output")
+    parser.add_argument("--compare", choices=["hf"], help="also run Hugging Face generate on the same prompts")
+    parser.add_argument("--hf-batch-size", type=int, default=None, help="HF batch size (default: all at once)")
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--json", help="write the results as JSON here")
+    parser.add_argument("--plot", help="write a bar chart (PNG) here")
+    args = parser.parse_args(argv)
+    report = run_benchmark(args.model, num_seqs=args.num_seqs, min_len=args.min_len, max_len=args.max_len,
+                           compare_hf=args.compare == "hf", device=args.device, dtype=args.dtype,
+                           hf_batch_size=args.hf_batch_size, max_num_seqs=args.max_num_seqs,
+                           max_num_batched_tokens=args.max_num_batched_tokens)
+    print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.plot:
+        plot_report(report, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Attention for a whole engine batch in one call, for the `torch` backend.
+
+The torch backend attends sequence by sequence (a Python loop: clear, and the baseline the
+Triton kernels beat). An engine step holds up to hundreds of sequences, and on the CPU that loop
+costs more than the model's matmuls. These versions gather every sequence's keys and values into
+one padded [B, L, Hkv, D] tensor (from the paged cache through the block tables, or from the
+flat batch) and make one `scaled_dot_product_attention` call with a padding + causal mask.
+Same signatures and results as `mili.backends.torch_ops`; a batch whose padded score tensor
+would be large falls back to the per-sequence loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mili.backends import Backend, get_backend
+from mili.backends import torch_ops
+
+MAX_PADDED_SCORES = 1 << 24  # B · Hq · max_q · max_k elements (64 MiB of float32) before falling back
+
+
+def _gather_padded(cache: Tensor, block_tables: Tensor, max_len: int) -> Tensor:
+    """[B, max_len, Hkv, D] keys (or values) of B sequences from a paged cache [N, S, Hkv, D]."""
+    block_size = cache.shape[1]
+    num_blocks = -(-max_len // block_size)
+    tables = block_tables[:, :num_blocks].clamp_min(0).long()
+    return cache[tables].flatten(1, 2)[:, :max_len]
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """q [B, Lq, Hq, D], k/v [B, Lk, Hkv, D], mask [B, Lq, Lk] (True = attend) -> [B, Lq, Hq, D].
+
+    The query heads that share a key/value head become extra query rows of that head, so keys and
+    values are never repeated per query head.
+    """
+    batch, len_q, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    group = heads // kv_heads
+    rows = q.reshape(batch, len_q, kv_heads, group, head_dim).permute(0, 2, 1, 3, 4).reshape(
+        batch, kv_heads, len_q * group, head_dim)
+    out = F.scaled_dot_product_attention(rows.float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(),
+                                         attn_mask=mask.repeat_interleave(group, dim=1).unsqueeze(1), scale=scale)
+    out = out.reshape(batch, kv_heads, len_q, group, head_dim).permute(0, 2, 1, 3, 4)
+    return out.reshape(batch, len_q, heads, head_dim).to(q.dtype)
+
+
+def paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables, *, softmax_scale=None) -> Tensor:
+    batch, heads, head_dim = q.shape
+    max_len = int(context_lens.max())
+    if batch * heads * max_len > MAX_PADDED_SCORES:
+        return torch_ops.paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables,
+                                                softmax_scale=softmax_scale)
+    scale = softmax_scale if softmax_scale is not None else head_dim ** -0.5
+    k = _gather_padded(k_cache, block_tables, max_len)
+    v = _gather_padded(v_cache, block_tables, max_len)
+    mask = torch.arange(max_len, device=q.device).unsqueeze(0) < context_lens.unsqueeze(1)  # [B, L]
+    return _attend(q.unsqueeze(1), k, v, mask.unsqueeze(1), scale).squeeze(1)
+
+
+def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                      causal=True, softmax_scale=None, block_table=None) -> Tensor:
+    batch = cu_seqlens_q.numel() - 1
+    if not causal or batch * q.shape[1] * max_seqlen_q * max_seqlen_k > MAX_PADDED_SCORES:
+        return torch_ops.flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                           causal=causal, softmax_scale=softmax_scale, block_table=block_table)
+    device = q.device
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    q_lens, k_lens = cu_seqlens_q.diff().long(), cu_seqlens_k.diff().long()
+    rows_q = torch.arange(max_seqlen_q, device=device).unsqueeze(0)  # [1, Lq]
+    rows_k = torch.arange(max_seqlen_k, device=device).unsqueeze(0)
+    valid_q = rows_q < q_lens.unsqueeze(1)  # [B, Lq]
+    q_pad = q[(cu_seqlens_q[:-1].long().unsqueeze(1) + rows_q).clamp(max=q.shape[0] - 1)]
+    if block_table is None:
+        index = (cu_seqlens_k[:-1].long().unsqueeze(1) + rows_k).clamp(max=k.shape[0] - 1)
+        k_pad, v_pad = k[index], v[index]
+    else:
+        k_pad, v_pad = _gather_padded(k, block_table, max_seqlen_k), _gather_padded(v, block_table, max_seqlen_k)
+    # query i of sequence b sits at position k_len - q_len + i and sees keys up to there
+    query_pos = (k_lens - q_lens).unsqueeze(1) + rows_q  # [B, Lq]
+    mask = (rows_k.unsqueeze(0) <= query_pos.unsqueeze(2)) & (rows_k < k_lens.unsqueeze(1)).unsqueeze(1)
+    return _attend(q_pad, k_pad, v_pad, mask, scale)[valid_q]
+
+
+def engine_backend(name: str, device: torch.device | str) -> Backend:
+    """The backend the engine runs with: the torch backend's attention swapped for these batched ops."""
+    backend = get_backend(name, device)
+    if backend.name != "torch":
+        return backend
+    return replace(backend, paged_decode_attention=paged_decode_attention, flash_attn_varlen=flash_attn_varlen)
