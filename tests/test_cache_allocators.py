@@ -2,6 +2,8 @@
 implementations MILI_IMPL selects (the references in CI): thousands of random operation sequences
 against brute-force models, every invariant checked after every operation."""
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -83,6 +85,6 @@ def test_contiguous_allocator_tiles_the_buffer(fit, ops):
             assert offset == position, f"gap or overlap at {position}"
             position += size
         assert position == CAPACITY
-        assert all(a + sa < b for (a, sa), (b, _) in zip(holes, holes[1:])), f"holes {holes} should be merged"
+        assert all(a + sa < b for (a, sa), (b, _) in itertools.pairwise(holes)), f"holes {holes} should be merged"
         assert allocator.free_space == sum(s for _, s in holes)
         assert allocator.largest_hole == max((s for _, s in holes), default=0)

@@ -120,7 +120,7 @@ def prefix_scaling(lengths=PROMPT_LENGTHS, repeats: int = 21, seed: int = 0) -> 
 def metadata() -> dict:
     def run(cmd):
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 

@@ -26,7 +26,8 @@ every sequence is freed and the cache cleared, every block is free.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
 
 from mili.cache.stats import CacheStats
 from mili.exercise import exercise

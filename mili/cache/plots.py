@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from mili.cache.radix_node import RadixNode
 
@@ -36,7 +36,7 @@ def draw_block_tables(manager, seq_ids: Sequence[Hashable], ax, *, title: str = 
         ax.text(block + 0.45, -0.35, str(block), ha="center", va="center", fontsize=7)
         if holders > 1:
             ax.text(block + 0.45, 0.4, f"×{holders}", ha="center", va="center", fontsize=7,
-                    bbox=dict(facecolor="white", edgecolor="none", pad=0.5))
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
     width = max(manager.num_blocks, max((len(manager.block_table(s)) for s in seq_ids), default=0))
     ax.set_xlim(-0.2, width + 0.2)
     ax.set_ylim(-0.8, rows + 2.2)
@@ -75,7 +75,7 @@ def draw_radix_tree(cache, ax, *, decode: Callable[[Sequence[int]], str] | None 
             label = " | ".join(blocks) + f"\nblocks {node.block_ids}" + (f"  lock {node.lock_ref}" if node.lock_ref else "")
             colour = "#F4C7C3" if node.lock_ref else "#D5E8D4"
         ax.text(x, y, label, ha="center", va="center", fontsize=8, zorder=2,
-                bbox=dict(boxstyle="round,pad=0.3", facecolor=colour, edgecolor="#555555"))
+                bbox={"boxstyle": "round,pad=0.3", "facecolor": colour, "edgecolor": "#555555"})
     xs = [p[0] for p in places.values()]
     ys = [p[1] for p in places.values()]
     ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)

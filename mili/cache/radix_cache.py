@@ -20,7 +20,8 @@ tokens; eviction pops least-recently-used leaves from a heap of the evictable le
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mili.cache.radix_node import PrefixMatch, RadixNode
 from mili.exercise import exercise

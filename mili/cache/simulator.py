@@ -156,7 +156,7 @@ def simulate(trace: list[Request], capacity: int, scheme: str, *, block_size: in
         while waiting and admit(waiting[0]):
             waiting.popleft()
         _measure(report, running, waiting, allocator, free_blocks, block_size)
-        for r in list(running):
+        for r in running[:]:
             if r not in running:
                 continue  # preempted earlier in this step
             if paged and r.length % block_size == 0:

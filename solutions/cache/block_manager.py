@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
 
 from mili.cache.block_allocator import BlockAllocator
 from mili.cache.errors import OutOfBlocksError
