@@ -155,7 +155,7 @@ def simulate(trace: list[Request], capacity: int, scheme: str, *, block_size: in
             waiting.append(pending.popleft())
         while waiting and admit(waiting[0]):
             waiting.popleft()
-        _measure(report, running, waiting, allocator, free_blocks, block_size)
+        _measure(report, running, waiting, allocator, block_size)
         for r in running[:]:
             if r not in running:
                 continue  # preempted earlier in this step
@@ -183,7 +183,7 @@ def _preempt(victim: _Running, release, waiting: deque, report: SimulationReport
 
 
 def _measure(report: SimulationReport, running: list[_Running], waiting: deque,
-             allocator: ContiguousAllocator | None, free_blocks: int, block_size: int) -> None:
+             allocator: ContiguousAllocator | None, block_size: int) -> None:
     if not running:
         return
     sums = report.slot_sums
@@ -194,7 +194,7 @@ def _measure(report: SimulationReport, running: list[_Running], waiting: deque,
     if allocator is None:
         held = sum(r.blocks for r in running) * block_size
         sums["internal"] += held - token
-        free, external = free_blocks * block_size, 0  # any free block serves any request
+        free, external = report.capacity - held, 0  # any free block serves any request
     else:
         sums["reserved"] += sum(r.request.final_len - r.length for r in running)
         sums["internal"] += sum(r.request.max_len - r.request.final_len for r in running)
