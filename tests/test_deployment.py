@@ -1,0 +1,124 @@
+"""deployment/: the Kubernetes manifests and the Compose file pass their schemas (offline) and agree
+with each other and with the server's flags; the Dockerfile runs the commands of deployment/README.md."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from importlib import resources
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+jsonschema = pytest.importorskip("jsonschema")
+
+from mili.exercise import repo_root  # noqa: E402
+from mili.server.cli import build_parser  # noqa: E402
+
+DEPLOYMENT = repo_root() / "deployment"
+ABORT_GRACE_S = 5  # mili.server.cli: after the drain, aborted streams get this long to finish
+
+
+def _docs(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((DEPLOYMENT / "kubernetes" / name).read_text()) if d]
+
+
+def _flag(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+@pytest.mark.parametrize("name", ["deployment.yaml", "service.yaml"])
+def test_kubernetes_manifests_pass_the_schema(name):
+    for doc in _docs(name):
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_the_deployment_serves_on_a_gpu_with_probes_and_a_graceful_drain():
+    (deployment,) = _docs("deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = build_parser().parse_args(container["args"])  # the server accepts its arguments
+    assert args.host == "0.0.0.0"
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert port == args.port
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    needed = int(pre_stop[1]) + args.shutdown_timeout + ABORT_GRACE_S
+    assert pod["terminationGracePeriodSeconds"] >= needed, (
+        f"terminationGracePeriodSeconds must cover preStop + --shutdown-timeout + {ABORT_GRACE_S} s = {needed}")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert args.model.startswith(mounts["models"] + "/")
+    assert {v["name"] for v in pod["volumes"]} == set(mounts)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_service_selects_the_deployment_and_targets_its_port():
+    (deployment,), (service,) = _docs("deployment.yaml"), _docs("service.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    names = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= names
+
+
+def _compose() -> dict:
+    return yaml.safe_load((DEPLOYMENT / "docker-compose.yml").read_text())
+
+
+def test_compose_file_passes_the_compose_spec_schema():
+    schema = json.loads(resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json")
+                        .read_text())
+    jsonschema.validate(_compose(), schema)
+
+
+def _seconds(duration: str) -> float:
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms])", duration))
+
+
+def test_compose_stops_after_the_drain_and_prometheus_scrapes_the_server():
+    services = _compose()["services"]
+    args = build_parser().parse_args([a.replace("${MILI_MODEL:-", "").rstrip("}") for a in services["mili"]["command"]])
+    assert _seconds(services["mili"]["stop_grace_period"]) >= args.shutdown_timeout + ABORT_GRACE_S
+    assert services["mili"]["ports"] == [f"{args.port}:{args.port}"]
+    prometheus = yaml.safe_load((DEPLOYMENT / "prometheus.yml").read_text())
+    (job,) = prometheus["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == [f"mili:{args.port}"]
+
+
+def _instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n\s*", " ", (DEPLOYMENT / "Dockerfile").read_text())
+    return [tuple(line.split(None, 1)) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_dockerfile_is_multi_stage_cuda_non_root_with_a_healthcheck():
+    steps = _instructions()
+    froms = [rest for op, rest in steps if op == "FROM"]
+    assert len(froms) >= 2 and all(f.startswith("${CUDA_IMAGE}") for f in froms)
+    assert any(op == "ARG" and rest.startswith("CUDA_IMAGE=nvidia/cuda:") for op, rest in steps)
+    user = [rest for op, rest in steps if op == "USER"]
+    assert user and user[-1] not in ("root", "0")
+    (health,) = [rest for op, rest in steps if op == "HEALTHCHECK"]
+    assert "/health" in health
+    expose = [rest for op, rest in steps if op == "EXPOSE"]
+    assert expose == ["8000"]
+    entry = json.loads(next(rest for op, rest in steps if op == "ENTRYPOINT"))
+    cmd = json.loads(next(rest for op, rest in steps if op == "CMD"))
+    assert entry == ["mili", "serve"]
+    assert build_parser().parse_args(cmd).port == 8000
+
+
+def test_dockerfile_runs_the_readme_commands():
+    readme = (DEPLOYMENT / "README.md").read_text()
+    block = re.search(r"## Without a container\s*```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+    install, serve = block[0], block[1]
+    runs = [rest for op, rest in _instructions() if op == "RUN"]
+    assert install in runs, f"the Dockerfile must install with the README's command {install!r}"
+    steps = dict(_instructions())
+    command = json.loads(steps["ENTRYPOINT"]) + json.loads(steps["CMD"])
+    assert command == shlex.split(serve.replace("data/", "/app/data/")), (
+        f"the image runs {command}, the README says {serve!r}")
