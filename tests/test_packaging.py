@@ -17,7 +17,8 @@ def _name(requirement: str) -> str:
 
 def test_environment_yml_lists_the_same_packages_as_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    extras = project["optional-dependencies"]
+    wanted = {_name(r): r for r in project["dependencies"] + extras["dev"] + extras["server"]}
     lines = (ROOT / "environment.yml").read_text().splitlines()
     pip_section = lines[next(i for i, line in enumerate(lines) if line.strip() == "- pip:") + 1:]
     listed = {_name(r): r for r in (line.strip()[2:] for line in pip_section) if not r.startswith("-e ")}
