@@ -21,7 +21,7 @@ def test_gather_sdpa_baseline_matches_per_sequence_attention():
 
 
 def fake_report():
-    entry = lambda ms, flops: {"ms": ms, "tflops": flops / ms / 1e9}  # noqa: E731
+    entry = lambda ms, flops: {"ms": ms, "tflops": flops / ms / 1e9}
     prefill = []
     for model in ("0.6B", "8B"):
         for n in (512, 4096):

@@ -40,8 +40,8 @@ def greedy_tokens(config, backend, dtype, device, prompt_lens=(11, 4), split=6, 
     prompts = [torch.randint(0, config.vocab_size, (n,), generator=g).tolist() for n in prompt_lens]
 
     def step(tokens, positions, metadata, last_rows):
-        ids = torch.tensor(sum(tokens, []), device=device)
-        pos = torch.tensor(sum(positions, []), device=device)
+        ids = torch.tensor([t for seq in tokens for t in seq], device=device)
+        pos = torch.tensor([p for seq in positions for p in seq], device=device)
         hidden = model(ids, pos, metadata, cache)
         return model.compute_logits(hidden[last_rows]).argmax(-1).tolist()
 

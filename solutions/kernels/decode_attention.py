@@ -98,7 +98,7 @@ def _combine_splits_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, num_q_head
     tl.store(out_ptr + seq * stride_ob + head * stride_oh + d, out.to(out_ptr.dtype.element_ty))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
