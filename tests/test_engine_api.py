@@ -133,3 +133,13 @@ def test_chat_applies_the_template_and_stats_report(llm, capsys):
     stats = llm.stats()
     for key in ("preemptions", "prefix_cache_hit_rate", "kv_cache_usage"):
         assert key in stats
+
+
+def test_a_step_of_prompt_chunks_only_samples_nothing(folder):
+    llm = LLM(str(folder), dtype="float32", device="cpu", block_size=4, num_kv_blocks=64, max_num_seqs=2,
+              max_num_batched_tokens=4)
+    llm.engine.add_request("long", {"prompt_token_ids": list(range(1, 11))}, SamplingParams(max_tokens=2, ignore_eos=True))
+    assert llm.engine.step() == [], "the first chunk of a 10-token prompt under a 4-token budget samples nothing"
+    while llm.engine.has_unfinished_requests():
+        llm.engine.step()
+    assert llm.engine.block_manager.stats.used_blocks == llm.engine.block_manager.stats.cached_blocks

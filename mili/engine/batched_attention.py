@@ -86,8 +86,12 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
 
 def engine_backend(name: str, device: torch.device | str) -> Backend:
-    """The backend the engine runs with: the torch backend's attention swapped for these batched ops."""
+    """The backend the engine runs with: wherever it takes attention from the torch backend's
+    per-sequence loop, these batched ops stand in (kernels, where a backend has them, stay)."""
     backend = get_backend(name, device)
-    if backend.name != "torch":
-        return backend
-    return replace(backend, paged_decode_attention=paged_decode_attention, flash_attn_varlen=flash_attn_varlen)
+    swaps = {}
+    if backend.paged_decode_attention is torch_ops.paged_decode_attention:
+        swaps["paged_decode_attention"] = paged_decode_attention
+    if backend.flash_attn_varlen is torch_ops.flash_attn_varlen:
+        swaps["flash_attn_varlen"] = flash_attn_varlen
+    return replace(backend, **swaps)

@@ -158,6 +158,8 @@ class LLMEngine:
             for child in self._fork_parallel_samples(seq):
                 seqs.append(child)
                 rows.append(row)
+        if not seqs:
+            return []  # only prompt chunks ran: nothing to sample yet
         if len(rows) > logits.shape[0]:
             logits = logits[torch.tensor(rows, device=logits.device)]
         tokens = self.runner.sample(seqs, logits)
