@@ -65,10 +65,12 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict) -> Reque
     return record
 
 
-def _metric(text: str, name: str) -> float:
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` (with these label values) in Prometheus text."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name)
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 async def run_load(url: str, prompts: list[list[int]], *, output_len: int, request_rate: float = float("inf"),
@@ -97,8 +99,8 @@ async def run_load(url: str, prompts: list[list[int]], *, output_len: int, reque
         duration = time.perf_counter() - start
         after = (await client.get(url + "/metrics")).text
     summary = summarize_requests(records, duration)
-    queries = _metric(after, "mili:prefix_cache_queries_total") - _metric(before, "mili:prefix_cache_queries_total")
-    hits = _metric(after, "mili:prefix_cache_hits_total") - _metric(before, "mili:prefix_cache_hits_total")
+    queries, hits = (metric_value(after, f"mili:prefix_cache_{n}_total") - metric_value(before, f"mili:prefix_cache_{n}_total")
+                     for n in ("queries", "hits"))
     summary["prefix_cache_hit_rate"] = hits / queries if queries else 0.0
     summary["model"] = model
     summary["first_errors"] = [r.error for r in records if r.error][:5]
@@ -126,6 +128,27 @@ def print_summary(summary: dict, out=sys.stdout) -> None:
         print(f"{name:<8} {s['mean']:>10.1f} {s['median']:>10.1f} {s['p99']:>10.1f}", file=out)
 
 
+def plot_summary(summary: dict, path: Path, title: str) -> None:
+    """Median and p99 of TTFT, TPOT, ITL and end-to-end latency as bars (log scale), saved to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ("ttft", "tpot", "itl", "e2el")
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for k, stat in enumerate(("median", "p99")):
+        ax.bar([i + 0.4 * k for i in range(len(names))], [summary[f"{n}_ms"][stat] for n in names], 0.4, label=stat)
+    ax.set_xticks([i + 0.2 for i in range(len(names))], [n.upper() for n in names])
+    ax.set_yscale("log")
+    ax.set_ylabel("milliseconds (log scale)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mili bench serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8000")
@@ -140,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--api-key", default=None)
     p.add_argument("--json", type=Path, default=None, help="write the summary and the set-up to this file")
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG of the latency percentiles")
     return p
 
 
@@ -162,4 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"setup": setup, "environment": environment(), "summary": summary},
                                         indent=2, default=str) + "\n")
         print(f"wrote {args.json}")
+    if args.plot:
+        plot_summary(summary, args.plot, f"{summary['model']}: {args.num_prompts} requests, concurrency "
+                     f"{args.max_concurrency}, {summary['output_throughput']:.0f} output tok/s")
+        print(f"wrote {args.plot}")
     return 0 if summary["errors"] == 0 else 1

@@ -1,0 +1,416 @@
+"""Write chapters/06_deployment.ipynb (without outputs).
+
+    python chapters/_build/build_06.py
+    jupyter nbconvert --to notebook --execute --inplace chapters/06_deployment.ipynb
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+CHAPTERS = Path(__file__).resolve().parents[1]
+CELLS = []
+
+
+def md(text: str) -> None:
+    CELLS.append(new_markdown_cell(text.strip("\n")))
+
+
+def code(text: str) -> None:
+    CELLS.append(new_code_cell(text.strip("\n")))
+
+
+md(r"""
+# Chapter 06 — Deployment: from engine to service
+
+Chapters 01–05 built an engine that takes a list of prompts and returns a list of answers.
+A service is different: requests arrive one by one from many clients at unpredictable times,
+each client wants its tokens *as they are made*, some clients leave halfway, the process must be
+observable from outside, and it must stop without dropping work. This chapter wraps the engine
+in an OpenAI-compatible HTTP server (`mili serve`) that does all of that, and measures it.
+
+1. The async engine: one thread steps the engine, every request gets its own stream
+2. Server-Sent Events: the OpenAI chunk format
+3. Exercise 6.1 — streaming chat completions
+4. Exercise 6.2 — metrics: TTFT, TPOT, inter-token latency
+5. A live server: the openai client, errors, a client that disconnects
+6. Exercise 6.3 — load testing: percentiles from raw timings; latency against request rate
+7. Graceful drain, Docker and Kubernetes
+8. What you built
+
+Everything here runs on a CPU with the tiny model (`data/mili-tiny-qwen3`): the numbers are this
+machine's, not a GPU's. The server needs the `server` extra: `pip install -e ".[dev,server]"`.
+""")
+
+code(r"""
+import asyncio
+import json
+import time
+
+import httpx
+import matplotlib.pyplot as plt
+import openai
+
+import mili
+from mili import LLM, SamplingParams
+from mili.exercise import repo_root
+
+TINY = repo_root() / "data" / "mili-tiny-qwen3"
+""")
+
+md(r"""
+## 1. The async engine
+
+`LLMEngine.step()` runs one batch: it schedules, runs the model once, samples one token per
+running sequence and returns a `RequestOutput` for every request that moved. It is not
+thread-safe, and it should never wait for the network. So the server splits the work in two:
+
+```
+ HTTP requests ──► event loop (asyncio, uvicorn) ──commands──► engine thread: while True:
+   (many clients)    parse, validate, tokenize     add/abort      apply commands
+                     one asyncio.Queue per request ◄──outputs───  outputs = engine.step()
+                     ──► SSE chunks to each client                push each to its queue
+```
+
+* **One thread owns the engine** (`mili/server/async_engine.py`). The event loop never calls
+  it; it puts `("add", ...)` and `("abort", id)` commands on a queue that the engine thread
+  applies *between* steps. An abort therefore takes effect before the next step, and the
+  request's KV blocks go back to the pool at once.
+* **Each request has its own stream**: an `asyncio.Queue` that the engine thread feeds with
+  `loop.call_soon_threadsafe(queue.put_nowait, output)`. `AsyncEngine.generate()` is an async
+  generator over it; leaving it early (a client that disconnected) sends the abort.
+* Continuous batching needs nothing more: whatever is in the engine when a step starts runs in
+  that step, so a request that arrives mid-generation joins the batch one step later.
+
+Here is the async engine on its own, inside this notebook's event loop:
+""")
+
+code(r"""
+from mili.server.async_engine import AsyncEngine
+
+llm = LLM(str(TINY), num_kv_blocks=256)
+engine = AsyncEngine(llm.engine)
+engine.start()
+
+prompt = llm.tokenizer.apply_chat_template([{"role": "user", "content": "Sort the numbers:\n9, 2, 7, 4"}],
+                                           add_generation_prompt=True)
+async for output in engine.generate("demo-1", prompt, SamplingParams(temperature=0, max_tokens=16)):
+    c = output.outputs[0]
+    print(f"{len(c.token_ids):2d} tokens  text so far {c.text!r:24}  finished={output.finished}")
+""")
+
+md(r"""
+Every output is **cumulative**: it carries the whole text so far. A streaming response must
+send only what is new — that is exercise 6.1. Two requests started together share steps:
+""")
+
+code(r"""
+async def collect(request_id, question):
+    prompt = llm.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
+    steps = 0
+    async for output in engine.generate(request_id, prompt, SamplingParams(temperature=0, max_tokens=16)):
+        steps += 1
+    return question, output.outputs[0].text, steps
+
+for question, answer, steps in await asyncio.gather(collect("a", "What is 17 + 25?"),
+                                                     collect("b", "Reverse the words:\nred green blue")):
+    print(f"{question!r:40} -> {answer!r:18} in {steps} outputs")
+engine.shutdown()
+""")
+
+md(r"""
+## 2. Server-Sent Events and the OpenAI chunk format
+
+With `"stream": true` the OpenAI API answers with `Content-Type: text/event-stream`: a sequence
+of events, each a line `data: <json>` followed by a blank line, and at the end `data: [DONE]`.
+For `/v1/chat/completions` each event is a `chat.completion.chunk`:
+
+```
+data: {"id":"chatcmpl-…","object":"chat.completion.chunk","created":1700000000,"model":"mili-tiny-qwen3",
+       "choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}
+
+data: {… "choices":[{"index":0,"delta":{"content":"4"},"logprobs":null,"finish_reason":null}]}
+
+data: {… "choices":[{"index":0,"delta":{"content":"2"},"logprobs":null,"finish_reason":"stop"}]}
+
+data: {… "choices":[],"usage":{"prompt_tokens":14,"completion_tokens":3,"total_tokens":17,…}}
+
+data: [DONE]
+```
+
+The rules clients rely on: the first chunk of each choice carries the role; later chunks carry
+only the *new* text; `finish_reason` is `null` until the chunk that ends the choice, where it
+is `stop` (EOS, a stop string or token), `length` (max_tokens or the context window) or `abort`
+(cancelled); with `stream_options.include_usage` every chunk has `"usage": null` and one last
+chunk with no choices carries the token counts.
+""")
+
+md(r"""
+## 3. Exercise 6.1 — streaming chat completions
+
+Open `mili/server/streaming.py` and implement `chat_completion_stream`: an **async generator**
+that reads the request's cumulative `RequestOutput`s and yields the events above, one choice
+per chunk (a request with `n=2` has choices 0 and 1, which may finish at different steps).
+Use `protocol.sse(dict)` to format an event and `protocol.usage(output)` for the usage.
+Keep, per choice, how many characters you already sent, and whether it finished.
+
+The grader feeds scripted outputs (text growing by random pieces, including multi-byte
+characters, several choices, steps where a choice has nothing new, a request aborted before
+its first token) and rebuilds the stream the way a client would.
+""")
+
+code(r"""
+mili.grade("6.1")
+""")
+
+md(r"""
+## 4. Exercise 6.2 — metrics: TTFT, TPOT and inter-token latency
+
+A user waiting for a chat answer feels two numbers: how long until the first token appears
+(**time to first token**, TTFT: queueing + prefill) and how fast the rest comes (**time per
+output token**, TPOT: the mean gap after the first token, set by the decode step time and thus
+by how many requests share the batch). The gaps one by one are the **inter-token latencies**
+(ITL); their tail shows stalls, e.g. when a long prefill joins the batch. End-to-end latency is
+arrival to finish.
+
+The server exports them as Prometheus histograms at `/metrics`, under vLLM's names with a
+`mili:` prefix (`mili:time_to_first_token_seconds`, `mili:time_per_output_token_seconds`,
+`mili:inter_token_latency_seconds`, `mili:e2e_request_latency_seconds`), next to gauges and
+counters the engine reports after every step: `mili:num_requests_running`,
+`mili:num_requests_waiting`, `mili:kv_cache_usage_perc`, `mili:prefix_cache_queries_total`,
+`mili:prefix_cache_hits_total`, `mili:num_preemptions_total`, `mili:prompt_tokens_total`,
+`mili:generation_tokens_total`, `mili:request_success_total{finished_reason=…}`.
+
+Implement `observe_request` in `mili/server/metrics.py`: given when a request arrived, when each
+of its tokens came out and when it finished, observe each figure into its histogram. The
+engine thread calls it once per finished request.
+""")
+
+code(r"""
+mili.grade("6.2")
+""")
+
+md(r"""
+## 5. A live server
+
+`mili serve --model data/mili-tiny-qwen3 --port 8000` starts the server. Here we start it in a
+child process on a free port (`mili.server.launch.launch_server`, the helper the tests use) and
+talk to it with plain HTTP and with the official `openai` client, unchanged.
+""")
+
+code(r"""
+from mili.server.launch import launch_server
+
+server_context = launch_server(TINY, args=["--max-num-seqs", "64", "--num-kv-blocks", "1024"])
+server = server_context.__enter__()
+print("listening on", server.url, "| /health:", httpx.get(server.url + "/health").json())
+print(json.dumps(httpx.get(server.url + "/v1/models").json()["data"][0], indent=1))
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+body = {"messages": [{"role": "user", "content": "What is 17 + 25?"}], "max_tokens": 8, "temperature": 0,
+        "stream": True, "stream_options": {"include_usage": True}}
+with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as response:
+    print(response.headers["content-type"])
+    for line in response.iter_lines():
+        if line:
+            print(line[:150])
+""")
+
+code(r"""
+client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+model = client.models.list().data[0].id
+for question in ["What is 17 + 25?", "Sort the numbers:\n9, 2, 7, 4"]:
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                            temperature=0, max_tokens=32, stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in stream]
+    print(f"{question!r:34} -> streamed pieces {pieces}")
+""")
+
+md(r"""
+**Bad input never reaches the engine.** Requests are parsed strictly (a string where a number
+belongs is a 400, not FastAPI's default 422), the prompt is tokenized and checked against the
+context window before it is queued, and every error has OpenAI's shape, so the client raises its
+usual exceptions:
+""")
+
+code(r"""
+def status_of(path, body):
+    response = httpx.post(server.url + path, json=body)
+    return response.status_code, response.json()["error"]["message"][:90]
+
+print(status_of("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}))
+print(status_of("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000}))
+print(status_of("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4"}))
+try:
+    client.completions.create(model=model, prompt="hi", top_p=0)
+except openai.BadRequestError as err:
+    print("openai.BadRequestError:", err.body["message"])
+""")
+
+md(r"""
+**A client that leaves.** When a streaming client disconnects, Starlette cancels the task
+that writes its response; the cancellation unwinds through the chunk generator into
+`AsyncEngine.generate`, whose `finally` sends the abort. The engine thread applies it before
+its next step, and the blocks are free. Below, a client reads three chunks of a 400-token
+answer and hangs up; `/metrics` shows the request gone and no KV block held by any request:
+""")
+
+code(r"""
+from mili.bench.serve import metric_value as metric
+
+def gauges():
+    text = httpx.get(server.url + "/metrics").text
+    names = ["num_requests_running", "kv_cache_blocks_in_use", "generation_tokens_total"]
+    return {n: metric(text, f"mili:{n}") for n in names} | {
+        "aborted": metric(text, "mili:request_success_total", finished_reason="abort")}
+
+before = gauges()
+stream = client.completions.create(model=model, prompt="Count: 1 2 3", max_tokens=400, stream=True,
+                                   extra_body={"ignore_eos": True})
+for i, chunk in enumerate(stream):
+    if i == 2:
+        print("running while streaming:", gauges()["num_requests_running"])
+        break
+stream.close()
+time.sleep(0.5)
+after = gauges()
+print("after the disconnect:", {k: after[k] for k in ("num_requests_running", "kv_cache_blocks_in_use")},
+      "| aborted requests +", after["aborted"] - before["aborted"],
+      "| tokens generated", after["generation_tokens_total"] - before["generation_tokens_total"], "of 400")
+""")
+
+md(r"""
+**Backpressure.** The server counts the requests it has admitted. Beyond `--max-num-seqs` +
+`--max-queue` of them, a new request gets `429 Too Many Requests` with a `Retry-After` header
+at once, instead of waiting in an unbounded queue until its client times out; while the server
+drains it answers `503` with `Retry-After`. Both are tested in `tests/test_server_admission.py`
+and `tests/test_server_drain.py`.
+""")
+
+md(r"""
+## 6. Exercise 6.3 — load testing
+
+`mili bench serve` (`mili/bench/serve.py`) is a load generator in the style of vLLM's
+`benchmark_serving`: it sends N streaming requests as a Poisson process at a given request rate,
+with at most C in flight, and keeps only **raw timings** per request: when it was sent, when
+each chunk arrived, when it ended, and the token counts from the usage chunk. Everything it
+reports is computed afterwards from those — by you. Implement `summarize_requests` in
+`mili/bench/analysis.py`: throughput, and mean / median / std / percentiles of TTFT, TPOT, ITL
+and end-to-end latency, with percentiles interpolated linearly between ranks like numpy's.
+""")
+
+code(r"""
+mili.grade("6.3")
+""")
+
+md(r"""
+Now measure. The same 24 requests (64-token prompts, 16 output tokens) at increasing request
+rates: at low rates a request mostly has the engine to itself; as the rate grows, requests
+share the batch (TPOT grows with the batch's step time) and then queue (TTFT grows).
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+from mili.bench.serve import make_prompts, print_summary, run_load
+
+rates = [3.0, 6.0, 12.0, float("inf")]
+prompts = make_prompts("random", 24, 64, vocab_size=1300, seed=0)
+sweep = {}
+for rate in rates:
+    sweep[rate] = await run_load(server.url, prompts, output_len=16, request_rate=rate, max_concurrency=32)
+    s = sweep[rate]
+    print(f"rate {rate:>4} req/s: {s['completed']} ok, {s['errors']} errors, {s['output_throughput']:6.1f} tok/s, "
+          f"TTFT p50 {s['ttft_ms']['median']:6.1f} ms p99 {s['ttft_ms']['p99']:6.1f} ms, "
+          f"TPOT p50 {s['tpot_ms']['median']:5.1f} ms")
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+labels = [f"{r:g}" if r != float("inf") else "all at once" for r in rates]
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+for ax, figure, title in ((axes[0], "ttft_ms", "time to first token"), (axes[1], "tpot_ms", "time per output token")):
+    for stat, style in (("median", "o-"), ("p99", "s--")):
+        ax.plot(labels, [sweep[r][figure][stat] for r in rates], style, label=stat)
+    ax.set_xlabel("request rate (requests/s)")
+    ax.set_ylabel("milliseconds")
+    ax.set_title(f"{title}, tiny model on this CPU")
+    ax.legend()
+fig.tight_layout()
+plt.show()
+""")
+
+md(r"""
+The recorded benchmark (`benchmarks/serve-tiny-cpu-c32.json`, made by
+`mili bench serve --num-prompts 200 --max-concurrency 32 --input-len 64 --output-len 32`
+against `mili serve` with the tiny model on this project's 2-core CPU machine) for reference:
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+recorded = json.loads((repo_root() / "benchmarks" / "serve-tiny-cpu-c32.json").read_text())
+print(recorded["environment"]["device"], "| commit", recorded["environment"]["git_commit"][:10])
+print_summary(recorded["summary"])
+""")
+
+md(r"""
+## 7. Graceful drain, Docker and Kubernetes
+
+**Drain.** A deployment replaces pods by sending SIGTERM and, after a grace period, SIGKILL.
+`mili serve` turns SIGTERM into a drain (`mili/server/cli.py`): `/health` and every new request
+answer 503 (the load balancer stops sending), requests in flight may finish for up to
+`--shutdown-timeout` seconds, the rest are aborted — their streams end with
+`finish_reason: "abort"`, so clients know — and the process exits with status 0.
+
+**Docker** (`deployment/Dockerfile`): two stages on a CUDA base image; the first installs
+`pip install -e ".[server]"` into a virtual environment, the second copies it into the
+runtime image and runs `mili serve` as a non-root user, with a `HEALTHCHECK` on `/health`.
+`deployment/docker-compose.yml` runs it next to Prometheus, which scrapes `/metrics`.
+
+**Kubernetes** (`deployment/kubernetes/`): the pod asks for one `nvidia.com/gpu`, mounts the
+model from a volume, and probes `/health` three ways — a *startup* probe with a long budget
+(loading weights), a *readiness* probe that fails during the drain (the Service stops routing
+to the pod at once) and a *liveness* probe (a dead engine thread gets the pod restarted). A
+`preStop` sleep lets the endpoints update before SIGTERM arrives, and
+`terminationGracePeriodSeconds` covers the preStop sleep + `--shutdown-timeout` + the last
+chunks. `tests/test_deployment.py` checks these numbers agree and validates the manifests
+against the Kubernetes and Compose schemas.
+""")
+
+code(r"""
+print((repo_root() / "deployment" / "kubernetes" / "deployment.yaml").read_text().split("containers:")[1][:900])
+""")
+
+md(r"""
+Now stop our server the way Kubernetes would — SIGTERM — and check that it drained and exited 0:
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+start = time.monotonic()
+server_context.__exit__(None, None, None)
+print(f"exit status {server.process.returncode} after {time.monotonic() - start:.1f} s")
+""")
+
+md(r"""
+## 8. What you built
+
+An OpenAI-compatible service around your engine: one thread drives the engine while the event
+loop serves many clients, each with its own stream of Server-Sent Events; bad requests are
+refused before they reach the engine, clients that leave free their KV blocks within one step,
+the server tells Prometheus and load balancers how it is doing, and it stops without dropping
+work. With the load generator you can now measure the whole stack the way users feel it: run
+`mili serve` on the GPU machine with a real Qwen3 and `mili bench serve` against it.
+""")
+
+
+def build() -> None:
+    nb = new_notebook(cells=CELLS, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                            "language": "python"}})
+    nbformat.write(nb, CHAPTERS / "06_deployment.ipynb")
+
+
+if __name__ == "__main__":
+    build()
