@@ -55,15 +55,14 @@ def chat_renderer(template: str = QWEN3_CHAT_TEMPLATE):
 
 
 def conversation(rng: random.Random, skill: str, table_size: int | None = None) -> list[dict]:
-    """One training conversation, its answers included. Recall asks 1..8 questions of one table."""
+    """One training conversation, its answers included. Recall asks 1..16 questions of one table (distinct names)."""
     if skill != "recall":
         q = tasks.GENERATORS[skill](rng)
         return q.messages + [{"role": "assistant", "content": q.answer}]
     table = tasks.code_table(rng, table_size or rng.randint(1, tasks.MAX_TABLE))
-    turns = 1 if rng.random() < 0.5 else rng.randint(2, 8)
+    turns = 1 if rng.random() < 0.3 else rng.randint(2, 16)
     messages = [{"role": "system", "content": tasks.table_prompt(table)}]
-    for _ in range(turns):
-        name = rng.choice(list(table))
+    for name in rng.sample(list(table), min(turns, len(table))):
         messages += [{"role": "user", "content": tasks.recall_question(name)},
                      {"role": "assistant", "content": table[name]}]
     return messages

@@ -65,19 +65,27 @@ def rows(tok: Tokenizer, convs: list[list[tuple[str, bool]]], pad: int) -> tuple
 class Batches(torch.utils.data.IterableDataset):
     """Step s's batch is a pure function of (seed, s); worker w makes steps w, w+W, ..."""
 
-    def __init__(self, tokenizer_path: str, seed: int, steps: int, short: int, recall: int, pad: int):
-        self.args = tokenizer_path, seed, steps, short, recall, pad
+    def __init__(self, tokenizer_path: str, seed: int, steps: int, short: int, recall: int, pad: int,
+                 curriculum_steps: int = 0):
+        self.args = tokenizer_path, seed, steps, short, recall, pad, curriculum_steps
 
     def __iter__(self):
-        path, seed, steps, short, recall, pad = self.args
+        path, seed, steps, short, recall, pad, curriculum_steps = self.args
         info = torch.utils.data.get_worker_info()
         first, stride = (info.id, info.num_workers) if info else (0, 1)
         tok, render = Tokenizer.from_file(path), chat_renderer()
         for step in range(first, steps, stride):
             rng = random.Random(f"train/{seed}/{step}")
-            size = rng.randint(1, tasks.MAX_TABLE)
+            size = rng.randint(1, table_cap(step, curriculum_steps))
             yield (rows(tok, [sample(rng, render) for _ in range(short)], pad)
                    + rows(tok, [sample(rng, render, "recall", size) for _ in range(recall)], pad))
+
+
+def table_cap(step: int, curriculum_steps: int) -> int:
+    """The largest recall table at `step`: grows from 4 to MAX_TABLE over `curriculum_steps`."""
+    if step >= curriculum_steps:
+        return tasks.MAX_TABLE
+    return 4 + (tasks.MAX_TABLE - 4) * step // curriculum_steps
 
 
 def eval_batches(tok: Tokenizer, n: int, seed: int, pad: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -119,10 +127,10 @@ def save(model, out: Path, eos: list[int]) -> None:
             shutil.copy(MODEL_DIR / name, out / name)
 
 
-def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then cosine from `peak` to peak/10 as progress goes 0 -> 1."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -130,10 +138,12 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=MODEL_DIR)
-    p.add_argument("--steps", type=int, default=None, help="default: as many as fit in --minutes")
+    p.add_argument("--steps", type=int, default=None, help="default: as many as fit in --minutes (schedule by time)")
     p.add_argument("--minutes", type=float, default=8.0, help="training time budget (stops and saves)")
     p.add_argument("--short-batch", type=int, default=512)
     p.add_argument("--recall-batch", type=int, default=32)
+    p.add_argument("--curriculum-steps", type=int, default=0,
+                   help="grow the largest recall table from 4 to 64 entries over this many steps")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=500)
@@ -163,20 +173,16 @@ def main(argv: list[str]) -> int:
     val = eval_batches(tok, args.eval_n, seed=10_000 + args.seed, pad=eos[1])
     steps = args.steps or 1_000_000
     loader = torch.utils.data.DataLoader(
-        Batches(tok_path, args.seed, steps, args.short_batch, args.recall_batch, eos[1]), batch_size=None,
+        Batches(tok_path, args.seed, steps, args.short_batch, args.recall_batch, eos[1],
+                args.curriculum_steps), batch_size=None,
         num_workers=args.workers, prefetch_factor=4 if args.workers else None, persistent_workers=False)
-    history, tokens, t0 = [], 0, time.time()
+    history, tokens = [], 0
     for step, (sx, sy, rx, ry) in enumerate(loader):
         if step >= steps:
             break
-        if args.steps is None and step == 40:   # calibrate: steps that fit in the budget
-            per_step = (time.time() - t0) / 30
-            steps = 40 + int((args.minutes * 60 - (time.time() - start)) / (per_step * 1.04))
-            print(f"{per_step * 1000:.0f} ms/step -> {steps} steps (replay with --steps {steps})", flush=True)
-        if step == 10:
-            t0 = time.time()
+        progress = step / steps if args.steps else (time.time() - start) / (args.minutes * 60)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, args.lr, args.warmup)
+            group["lr"] = lr_at(step, progress, args.lr, args.warmup)
         loss_sum = 0.0
         for x, y in ((sx, sy), (rx, ry)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

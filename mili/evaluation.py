@@ -4,7 +4,8 @@
 
 `hf` answers with transformers (AutoTokenizer + AutoModelForCausalLM + apply_chat_template), which
 proves the folder loads in the ecosystem; `mili` with mili's own tokenizer and model (float32, CPU);
-`both` runs the two and also counts the questions where their answers differ.
+`both` runs the two and also counts the questions where their answers differ. `--json` also lists
+every reply, in `tasks.eval_suite` order, so runs can be compared later.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def mili_answers(model_path: Path, questions: list[tasks.Question], device: str)
     from mili.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(model_path)
-    model = load_model(model_path, dtype=torch.float32, device=device)
+    model = load_model(model_path, dtype=torch.float32, device=device, backend="torch")
     eos = list(tokenizer.eos_token_ids)
     replies = []
     for q in questions:
@@ -97,7 +98,7 @@ def evaluate(model_path: Path, n: int, seed: int, backends: list[str], device: s
                 failures[q.skill] = {"question": q.messages[-1]["content"], "expected": q.answer, "got": reply}
         report["results"][backend] = {
             "accuracy": {skill: right / total for skill, (right, total) in scores.items()},
-            "seconds": round(time.time() - t0, 1), "first_failure": failures}
+            "seconds": round(time.time() - t0, 1), "first_failure": failures, "replies": replies[backend]}
     if len(backends) == 2:
         a, b = (replies[k] for k in backends)
         report["disagreements"] = [{"skill": q.skill, "question": q.messages[-1]["content"], backends[0]: x, backends[1]: y}
