@@ -131,6 +131,13 @@ def _print_table(table: list[dict], stream=sys.stdout) -> None:
     stream.write(f"{'total':<9} {'':<44} {'':>7}  {total:.2f} / {len(table)} exercises\n")
 
 
+def _grader_paths(graders: Path, exercises: dict[str, Exercise], root: Path) -> list[str]:
+    """Only the chapters' grader files (`test_<NN>_*.py`), so pytest imports no other chapter's oracles."""
+    chapters = {ex.chapter for ex in exercises.values()}
+    files = sorted(str(p.relative_to(root)) for c in chapters for p in graders.glob(f"test_{c}_*.py"))
+    return files or [str(GRADERS_DIR)]
+
+
 def grade(selector: str | None = None, *, report: str | None = None, root: Path | None = None,
           quiet: bool = False, extra_pytest_args: list[str] | None = None) -> dict:
     """Run the graders for `selector` on the student's code; returns {'score', 'max_score', 'exercises'}."""
@@ -141,7 +148,7 @@ def grade(selector: str | None = None, *, report: str | None = None, root: Path 
         raise FileNotFoundError(f"no graders at {graders}: grading runs from a checkout of the MILI repository")
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results.json"
-        cmd = [sys.executable, "-m", "pytest", str(GRADERS_DIR), "-p", "mili.grading",
+        cmd = [sys.executable, "-m", "pytest", *_grader_paths(graders, exercises, root), "-p", "mili.grading",
                "--mili-results", str(results), "-q", "-p", "no:cacheprovider", "-o", "addopts=",
                "--tb=short", "-W", "ignore::DeprecationWarning",
                # graders need neither plugin; loading them costs ~3 s per grade (nbval pulls in jsonschema)
