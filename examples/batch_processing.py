@@ -10,6 +10,7 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
 
 from mili import LLM, SamplingParams
 from mili.exercise import repo_root
@@ -34,12 +35,12 @@ def main() -> None:
     outputs = llm.chat(conversations, SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)
     elapsed = time.perf_counter() - start
 
-    out = open(args.out, "w") if args.out else sys.stdout
-    for question, output in zip(prompts, outputs):
-        answer = output.outputs[0]
-        out.write(json.dumps({"question": question, "answer": answer.text, "tokens": len(answer.token_ids)}) + "\n")
+    lines = [json.dumps({"question": q, "answer": o.outputs[0].text, "tokens": len(o.outputs[0].token_ids)})
+             for q, o in zip(prompts, outputs)]
     if args.out:
-        out.close()
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    else:
+        print("\n".join(lines))
     generated = sum(len(o.outputs[0].token_ids) for o in outputs)
     print(f"{len(prompts)} prompts, {generated} tokens in {elapsed:.2f} s: {generated / elapsed:.0f} tokens/s",
           file=sys.stderr)

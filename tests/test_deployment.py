@@ -14,8 +14,8 @@ yaml = pytest.importorskip("yaml")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 jsonschema = pytest.importorskip("jsonschema")
 
-from mili.exercise import repo_root  # noqa: E402
-from mili.server.cli import build_parser  # noqa: E402
+from mili.exercise import repo_root
+from mili.server.cli import build_parser
 
 DEPLOYMENT = repo_root() / "deployment"
 ABORT_GRACE_S = 5  # mili.server.cli: after the drain, aborted streams get this long to finish
@@ -114,7 +114,7 @@ def test_dockerfile_is_multi_stage_cuda_non_root_with_a_healthcheck():
 
 def test_dockerfile_runs_the_readme_commands():
     readme = (DEPLOYMENT / "README.md").read_text()
-    block = re.search(r"## Without a container\s*```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+    block = re.search(r"## Without a container\s*```bash\n(.*?)```", readme, re.DOTALL).group(1).strip().splitlines()
     install, serve = block[0], block[1]
     runs = [rest for op, rest in _instructions() if op == "RUN"]
     assert install in runs, f"the Dockerfile must install with the README's command {install!r}"

@@ -9,8 +9,8 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from mili.server.launch import launch_server  # noqa: E402
-from tests.server_helpers import make_server_model  # noqa: E402
+from mili.server.launch import launch_server
+from tests.server_helpers import make_server_model
 
 KEY = "sk-test-key"
 

@@ -16,9 +16,9 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from mili import LLM, SamplingParams  # noqa: E402
-from mili.server.launch import launch_server  # noqa: E402
-from tests.server_helpers import make_server_model, metric  # noqa: E402
+from mili import LLM, SamplingParams
+from mili.server.launch import launch_server
+from tests.server_helpers import make_server_model, metric
 
 MODEL = "tiny"
 MAX_MODEL_LEN = 512
@@ -243,7 +243,7 @@ def test_100_concurrent_streams_with_a_third_cancelled(server):
         if i in cancelled:
             continue
         text, reasons, usage = result
-        assert reasons == ["length"] and usage.completion_tokens == 16, (i, reasons, usage)
+        assert text and reasons == ["length"] and usage.completion_tokens == 16, (i, text, reasons, usage)
     after = _wait_idle(server)
     for name in ("num_requests_running", "num_requests_waiting", "kv_cache_blocks_in_use"):
         assert metric(after, f"mili:{name}") == 0, f"{name} is {metric(after, f'mili:{name}')} after every request ended"

@@ -7,7 +7,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from mili.server.launch import launch_server
 from tests.server_helpers import make_server_model

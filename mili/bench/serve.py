@@ -110,7 +110,7 @@ async def run_load(url: str, prompts: list[list[int]], *, output_len: int, reque
 def environment() -> dict:
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, check=False).stdout.strip()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
     return {"device": device, "driver": torch.version.cuda if torch.cuda.is_available() else None,
             "cpu_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,

@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,8 +29,15 @@ from starlette.exceptions import HTTPException
 from mili.server.async_engine import AsyncEngine
 from mili.server.errors import APIError, bad_request, from_validation_errors
 from mili.server.metrics import ServerMetrics
-from mili.server.protocol import (ChatCompletionRequest, CompletionRequest, chat_completion_body, completion_body,
-                                  new_id, now, sse)
+from mili.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    chat_completion_body,
+    completion_body,
+    new_id,
+    now,
+    sse,
+)
 from mili.server.streaming import chat_completion_stream, completion_stream
 
 log = logging.getLogger("mili.server")
@@ -169,7 +176,7 @@ def build_app(load_engine: Callable[[], tuple], config: ServerConfig) -> FastAPI
 async def _load(state: ServerState, load_engine: Callable[[], tuple]) -> None:
     try:
         engine, tokenizer = await asyncio.to_thread(load_engine)
-    except Exception as err:  # noqa: BLE001 - reported by /health and the log
+    except Exception as err:
         log.exception("loading the model failed")
         state.load_error = err
         return

@@ -21,8 +21,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from mili.engine.engine import LLMEngine
 from mili.engine.sampling_params import SamplingParams
@@ -117,7 +117,7 @@ class AsyncEngine:
                     continue
                 try:
                     outputs = self.engine.step()
-                except Exception as err:  # noqa: BLE001 - one bad step must not kill the server
+                except Exception as err:
                     log.exception("engine step failed; ending the requests in it")
                     self._fail_all(APIError(500, f"the engine failed: {type(err).__name__}: {err}"))
                     continue
@@ -125,7 +125,7 @@ class AsyncEngine:
                 for output in outputs:
                     self._deliver(output, now)
                 self._publish_stats()
-        except BaseException as err:  # noqa: BLE001 - reported through /health and to every request
+        except BaseException as err:
             log.exception("the engine thread died")
             self.error = err
             self._fail_all(APIError(503, "the engine stopped", retry_after=5), abort=False)
@@ -199,7 +199,7 @@ class AsyncEngine:
             if abort:
                 try:
                     self.engine.abort(request_id)
-                except Exception:  # noqa: BLE001 - the engine is already failing; free what we can
+                except Exception:
                     log.exception("abort of %s failed", request_id)
             self._send(tracked, error)
         self._tracked.clear()

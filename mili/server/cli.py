@@ -107,7 +107,9 @@ def engine_loader(args):
 
         tokenizer = None
         if not (Path(args.model) / "tokenizer.json").exists():
-            from mili.qwen3_tokenizer import qwen3_tokenizer  # presets use the real Qwen3 vocabulary
+            from mili.qwen3_tokenizer import (
+                qwen3_tokenizer,  # presets use the real Qwen3 vocabulary
+            )
 
             tokenizer = qwen3_tokenizer()
         llm = LLM(args.model, tokenizer=tokenizer, dtype=args.dtype, device=args.device, backend=args.backend,

@@ -8,7 +8,7 @@ Reads nothing but the outputs it is given; writes nothing.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from mili.engine.sequence import RequestOutput
 from mili.exercise import exercise

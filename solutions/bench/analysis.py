@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mili.bench.analysis import RequestRecord
 
 
 def _percentile(sorted_values: list[float], p: float) -> float:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mili.server.metrics import ServerMetrics
+
 
 def observe_request(metrics: ServerMetrics, arrival_time: float, token_times: list[float],
                     finish_time: float) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from mili.engine.sequence import RequestOutput
 from mili.server.protocol import sse, usage

@@ -1,0 +1,104 @@
+"""The async engine in process: a failing request or step ends only what it must, aborts free blocks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("prometheus_client")
+
+from mili import LLM, SamplingParams  # noqa: E402
+from mili.server.async_engine import AsyncEngine  # noqa: E402
+from mili.server.errors import APIError  # noqa: E402
+from mili.server.metrics import ServerMetrics  # noqa: E402
+from tests.server_helpers import make_server_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    return LLM(str(make_server_model(tmp_path_factory.mktemp("async-model"))), num_kv_blocks=64, max_model_len=256)
+
+
+async def _run(engine: AsyncEngine, request_id: str, prompt, max_tokens: int = 6):
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    try:
+        async for output in engine.generate(request_id, prompt, params):
+            pass
+        return output
+    except APIError as err:
+        return err
+
+
+def _in_use(engine: AsyncEngine) -> int:
+    return engine.stats["kv_blocks_in_use"]
+
+
+def test_a_request_the_engine_rejects_fails_alone(llm):
+    async def scenario():
+        engine = AsyncEngine(llm.engine, ServerMetrics("m"))
+        engine.start()
+        try:
+            too_long = {"prompt_token_ids": [1] * 300}  # beyond max_model_len: add_request raises
+            return await asyncio.gather(_run(engine, "good-1", {"prompt_token_ids": [1, 2, 3]}),
+                                        _run(engine, "bad", too_long),
+                                        _run(engine, "good-2", {"prompt_token_ids": [4, 5]}))
+        finally:
+            engine.shutdown()
+
+    good1, bad, good2 = asyncio.run(scenario())
+    assert isinstance(bad, APIError) and bad.status == 400 and "max_model_len" in bad.message
+    for output in (good1, good2):
+        assert output.finished and output.outputs[0].finish_reason == "length" and len(output.outputs[0].token_ids) == 6
+
+
+def test_a_failing_step_ends_its_requests_and_the_engine_keeps_serving(llm, monkeypatch):
+    real_step, calls = llm.engine.step, []
+
+    def flaky_step():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected failure")
+        return real_step()
+
+    monkeypatch.setattr(llm.engine, "step", flaky_step)
+
+    async def scenario():
+        engine = AsyncEngine(llm.engine, ServerMetrics("m"))
+        engine.start()
+        try:
+            failed = await _run(engine, "victim", {"prompt_token_ids": [1, 2, 3]})
+            after = await _run(engine, "later", {"prompt_token_ids": [7, 8, 9]})
+            await asyncio.sleep(0.1)
+            return failed, after, engine.is_alive, _in_use(engine)
+        finally:
+            engine.shutdown()
+
+    failed, after, alive, in_use = asyncio.run(scenario())
+    assert isinstance(failed, APIError) and failed.status == 500 and "injected failure" in failed.message
+    assert alive and after.finished and len(after.outputs[0].token_ids) == 6
+    assert in_use == 0 and not llm.engine.has_unfinished_requests()
+
+
+def test_leaving_the_stream_early_aborts_and_frees_the_blocks(llm):
+    async def scenario():
+        engine = AsyncEngine(llm.engine, ServerMetrics("m"))
+        engine.start()
+        try:
+            params = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+            stream = engine.generate("leaver", {"prompt_token_ids": list(range(1, 40))}, params)
+            async for output in stream:
+                if len(output.outputs[0].token_ids) == 3:
+                    held = _in_use(engine)
+                    break
+            await stream.aclose()
+            for _ in range(100):
+                if _in_use(engine) == 0 and not llm.engine.has_unfinished_requests():
+                    break
+                await asyncio.sleep(0.01)
+            return held, _in_use(engine)
+        finally:
+            engine.shutdown()
+
+    held, after = asyncio.run(scenario())
+    assert held >= 3 and after == 0
