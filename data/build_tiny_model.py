@@ -26,8 +26,8 @@ import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mili import tasks  # noqa: E402
-from mili.qwen3_chat_template import QWEN3_CHAT_TEMPLATE  # noqa: E402
+from mili import tasks
+from mili.qwen3_chat_template import QWEN3_CHAT_TEMPLATE
 
 MODEL_DIR = Path(__file__).resolve().parent / "mili-tiny-qwen3"
 SPECIAL_TOKENS = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
@@ -54,15 +54,23 @@ def chat_renderer(template: str = QWEN3_CHAT_TEMPLATE):
     return render
 
 
-def conversation(rng: random.Random, skill: str, table_size: int | None = None) -> list[dict]:
-    """One training conversation, its answers included. Recall asks 1..16 questions of one table (distinct names)."""
+# How recall conversations ask: (share with one question, most questions, distinct names).
+# v1 made the tokenizer corpus and training phase 1; v2 (more lookups per table) phase 2.
+RECALL_MIXES = {"v1": (0.5, 8, False), "v2": (0.3, 16, True)}
+
+
+def conversation(rng: random.Random, skill: str, table_size: int | None = None, mix: str = "v2") -> list[dict]:
+    """One training conversation, its answers included. Recall asks several questions of one table."""
     if skill != "recall":
         q = tasks.GENERATORS[skill](rng)
         return q.messages + [{"role": "assistant", "content": q.answer}]
+    single, most, distinct = RECALL_MIXES[mix]
     table = tasks.code_table(rng, table_size or rng.randint(1, tasks.MAX_TABLE))
-    turns = 1 if rng.random() < 0.3 else rng.randint(2, 16)
+    turns = 1 if rng.random() < single else rng.randint(2, most)
+    names = (rng.sample(list(table), min(turns, len(table))) if distinct
+             else [rng.choice(list(table)) for _ in range(turns)])
     messages = [{"role": "system", "content": tasks.table_prompt(table)}]
-    for name in rng.sample(list(table), min(turns, len(table))):
+    for name in names:
         messages += [{"role": "user", "content": tasks.recall_question(name)},
                      {"role": "assistant", "content": table[name]}]
     return messages
@@ -89,20 +97,32 @@ def segments(render, messages: list[dict], empty_think: bool) -> list[tuple[str,
     return pieces
 
 
-def sample(rng: random.Random, render, skill: str | None = None, table_size: int | None = None) -> list[tuple[str, bool]]:
+def sample(rng: random.Random, render, skill: str | None = None, table_size: int | None = None,
+           mix: str = "v2") -> list[tuple[str, bool]]:
     """One training conversation as segments: a short skill (weighted) unless `skill` is given."""
     skill = skill or rng.choices(list(SHORT_SKILLS), weights=list(SHORT_SKILLS.values()))[0]
-    return segments(render, conversation(rng, skill, table_size), empty_think=rng.random() < EMPTY_THINK_SHARE)
+    return segments(render, conversation(rng, skill, table_size, mix), empty_think=rng.random() < EMPTY_THINK_SHARE)
 
 
 def corpus_texts(seed: int, n: int) -> list[str]:
     """`n` rendered conversations (1 in 5 a recall one) for tokenizer training and inspection."""
     rng, render = random.Random(f"corpus/{seed}"), chat_renderer()
-    return ["".join(text for text, _ in sample(rng, render, "recall" if i % 5 == 0 else None)) for i in range(n)]
+    return ["".join(text for text, _ in sample(rng, render, "recall" if i % 5 == 0 else None, mix="v1"))
+            for i in range(n)]
 
 
 def train_tokenizer(texts: list[str]):
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()

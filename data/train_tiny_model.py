@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import torch
+from build_tiny_model import MODEL_DIR, RECALL_MIXES, chat_renderer, sample
 from tokenizers import Tokenizer
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-from build_tiny_model import MODEL_DIR, chat_renderer, sample
 from mili import tasks
 
 IGNORE = -100
@@ -66,11 +66,11 @@ class Batches(torch.utils.data.IterableDataset):
     """Step s's batch is a pure function of (seed, s); worker w makes steps w, w+W, ..."""
 
     def __init__(self, tokenizer_path: str, seed: int, steps: int, short: int, recall: int, pad: int,
-                 curriculum_steps: int = 0):
-        self.args = tokenizer_path, seed, steps, short, recall, pad, curriculum_steps
+                 curriculum_steps: int = 0, mix: str = "v2"):
+        self.args = tokenizer_path, seed, steps, short, recall, pad, curriculum_steps, mix
 
     def __iter__(self):
-        path, seed, steps, short, recall, pad, curriculum_steps = self.args
+        path, seed, steps, short, recall, pad, curriculum_steps, mix = self.args
         info = torch.utils.data.get_worker_info()
         first, stride = (info.id, info.num_workers) if info else (0, 1)
         tok, render = Tokenizer.from_file(path), chat_renderer()
@@ -78,7 +78,7 @@ class Batches(torch.utils.data.IterableDataset):
             rng = random.Random(f"train/{seed}/{step}")
             size = rng.randint(1, table_cap(step, curriculum_steps))
             yield (rows(tok, [sample(rng, render) for _ in range(short)], pad)
-                   + rows(tok, [sample(rng, render, "recall", size) for _ in range(recall)], pad))
+                   + rows(tok, [sample(rng, render, "recall", size, mix) for _ in range(recall)], pad))
 
 
 def table_cap(step: int, curriculum_steps: int) -> int:
@@ -144,6 +144,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--recall-batch", type=int, default=32)
     p.add_argument("--curriculum-steps", type=int, default=0,
                    help="grow the largest recall table from 4 to 64 entries over this many steps")
+    p.add_argument("--recall-mix", choices=sorted(RECALL_MIXES), default="v2", help="see RECALL_MIXES")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=500)
@@ -174,7 +175,7 @@ def main(argv: list[str]) -> int:
     steps = args.steps or 1_000_000
     loader = torch.utils.data.DataLoader(
         Batches(tok_path, args.seed, steps, args.short_batch, args.recall_batch, eos[1],
-                args.curriculum_steps), batch_size=None,
+                args.curriculum_steps, args.recall_mix), batch_size=None,
         num_workers=args.workers, prefetch_factor=4 if args.workers else None, persistent_workers=False)
     history, tokens = [], 0
     for step, (sx, sy, rx, ry) in enumerate(loader):
