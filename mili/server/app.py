@@ -195,8 +195,7 @@ async def _serve(request: Request, state: ServerState, prompt: dict, params, bod
     if body.stream:
         events = stream_events(outputs, completion_id=request_id, model=model, created=created,
                                include_usage=body.include_usage())
-        return StreamingResponse(_guarded(events, engine, request_id, state), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _EventStream(events, engine, request_id, state)
     try:
         final = await _last_unless_disconnected(outputs, request)
     finally:
@@ -206,21 +205,42 @@ async def _serve(request: Request, state: ServerState, prompt: dict, params, bod
     return JSONResponse(response_body(final, completion_id=request_id, model=model, created=created))
 
 
-async def _guarded(events: AsyncIterator[str], engine: AsyncEngine, request_id: str, state: ServerState):
-    """Stream the events; on a failure send an error event; whatever happens, release the request."""
-    done = False
-    try:
-        async for event in events:
-            done = event == "data: [DONE]\n\n"
-            yield event
-    except APIError as err:
-        done = True
-        yield sse(err.body())
-        yield sse("[DONE]")
-    finally:
-        state.in_flight -= 1
-        if not done:  # the client disconnected (this task was cancelled): stop generating for it
-            engine.abort(request_id)
+class _EventStream(StreamingResponse):
+    """An SSE response that releases its request however it ends: finished, failed, or the client gone
+    (even before the first byte, when the event generator never started)."""
+
+    def __init__(self, events: AsyncIterator[str], engine: AsyncEngine, request_id: str, state: ServerState):
+        self.engine, self.request_id, self.state = engine, request_id, state
+        self.finished = self.released = False
+        super().__init__(self._guarded(events), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+    async def _guarded(self, events: AsyncIterator[str]):
+        """The events; a failure becomes an error event and [DONE]."""
+        try:
+            async for event in events:
+                self.finished = event == "data: [DONE]\n\n"
+                yield event
+        except APIError as err:
+            self.finished = True
+            yield sse(err.body())
+            yield sse("[DONE]")
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.state.in_flight -= 1
+        if not self.finished:  # the client disconnected: stop generating for it
+            self.engine.abort(self.request_id)
 
 
 async def _last_unless_disconnected(outputs: AsyncIterator, request: Request):
