@@ -146,6 +146,8 @@ def run_benchmark(num_ops: int = 100_000, batch: int = 256, log=print) -> dict:
     cached, plain = mixed_workload(num_ops, True), mixed_workload(num_ops, False)
     mixed = []
     for kind in cached["calls"]:
+        if not cached["calls"][kind] or not plain["calls"][kind]:
+            continue  # a short run may not reach every kind
         ours = cached["calls"][kind] / max(cached["seconds"][kind], 1e-12)
         peer = plain["calls"][kind] / max(plain["seconds"][kind], 1e-12)
         mixed.append({"op": kind, "calls": cached["calls"][kind], "ops_per_s": ours, "us_per_op": 1e6 / ours,

@@ -7,7 +7,7 @@ prompt model an assistant serving many users; several turns model multi-turn cha
 
 `replay` admits turns FIFO (a session's next turn only after its previous one has finished),
 keeps up to `max_running` sequences decoding one token per step (preempting the latest admitted
-when blocks run out, as the engine does), and frees each finished turn into
+when blocks run out, as the engine does; it restarts later, from its cached prefix), and frees each finished turn into
 the prefix cache with the tokens whose K/V it wrote (prompt + answer, less the last answer token,
 which was sampled but never fed back). Answers are fixed token lists: no model runs here.
 """
@@ -99,14 +99,17 @@ def replay(sessions: list[Session], num_blocks: int, block_size: int = 16, *, po
             if key not in running:
                 continue  # preempted in this step
             if generated + 1 < len(answer):  # feed the sampled token back: one more slot
-                while not manager.can_append(key):
-                    victim = next((k for k in reversed(running) if k != key), None)  # latest admitted
-                    if victim is None:
+                while key in running and not manager.can_append(key):
+                    # preempt the latest admitted, possibly key itself, so the oldest always progresses
+                    victim = next(reversed(running))
+                    if victim == key and len(running) == 1:
                         raise ValueError(f"num_blocks={num_blocks} cannot hold one running turn")
-                    manager.free(victim)
-                    del running[victim]
+                    victim_prompt, victim_answer, victim_generated = running.pop(victim)
+                    manager.free(victim, victim_prompt + victim_answer[:victim_generated])
                     ready.appendleft(victim)
                     result.preemptions += 1
+                if key not in running:
+                    continue
                 manager.append_slots(key)
                 running[key] = (prompt, answer, generated + 1)
                 continue
