@@ -176,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--request-rate must be > 0, got {args.request_rate}")
     prompts = make_prompts(args.dataset, args.num_prompts, args.input_len, args.vocab_size or 1000, args.seed,
                            args.prefix_len)
-    summary = asyncio.run(run_load(args.url.rstrip("/"), prompts, output_len=args.output_len,
-                                   request_rate=args.request_rate, max_concurrency=args.max_concurrency,
-                                   seed=args.seed, api_key=args.api_key))
+    try:
+        summary = asyncio.run(run_load(args.url.rstrip("/"), prompts, output_len=args.output_len,
+                                       request_rate=args.request_rate, max_concurrency=args.max_concurrency,
+                                       seed=args.seed, api_key=args.api_key))
+    except httpx.HTTPError as err:
+        raise RuntimeError(f"cannot reach the server at {args.url}: {type(err).__name__}: {err}") from None
     print_summary(summary)
     if args.json:
         setup = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"}

@@ -176,6 +176,10 @@ def build_app(load_engine: Callable[[], tuple], config: ServerConfig) -> FastAPI
 async def _load(state: ServerState, load_engine: Callable[[], tuple]) -> None:
     try:
         engine, tokenizer = await asyncio.to_thread(load_engine)
+    except (ValueError, OSError) as err:  # a wrong path or a bad checkpoint: one line is enough
+        log.error("loading the model failed: %s", err)
+        state.load_error = err
+        return
     except Exception as err:
         log.exception("loading the model failed")
         state.load_error = err
