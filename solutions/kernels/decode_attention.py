@@ -11,7 +11,8 @@ from mili.kernels.attention_checks import check_decode_args
 LOG2E = 1.4426950408889634
 MIN_SPLIT_TOKENS = 256  # shorter splits cost more in partial results than they win in parallelism
 PROGRAMS_PER_SM = 4  # enough loads in flight to keep HBM busy
-DECODE_TILE = dict(BLOCK_N=64, num_warps=4, num_stages=3)  # per program: BLOCK_N tokens of K and V per step
+DECODE_TILE = dict(BLOCK_N=64, num_warps=4, num_stages=2)  # per program: BLOCK_N tokens of K and V per step
+# num_stages=2 beat 3 on every decode shape swept on an H200 (benchmarks/attention-h200-tuning.json)
 
 
 @triton.jit

@@ -8,7 +8,10 @@ from torch import Tensor
 from mili.kernels._checks import as_rows, check_block, check_same_device, check_same_dtype, check_shape, check_tensor
 from mili.kernels._triton import tl, triton
 
-ELEMENTS_PER_PROGRAM = 4096  # enough bytes in flight per program, few enough registers per thread
+# Launch shape (see _norm_launch), chosen by a sweep on an H200 (benchmarks/rmsnorm-h200-sweep.json)
+MAX_ELEMENTS_PER_PROGRAM = 4096  # rows per program stop growing here: registers per thread
+MIN_PROGRAMS = 1024  # ... and before the grid drops below this many programs: every SM busy
+ELEMENTS_PER_THREAD = 16  # num_warps follows from the elements a program holds
 
 
 @triton.jit
@@ -37,6 +40,20 @@ def _rms_norm_kernel(
              mask=mask)
 
 
+def _norm_launch(block_h: int, num_rows: int) -> tuple[int, int]:
+    """(BLOCK_ROWS, num_warps) for a [num_rows, hidden] norm, hidden padded to block_h.
+
+    Small hidden sizes pack several rows into a program (fewer, fuller programs), doubling the
+    rows while a program holds at most MAX_ELEMENTS_PER_PROGRAM elements and the grid keeps
+    MIN_PROGRAMS programs; so the choice depends on block_h and a power-of-two bucket of num_rows.
+    """
+    block_rows = 1
+    while 2 * block_rows * block_h <= MAX_ELEMENTS_PER_PROGRAM and num_rows >= 2 * block_rows * MIN_PROGRAMS:
+        block_rows *= 2
+    num_warps = min(16, max(1, block_rows * block_h // (32 * ELEMENTS_PER_THREAD)))
+    return block_rows, num_warps
+
+
 def _launch_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor, eps: float) -> tuple[Tensor, Tensor | None]:
     check_tensor("x", x)
     check_tensor("weight", weight, ndim=1)
@@ -59,8 +76,7 @@ def _launch_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor, eps: fl
         return out, (res_out if residual is not None else None)
 
     block_h = triton.next_power_of_2(hidden)
-    block_rows = max(1, min(ELEMENTS_PER_PROGRAM // block_h, triton.next_power_of_2(num_rows)))
-    num_warps = min(16, max(4, block_rows * block_h // 512))
+    block_rows, num_warps = _norm_launch(block_h, num_rows)
     _rms_norm_kernel[(triton.cdiv(num_rows, block_rows),)](
         rows, rows.stride(0), res_rows, res_rows.stride(0), weight, out, res_out,
         num_rows, hidden, eps,
