@@ -2,8 +2,9 @@
 
     python data/build_tiny_model.py corpus    --seed 0 --out /tmp/tiny-corpus.txt
     python data/build_tiny_model.py tokenizer --seed 0 --out data/mili-tiny-qwen3
-    python data/build_tiny_model.py train     --seed 0 --out data/mili-tiny-qwen3 --steps 4000
+    python data/build_tiny_model.py train     --seed 0 --out data/mili-tiny-qwen3 --steps 2693
 
+(data/README.md lists the exact commands of both training phases.)
 The corpus is an endless seeded stream of chat conversations over the skills in `mili/tasks.py`,
 rendered with the checkpoint's own chat template (Qwen3's, verbatim), so training sees exactly the
 tokens `apply_chat_template(..., add_generation_prompt=True)` produces at inference. The loss falls
@@ -21,18 +22,15 @@ import re
 import sys
 from pathlib import Path
 
-import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mili import tasks
+from mili.chat_template import render_chat_template
 from mili.qwen3_chat_template import QWEN3_CHAT_TEMPLATE
 
 MODEL_DIR = Path(__file__).resolve().parent / "mili-tiny-qwen3"
 SPECIAL_TOKENS = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
                   ("<think>", False), ("</think>", False)]   # (content, special) as in Qwen3
-BPE_VOCAB = 2043          # + 5 added tokens = 2048 ids
+BPE_VOCAB = 2043          # at most (+ 5 added tokens = 2048); the corpus saturates it at 1,364
 # Qwen2/Qwen3's pre-tokenizer split: contractions, words, single digits, punctuation, spaces.
 QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -41,16 +39,9 @@ EMPTY_THINK_SHARE = 0.25
 
 
 def chat_renderer(template: str = QWEN3_CHAT_TEMPLATE):
-    """Render a chat template the way transformers' apply_chat_template does."""
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.globals["raise_exception"] = raise_exception
-    compiled = env.from_string(template)
-
+    """Render a chat template with mili's renderer (the test suite holds it equal to transformers')."""
     def render(messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
-        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        return render_chat_template(template, messages, add_generation_prompt=add_generation_prompt, **kwargs)
     return render
 
 
