@@ -318,6 +318,7 @@ from mili.bench.serve import make_prompts, print_summary, run_load
 
 rates = [3.0, 6.0, 12.0, float("inf")]
 prompts = make_prompts("random", 24, 64, vocab_size=1300, seed=0)
+await run_load(server.url, prompts[:4], output_len=4)  # warm-up: the first requests pay one-off costs
 sweep = {}
 for rate in rates:
     sweep[rate] = await run_load(server.url, prompts, output_len=16, request_rate=rate, max_concurrency=32)
@@ -343,6 +344,12 @@ plt.show()
 """)
 
 md(r"""
+Read the right end first: with all 24 requests at once, each waits behind the others' prefills
+(TTFT in the hundreds of milliseconds) and every decode step carries the whole batch (TPOT
+several times the single-request figure). At low rates the engine is mostly idle between
+arrivals. This machine has 2 cores shared with other work, so the low-rate points are noisy;
+on a GPU the same sweep separates cleanly, and `mili bench serve` is how to measure it there.
+
 The recorded benchmark (`benchmarks/serve-tiny-cpu-c32.json`, made by
 `mili bench serve --num-prompts 200 --max-concurrency 32 --input-len 64 --output-len 32`
 against `mili serve` with the tiny model on this project's 2-core CPU machine) for reference:
