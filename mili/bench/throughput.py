@@ -7,6 +7,7 @@ batches of `--hf-batch-size` prompts in arrival order, left-padded, sampling wit
 temperature up to the longest output of the batch; only the tokens each request asked for count
 (HF cannot stop one row of a batch early, so its surplus tokens are wasted work).
 The floor: 2 · parameters · (prompt + output tokens) FLOPs at the matmul rate measured here.
+On a shared CPU, wall time includes waiting for a core; the process's CPU time is reported too.
 
     mili bench throughput [--model DIR|PRESET] [--num-seqs 256] [--min-len 100] [--max-len 1024]
                           [--compare hf] [--json FILE] [--plot FILE]
@@ -46,13 +47,14 @@ def run_mili(llm, work) -> dict:
     params = [SamplingParams(temperature=TEMPERATURE, max_tokens=n, ignore_eos=True) for _, n in work]
     llm.generate(prompts[:2], [SamplingParams(max_tokens=4, ignore_eos=True)] * 2, use_tqdm=False)  # warm-up
     _sync(llm.model.device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     _sync(llm.model.device)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
     stats = llm.stats()
-    return {"seconds": seconds, "output_tokens": tokens, "tokens_per_s": tokens / seconds,
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "output_tokens": tokens, "tokens_per_s": tokens / seconds,
+            "tokens_per_cpu_s": tokens / cpu_seconds,
             "preemptions": stats["preemptions"], "steps": stats["steps"]}
 
 
@@ -75,14 +77,15 @@ def run_hf(hf_model, work, batch_size: int) -> dict:
 
     generate(work[:2])  # warm-up
     _sync(device)
-    start, generated = time.perf_counter(), 0
+    start, cpu_start, generated = time.perf_counter(), time.process_time(), 0
     for i in range(0, len(work), batch_size):
         batch = work[i:i + batch_size]
         generated += generate(batch) * len(batch)
     _sync(device)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     useful = sum(n for _, n in work)
-    return {"seconds": seconds, "output_tokens": useful, "tokens_per_s": useful / seconds,
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "output_tokens": useful, "tokens_per_s": useful / seconds,
+            "tokens_per_cpu_s": useful / cpu_seconds,
             "generated_tokens_incl_surplus": generated, "batch_size": batch_size}
 
 
@@ -170,6 +173,7 @@ def run_benchmark(model: str, *, num_seqs: int, min_len: int, max_len: int, comp
         hf = run_hf(hf_model_for(llm, model), work, hf_batch_size or num_seqs)
         report["hf"] = {**hf, "fraction_of_floor": floor_s / hf["seconds"]}
         report["speedup_vs_hf"] = mili["tokens_per_s"] / hf["tokens_per_s"]
+        report["speedup_vs_hf_cpu_time"] = mili["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"]
     return report
 
 
@@ -178,13 +182,16 @@ def print_report(report: dict, stream=sys.stdout) -> None:
     print(f"{report['environment']['device']} · {report['model']} · {report['dtype']} · {w['num_seqs']} seqs, lengths "
           f"[{w['min_len']}, {w['max_len']}] · floor {report['floor_seconds']:.2f} s "
           f"({report['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s matmul)", file=stream)
-    print(f"{'engine':<8} {'seconds':>9} {'out tok/s':>11} {'of floor':>9} {'ratio':>7}", file=stream)
+    print(f"{'engine':<8} {'seconds':>9} {'out tok/s':>11} {'of floor':>9} {'ratio':>7}   "
+          f"{'CPU s':>8} {'tok/CPU s':>10} {'ratio':>7}", file=stream)
     for name in ("mili", "hf"):
         if name in report:
             r = report[name]
             ratio = r["tokens_per_s"] / report["hf"]["tokens_per_s"] if "hf" in report else 1.0
+            cpu_ratio = r["tokens_per_cpu_s"] / report["hf"]["tokens_per_cpu_s"] if "hf" in report else 1.0
             print(f"{name:<8} {r['seconds']:>9.2f} {r['tokens_per_s']:>11.1f} {r['fraction_of_floor']:>8.1%} "
-                  f"{ratio:>6.2f}x", file=stream)
+                  f"{ratio:>6.2f}x   {r['cpu_seconds']:>8.2f} {r['tokens_per_cpu_s']:>10.1f} {cpu_ratio:>6.2f}x",
+                  file=stream)
 
 
 def plot_report(report: dict, path) -> None:
@@ -222,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", help="write the results as JSON here")
     parser.add_argument("--plot", help="write a bar chart (PNG) here")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = run_benchmark(args.model, num_seqs=args.num_seqs, min_len=args.min_len, max_len=args.max_len,
                            compare_hf=args.compare == "hf", device=args.device, dtype=args.dtype,
                            hf_batch_size=args.hf_batch_size, max_num_seqs=args.max_num_seqs,

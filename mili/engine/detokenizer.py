@@ -10,13 +10,9 @@ Reads the tokenizer's `decode(ids, skip_special_tokens=...)` only.
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import Iterable
 
 from mili.exercise import exercise
-
-
-class Decoder(Protocol):
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str: ...
 
 
 @exercise("3.2", "Incremental detokenizer and stop strings")
@@ -34,7 +30,7 @@ class IncrementalDetokenizer:
     string or the stop/EOS id that ended it, else None).
     """
 
-    def __init__(self, tokenizer: Decoder, prompt_token_ids: Iterable[int], *, stop: Iterable[str] = (),
+    def __init__(self, tokenizer, prompt_token_ids: Iterable[int], *, stop: Iterable[str] = (),
                  stop_token_ids: Iterable[int] = (), eos_token_ids: Iterable[int] = (), ignore_eos: bool = False,
                  skip_special_tokens: bool = True) -> None:
         """Remember the settings; nothing is emitted yet."""
