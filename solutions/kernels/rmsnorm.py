@@ -8,10 +8,11 @@ from torch import Tensor
 from mili.kernels._checks import as_rows, check_block, check_same_device, check_same_dtype, check_shape, check_tensor
 from mili.kernels._triton import tl, triton
 
-# Launch shape (see _norm_launch), chosen by a sweep on an H200 (benchmarks/rmsnorm-h200-sweep.json)
-MAX_ELEMENTS_PER_PROGRAM = 4096  # rows per program stop growing here: registers per thread
-MIN_PROGRAMS = 1024  # ... and before the grid drops below this many programs: every SM busy
-ELEMENTS_PER_THREAD = 16  # num_warps follows from the elements a program holds
+# Launch shape (see _norm_launch): the best of a sweep on an H200 (benchmarks/rmsnorm-h200-sweep.json),
+# within 2% of each swept shape's fastest (rows, warps) at hidden 1024 and 4096, 64 to 16384 rows
+MAX_ELEMENTS_PER_PROGRAM = 2048  # rows per program stop growing here
+MIN_PROGRAMS = 128  # ... and before the grid drops below this many programs
+ELEMENTS_PER_THREAD = 32  # num_warps follows from the elements a program holds
 
 
 @triton.jit
