@@ -6,13 +6,14 @@ import asyncio
 
 import pytest
 
+pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
-from mili import LLM, SamplingParams  # noqa: E402
-from mili.server.async_engine import AsyncEngine  # noqa: E402
-from mili.server.errors import APIError  # noqa: E402
-from mili.server.metrics import ServerMetrics  # noqa: E402
-from tests.server_helpers import make_server_model  # noqa: E402
+from mili import LLM, SamplingParams
+from mili.server.async_engine import AsyncEngine
+from mili.server.errors import APIError
+from mili.server.metrics import ServerMetrics
+from tests.server_helpers import make_server_model
 
 
 @pytest.fixture(scope="module")

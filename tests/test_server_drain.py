@@ -6,7 +6,10 @@ import json
 import threading
 import time
 
-import httpx
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
 
 from mili.server.launch import launch_server
 from tests.server_helpers import make_server_model
