@@ -10,6 +10,8 @@ import torch
 
 from mili.testing import generator_for, randn
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels' inputs; the interpreter runs on the CPU
+
 
 def attention_oracle(q, k, v, *, causal: bool, scale: float) -> torch.Tensor:
     """One sequence: q [Lq, Hq, D], k, v [Lk, Hkv, D] -> [Lq, Hq, D] float32."""
@@ -20,8 +22,8 @@ def attention_oracle(q, k, v, *, causal: bool, scale: float) -> torch.Tensor:
     scores = torch.einsum("qhd,khd->hqk", qf, kf) * scale
     if causal:
         lq, lk = q.shape[0], k.shape[0]
-        query_pos = torch.arange(lq).unsqueeze(1) + (lk - lq)  # queries are the last lq positions
-        key_pos = torch.arange(lk).unsqueeze(0)
+        query_pos = torch.arange(lq, device=q.device).unsqueeze(1) + (lk - lq)  # queries are the last lq positions
+        key_pos = torch.arange(lk, device=q.device).unsqueeze(0)
         scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
     return torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), vf)
 
@@ -38,7 +40,7 @@ def cumulative(lengths: list[int]) -> torch.Tensor:
     out = [0]
     for n in lengths:
         out.append(out[-1] + n)
-    return torch.tensor(out, dtype=torch.int32)
+    return torch.tensor(out, dtype=torch.int32, device=DEVICE)
 
 
 def random_block_tables(context_lens: list[int], block_size: int, name: str, spare_blocks: int = 3):
@@ -51,13 +53,14 @@ def random_block_tables(context_lens: list[int], block_size: int, name: str, spa
     for n in needed:
         rows.append(order[used:used + n] + [-1] * (width - n))
         used += n
-    return torch.tensor(rows, dtype=torch.int32), num_blocks
+    return torch.tensor(rows, dtype=torch.int32, device=DEVICE), num_blocks
 
 
 def fill_paged_cache(per_seq, block_tables, num_blocks, block_size, name: str):
     """A cache [num_blocks, block_size, Hkv, D] of random values holding each sequence's tokens."""
     hkv, d = per_seq[0].shape[1:]
-    cache = randn(num_blocks, block_size, hkv, d, name=name + "/cache", dtype=per_seq[0].dtype)
+    cache = randn(num_blocks, block_size, hkv, d, name=name + "/cache", dtype=per_seq[0].dtype,
+                  device=per_seq[0].device)
     for seq, table in zip(per_seq, block_tables.tolist()):
         for j in range(seq.shape[0]):
             cache[table[j // block_size], j % block_size] = seq[j]

@@ -10,7 +10,7 @@ import torch
 from mili.kernels.decode_attention import paged_decode_attention
 from mili.testing import assert_close, randn
 
-from .attention_oracle import attention_oracle, fill_paged_cache, random_block_tables
+from .attention_oracle import DEVICE, attention_oracle, fill_paged_cache, random_block_tables
 
 pytestmark = pytest.mark.exercise("4.4")
 
@@ -19,13 +19,13 @@ HINT = ("key j of sequence b is at block block_tables[b, j // block_size], offse
 
 
 def run_decode(context_lens, hq, hkv, head_dim, block_size, dtype, name, scale=None):
-    ks = [randn(n, hkv, head_dim, dtype=dtype, name=f"{name}/k{i}") for i, n in enumerate(context_lens)]
-    vs = [randn(n, hkv, head_dim, dtype=dtype, name=f"{name}/v{i}") for i, n in enumerate(context_lens)]
+    ks = [randn(n, hkv, head_dim, dtype=dtype, name=f"{name}/k{i}", device=DEVICE) for i, n in enumerate(context_lens)]
+    vs = [randn(n, hkv, head_dim, dtype=dtype, name=f"{name}/v{i}", device=DEVICE) for i, n in enumerate(context_lens)]
     tables, num_blocks = random_block_tables(context_lens, block_size, name)
     k_cache = fill_paged_cache(ks, tables, num_blocks, block_size, name + "/k")
     v_cache = fill_paged_cache(vs, tables, num_blocks, block_size, name + "/v")
-    q = randn(len(context_lens), hq, head_dim, dtype=dtype, name=name + "/q")
-    lens = torch.tensor(context_lens, dtype=torch.int32)
+    q = randn(len(context_lens), hq, head_dim, dtype=dtype, name=name + "/q", device=DEVICE)
+    lens = torch.tensor(context_lens, dtype=torch.int32, device=DEVICE)
     got = paged_decode_attention(q, k_cache, v_cache, lens, tables, softmax_scale=scale)
     scale = scale if scale is not None else head_dim ** -0.5
     expected = torch.cat([attention_oracle(q[i:i + 1], k, v, causal=True, scale=scale) for i, (k, v) in enumerate(zip(ks, vs))])

@@ -10,7 +10,7 @@ import torch
 from mili.kernels.flash_attn import flash_attn_varlen
 from mili.testing import assert_close, randn
 
-from .attention_oracle import cumulative, varlen_oracle
+from .attention_oracle import DEVICE, cumulative, varlen_oracle
 
 pytestmark = pytest.mark.exercise("4.1")
 
@@ -19,9 +19,9 @@ HINT = ("check the online-softmax rescale (acc and l by exp(m_old - m_new)), the
 
 
 def run_case(lengths_q, lengths_k, hq, hkv, head_dim, dtype, *, causal=True, scale=None, name="case"):
-    q = randn(sum(lengths_q), hq, head_dim, dtype=dtype, name=name + "/q")
-    k = randn(sum(lengths_k), hkv, head_dim, dtype=dtype, name=name + "/k")
-    v = randn(sum(lengths_k), hkv, head_dim, dtype=dtype, name=name + "/v")
+    q = randn(sum(lengths_q), hq, head_dim, dtype=dtype, name=name + "/q", device=DEVICE)
+    k = randn(sum(lengths_k), hkv, head_dim, dtype=dtype, name=name + "/k", device=DEVICE)
+    v = randn(sum(lengths_k), hkv, head_dim, dtype=dtype, name=name + "/v", device=DEVICE)
     cu_q, cu_k = cumulative(lengths_q), cumulative(lengths_k)
     got = flash_attn_varlen(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), causal=causal, softmax_scale=scale)
     ks = [k[lo:hi] for lo, hi in zip(cu_k[:-1].tolist(), cu_k[1:].tolist())]
@@ -64,7 +64,7 @@ def test_not_causal_and_custom_scale():
 def test_strided_views_of_a_fused_qkv():
     """The model passes q, k, v as column slices of one [T, (Hq + 2·Hkv)·D] projection."""
     lengths, hq, hkv, d = [24, 9], 4, 2, 64
-    qkv = randn(sum(lengths), (hq + 2 * hkv) * d, dtype=torch.float16, name="qkv")
+    qkv = randn(sum(lengths), (hq + 2 * hkv) * d, dtype=torch.float16, name="qkv", device=DEVICE)
     q = qkv[:, : hq * d].view(-1, hq, d)
     k = qkv[:, hq * d : (hq + hkv) * d].view(-1, hkv, d)
     v = qkv[:, (hq + hkv) * d :].view(-1, hkv, d)

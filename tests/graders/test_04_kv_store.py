@@ -10,6 +10,8 @@ import torch
 from mili.kernels.kv_store import store_kvcache
 from mili.testing import assert_close, generator_for, randn
 
+from .attention_oracle import DEVICE
+
 pytestmark = pytest.mark.exercise("4.2")
 
 
@@ -27,18 +29,18 @@ def random_slots(num_tokens, num_slots, name, skip_every=0):
     slots = torch.randperm(num_slots, generator=generator_for(name))[:num_tokens]
     if skip_every:
         slots[::skip_every] = -1
-    return slots
+    return slots.to(DEVICE)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_tokens,hkv,head_dim,block_size", [(1, 1, 64, 16), (13, 2, 64, 16), (40, 8, 128, 4)])
 def test_writes_every_token_to_its_slot(num_tokens, hkv, head_dim, block_size, dtype):
     name = f"store/{num_tokens}/{hkv}/{dtype}"
-    k = randn(num_tokens, hkv, head_dim, dtype=dtype, name=name + "/k")
-    v = randn(num_tokens, hkv, head_dim, dtype=dtype, name=name + "/v")
+    k = randn(num_tokens, hkv, head_dim, dtype=dtype, name=name + "/k", device=DEVICE)
+    v = randn(num_tokens, hkv, head_dim, dtype=dtype, name=name + "/v", device=DEVICE)
     num_blocks = num_tokens // block_size + 3
-    k_cache = randn(num_blocks, block_size, hkv, head_dim, dtype=dtype, name=name + "/kc")
-    v_cache = randn(num_blocks, block_size, hkv, head_dim, dtype=dtype, name=name + "/vc")
+    k_cache = randn(num_blocks, block_size, hkv, head_dim, dtype=dtype, name=name + "/kc", device=DEVICE)
+    v_cache = randn(num_blocks, block_size, hkv, head_dim, dtype=dtype, name=name + "/vc", device=DEVICE)
     slots = random_slots(num_tokens, num_blocks * block_size, name)
     expected_k, expected_v = oracle_store(k, v, k_cache, v_cache, slots)
     assert store_kvcache(k, v, k_cache, v_cache, slots) is None
@@ -48,9 +50,10 @@ def test_writes_every_token_to_its_slot(num_tokens, hkv, head_dim, block_size, d
 
 
 def test_slot_minus_one_is_skipped():
-    k = randn(12, 2, 64, name="skip/k")
-    v = randn(12, 2, 64, name="skip/v")
-    k_cache, v_cache = randn(4, 8, 2, 64, name="skip/kc"), randn(4, 8, 2, 64, name="skip/vc")
+    k = randn(12, 2, 64, name="skip/k", device=DEVICE)
+    v = randn(12, 2, 64, name="skip/v", device=DEVICE)
+    k_cache = randn(4, 8, 2, 64, name="skip/kc", device=DEVICE)
+    v_cache = randn(4, 8, 2, 64, name="skip/vc", device=DEVICE)
     slots = random_slots(12, 32, "skip", skip_every=3)
     expected_k, expected_v = oracle_store(k, v, k_cache, v_cache, slots)
     store_kvcache(k, v, k_cache, v_cache, slots)
@@ -61,11 +64,11 @@ def test_slot_minus_one_is_skipped():
 
 def test_strided_rows_and_cast_to_cache_dtype():
     """k and v as column slices of a fused projection, stored into a float16 cache from float32."""
-    qkv = randn(9, 3 * 2 * 64, name="fused")
+    qkv = randn(9, 3 * 2 * 64, name="fused", device=DEVICE)
     k = qkv[:, 128:256].view(9, 2, 64)
     v = qkv[:, 256:].view(9, 2, 64)
-    k_cache = randn(3, 4, 2, 64, dtype=torch.float16, name="cast/kc")
-    v_cache = randn(3, 4, 2, 64, dtype=torch.float16, name="cast/vc")
+    k_cache = randn(3, 4, 2, 64, dtype=torch.float16, name="cast/kc", device=DEVICE)
+    v_cache = randn(3, 4, 2, 64, dtype=torch.float16, name="cast/vc", device=DEVICE)
     slots = random_slots(9, 12, "cast").to(torch.int32)
     expected_k, expected_v = oracle_store(k, v, k_cache, v_cache, slots)
     store_kvcache(k, v, k_cache, v_cache, slots)

@@ -10,7 +10,13 @@ import torch
 from mili.kernels.flash_attn import flash_attn_varlen
 from mili.testing import assert_close, randn
 
-from .attention_oracle import cumulative, fill_paged_cache, random_block_tables, varlen_oracle
+from .attention_oracle import (
+    DEVICE,
+    cumulative,
+    fill_paged_cache,
+    random_block_tables,
+    varlen_oracle,
+)
 
 pytestmark = pytest.mark.exercise("4.3")
 
@@ -19,12 +25,12 @@ HINT = ("key position j of sequence b is at block block_table[b, j // block_size
 
 
 def run_paged(query_lens, context_lens, hq, hkv, head_dim, block_size, dtype, name):
-    ks = [randn(n, hkv, head_dim, dtype=dtype, name=f"{name}/k{i}") for i, n in enumerate(context_lens)]
-    vs = [randn(n, hkv, head_dim, dtype=dtype, name=f"{name}/v{i}") for i, n in enumerate(context_lens)]
+    ks = [randn(n, hkv, head_dim, dtype=dtype, name=f"{name}/k{i}", device=DEVICE) for i, n in enumerate(context_lens)]
+    vs = [randn(n, hkv, head_dim, dtype=dtype, name=f"{name}/v{i}", device=DEVICE) for i, n in enumerate(context_lens)]
     tables, num_blocks = random_block_tables(context_lens, block_size, name)
     k_cache = fill_paged_cache(ks, tables, num_blocks, block_size, name + "/k")
     v_cache = fill_paged_cache(vs, tables, num_blocks, block_size, name + "/v")
-    q = randn(sum(query_lens), hq, head_dim, dtype=dtype, name=name + "/q")
+    q = randn(sum(query_lens), hq, head_dim, dtype=dtype, name=name + "/q", device=DEVICE)
     cu_q, cu_k = cumulative(query_lens), cumulative(context_lens)
     got = flash_attn_varlen(q, k_cache, v_cache, cu_q, cu_k, max(query_lens), max(context_lens), block_table=tables)
     return got, varlen_oracle(q, ks, vs, cu_q)
