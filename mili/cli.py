@@ -1,4 +1,4 @@
-"""The `mili` command: status, grade, generate, eval, bench.
+"""The `mili` command: status, grade, generate, eval, serve, bench.
 
 Every command turns bad input into one line on stderr and a non-zero exit, never a traceback.
 """
@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy of a model on the tiny model's skills", add_help=False)
     p.set_defaults(delegate="mili.evaluation")
 
+    p = sub.add_parser("serve", help="an OpenAI-compatible server (mili serve --help)", add_help=False)
+    p.set_defaults(delegate="mili.server.cli")
+
     p = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS))
     p.add_argument("name", choices=BENCHMARKS)
     p.set_defaults(delegate_bench=True)
@@ -196,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "eval":
             return _delegate("mili.evaluation", argv[1:])
+        if argv and argv[0] == "serve":
+            return _delegate("mili.server.cli", argv[1:])
         if argv and argv[0] == "bench" and len(argv) > 1 and argv[1] in BENCHMARKS:
             return _delegate(f"mili.bench.{argv[1]}", argv[2:])
         args = parser.parse_args(argv)
