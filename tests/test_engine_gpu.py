@@ -2,8 +2,9 @@
 random weights (bfloat16, triton backend) and records output tokens per second in benchmarks/ —
 the baseline a later performance push starts from. Also checks greedy parity with transformers
 on the GPU in float32, with the torch backend: the engine's own logic on CUDA. (With the triton
-backend in float32 the first decoded token differed on an H200 on 2026-11-26: the kernels' tl.dot
-may round float32 inputs to TF32; chapter 04's graders own the kernels' accuracy.)
+backend in float32, on an H200 on 2026-11-26, the prefill token matched and the first decoded
+token differed — the first step that reads the paged cache through the triton store/decode
+kernels, or TF32 rounding in tl.dot; not yet investigated.)
 """
 
 import json
