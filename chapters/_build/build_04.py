@@ -429,16 +429,18 @@ if report is not None:
 md(r"""
 What the H200 run says (commit and versions are in the JSON; timings are CUDA-graph replays, L2 flushed):
 
-- **Prefill** at 4k tokens: 337 TFLOP/s with Qwen3-0.6B heads and 382 with 8B heads, 1.4–1.5× PyTorch's
-  FlashAttention-2 backend (219 / 274) but below its cuDNN backend (455 / 530), which the default choice
+- **Prefill** at 4k tokens: 338 TFLOP/s with Qwen3-0.6B heads and 384 with 8B heads, 1.4–1.5× PyTorch's
+  FlashAttention-2 backend (220 / 275) but below its cuDNN backend (449 / 523), which the default choice
   picks. Short prompts do not fill the GPU (a 512-token sequence with 16 heads is only 64 query tiles of
-  128 rows); the dashed line is the plain bf16 matrix-product rate (805 TFLOP/s), which attention
+  128 rows); the dashed line is the plain bf16 matrix-product rate (780 TFLOP/s), which attention
   approaches but cannot reach (the softmax and the causal diagonal cost extra).
-- **Decode** at batch 64: 83% of the copy bandwidth at 4k context, 66% at 1k; batch 256 reads at the roof.
-  One sequence of 32k tokens still reaches 50%, thanks to split-K (64 splits). The gather + SDPA baseline
+- **Decode** at batch 64: 95% of the copy bandwidth at 4k context, 74% at 1k; batch 256 reads at the roof.
+  One sequence of 32k tokens still reaches 61%, thanks to split-K (64 splits). Each program keeps two K/V
+  tiles in flight (`num_stages=2`; three were slower on every shape of the sweep kept in
+  `benchmarks/attention-h200-tuning.json`). The gather + SDPA baseline
   stays near 1.3 TB/s: it first copies every page it reads.
-- Launched from Python instead of a graph (`python_call_ms` in the JSON), a small decode call takes at least
-  about 40 µs (up to 120 µs at batch 8) against 18–24 µs replayed: launch overhead, which is why the engine
+- Launched from Python instead of a graph (`python_call_ms` in the JSON), a small decode call takes about
+  40–55 µs (once 134 µs) against 18–24 µs replayed: launch overhead, which is why the engine
   replays CUDA graphs at decode.
 
 """)
