@@ -23,8 +23,8 @@ def paged(name: str, lengths: list[int]):
     return k_cache, v_cache, pad_block_tables(tables, "cpu")
 
 
-def test_decode_matches_the_per_sequence_loop():
-    lengths = [1, 5, 13, 8, 32]
+@pytest.mark.parametrize("lengths", [[1, 5, 13, 8, 32], [3 * i % 41 + 1 for i in range(37)]])
+def test_decode_matches_the_per_sequence_loop(lengths):
     k_cache, v_cache, tables = paged("decode", lengths)
     q = randn(len(lengths), HEADS, DIM)
     context = torch.tensor(lengths, dtype=torch.int32)

@@ -22,6 +22,7 @@ from mili.backends import Backend, get_backend
 from mili.backends import torch_ops
 
 MAX_PADDED_SCORES = 1 << 24  # B · Hq · max_q · max_k elements (64 MiB of float32) before falling back
+DECODE_BUCKET = 8  # decode sequences per padded call: fewer padded keys, a few more calls
 
 
 def _gather_padded(cache: Tensor, block_tables: Tensor, max_len: int) -> Tensor:
@@ -53,11 +54,22 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tens
 
 def paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables, *, softmax_scale=None) -> Tensor:
     batch, heads, head_dim = q.shape
+    scale = softmax_scale if softmax_scale is not None else head_dim ** -0.5
+    if batch < 2 * DECODE_BUCKET:
+        return _decode_padded(q, k_cache, v_cache, context_lens, block_tables, scale)
+    # sequences sorted by length, in buckets: each is padded to its own longest, not the batch's
+    order = context_lens.argsort()
+    out = torch.empty_like(q)
+    for rows in order.split(DECODE_BUCKET):
+        out[rows] = _decode_padded(q[rows], k_cache, v_cache, context_lens[rows], block_tables[rows], scale)
+    return out
+
+
+def _decode_padded(q, k_cache, v_cache, context_lens, block_tables, scale: float) -> Tensor:
+    batch, heads, _ = q.shape
     max_len = int(context_lens.max())
     if batch * heads * max_len > MAX_PADDED_SCORES:
-        return torch_ops.paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables,
-                                                softmax_scale=softmax_scale)
-    scale = softmax_scale if softmax_scale is not None else head_dim ** -0.5
+        return torch_ops.paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables, softmax_scale=scale)
     k = _gather_padded(k_cache, block_tables, max_len)
     v = _gather_padded(v_cache, block_tables, max_len)
     mask = torch.arange(max_len, device=q.device).unsqueeze(0) < context_lens.unsqueeze(1)  # [B, L]
