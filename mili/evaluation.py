@@ -106,6 +106,23 @@ def evaluate(model_path: Path, n: int, seed: int, backends: list[str], device: s
     return report
 
 
+def compare_with(report: dict, saved: dict) -> list[dict]:
+    """Questions where this report's replies differ from a saved `--json` report's (same seed, any n)."""
+    if saved["seed"] != report["seed"]:
+        raise ValueError(f"the saved report used seed {saved['seed']}, this one {report['seed']}")
+    n = min(saved["n"], report["n"])
+    suite = tasks.eval_suite(n, report["seed"])   # a prefix of both runs' questions, skill by skill
+    diffs = []
+    for backend, result in report["results"].items():
+        for other, theirs in saved["results"].items():
+            for k, (skill, questions) in enumerate(suite.items()):
+                for i, q in enumerate(questions):
+                    x, y = result["replies"][k * report["n"] + i], theirs["replies"][k * saved["n"] + i]
+                    if x != y:
+                        diffs.append({"skill": skill, "question": q.messages[-1]["content"], backend: x, "saved " + other: y})
+    return diffs
+
+
 def print_report(report: dict) -> None:
     backends = list(report["results"])
     print(f"{report['model']}  ·  {report['n']} questions per skill  ·  seed {report['seed']}")
@@ -119,6 +136,8 @@ def print_report(report: dict) -> None:
             print(f"  {b} {skill} first miss: {f['question']!r} expected {f['expected']!r}, got {f['got']!r}")
     if "disagreements" in report:
         print(f"answers that differ between {' and '.join(backends)}: {len(report['disagreements'])}")
+    if "differs_from_saved" in report:
+        print(f"answers that differ from the saved report's: {len(report['differs_from_saved'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,11 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["hf", "mili", "both"], default="hf")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="a saved --json report (same seed): count the questions whose replies differ")
     args = parser.parse_args(argv)
     if not (args.model / "config.json").exists():
         parser.error(f"--model {args.model}: no config.json there (a Hugging Face checkpoint folder is expected)")
     backends = ["hf", "mili"] if args.backend == "both" else [args.backend]
     report = evaluate(args.model, args.n, args.seed, backends, args.device)
+    if args.compare:
+        report["differs_from_saved"] = compare_with(report, json.loads(args.compare.read_text()))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
