@@ -13,6 +13,16 @@ from mili import LLM, SamplingParams
 TOKENIZER = Path(__file__).resolve().parents[1] / "data" / "mili-tiny-qwen3"
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Many small ops: one thread avoids OpenMP spin-waits when pytest-xdist workers share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     if not (TOKENIZER / "tokenizer.json").exists():

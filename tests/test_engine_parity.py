@@ -17,6 +17,16 @@ from mili import LLM, SamplingParams
 VOCAB = 512
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Many small ops: one thread avoids OpenMP spin-waits when pytest-xdist workers share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
