@@ -284,7 +284,7 @@ ax.set_xlabel("engine step")
 ax.set_title("Scheduler timeline: budget 48 tokens/step, 24 KV blocks of 16 tokens, max 6 running")
 ax.legend(handles=[Patch(color="whitesmoke", label="waiting"), Patch(color="C0", label="prefill (chunk)"),
                    Patch(color="C2", label="decode"), Patch(color="C3", label="preempted")],
-          loc="lower right", fontsize=8)
+          loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
 plt.show()
 """)
 
