@@ -123,7 +123,7 @@ def _sync(device: torch.device) -> None:
 def environment(device: torch.device) -> dict:
     def run(cmd):
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 

@@ -3,7 +3,7 @@
 from mili.engine.sampling_params import SamplingParams
 from mili.engine.sequence import CompletionOutput, RequestOutput
 
-__all__ = ["LLM", "LLMEngine", "EngineConfig", "SamplingParams", "RequestOutput", "CompletionOutput"]
+__all__ = ["LLM", "CompletionOutput", "EngineConfig", "LLMEngine", "RequestOutput", "SamplingParams"]
 
 
 def __getattr__(name):

@@ -12,14 +12,14 @@ be large falls back to the per-sequence loop.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mili.backends import Backend, get_backend
-from mili.backends import torch_ops
+from mili.backends import Backend, get_backend, torch_ops
 
 MAX_PADDED_SCORES = 1 << 24  # B · Hq · max_q · max_k elements (64 MiB of float32) before falling back
 DECODE_BUCKET = 8  # decode sequences per padded call: fewer padded keys, a few more calls
@@ -53,7 +53,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tens
 
 
 def paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables, *, softmax_scale=None) -> Tensor:
-    batch, heads, head_dim = q.shape
+    batch, _, head_dim = q.shape
     scale = softmax_scale if softmax_scale is not None else head_dim ** -0.5
     if batch < 2 * DECODE_BUCKET:
         return _decode_padded(q, k_cache, v_cache, context_lens, block_tables, scale)
@@ -107,7 +107,7 @@ def _fresh_prompts(q: Tensor, k: Tensor, v: Tensor, starts: list[int], scale: fl
     """Prompts with nothing cached: one causal SDPA per sequence (no mask tensor: its fast path)."""
     out = torch.empty_like(q)
     group = q.shape[1] // k.shape[1]
-    for lo, hi in zip(starts[:-1], starts[1:]):
+    for lo, hi in itertools.pairwise(starts):
         qs = q[lo:hi].transpose(0, 1).float()
         ks = k[lo:hi].repeat_interleave(group, dim=1).transpose(0, 1).float()
         vs = v[lo:hi].repeat_interleave(group, dim=1).transpose(0, 1).float()

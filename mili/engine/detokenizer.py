@@ -10,7 +10,7 @@ Reads the tokenizer's `decode(ids, skip_special_tokens=...)` only.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from mili.exercise import exercise
 

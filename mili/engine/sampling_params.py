@@ -6,6 +6,7 @@ bad input raises a ValueError/TypeError that names the field, never a silent wro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 _GREEDY_EPS = 1e-5  # temperatures below this are greedy (argmax)
@@ -101,7 +102,7 @@ def _check_int(name: str, value, minimum: int | None = None) -> None:
 
 
 def _check_number(name: str, value, minimum: float | None = None) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 
 from mili.cache.block_manager import BlockManager
-from mili.engine.batch import ScheduledSeq, SchedulerOutput
+from mili.engine.batch import SchedulerOutput
 from mili.engine.sequence import Sequence, SequenceStatus
 from mili.exercise import exercise
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 # tokens decoded before the first output token, so that a leading space or a character that
 # started in the prompt comes out right

@@ -18,7 +18,7 @@ EOS, EOT = 300, 301
 class ByteTokenizer:
     """Ids 0-255 are single bytes; 256+ are multi-byte merges; 300/301 are special tokens."""
 
-    merges = ["é".encode(), "你好".encode(), "🙂".encode(), b" the", b"STOP", "😀".encode()[:2], "😀".encode()[2:]]
+    merges = ("é".encode(), "你好".encode(), "🙂".encode(), b" the", b"STOP", "😀".encode()[:2], "😀".encode()[2:])
 
     def piece(self, i: int) -> bytes:
         if i < 256:

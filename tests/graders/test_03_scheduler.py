@@ -8,9 +8,9 @@ import random
 
 import pytest
 
+from mili.engine.sampling_params import SamplingParams
 from mili.engine.scheduler import Scheduler
 from mili.engine.sequence import Request, Sequence, SequenceStatus
-from mili.engine.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.exercise("3.3")
 
