@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from mili.argtypes import non_negative_float, positive_int, probability
 from mili.exercise import CHAPTERS, repo_root
 
 DEFAULT_MODEL = repo_root() / "data" / "mili-tiny-qwen3"
@@ -19,27 +20,6 @@ BENCHMARKS = ("kernels", "attention", "cache", "throughput", "serve")
 
 class UsageError(Exception):
     """Bad arguments: reported as one line, exit status 2."""
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
 
 
 # ---------------------------------------------------------------- status / grade
@@ -100,8 +80,8 @@ def cmd_generate(args) -> int:
     import torch
 
     from mili.checkpoint import load_model
-    from mili.generation_utils import sampling_picker, stream_text
     from mili.generate import generate_tokens
+    from mili.generation_utils import sampling_picker, stream_text
 
     if args.prompt is None:
         if sys.stdin.isatty():
@@ -168,9 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate text from a prompt, streamed to the terminal")
     p.add_argument("prompt", nargs="?", help="the prompt (read from stdin if omitted)")
     p.add_argument("--model", default=None, help=f"model folder or preset (default: {DEFAULT_MODEL.name})")
-    p.add_argument("--max-tokens", type=_positive_int, default=128)
-    p.add_argument("--temperature", type=_non_negative_float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=_probability, default=1.0)
+    p.add_argument("--max-tokens", type=positive_int, default=128)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=probability, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0 = no top-k filter")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--chat", dest="chat", action="store_true", default=None, help="apply the chat template (default when the tokenizer has one)")

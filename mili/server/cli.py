@@ -20,6 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
+from mili.argtypes import non_negative_int, positive_int
 from mili.exercise import repo_root
 from mili.server.app import ServerConfig, ServerState, build_app
 
@@ -68,14 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
     p.add_argument("--served-model-name", default=None, help="the model id clients use (default: folder name)")
-    p.add_argument("--max-queue", type=_non_negative_int, default=256,
+    p.add_argument("--max-queue", type=non_negative_int, default=256,
                    help="requests admitted beyond the running batch before new ones get 429")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish after SIGTERM")
-    p.add_argument("--max-num-seqs", type=_positive_int, default=256)
-    p.add_argument("--max-model-len", type=_positive_int, default=None)
-    p.add_argument("--num-kv-blocks", type=_positive_int, default=None)
-    p.add_argument("--block-size", type=_positive_int, default=16)
+    p.add_argument("--max-num-seqs", type=positive_int, default=256)
+    p.add_argument("--max-model-len", type=positive_int, default=None)
+    p.add_argument("--num-kv-blocks", type=positive_int, default=None)
+    p.add_argument("--block-size", type=positive_int, default=16)
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -83,20 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="weights seed for a preset")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def engine_loader(args):
