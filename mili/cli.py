@@ -79,44 +79,45 @@ def _pick_device(name: str):
 def cmd_generate(args) -> int:
     import torch
 
-    from mili.checkpoint import load_model
-    from mili.generate import generate_tokens
-    from mili.generation_utils import sampling_picker, stream_text
+    from mili.engine import LLM, SamplingParams
 
     if args.prompt is None:
         if sys.stdin.isatty():
             raise UsageError("give a prompt: mili generate \"What is 17 + 25?\"")
         args.prompt = sys.stdin.read()
     model_name = _resolve_model(args.model)
-    device = _pick_device(args.device)
-    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     tokenizer = _load_tokenizer(model_name)
-    model = load_model(model_name, dtype=dtype, device=device, backend=args.backend, seed=args.seed or 0)
     chat = tokenizer.has_chat_template if args.chat is None else args.chat
     if chat:
         prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}],
                                                    add_generation_prompt=True, tokenize=True)
     else:
         prompt_ids = tokenizer.encode(args.prompt)
-    context = model.config.max_position_embeddings
     if not prompt_ids:
         raise UsageError("the prompt is empty")
+    llm = LLM(model_name, tokenizer=tokenizer, dtype=args.dtype, device=_pick_device(args.device),
+              backend=args.backend, seed=args.seed or 0,
+              num_kv_blocks=(len(prompt_ids) + args.max_tokens) // 16 + 2)
+    context = llm.model.config.max_position_embeddings
     if len(prompt_ids) + args.max_tokens > context:
         raise UsageError(f"the prompt ({len(prompt_ids)} tokens) plus --max-tokens ({args.max_tokens}) exceeds the "
                          f"model's context window of {context} tokens")
-    pick = sampling_picker(args.temperature, args.top_p, args.top_k, args.seed, device)
-    eos = set(tokenizer.eos_token_ids)
-    token_ids: list[int] = []
-    tokens = generate_tokens(model, prompt_ids, args.max_tokens, eos, pick)
-    for piece in stream_text(tokenizer, tokens, token_ids, eos):
-        if not args.json:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    finish_reason = "stop" if token_ids and token_ids[-1] in eos else "length"
-    text = tokenizer.decode([t for t in token_ids if t not in eos])
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or -1,
+                            seed=args.seed, max_tokens=args.max_tokens)
+    engine = llm.engine
+    engine.add_request("mili-generate", {"prompt_token_ids": prompt_ids}, params)
+    shown, completion = "", None
+    with torch.inference_mode():
+        while engine.has_unfinished_requests():
+            for output in engine.step():
+                completion = output.outputs[0]
+                if not args.json and len(completion.text) > len(shown):
+                    sys.stdout.write(completion.text[len(shown):])
+                    sys.stdout.flush()
+                    shown = completion.text
     if args.json:
-        print(json.dumps({"prompt_token_ids": prompt_ids, "token_ids": token_ids, "text": text,
-                          "finish_reason": finish_reason}))
+        print(json.dumps({"prompt_token_ids": prompt_ids, "token_ids": completion.token_ids,
+                          "text": completion.text, "finish_reason": completion.finish_reason}))
     else:
         sys.stdout.write("\n")
     return 0
