@@ -1,10 +1,8 @@
 """On CUDA: the engine runs DESIGN.md §9's offline workload on a Qwen3-0.6B-shaped model with
 random weights (bfloat16, triton backend) and records output tokens per second in benchmarks/ —
 the baseline a later performance push starts from. Also checks greedy parity with transformers
-on the GPU in float32, with the torch backend: the engine's own logic on CUDA. (With the triton
-backend in float32, on an H200 on 2026-11-26, the prefill token matched and the first decoded
-token differed — the first step that reads the paged cache through the triton store/decode
-kernels, or TF32 rounding in tl.dot; not yet investigated.)
+on the GPU in float32, with the torch and the triton backends. (transformers' `generate` must be
+given the attention mask: without it, it takes every token equal to pad_token_id for padding.)
 """
 
 import json
@@ -19,7 +17,8 @@ pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_engine_greedy_matches_transformers_on_cuda(tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_engine_greedy_matches_transformers_on_cuda(tmp_path, backend):
     from transformers import Qwen3Config as HFConfig
     from transformers import Qwen3ForCausalLM as HFQwen3
 
@@ -32,13 +31,14 @@ def test_engine_greedy_matches_transformers_on_cuda(tmp_path):
     hf = HFQwen3(config).eval()
     hf.save_pretrained(tmp_path)
     hf = hf.cuda()
-    llm = LLM(str(tmp_path), dtype="float32", device="cuda", backend="torch", block_size=16, num_kv_blocks=256)
+    llm = LLM(str(tmp_path), dtype="float32", device="cuda", backend=backend, block_size=16, num_kv_blocks=256)
     prompts = [[(7 * i + j * 13) % 512 for j in range(5 + 9 * i)] for i in range(8)]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
     for prompt, out in zip(prompts, outs):
         with torch.no_grad():
-            ref = hf.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=20, do_sample=False,
+            ids = torch.tensor([prompt], device="cuda")
+            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
                               pad_token_id=0)[0, len(prompt):].tolist()
         assert out.outputs[0].token_ids == ref
 
