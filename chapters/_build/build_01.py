@@ -4,23 +4,14 @@
     jupyter nbconvert --to notebook --execute --inplace chapters/01_project_overview.ipynb
 """
 
-from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
 from architecture_figure import draw
-
-CHAPTERS = Path(__file__).resolve().parents[1]
-CELLS = []
+from nbbuild import CHAPTERS, code, write
+from nbbuild import md as _md
 
 
 def md(text: str) -> None:
-    CELLS.append(new_markdown_cell(text.strip("\n").replace('\\"', '"')))
+    _md(text.replace('\\"', '"'))
 
-
-def code(text: str) -> None:
-    CELLS.append(new_code_cell(text.strip("\n")))
 
 
 # ================================================================ title
@@ -841,12 +832,7 @@ Check your chapter with `mili grade 01` in a terminal.
 
 def build() -> None:
     draw(CHAPTERS / "figures" / "qwen3_architecture.png")
-    nb = new_notebook(cells=CELLS)
-    nb.metadata.update({
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    })
-    nbformat.write(nb, CHAPTERS / "01_project_overview.ipynb")
+    write("01_project_overview.ipynb")
 
 
 if __name__ == "__main__":

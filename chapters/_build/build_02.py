@@ -4,22 +4,7 @@
     jupyter nbconvert --to notebook --execute --inplace chapters/02_kernels.ipynb
 """
 
-from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-CHAPTERS = Path(__file__).resolve().parents[1]
-CELLS = []
-
-
-def md(text: str) -> None:
-    CELLS.append(new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    CELLS.append(new_code_cell(text.strip("\n")))
-
+from nbbuild import code, md, write
 
 # ================================================================ title
 md(r"""
@@ -459,12 +444,7 @@ and the online softmax decide the speed.
 
 
 def build() -> None:
-    nb = new_notebook(cells=CELLS)
-    nb.metadata.update({
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    })
-    nbformat.write(nb, CHAPTERS / "02_kernels.ipynb")
+    write("02_kernels.ipynb")
 
 
 if __name__ == "__main__":

@@ -4,22 +4,8 @@
     jupyter nbconvert --to notebook --execute --inplace chapters/03_python_integration.ipynb
 """
 
-from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-CHAPTERS = Path(__file__).resolve().parents[1]
-CELLS = []
-
-
-def md(text: str) -> None:
-    CELLS.append(new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    CELLS.append(new_code_cell(text.strip("\n")))
-
+from nbbuild import code, md, write
 
 md(r"""
 # Chapter 03 — Python integration: the engine
@@ -440,6 +426,4 @@ tokens it would get alone. Its attention still loops or pads in PyTorch; chapter
 FlashAttention and paged decode kernels, and chapter 05 opens up the block manager and prefix cache it calls.
 """)
 
-nb = new_notebook(cells=CELLS, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-nbformat.write(nb, CHAPTERS / "03_python_integration.ipynb")
-print("wrote", CHAPTERS / "03_python_integration.ipynb")
+write("03_python_integration.ipynb")

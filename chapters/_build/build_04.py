@@ -4,22 +4,8 @@
     jupyter nbconvert --to notebook --execute --inplace chapters/04_attention.ipynb
 """
 
-from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-CHAPTERS = Path(__file__).resolve().parents[1]
-CELLS = []
-
-
-def md(text: str) -> None:
-    CELLS.append(new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    CELLS.append(new_code_cell(text.strip("\n")))
-
+from nbbuild import code, md, write
 
 md(r"""
 # Chapter 04 — Attention
@@ -454,6 +440,4 @@ inputs once. Chapter 05 builds the allocator, block manager and radix prefix cac
 these kernels read.
 """)
 
-nb = new_notebook(cells=CELLS, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-nbformat.write(nb, CHAPTERS / "04_attention.ipynb")
-print("wrote", CHAPTERS / "04_attention.ipynb")
+write("04_attention.ipynb")

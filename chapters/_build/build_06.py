@@ -4,22 +4,7 @@
     jupyter nbconvert --to notebook --execute --inplace chapters/06_deployment.ipynb
 """
 
-from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-CHAPTERS = Path(__file__).resolve().parents[1]
-CELLS = []
-
-
-def md(text: str) -> None:
-    CELLS.append(new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    CELLS.append(new_code_cell(text.strip("\n")))
-
+from nbbuild import code, md, write
 
 md(r"""
 # Chapter 06 — Deployment: from engine to service
@@ -414,9 +399,7 @@ work. With the load generator you can now measure the whole stack the way users 
 
 
 def build() -> None:
-    nb = new_notebook(cells=CELLS, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                            "language": "python"}})
-    nbformat.write(nb, CHAPTERS / "06_deployment.ipynb")
+    write("06_deployment.ipynb")
 
 
 if __name__ == "__main__":
