@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
-import torch
 
 from mili.cli import main
-from mili.exercise import repo_root
-from tests.hf_oracle import hf_greedy, make_hf_checkpoint
-
-TOKENIZER_SOURCE = repo_root() / "data" / "mili-tiny-qwen3"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+from tests.hf_oracle import hf_greedy, make_checkpoint_with_tokenizer
 
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
     """A random Qwen3 (transformers) with the tiny model's tokenizer: any HF folder must work."""
-    if not (TOKENIZER_SOURCE / "tokenizer.json").exists():
-        pytest.skip("data/mili-tiny-qwen3 has no tokenizer yet")
     folder = tmp_path_factory.mktemp("cli-model")
-    vocab = json.loads((TOKENIZER_SOURCE / "tokenizer.json").read_text())
-    size = len(vocab["model"]["vocab"]) + len(vocab["added_tokens"])
-    hf = make_hf_checkpoint(folder, vocab_size=size + 3)
-    for name in TOKENIZER_FILES:
-        shutil.copy(TOKENIZER_SOURCE / name, folder / name)
-    return folder, hf
+    return folder, make_checkpoint_with_tokenizer(folder)
 
 
 def _run(args, capsys):

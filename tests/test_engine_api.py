@@ -1,31 +1,19 @@
 """The offline API and the engine core: validation, abort, parallel samples, seeds, stop rules, chat."""
 
-import shutil
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import Qwen3Config as HFConfig
 from transformers import Qwen3ForCausalLM as HFQwen3
 
 from mili import LLM, SamplingParams
+from tests.hf_oracle import TINY_MODEL, copy_tiny_tokenizer
 
-TOKENIZER = Path(__file__).resolve().parents[1] / "data" / "mili-tiny-qwen3"
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many small ops: one thread avoids OpenMP spin-waits when pytest-xdist workers share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    if not (TOKENIZER / "tokenizer.json").exists():
+    if not (TINY_MODEL / "tokenizer.json").exists():
         pytest.skip("data/mili-tiny-qwen3/tokenizer.json is missing")
     torch.manual_seed(1)
     config = HFConfig(vocab_size=1408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -33,8 +21,7 @@ def folder(tmp_path_factory):
                       tie_word_embeddings=True, initializer_range=0.1)
     path = tmp_path_factory.mktemp("tiny-with-tokenizer")
     HFQwen3(config).eval().save_pretrained(path)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER / name, path / name)
+    copy_tiny_tokenizer(path)
     return path
 
 

@@ -14,17 +14,10 @@ from transformers import Qwen3ForCausalLM as HFQwen3
 
 from mili import LLM, SamplingParams
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 VOCAB = 512
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many small ops: one thread avoids OpenMP spin-waits when pytest-xdist workers share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

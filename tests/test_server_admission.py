@@ -10,14 +10,15 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from mili.server.launch import launch_server
-from tests.server_helpers import make_server_model
+from tests.hf_oracle import make_checkpoint_with_tokenizer
 
 KEY = "sk-test-key"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = make_server_model(tmp_path_factory.mktemp("admission-model"))
+    folder = tmp_path_factory.mktemp("admission-model")
+    make_checkpoint_with_tokenizer(folder)
     args = ["--api-key", KEY, "--max-num-seqs", "1", "--max-queue", "0", "--num-kv-blocks", "64"]
     with launch_server(folder, args=args) as running:
         yield running

@@ -18,7 +18,8 @@ openai = pytest.importorskip("openai")
 
 from mili import LLM, SamplingParams
 from mili.server.launch import launch_server
-from tests.server_helpers import make_server_model, metric
+from tests.hf_oracle import make_checkpoint_with_tokenizer
+from tests.server_helpers import metric
 
 MODEL = "tiny"
 MAX_MODEL_LEN = 512
@@ -27,7 +28,9 @@ MESSAGES = [{"role": "user", "content": "What is 17 + 25?"}]
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return make_server_model(tmp_path_factory.mktemp("server-model"))
+    folder = tmp_path_factory.mktemp("server-model")
+    make_checkpoint_with_tokenizer(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")

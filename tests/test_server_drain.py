@@ -12,7 +12,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from mili.server.launch import launch_server
-from tests.server_helpers import make_server_model
+from tests.hf_oracle import make_checkpoint_with_tokenizer
 
 SHUTDOWN_TIMEOUT_S = 2.0
 
@@ -37,7 +37,8 @@ def _stream(url: str, max_tokens: int, result: dict, first_chunk: threading.Even
 
 
 def test_sigterm_drains_then_aborts_and_exits_0(tmp_path):
-    folder = make_server_model(tmp_path / "model", max_position_embeddings=4096)
+    folder = tmp_path / "model"
+    make_checkpoint_with_tokenizer(folder, max_position_embeddings=4096)
     args = ["--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S), "--max-model-len", "4096", "--num-kv-blocks", "600"]
     with launch_server(folder, args=args) as server:
         short, long = {}, {}
