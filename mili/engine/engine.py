@@ -6,6 +6,9 @@
 
 `step` returns a `RequestOutput` for every request that made progress (a new token) or
 finished; a background loop calls it while `has_unfinished_requests()`.
+
+A failure inside a step (the model, the sampler, a detokenizer raising) ends only the request it
+belongs to, with `finish_reason="error"`; the others go on unchanged (`recovery.py` says how).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mili.cache.errors import OutOfBlocksError
 from mili.cache.radix_cache import RadixCache
 from mili.engine.detokenizer import IncrementalDetokenizer
 from mili.engine.model_runner import ModelRunner, append_tokens, build_batch
+from mili.engine.recovery import FailureIsolation, StepJournal
 from mili.engine.sampling_params import SamplingParams
 from mili.engine.scheduler import Scheduler
 from mili.engine.sequence import Request, RequestOutput, Sequence, SequenceStatus
@@ -75,6 +79,7 @@ class LLMEngine:
         eos = tokenizer.eos_token_ids if tokenizer is not None else model_config.eos_token_id
         self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos or [])
         self.requests: dict[str, Request] = {}
+        self.isolation = FailureIsolation(self)
         self._seq_ids = itertools.count()
         self.trace: list[tuple] | None = [] if record_trace else None  # (step, request_id, index, kind, tokens)
         self.num_steps = self.num_generated_tokens = self.num_prompt_tokens_computed = 0
@@ -116,21 +121,38 @@ class LLMEngine:
 
     def _new_sequence(self, request: Request, index: int, token_ids: list[int]) -> Sequence:
         seq = Sequence(next(self._seq_ids), request, index, token_ids)
-        p = request.params
-        seq.detokenizer = IncrementalDetokenizer(
-            self.tokenizer or _NoText(), request.prompt_token_ids, stop=p.stop_strings, stop_token_ids=p.stop_token_ids,
-            eos_token_ids=self.eos_token_ids, ignore_eos=p.ignore_eos, skip_special_tokens=p.skip_special_tokens)
+        seq.detokenizer = self._new_detokenizer(seq)
         request.seqs.append(seq)
         return seq
 
+    def _new_detokenizer(self, seq: Sequence) -> IncrementalDetokenizer:
+        p = seq.params
+        return IncrementalDetokenizer(
+            self.tokenizer or _NoText(), seq.request.prompt_token_ids, stop=p.stop_strings,
+            stop_token_ids=p.stop_token_ids, eos_token_ids=self.eos_token_ids, ignore_eos=p.ignore_eos,
+            skip_special_tokens=p.skip_special_tokens)
+
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request now: its blocks go back at once. Unknown or finished ids are ignored."""
-        request = self.requests.pop(request_id, None)
+        request = self.requests.get(request_id)
         if request is None:
             return None
+        return self._finish_request(request, "abort")
+
+    def _finish_request(self, request: Request, reason: str, error: str | None = None) -> RequestOutput:
+        """End every sequence of a request now (samples not forked yet end empty); blocks go back."""
         for seq in request.seqs:
             if not seq.is_finished:
-                self.scheduler.finish(seq, "abort")
+                if error is not None:
+                    seq.num_computed_tokens = 0  # what failed may be in its K/V: keep it out of the prefix cache
+                self.scheduler.finish(seq, reason)
+        while len(request.seqs) < request.params.n:
+            seq = Sequence(next(self._seq_ids), request, len(request.seqs))
+            seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
+            request.seqs.append(seq)
+        request.error = error
+        request.finish_time = time.monotonic()
+        self.requests.pop(request.request_id, None)
         return RequestOutput.from_request(request)
 
     def has_unfinished_requests(self) -> bool:
@@ -139,7 +161,19 @@ class LLMEngine:
     # ------------------------------------------------------------------ the step
 
     def step(self) -> list[RequestOutput]:
+        """Run one step; a failure inside it is contained (see the module docstring), never raised."""
+        suspect = self.isolation.next_suspect()
+        if suspect is not None:
+            return self.isolation.step_alone(suspect)
+        journal = StepJournal()
+        try:
+            return self._step(journal)
+        except Exception as err:  # noqa: BLE001 - contained here; BaseException (Ctrl+C) still propagates
+            return self.isolation.recover(journal, err)
+
+    def _step(self, journal: StepJournal) -> list[RequestOutput]:
         scheduled = self.scheduler.schedule()
+        journal.record_scheduled(item.seq for item in scheduled.scheduled)
         self.num_steps += 1
         if self.trace is not None:
             self._record(scheduled)
@@ -162,13 +196,16 @@ class LLMEngine:
             return []  # only prompt chunks ran: nothing to sample yet
         if len(rows) > logits.shape[0]:
             logits = logits[torch.tensor(rows, device=logits.device)]
+        journal.record_generators(seqs)
         tokens = self.runner.sample(seqs, logits)
+        finished = append_tokens(seqs, tokens, self.max_model_len)
+        journal.committed = True
         self.num_generated_tokens += len(tokens)
         now = time.monotonic()
         for seq in seqs:
             if seq.request.first_token_time is None:
                 seq.request.first_token_time = now
-        for seq, reason in append_tokens(seqs, tokens, self.max_model_len):
+        for seq, reason in finished:
             self.scheduler.finish(seq, reason)
         outputs = []
         for request in {id(s.request): s.request for s in seqs}.values():
@@ -210,13 +247,16 @@ class LLMEngine:
 
     def stats(self) -> dict:
         cache = self.block_manager.stats
+        running_requests = {id(s.request) for s in self.scheduler.running}
         return {
             "steps": self.num_steps,
             "generated_tokens": self.num_generated_tokens,
             "prompt_tokens_computed": self.num_prompt_tokens_computed,
             "preemptions": self.scheduler.num_preemptions,
-            "running": len(self.scheduler.running),
+            "running": len(self.scheduler.running),  # sequences (a request with n > 1 has several)
             "waiting": len(self.scheduler.waiting),
+            "running_requests": len(running_requests),
+            "waiting_requests": len({id(s.request) for s in self.scheduler.waiting} - running_requests),
             "prefix_cache_hit_rate": cache.hit_rate,
             "prefix_cache_hit_tokens": cache.prefix_hit_tokens,
             "prefix_cache_query_tokens": cache.prefix_queries_tokens,

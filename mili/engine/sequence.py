@@ -33,7 +33,7 @@ class Sequence:
         self.num_prompt_tokens = len(request.prompt_token_ids)
         self.num_computed_tokens = 0
         self.status = SequenceStatus.WAITING
-        self.finish_reason: str | None = None  # "stop" | "length" | "abort"
+        self.finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
         self.stop_reason: str | int | None = None
         self.generator: torch.Generator | None = None  # created on the device when params.seed is set
         self.detokenizer = None  # an IncrementalDetokenizer, when the engine has a tokenizer
@@ -81,6 +81,7 @@ class Request:
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
     first_token_time: float | None = None
     finish_time: float | None = None
+    error: str | None = None  # why the engine ended it with finish_reason "error"
 
     @property
     def is_finished(self) -> bool:
@@ -92,7 +93,7 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    finish_reason: str | None = None  # None while running; "stop", "length" or "abort"
+    finish_reason: str | None = None  # None while running; "stop", "length", "abort" or "error"
     stop_reason: str | int | None = None  # the stop string or stop token id, if any
 
     @property
@@ -108,10 +109,11 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0
+    error: str | None = None  # set when the engine failed on this request (finish_reason "error")
 
     @classmethod
     def from_request(cls, request: Request) -> RequestOutput:
         completions = [CompletionOutput(s.index, s.text, s.output_token_ids, s.finish_reason, s.stop_reason)
                        for s in sorted(request.seqs, key=lambda s: s.index)]
         return cls(request.request_id, request.prompt, list(request.prompt_token_ids), completions,
-                   request.is_finished, request.num_cached_tokens)
+                   request.is_finished, request.num_cached_tokens, request.error)

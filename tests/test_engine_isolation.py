@@ -1,0 +1,213 @@
+"""A failure inside an engine step ends only the request it belongs to (issue 8).
+
+Faults are injected so that a step raises whenever one particular request is in the batch: in
+the model's forward (its prefill), in the sampler (after a few tokens, with parallel samples
+forked in the failing step), in its detokenizer (half-way through appending a batch's tokens),
+or once for everyone (a transient fault), or always (the model is broken). Every other request
+must produce exactly the tokens and text of a fault-free run; the culprit finishes with
+finish_reason "error"; afterwards every KV block is free or held only by the prefix cache.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from mili import LLM, SamplingParams
+from tests.hf_oracle import make_checkpoint_with_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+MAGIC = 977  # a token id only the culprit's prompt contains
+BAD = 3  # the culprit's place among the requests
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("isolation-model")
+    torch.manual_seed(0)
+    make_checkpoint_with_tokenizer(folder)
+    return folder
+
+
+def make_llm(folder) -> LLM:
+    return LLM(str(folder), dtype="float32", device="cpu", block_size=4, num_kv_blocks=256, max_model_len=128)
+
+
+def workload(bad_n: int = 1):
+    rng = random.Random(8)
+    prompts, params = [], []
+    for i in range(7):
+        ids = [rng.randrange(1, 900) for _ in range(rng.randint(3, 20))]
+        if i == BAD:
+            ids[len(ids) // 2] = MAGIC
+        prompts.append({"prompt_token_ids": ids})
+        n = bad_n if i == BAD else (2 if i == 5 else 1)
+        params.append(SamplingParams(n=n, temperature=0, max_tokens=6 + i, ignore_eos=True))
+    return prompts, params
+
+
+@pytest.fixture(scope="module")
+def reference(folder):
+    """A fault-free run: (token ids, text) of every choice of every request."""
+    prompts, params = workload()
+    return [[(c.token_ids, c.text) for c in out.outputs] for out in make_llm(folder).generate(prompts, params,
+                                                                                           use_tqdm=False)]
+
+
+def is_bad(seq) -> bool:
+    return MAGIC in seq.token_ids[:seq.num_prompt_tokens]
+
+
+def fail_in_forward(llm):
+    real = llm.engine.runner.run
+
+    def run(model_input):
+        if MAGIC in model_input.input_ids.tolist():
+            raise RuntimeError("injected forward failure")
+        return real(model_input)
+
+    llm.engine.runner.run = run
+
+
+def fail_in_sampler_after(num_tokens: int):
+    def inject(llm):
+        real = llm.engine.runner.sample
+
+        def sample(seqs, logits):
+            if any(is_bad(s) and s.num_output_tokens >= num_tokens for s in seqs):
+                raise RuntimeError("injected sampler failure")
+            return real(seqs, logits)
+
+        llm.engine.runner.sample = sample
+
+    return inject
+
+
+def fail_in_detokenizer(llm):
+    engine = llm.engine
+    real = engine._new_detokenizer
+
+    class Exploding:
+        def __init__(self, inner):
+            self.inner, self.count = inner, 0
+
+        def add_token(self, token_id):
+            self.count += 1
+            if self.count == 4:
+                raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected detokenizer failure")
+            return self.inner.add_token(token_id)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    def new_detokenizer(seq):
+        detokenizer = real(seq)
+        return Exploding(detokenizer) if is_bad(seq) else detokenizer
+
+    engine._new_detokenizer = new_detokenizer
+
+
+def assert_blocks_released(llm) -> None:
+    bm = llm.engine.block_manager
+    stats = bm.stats
+    assert stats.used_blocks == stats.cached_blocks, f"blocks still held by sequences: {stats}"
+    assert bm.num_free_blocks + stats.cached_blocks == bm.num_blocks, f"blocks leaked: {stats}"
+    assert not llm.engine.has_unfinished_requests() and not llm.engine.requests
+
+
+@pytest.mark.parametrize("inject,bad_n,tokens_before_error", [
+    (fail_in_forward, 1, 0),
+    (fail_in_sampler_after(3), 1, 3),
+    (fail_in_sampler_after(0), 2, 0),  # fails in the step that forks its second sample
+    (fail_in_detokenizer, 1, 3),
+], ids=["forward", "sampler-mid-decode", "sampler-at-fork-n2", "detokenizer-mid-append"])
+def test_only_the_failing_request_ends_and_the_others_are_unchanged(folder, reference, inject, bad_n,
+                                                                    tokens_before_error):
+    prompts, params = workload(bad_n)
+    llm = make_llm(folder)
+    inject(llm)
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    for i, out in enumerate(outputs):
+        if i == BAD:
+            continue
+        assert out.error is None and [c.finish_reason for c in out.outputs] == ["length"] * params[i].n
+        got = [(c.token_ids, c.text) for c in out.outputs]
+        assert got == reference[i], f"request {i} changed because request {BAD} failed beside it"
+    bad = outputs[BAD]
+    assert bad.finished and [c.finish_reason for c in bad.outputs] == ["error"] * bad_n
+    assert "injected" in bad.error
+    assert all(len(c.token_ids) == tokens_before_error for c in bad.outputs), [c.token_ids for c in bad.outputs]
+    if tokens_before_error:
+        assert bad.outputs[0].token_ids == reference[BAD][0][0][:tokens_before_error], "its tokens before the failure"
+    assert_blocks_released(llm)
+    assert llm.engine.stats()["preemptions"] > 0, "the failed batch was preempted (recompute)"
+
+
+def test_a_transient_failure_ends_nobody(folder, reference):
+    prompts, params = workload()
+    llm = make_llm(folder)
+    real, calls = llm.engine.runner.run, []
+
+    def run(model_input):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("a one-off failure")
+        return real(model_input)
+
+    llm.engine.runner.run = run
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    assert [[(c.token_ids, c.text) for c in out.outputs] for out in outputs] == reference
+    assert all(out.error is None for out in outputs)
+    assert_blocks_released(llm)
+
+
+def test_a_failing_scheduler_is_contained_too(folder, reference):
+    prompts, params = workload()
+    llm = make_llm(folder)
+    real, calls = llm.engine.scheduler.schedule, []
+
+    def schedule():
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("scheduler hiccup")
+        return real()
+
+    llm.engine.scheduler.schedule = schedule
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    assert [[(c.token_ids, c.text) for c in out.outputs] for out in outputs] == reference
+    assert_blocks_released(llm)
+
+
+def test_a_broken_model_fails_every_request_and_the_engine_ends(folder):
+    prompts, params = workload()
+    llm = make_llm(folder)
+
+    def run(model_input):
+        raise RuntimeError("the device is gone")
+
+    llm.engine.runner.run = run
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    assert all(out.finished and out.error == "RuntimeError: the device is gone" for out in outputs)
+    assert [len(out.outputs) for out in outputs] == [p.n for p in params], "every sample gets its error"
+    assert_blocks_released(llm)
+
+
+def test_a_request_aborted_while_it_waits_to_be_isolated_is_forgotten(folder):
+    llm = make_llm(folder)
+    engine = llm.engine
+    fail_in_forward(llm)
+    prompts, params = workload()
+    for i, (prompt, p) in enumerate(zip(prompts, params)):
+        engine.add_request(f"r{i}", prompt, p)
+    engine.step()  # the batched prefill fails: everyone is preempted and becomes a suspect
+    assert len(engine.isolation.suspects) == len(prompts) and not engine.scheduler.running
+    engine.abort("r5")
+    done = {}
+    while engine.has_unfinished_requests():
+        done.update({o.request_id: o for o in engine.step() if o.finished})
+    assert sorted(done) == sorted(f"r{i}" for i in range(7) if i != 5)
+    assert done[f"r{BAD}"].outputs[0].finish_reason == "error"
+    assert_blocks_released(llm)
