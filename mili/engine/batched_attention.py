@@ -1,13 +1,14 @@
-"""Attention for a whole engine batch in one call, for the `torch` backend.
+"""Attention for a whole engine batch, for the `torch` backend.
 
 The torch backend attends sequence by sequence (a Python loop: clear, and the baseline the
-Triton kernels beat). An engine step holds up to hundreds of sequences, and on the CPU that loop
-costs more than the model's matmuls. These versions gather every sequence's keys and values into
-one padded [B, L, Hkv, D] tensor (from the paged cache through the block tables, or from the
-flat batch) and make one `scaled_dot_product_attention` call with a padding + causal mask.
-Same signatures and results as `mili.backends.torch_ops`. Prefill chunks run one sequence at a
-time (one causal SDPA each: few of them per step); a decode batch whose padded score tensor would
-be large falls back to the per-sequence loop.
+Triton kernels beat); an engine step holds up to hundreds of sequences. Same signatures and
+results as `mili.backends.torch_ops`, arranged for the engine:
+
+- decode on the CPU: `DecodeKV` (decode_kv.py) keeps each decoding sequence's keys and values
+  contiguous across steps, so a step reads them once instead of gathering them from the blocks;
+- decode on a GPU: every sequence's keys and values gathered into one padded [B, L, Hkv, D]
+  tensor and one `scaled_dot_product_attention` call with a padding mask (few launches);
+- prefill: one causal SDPA per sequence (few of them per step).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mili.backends import Backend, get_backend, torch_ops
+from mili.engine.decode_kv import DecodeKV
 
 MAX_PADDED_SCORES = 1 << 24  # B · Hq · max_q · max_k elements (64 MiB of float32) before falling back
 DECODE_BUCKET = 8  # decode sequences per padded call: fewer padded keys, a few more calls
@@ -52,7 +54,9 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tens
     return out.reshape(batch, len_q, heads, head_dim).to(q.dtype)
 
 
-def paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables, *, softmax_scale=None) -> Tensor:
+def paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables, *, softmax_scale=None,
+                           batch_rows=None) -> Tensor:
+    """The GPU decode path: padded batches of sequences of similar length (batch_rows: unused)."""
     batch, _, head_dim = q.shape
     scale = softmax_scale if softmax_scale is not None else head_dim ** -0.5
     if batch < 2 * DECODE_BUCKET:
@@ -77,7 +81,7 @@ def _decode_padded(q, k_cache, v_cache, context_lens, block_tables, scale: float
 
 
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-                      causal=True, softmax_scale=None, block_table=None) -> Tensor:
+                      causal=True, softmax_scale=None, block_table=None, decode=paged_decode_attention) -> Tensor:
     if not causal:
         return torch_ops.flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                            causal=causal, softmax_scale=softmax_scale, block_table=block_table)
@@ -91,8 +95,8 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     if decodes:
         rows = torch.tensor([starts_q[b] for b in decodes], device=q.device)
         chosen = torch.tensor(decodes, device=q.device)
-        out[rows] = paged_decode_attention(q[rows], k, v, cu_seqlens_k.diff()[chosen], block_table[chosen],
-                                           softmax_scale=scale)
+        out[rows] = decode(q[rows], k, v, cu_seqlens_k.diff()[chosen], block_table[chosen],
+                           softmax_scale=scale, batch_rows=decodes)
     for b in sorted(set(range(len(k_lens))) - set(decodes)):
         lo, hi, k_len = starts_q[b], starts_q[b + 1], k_lens[b]
         keys = _gather_padded(k, block_table[b:b + 1], k_len)
@@ -117,11 +121,22 @@ def _fresh_prompts(q: Tensor, k: Tensor, v: Tensor, starts: list[int], scale: fl
 
 def engine_backend(name: str, device: torch.device | str) -> Backend:
     """The backend the engine runs with: wherever it takes attention from the torch backend's
-    per-sequence loop, these batched ops stand in (kernels, where a backend has them, stay)."""
+    per-sequence loop, these ops stand in (kernels, where a backend has them, stay). On the CPU
+    its decode attention belongs to a fresh `DecodeKV`, which `decode_kv_of` finds again."""
     backend = get_backend(name, device)
+    decode = DecodeKV().paged_decode_attention if torch.device(device).type == "cpu" else paged_decode_attention
     swaps = {}
     if backend.paged_decode_attention is torch_ops.paged_decode_attention:
-        swaps["paged_decode_attention"] = paged_decode_attention
+        swaps["paged_decode_attention"] = decode
     if backend.flash_attn_varlen is torch_ops.flash_attn_varlen:
-        swaps["flash_attn_varlen"] = flash_attn_varlen
+        def flash_attn_varlen_with_decode(*args, **kwargs):
+            return flash_attn_varlen(*args, decode=decode, **kwargs)
+
+        swaps["flash_attn_varlen"] = flash_attn_varlen_with_decode
     return replace(backend, **swaps)
+
+
+def decode_kv_of(backend: Backend) -> DecodeKV | None:
+    """The `DecodeKV` behind a backend made by `engine_backend`, if it has one."""
+    owner = getattr(backend.paged_decode_attention, "__self__", None)
+    return owner if isinstance(owner, DecodeKV) else None

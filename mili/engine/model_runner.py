@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from mili.engine.batch import ModelInput, ScheduledSeq
+from mili.engine.batched_attention import decode_kv_of
 from mili.engine.sampler import sample
 from mili.engine.sampling_batch import SamplingTensors, make_generator
 from mili.engine.sequence import Sequence
@@ -63,11 +64,17 @@ class ModelRunner:
         self.kv_cache = kv_cache
         self.device = model.device
         self.vocab_size = model.config.vocab_size
+        self.decode_kv = decode_kv_of(model.backend)  # CPU decode attention keeps K/V across steps
 
     @torch.inference_mode()
     def run(self, model_input: ModelInput) -> Tensor:
         """Forward the flat batch; returns float32 logits [S, V] of the rows to sample."""
-        hidden = self.model(model_input.input_ids, model_input.positions, model_input.attn_metadata, self.kv_cache)
+        md = model_input.attn_metadata
+        if self.decode_kv is None:
+            hidden = self.model(model_input.input_ids, model_input.positions, md, self.kv_cache)
+        else:
+            with self.decode_kv.step(_decode_row_keys(model_input), md.block_tables):
+                hidden = self.model(model_input.input_ids, model_input.positions, md, self.kv_cache)
         return self.model.compute_logits(hidden[model_input.logits_indices])
 
     @torch.inference_mode()
@@ -94,3 +101,20 @@ class ModelRunner:
         dst = torch.tensor([p[1] for p in pairs], device=self.device)
         self.kv_cache.k[:, dst] = self.kv_cache.k[:, src]
         self.kv_cache.v[:, dst] = self.kv_cache.v[:, src]
+
+
+def _decode_row_keys(model_input: ModelInput) -> list:
+    """The seq_id of each batch row that decodes one token and is sampled; None for the others."""
+    md = model_input.attn_metadata
+    sampled = dict(zip(model_input.logits_indices.tolist(), model_input.sampled_seqs))
+    if md.cu_seqlens_q is None:  # a decode batch: row b is flat row b
+        ends = range(1, len(md.context_lens) + 1)
+        starts = range(len(md.context_lens))
+    else:
+        bounds = md.cu_seqlens_q.tolist()
+        starts, ends = bounds[:-1], bounds[1:]
+    keys = []
+    for start, end in zip(starts, ends):
+        seq = sampled.get(end - 1) if end - start == 1 else None
+        keys.append(None if seq is None else seq.seq_id)
+    return keys
