@@ -211,3 +211,20 @@ def test_a_request_aborted_while_it_waits_to_be_isolated_is_forgotten(folder):
     assert sorted(done) == sorted(f"r{i}" for i in range(7) if i != 5)
     assert done[f"r{BAD}"].outputs[0].finish_reason == "error"
     assert_blocks_released(llm)
+
+
+def test_stats_count_requests_as_well_as_sequences(folder):
+    llm = LLM(str(folder), dtype="float32", device="cpu", block_size=4, num_kv_blocks=256, max_model_len=128,
+              max_num_seqs=3)
+    engine = llm.engine
+    params = SamplingParams(n=2, max_tokens=4, ignore_eos=True)
+    engine.add_request("a", {"prompt_token_ids": [5, 6, 7]}, params)
+    engine.add_request("b", {"prompt_token_ids": [8, 9]}, params)
+    engine.step()  # a and b prefill; a's second sample joins the batch, b's waits (max_num_seqs=3)
+    engine.add_request("c", {"prompt_token_ids": [10, 11]}, params)
+    stats = engine.stats()
+    assert (stats["running"], stats["running_requests"]) == (3, 2)
+    assert (stats["waiting"], stats["waiting_requests"]) == (2, 1), "b has a sample running: only c waits"
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert engine.stats()["running_requests"] == engine.stats()["waiting_requests"] == 0

@@ -171,11 +171,11 @@ def test_metrics_are_present_and_increase(server, client):
              "mili:time_to_first_token_seconds_count", "mili:time_per_output_token_seconds_count",
              "mili:inter_token_latency_seconds_count", "mili:e2e_request_latency_seconds_count"]
     before = _metrics(server)
-    for name in names:
-        assert f"\n{name}{{" in before, f"{name} missing from /metrics"
     client.completions.create(model=MODEL, prompt=list(range(40)), max_tokens=4, extra_body={"ignore_eos": True})
     client.completions.create(model=MODEL, prompt=list(range(40)), max_tokens=4, extra_body={"ignore_eos": True})
     after = _metrics(server)
+    for name in names:
+        assert f"\n{name}{{" in after, f"{name} missing from /metrics"
     assert metric(after, "mili:prompt_tokens_total") - metric(before, "mili:prompt_tokens_total") == 80
     assert metric(after, "mili:generation_tokens_total") - metric(before, "mili:generation_tokens_total") == 8
     assert metric(after, "mili:request_success_total", finished_reason="length") - metric(
@@ -186,6 +186,17 @@ def test_metrics_are_present_and_increase(server, client):
         before, "mili:inter_token_latency_seconds_count") == 6
     # the second request found the first one's two full blocks (32 tokens) in the prefix cache
     assert metric(after, "mili:prefix_cache_hits_total") - metric(before, "mili:prefix_cache_hits_total") >= 32
+
+
+def test_request_gauges_count_requests_not_samples(server, client):
+    stream = client.completions.create(model=MODEL, prompt=[1, 2, 3], max_tokens=480, n=2, temperature=0,
+                                       stream=True, extra_body={"ignore_eos": True})
+    try:
+        next(iter(stream))  # both samples are running once the first token is out
+        running = metric(_metrics(server), "mili:num_requests_running")
+    finally:
+        stream.close()
+    assert running == 1, f"one request with n=2 counts once, got {running}"
 
 
 def _wait_idle(server, timeout: float = 10.0) -> str:

@@ -11,7 +11,9 @@ engine frees the request's KV blocks at once.
     async for output in engine.generate(request_id, {"prompt_token_ids": ids}, params):
         ...                                           # cumulative RequestOutputs; the last one finished
 
-Leaving the `async for` early (a client that disconnects) aborts the request.
+Leaving the `async for` early (a client that disconnects) aborts the request. A request the
+engine fails on (`finish_reason` "error": the engine isolates the failure to it, see
+`mili/engine/recovery.py`) ends its stream with an `APIError` 500; the others go on.
 """
 
 from __future__ import annotations
@@ -117,8 +119,8 @@ class AsyncEngine:
                     continue
                 try:
                     outputs = self.engine.step()
-                except Exception as err:
-                    log.exception("engine step failed; ending the requests in it")
+                except Exception as err:  # the engine contains request failures; this is its recovery failing
+                    log.exception("engine step failed outside its failure isolation; ending every request")
                     self._fail_all(APIError(500, f"the engine failed: {type(err).__name__}: {err}"))
                     continue
                 now = time.monotonic()
@@ -180,7 +182,10 @@ class AsyncEngine:
         if output.finished:
             del self._tracked[output.request_id]
             self._record_finished(tracked, output, now)
-        self._send(tracked, output)
+        if output.error is not None:
+            self._send(tracked, APIError(500, f"the engine failed on this request: {output.error}"))
+        else:
+            self._send(tracked, output)
 
     def _record_finished(self, tracked: _Tracked, output: RequestOutput, now: float) -> None:
         if self.metrics is None:

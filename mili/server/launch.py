@@ -73,11 +73,12 @@ class LaunchedServer:
 
 @contextlib.contextmanager
 def launch_server(model: str | Path, *, args: list[str] = (), port: int | None = None, startup_timeout: float = 120.0,
-                  env: dict | None = None):
-    """Run `python -m mili.server.cli --model MODEL --port PORT ARGS...`; yield once /health says 200."""
+                  env: dict | None = None, module: str = "mili.server.cli"):
+    """Run `python -m MODULE --model MODEL --port PORT ARGS...` (MODULE: `mili.server.cli`, or a
+    test's wrapper around its `main`); yield once /health says 200."""
     port = port or free_port()
     log_file = tempfile.NamedTemporaryFile("w", prefix="mili-serve-", suffix=".log", delete=False)
-    command = [sys.executable, "-m", "mili.server.cli", "--model", str(model), "--port", str(port),
+    command = [sys.executable, "-m", module, "--model", str(model), "--port", str(port),
                "--log-level", "warning", *args]
     process = subprocess.Popen(command, cwd=repo_root(), stdout=log_file, stderr=subprocess.STDOUT,
                                env={**os.environ, **(env or {})})

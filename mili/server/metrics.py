@@ -36,8 +36,10 @@ class ServerMetrics:
         def histogram(name, doc, buckets):
             return Histogram(f"mili:{name}", doc, labels, buckets=buckets, registry=r).labels(model_name)
 
-        self.num_requests_running = gauge("num_requests_running", "Requests in the running batch.")
-        self.num_requests_waiting = gauge("num_requests_waiting", "Requests waiting to be scheduled.")
+        self.num_requests_running = gauge("num_requests_running", "Requests with a sequence in the running batch "
+                                          "(a request with n > 1 counts once).")
+        self.num_requests_waiting = gauge("num_requests_waiting", "Requests waiting to be scheduled, none of whose "
+                                          "sequences runs.")
         self.kv_cache_usage_perc = gauge("kv_cache_usage_perc", "Fraction of KV blocks in use (1 = full), "
                                          "counting blocks kept by the prefix cache.")
         self.kv_cache_blocks_total = gauge("kv_cache_blocks_total", "KV blocks in the pool.")
@@ -65,8 +67,8 @@ class ServerMetrics:
 
     def update_engine_stats(self, stats: dict) -> None:
         """Copy an `LLMEngine.stats()` snapshot into the gauges; counters grow by what is new."""
-        self.num_requests_running.set(stats["running"])
-        self.num_requests_waiting.set(stats["waiting"])
+        self.num_requests_running.set(stats["running_requests"])
+        self.num_requests_waiting.set(stats["waiting_requests"])
         self.kv_cache_usage_perc.set(stats["kv_cache_usage"])
         self.kv_cache_blocks_total.set(stats["kv_blocks"])
         self.kv_cache_blocks_in_use.set(stats["kv_blocks_in_use"])
