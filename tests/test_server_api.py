@@ -233,7 +233,11 @@ def test_100_concurrent_streams_with_a_third_cancelled(server):
 
     async def one(client, i):
         prompt = [rng.randrange(1, 1300) for _ in range(rng.randint(4, 24))]
-        stream = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0,
+        # A busy client reads its first chunk long after the server sent it: a stream to be cancelled
+        # asks for many tokens, so that it is still generating when the disconnect arrives (with 16,
+        # the server could finish it first, and it would end "length", not "abort").
+        max_tokens = 400 if i in cancelled else 16
+        stream = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=max_tokens, temperature=0,
                                                  stream=True, stream_options={"include_usage": True},
                                                  extra_body={"ignore_eos": True})
         text, reasons, usage = "", [], None
@@ -258,7 +262,7 @@ def test_100_concurrent_streams_with_a_third_cancelled(server):
             continue
         text, reasons, usage = result
         assert text and reasons == ["length"] and usage.completion_tokens == 16, (i, text, reasons, usage)
-    after = _wait_idle(server)
+    after = _wait_idle(server, timeout=60.0)  # returns as soon as the server is idle
     for name in ("num_requests_running", "num_requests_waiting", "kv_cache_blocks_in_use"):
         assert metric(after, f"mili:{name}") == 0, f"{name} is {metric(after, f'mili:{name}')} after every request ended"
     aborted = metric(after, "mili:request_success_total", finished_reason="abort") - metric(
