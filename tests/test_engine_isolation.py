@@ -45,7 +45,8 @@ def workload(bad_n: int = 1):
             ids[len(ids) // 2] = MAGIC
         prompts.append({"prompt_token_ids": ids})
         n = bad_n if i == BAD else (2 if i == 5 else 1)
-        params.append(SamplingParams(n=n, temperature=0, max_tokens=6 + i, ignore_eos=True))
+        sampling = {"temperature": 0.9, "seed": 7} if i == 6 else {"temperature": 0}  # a seeded one must match too
+        params.append(SamplingParams(n=n, max_tokens=6 + i, ignore_eos=True, **sampling))
     return prompts, params
 
 
@@ -228,3 +229,15 @@ def test_stats_count_requests_as_well_as_sequences(folder):
     while engine.has_unfinished_requests():
         engine.step()
     assert engine.stats()["running_requests"] == engine.stats()["waiting_requests"] == 0
+
+
+def test_an_abort_before_the_samples_fork_ends_all_n_of_them(folder):
+    llm = LLM(str(folder), dtype="float32", device="cpu", block_size=4, num_kv_blocks=64, max_num_batched_tokens=4,
+              max_num_seqs=4)
+    engine = llm.engine
+    engine.add_request("n3", {"prompt_token_ids": list(range(1, 11))}, SamplingParams(n=3, max_tokens=4))
+    engine.step()  # the first 4-token chunk of the prompt: no sample exists but the first
+    out = engine.abort("n3")
+    assert out.finished and [(c.index, c.finish_reason, c.token_ids) for c in out.outputs] == [
+        (i, "abort", []) for i in range(3)]
+    assert not engine.has_unfinished_requests()

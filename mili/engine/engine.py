@@ -189,7 +189,7 @@ class LLMEngine:
             self.num_prompt_tokens_computed += item.num_tokens if item.num_tokens > 1 else 0
         seqs, rows = list(batch.sampled_seqs), list(range(len(batch.sampled_seqs)))
         for row, seq in enumerate(batch.sampled_seqs):
-            for child in self._fork_parallel_samples(seq):
+            for child in self._fork_parallel_samples(seq, journal.forked):
                 seqs.append(child)
                 rows.append(row)
         if not seqs:
@@ -215,12 +215,14 @@ class LLMEngine:
             outputs.append(RequestOutput.from_request(request))
         return outputs
 
-    def _fork_parallel_samples(self, parent: Sequence) -> list[Sequence]:
-        """When a request with n > 1 finished its prompt, its other samples share the prompt's blocks."""
+    def _fork_parallel_samples(self, parent: Sequence, created: list[Sequence]) -> list[Sequence]:
+        """When a request with n > 1 finished its prompt, its other samples share the prompt's blocks.
+        Returns those that run now; every new sample is also appended to `created`."""
         request = parent.request
         children = []
         while len(request.seqs) < request.params.n:
             child = self._new_sequence(request, len(request.seqs), parent.token_ids)
+            created.append(child)
             running_full = len(self.scheduler.running) >= self.scheduler.max_num_seqs
             try:
                 if running_full:

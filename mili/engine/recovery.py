@@ -35,42 +35,38 @@ log = logging.getLogger("mili.engine")
 
 
 class StepJournal:
-    """What one step may change in its sequences, recorded before it changes it."""
+    """What one step may change in its sequences, recorded before it changes it (cheap: a list)."""
 
     def __init__(self) -> None:
-        self.scheduled: list[Sequence] | None = None  # None while the scheduler has not returned
+        self.scheduled: list[tuple[Sequence, int, int, str]] | None = None  # seq, computed, tokens, text
+        self.forked: list[Sequence] = []  # parallel samples created in this step
         self.committed = False  # set once the step's tokens are appended: nothing left to undo
-        self._saved: list[tuple[Sequence, int, int, str]] = []  # seq, computed, tokens, text
-        self._num_seqs: dict[int, tuple[Request, int]] = {}  # id(request) -> (request, len(request.seqs))
         self._generators: list[tuple[Sequence, object, object]] = []  # seq, generator, its state
 
     def record_scheduled(self, seqs: Iterable[Sequence]) -> None:
-        self.scheduled = list(seqs)
-        for seq in self.scheduled:
-            self._saved.append((seq, seq.num_computed_tokens, seq.num_tokens, seq.text))
-            self._num_seqs.setdefault(id(seq.request), (seq.request, len(seq.request.seqs)))
+        self.scheduled = [(s, s.num_computed_tokens, len(s.token_ids), s.text) for s in seqs]
 
     def record_generators(self, seqs: Iterable[Sequence]) -> None:
-        """Before sampling: seeded generators advance as they draw."""
-        self._generators = [(s, s.generator, None if s.generator is None else s.generator.get_state()) for s in seqs]
+        """Before sampling: seeded generators advance as they draw (and are created on first use)."""
+        self._generators = [(s, s.generator, None if s.generator is None else s.generator.get_state())
+                            for s in seqs if s.params.seed is not None]
 
     @property
     def requests(self) -> list[Request]:
         """The requests whose sequences ran in this step (empty if scheduling itself failed)."""
-        return [request for request, _ in self._num_seqs.values()]
+        return list({id(s.request): s.request for s, *_ in self.scheduled or ()}.values())
 
     def roll_back(self, scheduler, make_detokenizer: Callable[[Sequence], object]) -> list[Request]:
         """Undo the step's changes; returns the requests whose detokenizer could not be rebuilt."""
         if self.committed:
             return []
-        for request, count in self._num_seqs.values():
-            for child in request.seqs[count:]:
-                _discard(child, scheduler)
-            del request.seqs[count:]
+        for child in self.forked:
+            _discard(child, scheduler)
+            child.request.seqs.remove(child)
         broken = []
-        for seq, computed, num_tokens, text in self._saved:
+        for seq, computed, num_tokens, text in self.scheduled or ():
             seq.num_computed_tokens = computed
-            if seq.num_tokens == num_tokens and seq.text == text:
+            if len(seq.token_ids) == num_tokens and seq.text == text:
                 continue
             del seq.token_ids[num_tokens:]
             seq.text, seq.stop_reason = text, None
