@@ -8,7 +8,7 @@ import torch
 from mili.bench import kernels as bench
 
 
-def synthetic_report(triton_fraction: float, compile_ratio: float) -> dict:
+def synthetic_report(triton_fraction: float, compile_ratio: float, same_bytes_fraction: float | None = None) -> dict:
     rows = []
     for model in ("0.6B", "8B"):
         for kernel in bench.KERNELS:
@@ -18,6 +18,9 @@ def synthetic_report(triton_fraction: float, compile_ratio: float) -> dict:
                 row = {"model": model, "kernel": kernel, "tokens": tokens, "bytes": int(gbps * ms * 1e6)}
                 for impl, factor in (("triton", 1.0), ("compile", compile_ratio), ("eager", 5.0)):
                     row[impl] = {"ms": ms * factor, "gbps": gbps / factor, "fraction_of_copy": triton_fraction / factor}
+                if same_bytes_fraction is not None:
+                    row["same_bytes_copy"] = {"ms": ms, "gbps": same_bytes_fraction * 3000.0,
+                                              "fraction_of_copy": same_bytes_fraction}
                 rows.append(row)
     env = {"gpu": "Test GPU", "torch": torch.__version__, "triton": "x", "driver": "1", "git_commit": "abc"}
     return {"environment": env, "copy_gbps": 3000.0, "results": rows, "targets": bench.check_targets(rows)}
@@ -40,6 +43,23 @@ def test_report_prints_a_table_and_plots(tmp_path):
     assert "copy%" in out.getvalue() and "10/10 met" in out.getvalue()
     bench.plot_report(report, tmp_path / "k.png")
     assert (tmp_path / "k.png").stat().st_size > 10_000
+
+
+def test_a_miss_is_reported_next_to_what_a_copy_of_the_same_bytes_reaches(tmp_path):
+    report = synthetic_report(0.7, 1.2, same_bytes_fraction=0.68)
+    out = io.StringIO()
+    bench.print_report(report, out)
+    assert "MISS 0.6B rms_norm T=4096: 70% of copy (>= 85% of copy), 1.20x torch.compile; " \
+           "a copy of the same bytes reaches 68%" in out.getvalue()
+    assert "same-size copy%" in out.getvalue()
+    bench.plot_report(report, tmp_path / "k.png")
+
+
+def test_the_same_size_peer_copies():
+    src = torch.randint(0, 255, (40000,), dtype=torch.uint8)
+    dst = torch.zeros_like(src)
+    bench.stream_copy(src, dst)
+    assert torch.equal(dst, src), "stream_copy must copy every byte, including the partial last block"
 
 
 def test_main_refuses_without_cuda(capsys):
