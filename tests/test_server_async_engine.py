@@ -56,6 +56,8 @@ def test_a_request_the_engine_rejects_fails_alone(llm):
 
 
 def test_a_failing_step_ends_its_requests_and_the_engine_keeps_serving(llm, monkeypatch):
+    # the last resort: LLMEngine.step contains request failures itself (tests/test_engine_isolation.py),
+    # so this is its recovery failing; the loop ends the requests in flight and goes on
     real_step, calls = llm.engine.step, []
 
     def flaky_step():
