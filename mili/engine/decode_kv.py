@@ -7,10 +7,11 @@ and layer, a contiguous float32 copy of its keys and values that grows by the on
 step writes, so a step reads each cached byte once.
 
 The paged cache stays the truth: prefix sharing, preemption and block accounting never see the
-copies. The engine names the sequence of each batch row when a step begins (`begin_step`); a
+copies. The engine names the sequence of each batch row when a step begins (`step`); a
 sequence whose block table no longer extends the one its copy was made from (it was preempted
 and re-admitted) is copied afresh, and a sequence that leaves the batch drops its copy. The
-copies cost memory on top of the pool: at most the decoding sequences' contexts, in float32.
+copies cost memory on top of the pool: at most the decoding sequences' contexts, in float32,
+plus a quarter of room to grow.
 
     decode_kv = DecodeKV()
     with decode_kv.step([seq_id or None for each batch row], block_tables):
@@ -55,7 +56,7 @@ class _Copy:
     def extend(self, k_cache: Tensor, v_cache: Tensor, blocks: list[int], length: int) -> None:
         """Copy positions [self.length, length) from the paged caches."""
         if length > self.k.shape[0]:
-            capacity = max(length, 2 * self.k.shape[0], 64)
+            capacity = length + max(64, length // 4)  # geometric growth: O(1) copying per token
             self.k, self.v = self._grown(self.k, capacity), self._grown(self.v, capacity)
         if self.length == 0 and length > 1:
             self.k[:length] = gather_sequence(k_cache, blocks, length)
