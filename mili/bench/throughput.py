@@ -6,6 +6,9 @@ for the CPU. `--compare hf` runs Hugging Face `generate` on the same prompts in 
 batches of `--hf-batch-size` prompts in arrival order, left-padded, sampling with the same
 temperature up to the longest output of the batch; only the tokens each request asked for count
 (HF cannot stop one row of a batch early, so its surplus tokens are wasted work).
+On a GPU an untimed pass over a second workload drawn the same way (seed + 1) comes first: Triton
+compiles a kernel the first time it meets each specialisation (a row count of 1, a multiple of 16
+or neither; each launch shape), which cost a cold run on an H200 a third of its speed.
 The floor: 2 · parameters · (prompt + output tokens) FLOPs at the matmul rate measured here.
 On a shared CPU, wall time includes waiting for a core; the process's CPU time is reported too.
 
@@ -40,22 +43,27 @@ def workload(num_seqs: int, min_len: int, max_len: int, vocab: int, seed: int = 
     return work
 
 
-def run_mili(llm, work) -> dict:
+def run_mili(llm, work, warmup=None) -> dict:
+    """Time llm.generate over `work`, after an untimed pass over `warmup` (default: 2 short requests)."""
     from mili.engine.sampling_params import SamplingParams
 
-    prompts = [{"prompt_token_ids": p} for p, _ in work]
-    params = [SamplingParams(temperature=TEMPERATURE, max_tokens=n, ignore_eos=True) for _, n in work]
-    llm.generate(prompts[:2], [SamplingParams(max_tokens=4, ignore_eos=True)] * 2, use_tqdm=False)  # warm-up
+    def requests(pairs):
+        return ([{"prompt_token_ids": p} for p, _ in pairs],
+                [SamplingParams(temperature=TEMPERATURE, max_tokens=n, ignore_eos=True) for _, n in pairs])
+
+    llm.generate(*requests(warmup or [(p, 4) for p, _ in work[:2]]), use_tqdm=False)
+    prompts, params = requests(work)
+    before = llm.stats()
     _sync(llm.model.device)
     start, cpu_start = time.perf_counter(), time.process_time()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     _sync(llm.model.device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    stats = llm.stats()
+    after = llm.stats()
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "output_tokens": tokens, "tokens_per_s": tokens / seconds,
             "tokens_per_cpu_s": tokens / cpu_seconds,
-            "preemptions": stats["preemptions"], "steps": stats["steps"]}
+            "preemptions": after["preemptions"] - before["preemptions"], "steps": after["steps"] - before["steps"]}
 
 
 def run_hf(hf_model, work, batch_size: int) -> dict:
@@ -162,7 +170,8 @@ def run_benchmark(model: str, *, num_seqs: int, min_len: int, max_len: int, comp
     flops = matmul_flops_per_s(device, llm.model.dtype)
     total_tokens = sum(len(p) + n for p, n in work)
     floor_s = 2 * config.num_parameters() * total_tokens / flops
-    mili = run_mili(llm, work)
+    warmup = workload(num_seqs, min_len, max_len, config.vocab_size, seed + 1) if device.type == "cuda" else None
+    mili = run_mili(llm, work, warmup)
     report = {"environment": environment(device), "model": model, "dtype": str(llm.model.dtype),
               "workload": {"num_seqs": num_seqs, "min_len": min_len, "max_len": max_len, "seed": seed,
                            "temperature": TEMPERATURE, "prompt_tokens": sum(len(p) for p, _ in work),
@@ -177,7 +186,8 @@ def run_benchmark(model: str, *, num_seqs: int, min_len: int, max_len: int, comp
     return report
 
 
-def print_report(report: dict, stream=sys.stdout) -> None:
+def print_report(report: dict, stream=None) -> None:
+    stream = stream or sys.stdout  # looked up now: a default bound at import would miss a redirected stdout
     w = report["workload"]
     print(f"{report['environment']['device']} · {report['model']} · {report['dtype']} · {w['num_seqs']} seqs, lengths "
           f"[{w['min_len']}, {w['max_len']}] · floor {report['floor_seconds']:.2f} s "

@@ -1,0 +1,37 @@
+"""`mili bench throughput` end to end on the CPU at a toy size: both engines run the same workload,
+only the requested tokens count, and the report, JSON and plot come out."""
+
+import json
+
+import pytest
+
+from mili.bench import throughput
+from tests.hf_oracle import TINY_MODEL
+
+
+def test_workload_is_seeded_and_within_the_lengths():
+    work = throughput.workload(20, 5, 9, vocab=100, seed=3)
+    assert work == throughput.workload(20, 5, 9, vocab=100, seed=3)
+    assert work != throughput.workload(20, 5, 9, vocab=100, seed=4)
+    assert all(5 <= len(p) <= 9 and 5 <= n <= 9 and all(0 <= t < 100 for t in p) for p, n in work)
+
+
+def test_bench_runs_mili_and_hf_on_the_same_workload(tmp_path, one_torch_thread, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "report.json"
+    argv = ["--model", str(TINY_MODEL), "--num-seqs", "3", "--min-len", "4", "--max-len", "12", "--compare", "hf",
+            "--json", str(out), "--plot", str(tmp_path / "bars.png")]
+    assert throughput.main(argv) == 0
+    report = json.loads(out.read_text())
+    wanted = report["workload"]["output_tokens"]
+    assert report["mili"]["output_tokens"] == wanted, "mili must produce exactly the tokens each request asked for"
+    assert report["hf"]["output_tokens"] == wanted
+    assert report["hf"]["generated_tokens_incl_surplus"] >= wanted, "HF pads every row to the batch's longest output"
+    longest = max(n for _, n in throughput.workload(3, 4, 12, vocab=1408, seed=0))
+    assert longest <= report["mili"]["steps"] <= 3 + longest, (
+        f"expected the timed run's steps (one token per step per sequence, up to one prefill step each), "
+        f"got {report['mili']['steps']}: were the warm-up's steps counted too?")
+    assert report["speedup_vs_hf"] == pytest.approx(report["mili"]["tokens_per_s"] / report["hf"]["tokens_per_s"])
+    assert 0 < report["mili"]["fraction_of_floor"] < 1
+    assert "mili" in capsys.readouterr().out
+    assert (tmp_path / "bars.png").stat().st_size > 5_000
