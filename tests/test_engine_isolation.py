@@ -87,6 +87,28 @@ def fail_in_sampler_after(num_tokens: int):
     return inject
 
 
+def fail_inside_the_forward_after(num_tokens: int):
+    """Raise half-way through the layers of a decode step that holds the culprit: the layers before
+    have already written this step's K/V to the cache and extended the CPU decode copies (DecodeKV)."""
+    def inject(llm):
+        runner, layers = llm.engine.runner, llm.model.model.layers
+        real_run, middle = runner.run, layers[len(layers) // 2]
+        real_layer, culprit_inside = middle.forward, []
+
+        def run(model_input):
+            culprit_inside[:] = [any(is_bad(s) and s.num_output_tokens >= num_tokens for s in model_input.sampled_seqs)]
+            return real_run(model_input)
+
+        def layer_forward(*args, **kwargs):
+            if culprit_inside[0]:
+                raise RuntimeError("injected failure inside the forward")
+            return real_layer(*args, **kwargs)
+
+        runner.run, middle.forward = run, layer_forward
+
+    return inject
+
+
 def fail_in_detokenizer(llm):
     engine = llm.engine
     real = engine._new_detokenizer
@@ -124,7 +146,8 @@ def assert_blocks_released(llm) -> None:
     (fail_in_sampler_after(3), 1, 3),
     (fail_in_sampler_after(0), 2, 0),  # fails in the step that forks its second sample
     (fail_in_detokenizer, 1, 3),
-], ids=["forward", "sampler-mid-decode", "sampler-at-fork-n2", "detokenizer-mid-append"])
+    (fail_inside_the_forward_after(2), 1, 2),
+], ids=["forward", "sampler-mid-decode", "sampler-at-fork-n2", "detokenizer-mid-append", "mid-forward-decode"])
 def test_only_the_failing_request_ends_and_the_others_are_unchanged(folder, reference, inject, bad_n,
                                                                     tokens_before_error):
     prompts, params = workload(bad_n)
