@@ -15,11 +15,12 @@ or one that needs a big batch) ends nobody: every suspect makes progress in ever
 A step changes its sequences in place: the scheduler admits them and grows their block tables,
 the engine forks parallel samples, advances `num_computed_tokens`, draws from seeded generators
 and appends sampled tokens (feeding each sequence's detokenizer). When the step raises, some of
-those changes may already have happened. `StepJournal` remembers what the step may change, before it changes it, and puts it
-back: samples forked in the step are dropped (their blocks freed), every scheduled sequence gets
-its computed-token count, tokens, text and generator state back, and its detokenizer is rebuilt
-by replaying the tokens it had. Blocks the scheduler added stay with their sequence: they are
-freed when the engine then preempts it (recompute), which leaves the KV pool consistent.
+those changes may already have happened. `StepJournal` remembers what the step may change,
+before it changes it, and puts it back: samples forked in the step are dropped (their blocks
+freed), every scheduled sequence gets its computed-token count, tokens, text and generator state
+back, and its detokenizer is rebuilt by replaying the tokens it had. Blocks the scheduler added
+stay with their sequence: they are freed when the engine then preempts it (recompute), which
+leaves the KV pool consistent.
 """
 
 from __future__ import annotations
