@@ -36,11 +36,12 @@ def store_kvcache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_m
     v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
 
 
-def _gather_paged(cache: Tensor, block_table: Tensor, length: int) -> Tensor:
+def gather_paged(cache: Tensor, block_table: Tensor, length: int) -> Tensor:
     """The first `length` tokens of one sequence from a paged cache [N, S, Hkv, D] -> [length, Hkv, D]."""
     block_size = cache.shape[1]
     num_blocks = (length + block_size - 1) // block_size
-    return cache[block_table[:num_blocks].long()].flatten(0, 1)[:length]
+    # index_select copies whole blocks: several times faster on the CPU than cache[block_table]
+    return cache.index_select(0, block_table[:num_blocks].long()).flatten(0, 1)[:length]
 
 
 def _scale(q: Tensor, softmax_scale: float | None) -> float:
@@ -60,7 +61,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
         if block_table is None:
             ks, vs = k[starts_k[i]:starts_k[i + 1]], v[starts_k[i]:starts_k[i + 1]]
         else:
-            ks, vs = _gather_paged(k, block_table[i], k_len), _gather_paged(v, block_table[i], k_len)
+            ks, vs = gather_paged(k, block_table[i], k_len), gather_paged(v, block_table[i], k_len)
         out[q_lo:q_hi] = gqa_causal_attention(q[q_lo:q_hi], ks, vs, scale)
     return out
 
@@ -69,7 +70,7 @@ def paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables, *, s
     scale = _scale(q, softmax_scale)
     out = torch.empty_like(q)
     for i, length in enumerate(context_lens.tolist()):
-        ks = _gather_paged(k_cache, block_tables[i], length)
-        vs = _gather_paged(v_cache, block_tables[i], length)
+        ks = gather_paged(k_cache, block_tables[i], length)
+        vs = gather_paged(v_cache, block_tables[i], length)
         out[i : i + 1] = gqa_causal_attention(q[i : i + 1], ks, vs, scale)
     return out

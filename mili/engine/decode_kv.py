@@ -28,6 +28,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from mili.backends.torch_ops import gather_paged
+
 
 def attend_one(rows: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """One decode query over keys/values k, v [L, Hkv, D] -> [Hkv, group, D].
@@ -37,13 +39,6 @@ def attend_one(rows: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     scores = torch.matmul(rows, k.permute(1, 2, 0))  # [Hkv, group, L]
     return torch.matmul(scores.softmax(-1), v.transpose(0, 1))
-
-
-def gather_sequence(cache: Tensor, blocks: list[int], length: int) -> Tensor:
-    """The first `length` tokens of one sequence from a paged cache [N, S, Hkv, D] -> [length, Hkv, D]."""
-    block_size = cache.shape[1]
-    needed = torch.tensor(blocks[:-(-length // block_size)], dtype=torch.long, device=cache.device)
-    return cache.index_select(0, needed).flatten(0, 1)[:length]
 
 
 class _Copy:
@@ -59,8 +54,9 @@ class _Copy:
             capacity = length + max(64, length // 4)  # geometric growth: O(1) copying per token
             self.k, self.v = self._grown(self.k, capacity), self._grown(self.v, capacity)
         if self.length == 0 and length > 1:
-            self.k[:length] = gather_sequence(k_cache, blocks, length)
-            self.v[:length] = gather_sequence(v_cache, blocks, length)
+            table = torch.tensor(blocks, device=k_cache.device)
+            self.k[:length] = gather_paged(k_cache, table, length)
+            self.v[:length] = gather_paged(v_cache, table, length)
         else:  # usually the one token written this step
             block_size = k_cache.shape[1]
             for pos in range(self.length, length):
@@ -139,9 +135,8 @@ class DecodeKV:
         for i, (row, length) in enumerate(zip(batch_rows, lengths)):
             entry = self._rows[row] if row < len(self._rows) else None
             if entry is None:
-                blocks = block_tables[i].tolist()
-                keys, values = gather_sequence(k_cache, blocks, length), gather_sequence(v_cache, blocks, length)
-                out[i] = attend_one(queries[i], keys.float(), values.float())
+                keys = gather_paged(k_cache, block_tables[i], length).float()
+                out[i] = attend_one(queries[i], keys, gather_paged(v_cache, block_tables[i], length).float())
                 continue
             copy = entry.layers.get(layer)
             if copy is None or copy.length > length:
