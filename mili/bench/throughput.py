@@ -159,11 +159,11 @@ def environment(device: torch.device) -> dict:
 
 def run_benchmark(model: str, *, num_seqs: int, min_len: int, max_len: int, compare_hf: bool, device=None,
                   dtype="auto", hf_batch_size: int | None = None, max_num_seqs: int = 256,
-                  max_num_batched_tokens: int | None = None, seed: int = 0) -> dict:
+                  max_num_batched_tokens: int | None = None, seed: int = 0, enforce_eager: bool = False) -> dict:
     from mili.engine.llm import LLM
 
     llm = LLM(model, dtype=dtype, device=device, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-              enable_prefix_caching=False, max_model_len=2 * max_len + 1)
+              enable_prefix_caching=False, max_model_len=2 * max_len + 1, enforce_eager=enforce_eager)
     config = llm.model.config
     work = workload(num_seqs, min_len, max_len, config.vocab_size, seed)
     device = llm.model.device
@@ -173,6 +173,7 @@ def run_benchmark(model: str, *, num_seqs: int, min_len: int, max_len: int, comp
     warmup = workload(num_seqs, min_len, max_len, config.vocab_size, seed + 1) if device.type == "cuda" else None
     mili = run_mili(llm, work, warmup)
     report = {"environment": environment(device), "model": model, "dtype": str(llm.model.dtype),
+              "cuda_graphs": llm.engine.runner.graphs is not None,
               "workload": {"num_seqs": num_seqs, "min_len": min_len, "max_len": max_len, "seed": seed,
                            "temperature": TEMPERATURE, "prompt_tokens": sum(len(p) for p, _ in work),
                            "output_tokens": sum(n for _, n in work)},
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--enforce-eager", action="store_true", help="CUDA: no CUDA graphs for decode steps")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", help="write the results as JSON here")
     parser.add_argument("--plot", help="write a bar chart (PNG) here")
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_benchmark(args.model, num_seqs=args.num_seqs, min_len=args.min_len, max_len=args.max_len,
                            compare_hf=args.compare == "hf", device=args.device, dtype=args.dtype,
                            hf_batch_size=args.hf_batch_size, max_num_seqs=args.max_num_seqs,
-                           max_num_batched_tokens=args.max_num_batched_tokens)
+                           max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.enforce_eager)
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -42,6 +42,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float = 0.9  # CUDA: share of the card the engine may fill
     cpu_kv_cache_bytes: int = 1 << 30  # CPU: KV pool size when num_kv_blocks is None
+    enforce_eager: bool = False  # CUDA: launch every kernel of a decode step instead of replaying a graph
 
 
 class _NoText:
@@ -76,6 +77,8 @@ class LLMEngine:
                                    max_num_batched_tokens=budget)
         kv_cache = KVCache.for_config(model_config, num_blocks, config.block_size, dtype=model.dtype, device=model.device)
         self.runner = ModelRunner(model, kv_cache)
+        if not config.enforce_eager:
+            self.runner.capture_cuda_graphs(max_num_seqs=config.max_num_seqs, max_model_len=max_model_len)
         eos = tokenizer.eos_token_ids if tokenizer is not None else model_config.eos_token_id
         self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos or [])
         self.requests: dict[str, Request] = {}

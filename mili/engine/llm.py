@@ -39,7 +39,7 @@ class LLM:
                  device: str | torch.device | None = None, backend: str = "auto", seed: int = 0, block_size: int = 16,
                  num_kv_blocks: int | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int | None = None,
                  max_model_len: int | None = None, enable_prefix_caching: bool = True,
-                 gpu_memory_utilization: float = 0.9):
+                 gpu_memory_utilization: float = 0.9, enforce_eager: bool = False):
         from mili.checkpoint import load_model
         from mili.engine.batched_attention import engine_backend
 
@@ -51,7 +51,7 @@ class LLM:
         config = EngineConfig(block_size=block_size, num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs,
                               max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
                               enable_prefix_caching=enable_prefix_caching,
-                              gpu_memory_utilization=gpu_memory_utilization)
+                              gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager)
         self.engine = LLMEngine(self.model, self.tokenizer, config)
         self._request_ids = itertools.count()
 

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from mili.engine.batch import ModelInput, ScheduledSeq
 from mili.engine.batched_attention import decode_kv_of
+from mili.engine.cuda_graphs import DecodeGraphs, can_record
 from mili.engine.sampler import sample
 from mili.engine.sampling_batch import SamplingTensors, make_generator
 from mili.engine.sequence import Sequence
@@ -65,17 +66,28 @@ class ModelRunner:
         self.device = model.device
         self.vocab_size = model.config.vocab_size
         self.decode_kv = decode_kv_of(model.backend)  # CPU decode attention keeps K/V across steps
+        self.graphs: DecodeGraphs | None = None
+
+    def capture_cuda_graphs(self, *, max_num_seqs: int, max_model_len: int) -> None:
+        """Record decode steps as CUDA graphs where the model allows it (CUDA, triton backend)."""
+        if can_record(self.model):
+            self.graphs = DecodeGraphs(self.model, self.kv_cache, max_num_seqs=max_num_seqs,
+                                       max_model_len=max_model_len)
 
     @torch.inference_mode()
     def run(self, model_input: ModelInput) -> Tensor:
         """Forward the flat batch; returns float32 logits [S, V] of the rows to sample."""
+        hidden = self.graphs.run(model_input) if self.graphs is not None else None
+        if hidden is None:
+            hidden = self._forward(model_input)
+        return self.model.compute_logits(hidden[model_input.logits_indices])
+
+    def _forward(self, model_input: ModelInput) -> Tensor:
         md = model_input.attn_metadata
         if self.decode_kv is None:
-            hidden = self.model(model_input.input_ids, model_input.positions, md, self.kv_cache)
-        else:
-            with self.decode_kv.step(_decode_row_keys(model_input), md.block_tables):
-                hidden = self.model(model_input.input_ids, model_input.positions, md, self.kv_cache)
-        return self.model.compute_logits(hidden[model_input.logits_indices])
+            return self.model(model_input.input_ids, model_input.positions, md, self.kv_cache)
+        with self.decode_kv.step(_decode_row_keys(model_input), md.block_tables):
+            return self.model(model_input.input_ids, model_input.positions, md, self.kv_cache)
 
     @torch.inference_mode()
     def sample(self, seqs: list[Sequence], logits: Tensor) -> list[int]:

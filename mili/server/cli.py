@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-kv-blocks", type=positive_int, default=None)
     p.add_argument("--block-size", type=positive_int, default=16)
     p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="CUDA: launch every kernel of a decode step instead of replaying a CUDA graph")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
@@ -102,7 +104,7 @@ def engine_loader(args):
         llm = LLM(args.model, tokenizer=tokenizer, dtype=args.dtype, device=args.device, backend=args.backend,
                   seed=args.seed, block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
                   max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
-                  enable_prefix_caching=not args.no_prefix_caching)
+                  enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager)
         return llm.engine, llm.tokenizer
 
     return load

@@ -1,0 +1,43 @@
+"""Decode steps replayed from CUDA graphs (DESIGN.md §5): which batch sizes are recorded, when the
+engine records at all, and (on CUDA) that replayed steps give exactly the eager engine's tokens."""
+
+import pytest
+import torch
+
+from mili import LLM, SamplingParams
+from mili.engine.cuda_graphs import MAX_GRAPH_BATCH, graph_batch_sizes
+from tests.hf_oracle import TINY_MODEL
+
+
+@pytest.mark.parametrize("max_num_seqs", [1, 3, 8, 9, 20, 256, 300, 2000])
+def test_every_batch_the_engine_can_run_has_a_graph_to_pad_up_to(max_num_seqs):
+    sizes = graph_batch_sizes(max_num_seqs)
+    assert sizes == sorted(set(sizes)) and sizes[0] == 1
+    for batch in range(1, min(max_num_seqs, MAX_GRAPH_BATCH) + 1):
+        padded = next((s for s in sizes if s >= batch), None)
+        assert padded is not None, f"no graph holds a batch of {batch} (sizes {sizes})"
+        assert padded - batch < max(16, batch), f"a batch of {batch} pads to {padded}: too much wasted work"
+    assert sizes[-1] <= max(MAX_GRAPH_BATCH, 8)
+
+
+def test_the_cpu_engine_runs_eagerly():
+    llm = LLM(str(TINY_MODEL), dtype="float32", device="cpu", num_kv_blocks=64, max_num_seqs=4)
+    assert llm.engine.runner.graphs is None
+
+
+@pytest.mark.gpu
+def test_replayed_decode_steps_give_the_eager_tokens():
+    """13 requests of mixed lengths: decode batches of 13 down to 1 sequences, padded to 16, 8, 4, 2, 1."""
+    prompts = [f"What is {3 * i + 1} + {7 * i % 50}?" if i % 2 else "Copy: " + " ".join("abcdefg"[: 1 + i % 7])
+               for i in range(13)]
+    params = [SamplingParams(temperature=0, max_tokens=4 + 3 * i, ignore_eos=True) for i in range(13)]
+    results = {}
+    for eager in (True, False):
+        llm = LLM(str(TINY_MODEL), dtype="float32", device="cuda", backend="triton", num_kv_blocks=512,
+                  max_num_seqs=16, enforce_eager=eager)
+        assert (llm.engine.runner.graphs is None) == eager
+        results[eager] = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+        del llm
+        torch.cuda.empty_cache()
+    for i, (replayed, eager) in enumerate(zip(results[False], results[True])):
+        assert replayed == eager, f"request {i}: CUDA-graph decode gave {replayed}, eager decode {eager}"
