@@ -418,6 +418,21 @@ for path in sorted((repo_root() / "benchmarks").glob("throughput-*.json")):
 """)
 
 md(r"""
+On a GPU the same engine is held back by something the CPU never shows: launching. A decode step of
+Qwen3-0.6B is a few hundred small kernels, and Python plus the driver spend tens of microseconds
+launching each one while the GPU, done in a few microseconds, waits. So on CUDA the engine records one
+decode step per batch size as a **CUDA graph** (`mili/engine/cuda_graphs.py`, DESIGN.md §5) and replays
+it with one call: the step's inputs are copied into fixed buffers, the batch is padded up to the next
+recorded size (1, 2, 4, 8, then multiples of 16), and the padding rows write nothing. On an H200, the
+§9 workload above ran at 2,678 output tokens/s with every kernel launched from Python
+(`LLM(..., enforce_eager=True)`) and at 8,973 tokens/s replaying graphs, one after the other on the
+same machine (`benchmarks/throughput-gpu-h200*.json`).
+
+**Question.** Prefill steps are not recorded. Why would a graph per prefill shape be a poor trade,
+and why does a long prefill lose little by being launched from Python?
+""")
+
+md(r"""
 ## 8. What you built
 
 A sampler, a streaming detokenizer, a scheduler and the step that ties them to the model: an engine that
