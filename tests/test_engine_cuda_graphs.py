@@ -41,3 +41,36 @@ def test_replayed_decode_steps_give_the_eager_tokens():
         torch.cuda.empty_cache()
     for i, (replayed, eager) in enumerate(zip(results[False], results[True])):
         assert replayed == eager, f"request {i}: CUDA-graph decode gave {replayed}, eager decode {eager}"
+
+
+@pytest.mark.gpu
+def test_graphs_recorded_in_one_thread_replay_in_another():
+    """mili serve builds the engine in a loader thread and steps it in the engine thread."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    def build(eager: bool) -> LLM:
+        return LLM(str(TINY_MODEL), dtype="float32", device="cuda", num_kv_blocks=512, max_num_seqs=32,
+                   enforce_eager=eager)
+
+    prompts = [f"What is {i * 7 % 90} + {i * 13 % 50}?" for i in range(20)]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    with ThreadPoolExecutor(1) as pool:
+        llm = pool.submit(build, False).result()
+    assert llm.engine.runner.graphs is not None
+    replayed = {}
+
+    def engine_thread():
+        for i, prompt in enumerate(prompts):
+            llm.engine.add_request(str(i), prompt, params)
+        while llm.engine.has_unfinished_requests():
+            replayed.update({int(o.request_id): o.outputs[0].token_ids for o in llm.engine.step() if o.finished})
+
+    thread = threading.Thread(target=engine_thread)
+    thread.start()
+    thread.join()
+    del llm
+    torch.cuda.empty_cache()
+    eager = [o.outputs[0].token_ids for o in build(True).generate(prompts, params, use_tqdm=False)]
+    for i, tokens in enumerate(eager):
+        assert replayed.get(i) == tokens, f"request {i}: replayed from another thread {replayed.get(i)}, eager {tokens}"
