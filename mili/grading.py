@@ -121,7 +121,8 @@ def _score_table(exercises: dict[str, Exercise], rows: list[dict]) -> list[dict]
     return table
 
 
-def _print_table(table: list[dict], stream=sys.stdout) -> None:
+def _print_table(table: list[dict], stream=None) -> None:
+    stream = stream or sys.stdout  # looked up now: a default bound at import would miss a redirected stdout
     color = stream.isatty() and os.environ.get("NO_COLOR") is None
     green, red, reset = ("\033[32m", "\033[31m", "\033[0m") if color else ("", "", "")
     stream.write(f"{'exercise':<9} {'title':<44} {'tests':>7}  score\n")

@@ -263,7 +263,8 @@ def format_row(r: dict) -> str:
             f"{c['ms'] / t['ms']:>9.2f}x {same:>15}")
 
 
-def print_report(report: dict, stream=sys.stdout) -> None:
+def print_report(report: dict, stream=None) -> None:
+    stream = stream or sys.stdout  # looked up now: a default bound at import would miss a redirected stdout
     env = report["environment"]
     stream.write(f"{env['gpu']} · torch {env['torch']} · triton {env['triton']} · "
                  f"copy {report['copy_gbps']:.0f} GB/s\n")
