@@ -27,3 +27,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_folder(tmp_path_factory):
+    """A random Qwen3 checkpoint (seed 0) with the tiny model's tokenizer beside it, once per module."""
+    from tests.hf_oracle import make_checkpoint_with_tokenizer
+
+    folder = tmp_path_factory.mktemp("checkpoint-with-tokenizer")
+    make_checkpoint_with_tokenizer(folder)
+    return folder

@@ -13,10 +13,8 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 
 from mili import LLM, SamplingParams
-from tests.hf_oracle import make_checkpoint_with_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,16 +22,8 @@ MAGIC = 977  # a token id only the culprit's prompt contains
 BAD = 3  # the culprit's place among the requests
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("isolation-model")
-    torch.manual_seed(0)
-    make_checkpoint_with_tokenizer(folder)
-    return folder
-
-
-def make_llm(folder) -> LLM:
-    return LLM(str(folder), dtype="float32", device="cpu", block_size=4, num_kv_blocks=256, max_model_len=128)
+def make_llm(checkpoint_folder) -> LLM:
+    return LLM(str(checkpoint_folder), dtype="float32", device="cpu", block_size=4, num_kv_blocks=256, max_model_len=128)
 
 
 def workload(bad_n: int = 1):
@@ -51,10 +41,10 @@ def workload(bad_n: int = 1):
 
 
 @pytest.fixture(scope="module")
-def reference(folder):
+def reference(checkpoint_folder):
     """A fault-free run: (token ids, text) of every choice of every request."""
     prompts, params = workload()
-    return [[(c.token_ids, c.text) for c in out.outputs] for out in make_llm(folder).generate(prompts, params,
+    return [[(c.token_ids, c.text) for c in out.outputs] for out in make_llm(checkpoint_folder).generate(prompts, params,
                                                                                            use_tqdm=False)]
 
 
@@ -148,10 +138,10 @@ def assert_blocks_released(llm) -> None:
     (fail_in_detokenizer, 1, 3),
     (fail_inside_the_forward_after(2), 1, 2),
 ], ids=["forward", "sampler-mid-decode", "sampler-at-fork-n2", "detokenizer-mid-append", "mid-forward-decode"])
-def test_only_the_failing_request_ends_and_the_others_are_unchanged(folder, reference, inject, bad_n,
+def test_only_the_failing_request_ends_and_the_others_are_unchanged(checkpoint_folder, reference, inject, bad_n,
                                                                     tokens_before_error):
     prompts, params = workload(bad_n)
-    llm = make_llm(folder)
+    llm = make_llm(checkpoint_folder)
     inject(llm)
     outputs = llm.generate(prompts, params, use_tqdm=False)
     for i, out in enumerate(outputs):
@@ -170,9 +160,9 @@ def test_only_the_failing_request_ends_and_the_others_are_unchanged(folder, refe
     assert llm.engine.stats()["preemptions"] > 0, "the failed batch was preempted (recompute)"
 
 
-def test_a_transient_failure_ends_nobody(folder, reference):
+def test_a_transient_failure_ends_nobody(checkpoint_folder, reference):
     prompts, params = workload()
-    llm = make_llm(folder)
+    llm = make_llm(checkpoint_folder)
     real, calls = llm.engine.runner.run, []
 
     def run(model_input):
@@ -188,9 +178,9 @@ def test_a_transient_failure_ends_nobody(folder, reference):
     assert_blocks_released(llm)
 
 
-def test_a_failing_scheduler_is_contained_too(folder, reference):
+def test_a_failing_scheduler_is_contained_too(checkpoint_folder, reference):
     prompts, params = workload()
-    llm = make_llm(folder)
+    llm = make_llm(checkpoint_folder)
     real, calls = llm.engine.scheduler.schedule, []
 
     def schedule():
@@ -205,9 +195,9 @@ def test_a_failing_scheduler_is_contained_too(folder, reference):
     assert_blocks_released(llm)
 
 
-def test_a_broken_model_fails_every_request_and_the_engine_ends(folder):
+def test_a_broken_model_fails_every_request_and_the_engine_ends(checkpoint_folder):
     prompts, params = workload()
-    llm = make_llm(folder)
+    llm = make_llm(checkpoint_folder)
 
     def run(model_input):
         raise RuntimeError("the device is gone")
@@ -219,8 +209,8 @@ def test_a_broken_model_fails_every_request_and_the_engine_ends(folder):
     assert_blocks_released(llm)
 
 
-def test_a_request_aborted_while_it_waits_to_be_isolated_is_forgotten(folder):
-    llm = make_llm(folder)
+def test_a_request_aborted_while_it_waits_to_be_isolated_is_forgotten(checkpoint_folder):
+    llm = make_llm(checkpoint_folder)
     engine = llm.engine
     fail_in_forward(llm)
     prompts, params = workload()
@@ -237,8 +227,8 @@ def test_a_request_aborted_while_it_waits_to_be_isolated_is_forgotten(folder):
     assert_blocks_released(llm)
 
 
-def test_stats_count_requests_as_well_as_sequences(folder):
-    llm = LLM(str(folder), dtype="float32", device="cpu", block_size=4, num_kv_blocks=256, max_model_len=128,
+def test_stats_count_requests_as_well_as_sequences(checkpoint_folder):
+    llm = LLM(str(checkpoint_folder), dtype="float32", device="cpu", block_size=4, num_kv_blocks=256, max_model_len=128,
               max_num_seqs=3)
     engine = llm.engine
     params = SamplingParams(n=2, max_tokens=4, ignore_eos=True)
@@ -254,8 +244,8 @@ def test_stats_count_requests_as_well_as_sequences(folder):
     assert engine.stats()["running_requests"] == engine.stats()["waiting_requests"] == 0
 
 
-def test_an_abort_before_the_samples_fork_ends_all_n_of_them(folder):
-    llm = LLM(str(folder), dtype="float32", device="cpu", block_size=4, num_kv_blocks=64, max_num_batched_tokens=4,
+def test_an_abort_before_the_samples_fork_ends_all_n_of_them(checkpoint_folder):
+    llm = LLM(str(checkpoint_folder), dtype="float32", device="cpu", block_size=4, num_kv_blocks=64, max_num_batched_tokens=4,
               max_num_seqs=4)
     engine = llm.engine
     engine.add_request("n3", {"prompt_token_ids": list(range(1, 11))}, SamplingParams(n=3, max_tokens=4))

@@ -10,17 +10,14 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from mili.server.launch import launch_server
-from tests.hf_oracle import make_checkpoint_with_tokenizer
 
 KEY = "sk-test-key"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("admission-model")
-    make_checkpoint_with_tokenizer(folder)
+def server(checkpoint_folder):
     args = ["--api-key", KEY, "--max-num-seqs", "1", "--max-queue", "0", "--num-kv-blocks", "64"]
-    with launch_server(folder, args=args) as running:
+    with launch_server(checkpoint_folder, args=args) as running:
         yield running
 
 

@@ -18,7 +18,6 @@ openai = pytest.importorskip("openai")
 
 from mili import LLM, SamplingParams
 from mili.server.launch import launch_server
-from tests.hf_oracle import make_checkpoint_with_tokenizer
 from tests.server_helpers import metric
 
 MODEL = "tiny"
@@ -27,23 +26,16 @@ MESSAGES = [{"role": "user", "content": "What is 17 + 25?"}]
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("server-model")
-    make_checkpoint_with_tokenizer(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def server(folder):
+def server(checkpoint_folder):
     args = ["--served-model-name", MODEL, "--max-num-seqs", "128", "--num-kv-blocks", "1024",
             "--max-model-len", str(MAX_MODEL_LEN)]
-    with launch_server(folder, args=args) as running:
+    with launch_server(checkpoint_folder, args=args) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def llm(folder):
-    return LLM(str(folder), num_kv_blocks=64, max_model_len=MAX_MODEL_LEN)
+def llm(checkpoint_folder):
+    return LLM(str(checkpoint_folder), num_kv_blocks=64, max_model_len=MAX_MODEL_LEN)
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,11 @@ from mili import LLM, SamplingParams
 from mili.server.async_engine import AsyncEngine
 from mili.server.errors import APIError
 from mili.server.metrics import ServerMetrics
-from tests.hf_oracle import make_checkpoint_with_tokenizer
 
 
 @pytest.fixture(scope="module")
-def llm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("async-model")
-    make_checkpoint_with_tokenizer(folder)
-    return LLM(str(folder), num_kv_blocks=64, max_model_len=256)
+def llm(checkpoint_folder):
+    return LLM(str(checkpoint_folder), num_kv_blocks=64, max_model_len=256)
 
 
 async def _run(engine: AsyncEngine, request_id: str, prompt, max_tokens: int = 6):

@@ -20,7 +20,6 @@ openai = pytest.importorskip("openai")
 
 from mili import LLM, SamplingParams
 from mili.server.launch import launch_server
-from tests.hf_oracle import make_checkpoint_with_tokenizer
 from tests.server_helpers import metric
 
 MODEL = "tiny"
@@ -30,17 +29,10 @@ MAX_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("faulty-server-model")
-    make_checkpoint_with_tokenizer(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def server(folder):
+def server(checkpoint_folder):
     args = ["--served-model-name", MODEL, "--max-num-seqs", "64", "--num-kv-blocks", "512", "--max-model-len", "256"]
     env = {"MILI_FAULT_TOKEN": str(MAGIC), "MILI_FAULT_AFTER": str(FAULT_AFTER)}
-    with launch_server(folder, args=args, env=env, module="tests.faulty_serve") as running:
+    with launch_server(checkpoint_folder, args=args, env=env, module="tests.faulty_serve") as running:
         yield running
 
 
@@ -85,7 +77,7 @@ async def _complete(client, prompt, stream: bool, n: int = 1):
         return err
 
 
-def test_one_failing_request_gets_its_error_and_the_others_complete(server, folder):
+def test_one_failing_request_gets_its_error_and_the_others_complete(server, checkpoint_folder):
     before = _metrics(server)
     cases = [(good_prompt(i), i % 2 == 0, 2 if i == 4 else 1) for i in range(10)]
 
@@ -102,7 +94,7 @@ def test_one_failing_request_gets_its_error_and_the_others_complete(server, fold
     assert bad_full.body["type"] == "internal_server_error"
     assert isinstance(bad_stream, openai.APIError) and "injected failure" in bad_stream.message, bad_stream
 
-    llm = LLM(str(folder), num_kv_blocks=64, max_model_len=256)
+    llm = LLM(str(checkpoint_folder), num_kv_blocks=64, max_model_len=256)
     for (prompt, stream, n), result in zip(cases, good):
         assert not isinstance(result, Exception), (prompt, stream, result)
         offline = llm.generate({"prompt_token_ids": prompt}, SamplingParams(n=n, temperature=0, max_tokens=MAX_TOKENS,
