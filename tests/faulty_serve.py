@@ -18,10 +18,10 @@ FAULT_AFTER = int(os.environ.get("MILI_FAULT_AFTER", "0"))
 _real_sample = ModelRunner.sample
 
 
-def _faulty_sample(self, seqs, logits):
+def _faulty_sample(self, seqs, logits, *rest):
     if any(FAULT_TOKEN in s.token_ids[:s.num_prompt_tokens] and s.num_output_tokens >= FAULT_AFTER for s in seqs):
         raise RuntimeError(f"injected failure (token {FAULT_TOKEN} in the prompt)")
-    return _real_sample(self, seqs, logits)
+    return _real_sample(self, seqs, logits, *rest)
 
 
 ModelRunner.sample = _faulty_sample

@@ -16,6 +16,26 @@ def test_workload_is_seeded_and_within_the_lengths():
     assert all(5 <= len(p) <= 9 and 5 <= n <= 9 and all(0 <= t < 100 for t in p) for p, n in work)
 
 
+def test_bandwidth_floor_counts_weights_per_step_and_each_tokens_context():
+    from mili.bench.floors import bandwidth_floor, kv_bytes_per_token, weight_bytes_per_step
+    import torch
+
+    from mili.config import preset
+
+    config = preset("Qwen3-0.6B")
+    work = [([1] * 10, 3), ([2] * 4, 5)]  # decode contexts: 11, 12 and 5, 6, 7, 8 tokens
+    floor = bandwidth_floor(config, torch.bfloat16, work, max_num_seqs=2, copy_rate=1e12, flops_rate=1e15)
+    kv = kv_bytes_per_token(config, torch.bfloat16)
+    assert floor["kv_bytes"] == (11 + 12 + 5 + 6 + 7 + 8) * kv
+    assert floor["decode_steps"] == 5, "both sequences decode together: the longest output sets the steps"
+    weights = weight_bytes_per_step(config, torch.bfloat16)
+    assert weights == config.num_parameters() * 2, "Qwen3-0.6B ties its embeddings: the LM head reads the table"
+    expected = (floor["kv_bytes"] + 5 * weights) / 1e12 + 2 * config.num_parameters() * 14 / 1e15
+    assert floor["seconds"] == expected
+    one_at_a_time = bandwidth_floor(config, torch.bfloat16, work, max_num_seqs=1, copy_rate=1e12, flops_rate=1e15)
+    assert one_at_a_time["decode_steps"] == 10
+
+
 def test_bench_runs_mili_and_hf_on_the_same_workload(tmp_path, one_torch_thread, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "report.json"
@@ -32,6 +52,8 @@ def test_bench_runs_mili_and_hf_on_the_same_workload(tmp_path, one_torch_thread,
         f"expected the timed run's steps (one token per step per sequence, up to one prefill step each), "
         f"got {report['mili']['steps']}: were the warm-up's steps counted too?")
     assert report["speedup_vs_hf"] == pytest.approx(report["mili"]["tokens_per_s"] / report["hf"]["tokens_per_s"])
-    assert 0 < report["mili"]["fraction_of_floor"] < 1
+    floor = report["bandwidth_floor"]
+    assert floor["seconds"] > 0 and floor["kv_bytes"] > 0 and floor["decode_steps"] == longest
+    assert 0 < report["mili"]["fraction_of_bandwidth_floor"] < 1
     assert "mili" in capsys.readouterr().out
     assert (tmp_path / "bars.png").stat().st_size > 5_000

@@ -1,19 +1,23 @@
-"""`mili bench throughput`: offline generation throughput, the workload of DESIGN.md §9.
+"""`mili bench throughput`: offline generation throughput against its bandwidth floor.
 
-nano-vllm's workload: 256 sequences of random token ids, prompt and output lengths uniform in
-[100, 1024], seed 0, EOS ignored; counted as output tokens over wall time. Flags scale it down
-for the CPU. `--compare hf` runs Hugging Face `generate` on the same prompts in the same run:
+The default workload is nano-vllm's: 256 sequences of random token ids, prompt and output lengths
+uniform in [100, 1024], seed 0, EOS ignored; counted as output tokens over wall time. Flags scale
+it down for the CPU, or fix the lengths (`--prompt-len 512 --output-len 256`). `--compare hf` runs Hugging Face `generate` on the same prompts in the same run:
 batches of `--hf-batch-size` prompts in arrival order, left-padded, sampling with the same
 temperature up to the longest output of the batch; only the tokens each request asked for count
 (HF cannot stop one row of a batch early, so its surplus tokens are wasted work).
 On a GPU an untimed pass over a second workload drawn the same way (seed + 1) comes first: Triton
 compiles a kernel the first time it meets each specialisation (a row count of 1, a multiple of 16
 or neither; each launch shape), which cost a cold run on an H200 a third of its speed.
-The floor: 2 · parameters · (prompt + output tokens) FLOPs at the matmul rate measured here.
+The floor (`floors.py`): the bytes decode must read (the weights once per step, each sequence's
+K/V context once per token) at the copy bandwidth measured in this run, plus the prefill's FLOPs
+at the matmul rate measured here; `fraction_of_bandwidth_floor` is floor time / measured time.
+`--profile` adds host and device time per step (`step_profile.py`). `--no-overlap` and
+`--no-persistent-batch` turn the engine's host-side optimisations off, to measure what each buys.
 On a shared CPU, wall time includes waiting for a core; the process's CPU time is reported too.
 
     mili bench throughput [--model DIR|PRESET] [--num-seqs 256] [--min-len 100] [--max-len 1024]
-                          [--compare hf] [--json FILE] [--plot FILE]
+                          [--prompt-len N --output-len N] [--compare hf] [--profile] [--json FILE] [--plot FILE]
 """
 
 from __future__ import annotations
@@ -31,21 +35,26 @@ from pathlib import Path
 
 import torch
 
+from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, matmul_flops_per_s, sync
+
 TEMPERATURE = 0.6
 
 
-def workload(num_seqs: int, min_len: int, max_len: int, vocab: int, seed: int = 0):
-    """[(prompt token ids, output length)] as nano-vllm draws them (seeded, lengths uniform)."""
+def workload(num_seqs: int, min_len: int, max_len: int, vocab: int, seed: int = 0,
+             prompt_len: int | None = None, output_len: int | None = None):
+    """[(prompt token ids, output length)] as nano-vllm draws them (seeded, lengths uniform in
+    [min_len, max_len] unless fixed by prompt_len / output_len)."""
     rng = random.Random(seed)
     work = []
     for _ in range(num_seqs):
-        prompt = [rng.randrange(vocab) for _ in range(rng.randint(min_len, max_len))]
-        work.append((prompt, rng.randint(min_len, max_len)))
+        prompt = [rng.randrange(vocab) for _ in range(prompt_len or rng.randint(min_len, max_len))]
+        work.append((prompt, output_len or rng.randint(min_len, max_len)))
     return work
 
 
-def run_mili(llm, work, warmup=None) -> dict:
-    """Time llm.generate over `work`, after an untimed pass over `warmup` (default: 2 short requests)."""
+def run_mili(llm, work, warmup=None, profile: bool = False) -> dict:
+    """Time llm.generate over `work`, after an untimed pass over `warmup` (default: 2 short requests).
+    With profile, a second timed pass records host and device time per step."""
     from mili.engine.sampling_params import SamplingParams
 
     def requests(pairs):
@@ -55,16 +64,23 @@ def run_mili(llm, work, warmup=None) -> dict:
     llm.generate(*requests(warmup or [(p, 4) for p, _ in work[:2]]), use_tqdm=False)
     prompts, params = requests(work)
     before = llm.stats()
-    _sync(llm.model.device)
+    sync(llm.model.device)
     start, cpu_start = time.perf_counter(), time.process_time()
     outputs = llm.generate(prompts, params, use_tqdm=False)
-    _sync(llm.model.device)
+    sync(llm.model.device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
     after = llm.stats()
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "output_tokens": tokens, "tokens_per_s": tokens / seconds,
-            "tokens_per_cpu_s": tokens / cpu_seconds,
-            "preemptions": after["preemptions"] - before["preemptions"], "steps": after["steps"] - before["steps"]}
+    result = {"seconds": seconds, "cpu_seconds": cpu_seconds, "output_tokens": tokens, "tokens_per_s": tokens / seconds,
+              "tokens_per_cpu_s": tokens / cpu_seconds,
+              "preemptions": after["preemptions"] - before["preemptions"], "steps": after["steps"] - before["steps"]}
+    if profile:
+        from mili.bench.step_profile import StepProfile
+
+        steps = StepProfile(llm.engine)
+        llm.generate(prompts, params, use_tqdm=False)
+        result["profile"] = steps.summary()
+    return result
 
 
 def run_hf(hf_model, work, batch_size: int) -> dict:
@@ -85,12 +101,12 @@ def run_hf(hf_model, work, batch_size: int) -> dict:
         return out.shape[1] - width
 
     generate(work[:2])  # warm-up
-    _sync(device)
+    sync(device)
     start, cpu_start, generated = time.perf_counter(), time.process_time(), 0
     for i in range(0, len(work), batch_size):
         batch = work[i:i + batch_size]
         generated += generate(batch) * len(batch)
-    _sync(device)
+    sync(device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     useful = sum(n for _, n in work)
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "output_tokens": useful, "tokens_per_s": useful / seconds,
@@ -111,22 +127,7 @@ def hf_model_for(llm, model: str):
     return hf.to(llm.model.device).eval()
 
 
-def matmul_flops_per_s(device: torch.device, dtype: torch.dtype) -> float:
-    n = 4096 if device.type == "cuda" else 1024
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    reps, start = 20 if device.type == "cuda" else 5, time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def environment(device: torch.device) -> dict:
@@ -160,33 +161,41 @@ def environment(device: torch.device) -> dict:
 
 def run_benchmark(model: str, *, num_seqs: int, min_len: int, max_len: int, compare_hf: bool, device=None,
                   dtype="auto", hf_batch_size: int | None = None, max_num_seqs: int = 256,
-                  max_num_batched_tokens: int | None = None, seed: int = 0, enforce_eager: bool = False) -> dict:
+                  max_num_batched_tokens: int | None = None, seed: int = 0, enforce_eager: bool = False,
+                  prompt_len: int | None = None, output_len: int | None = None, profile: bool = False,
+                  overlap: bool = True, persistent_batch: bool = True, backend="auto") -> dict:
     from mili.engine.llm import LLM
 
+    longest = max(prompt_len or max_len, min_len) + max(output_len or max_len, min_len)
     llm = LLM(model, dtype=dtype, device=device, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-              enable_prefix_caching=False, max_model_len=2 * max_len + 1, enforce_eager=enforce_eager)
+              enable_prefix_caching=False, max_model_len=longest + 1, enforce_eager=enforce_eager,
+              overlap=overlap and persistent_batch, persistent_batch=persistent_batch, backend=backend)
     config = llm.model.config
-    work = workload(num_seqs, min_len, max_len, config.vocab_size, seed)
+    work = workload(num_seqs, min_len, max_len, config.vocab_size, seed, prompt_len, output_len)
     device = llm.model.device
-    flops = matmul_flops_per_s(device, llm.model.dtype)
-    total_tokens = sum(len(p) + n for p, n in work)
-    floor_s = 2 * config.num_parameters() * total_tokens / flops
-    warmup = workload(num_seqs, min_len, max_len, config.vocab_size, seed + 1) if device.type == "cuda" else None
-    mili = run_mili(llm, work, warmup)
+    floor = bandwidth_floor(config, llm.model.dtype, work, max_num_seqs, copy_bytes_per_s(device),
+                            matmul_flops_per_s(device, llm.model.dtype))
+    flop_floor_s = 2 * config.num_parameters() * sum(len(p) + n for p, n in work) / floor["matmul_flops_per_s"]
+    warmup = None
+    if device.type == "cuda":
+        warmup = workload(num_seqs, min_len, max_len, config.vocab_size, seed + 1, prompt_len, output_len)
+    mili = run_mili(llm, work, warmup, profile)
     report = {"environment": environment(device), "model": model, "dtype": str(llm.model.dtype),
-              "cuda_graphs": llm.engine.runner.graphs is not None,
+              "backend": llm.model.backend.name, "cuda_graphs": llm.engine.runner.graphs is not None,
+              "overlap": llm.engine.config.overlap, "persistent_batch": llm.engine.config.persistent_batch,
               "workload": {"num_seqs": num_seqs, "min_len": min_len, "max_len": max_len, "seed": seed,
-                           "temperature": TEMPERATURE, "prompt_tokens": sum(len(p) for p, _ in work),
-                           "output_tokens": sum(n for _, n in work)},
-              "matmul_flops_per_s": flops, "floor_seconds": floor_s,
-              "mili": {**mili, "fraction_of_floor": floor_s / mili["seconds"]}}
+                           "prompt_len": prompt_len, "output_len": output_len, "temperature": TEMPERATURE,
+                           "prompt_tokens": sum(len(p) for p, _ in work), "output_tokens": sum(n for _, n in work)},
+              "bandwidth_floor": floor, "floor_seconds": floor["seconds"],
+              "flop_only_floor_seconds": flop_floor_s,
+              "mili": {**mili, "fraction_of_bandwidth_floor": floor["seconds"] / mili["seconds"]}}
     if compare_hf:
         del llm.engine  # its KV pool (most of a GPU's memory) and CUDA graphs would leave HF no room
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         hf = run_hf(hf_model_for(llm, model), work, hf_batch_size or num_seqs)
-        report["hf"] = {**hf, "fraction_of_floor": floor_s / hf["seconds"]}
+        report["hf"] = {**hf, "fraction_of_bandwidth_floor": floor["seconds"] / hf["seconds"]}
         report["speedup_vs_hf"] = mili["tokens_per_s"] / hf["tokens_per_s"]
         report["speedup_vs_hf_cpu_time"] = mili["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"]
     return report
@@ -194,10 +203,12 @@ def run_benchmark(model: str, *, num_seqs: int, min_len: int, max_len: int, comp
 
 def print_report(report: dict, stream=None) -> None:
     stream = stream or sys.stdout  # looked up now: a default bound at import would miss a redirected stdout
-    w = report["workload"]
-    print(f"{report['environment']['device']} · {report['model']} · {report['dtype']} · {w['num_seqs']} seqs, lengths "
-          f"[{w['min_len']}, {w['max_len']}] · floor {report['floor_seconds']:.2f} s "
-          f"({report['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s matmul)", file=stream)
+    w, floor = report["workload"], report["bandwidth_floor"]
+    lengths = (f"prompts {w['prompt_len']}, outputs {w['output_len']}" if w.get("prompt_len") else
+               f"lengths [{w['min_len']}, {w['max_len']}]")
+    print(f"{report['environment']['device']} · {report['model']} · {report['dtype']} · {w['num_seqs']} seqs, {lengths}"
+          f" · bandwidth floor {floor['seconds']:.2f} s ({floor['copy_bytes_per_s'] / 1e9:.0f} GB/s copy, "
+          f"{floor['matmul_flops_per_s'] / 1e12:.1f} TFLOP/s matmul)", file=stream)
     print(f"{'engine':<8} {'seconds':>9} {'out tok/s':>11} {'of floor':>9} {'ratio':>7}   "
           f"{'CPU s':>8} {'tok/CPU s':>10} {'ratio':>7}", file=stream)
     for name in ("mili", "hf"):
@@ -205,9 +216,13 @@ def print_report(report: dict, stream=None) -> None:
             r = report[name]
             ratio = r["tokens_per_s"] / report["hf"]["tokens_per_s"] if "hf" in report else 1.0
             cpu_ratio = r["tokens_per_cpu_s"] / report["hf"]["tokens_per_cpu_s"] if "hf" in report else 1.0
-            print(f"{name:<8} {r['seconds']:>9.2f} {r['tokens_per_s']:>11.1f} {r['fraction_of_floor']:>8.1%} "
+            print(f"{name:<8} {r['seconds']:>9.2f} {r['tokens_per_s']:>11.1f} {r['fraction_of_bandwidth_floor']:>8.1%} "
                   f"{ratio:>6.2f}x   {r['cpu_seconds']:>8.2f} {r['tokens_per_cpu_s']:>10.1f} {cpu_ratio:>6.2f}x",
                   file=stream)
+    if "profile" in report["mili"]:
+        from mili.bench.step_profile import print_summary
+
+        print_summary(report["mili"]["profile"], stream)
 
 
 def plot_report(report: dict, path) -> None:
@@ -246,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--enforce-eager", action="store_true", help="CUDA: no CUDA graphs for decode steps")
+    parser.add_argument("--prompt-len", type=int, default=None, help="every prompt this long (random ids)")
+    parser.add_argument("--output-len", type=int, default=None, help="every output this long")
+    parser.add_argument("--profile", action="store_true", help="host and device time per step (a second pass)")
+    parser.add_argument("--no-overlap", action="store_true", help="complete each step before scheduling the next")
+    parser.add_argument("--no-persistent-batch", action="store_true",
+                        help="build each step from Python lists (exercise 3.4's build_batch); implies --no-overlap")
+    parser.add_argument("--backend", default="auto", help="torch or triton (default: triton on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", help="write the results as JSON here")
     parser.add_argument("--plot", help="write a bar chart (PNG) here")
@@ -255,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     report = run_benchmark(args.model, num_seqs=args.num_seqs, min_len=args.min_len, max_len=args.max_len,
                            compare_hf=args.compare == "hf", device=args.device, dtype=args.dtype,
                            hf_batch_size=args.hf_batch_size, max_num_seqs=args.max_num_seqs,
-                           max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.enforce_eager)
+                           max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.enforce_eager,
+                           prompt_len=args.prompt_len, output_len=args.output_len, profile=args.profile,
+                           overlap=not args.no_overlap, persistent_batch=not args.no_persistent_batch,
+                           backend=args.backend)
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

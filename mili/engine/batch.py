@@ -1,14 +1,16 @@
-"""What passes between the scheduler and the model runner each step.
+"""What passes between the scheduler, the model runner and the engine each step.
 
 `SchedulerOutput` lists the sequences to run and how many of their uncomputed tokens each runs
 (a decode runs 1, a prompt chunk up to the token budget). `ModelInput` is that list turned into
-the flat batch of DESIGN.md §3, ready for the model.
+the flat batch (`docs/architecture.md`, "The batch contract"), ready for the model.
+`LaunchedStep` is a step whose sampled ids are on their way to the host.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from mili.engine.sequence import Sequence
@@ -47,3 +49,31 @@ class ModelInput:
     attn_metadata: AttentionMetadata
     logits_indices: Tensor  # [S] int64: rows of the flat batch whose logits are sampled
     sampled_seqs: list[Sequence]  # the S sequences those rows belong to, in the same order
+    row_keys: list | None = None  # per sequence of the batch: its seq_id if it decodes and is sampled
+
+
+class LaunchedStep:
+    """A step whose forward and sampler are queued on the device; `result()` waits for the ids.
+
+    seqs[i] gets token_ids[i] ([S] int64 on the device). The ids start their copy to pinned host
+    memory at once, so waiting for them is the step's one host sync. A later step that decodes a
+    token this one sampled reads it from `token_ids` on the device (index: seq_id -> row).
+    """
+
+    def __init__(self, seqs: list[Sequence], token_ids: Tensor):
+        self.seqs, self.token_ids = seqs, token_ids
+        self.index = {seq.seq_id: i for i, seq in enumerate(seqs)}
+        self.journal = None  # the engine's StepJournal of the step, kept until its tokens are appended
+        self._ready = None
+        if token_ids.is_cuda:
+            self._host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
+            self._host.copy_(token_ids, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._host = token_ids
+
+    def result(self) -> list[int]:
+        if self._ready is not None:
+            self._ready.synchronize()
+        return self._host.tolist()

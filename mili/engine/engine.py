@@ -5,7 +5,19 @@
     engine.abort(request_id)                          # frees its KV blocks at once
 
 `step` returns a `RequestOutput` for every request that made progress (a new token) or
-finished; a background loop calls it while `has_unfinished_requests()`.
+finished, shaped by its `params.output_kind`; a background loop calls it while
+`has_unfinished_requests()`.
+
+One step is two halves. `_launch` schedules, updates the persistent batch, and queues the
+forward and the sampler on the device without waiting for them. `_complete` waits for a
+launched step's ids (the one host sync), appends them, and decides who finished. With overlap
+(`EngineConfig.overlap`, the default) `step` launches step t+1 *before* completing step t, so the
+host schedules and prepares the next step while the device computes the last one; a sequence
+whose token is still on the device decodes it from there (its token is "pending"). Without
+overlap, each step is completed right after its launch. The tokens are the same either way.
+A sequence that reaches max_tokens or the context with its pending token is finished at launch
+(it needs no further step); its last token is still appended, and its finish reason decided,
+when its step completes.
 
 A failure inside a step (the model, the sampler, a detokenizer raising) ends only the request it
 belongs to, with `finish_reason="error"`; the others go on unchanged (`recovery.py` says how).
@@ -24,9 +36,11 @@ from mili.cache.block_manager import BlockManager
 from mili.cache.errors import OutOfBlocksError
 from mili.cache.radix_cache import RadixCache
 from mili.engine.detokenizer import IncrementalDetokenizer
+from mili.engine.batch import LaunchedStep
+from mili.engine.input_batch import InputBatch
 from mili.engine.model_runner import ModelRunner, append_tokens, build_batch
 from mili.engine.recovery import FailureIsolation, StepJournal
-from mili.engine.sampling_params import SamplingParams
+from mili.engine.sampling_params import RequestOutputKind, SamplingParams
 from mili.engine.scheduler import Scheduler
 from mili.engine.sequence import Request, RequestOutput, Sequence, SequenceStatus
 from mili.model.metadata import KVCache
@@ -43,6 +57,8 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9  # CUDA: share of the card the engine may fill
     cpu_kv_cache_bytes: int = 1 << 30  # CPU: KV pool size when num_kv_blocks is None
     enforce_eager: bool = False  # CUDA: launch every kernel of a decode step instead of replaying a graph
+    persistent_batch: bool = True  # False: build each step from Python lists (exercise 3.4's build_batch)
+    overlap: bool = True  # schedule step t+1 while the device runs step t (needs the persistent batch)
 
 
 class _NoText:
@@ -59,6 +75,8 @@ class LLMEngine:
         model_config = model.config
         if config.block_size < 1:
             raise ValueError(f"block_size must be at least 1, got {config.block_size}")
+        if config.overlap and not config.persistent_batch:
+            raise ValueError("overlap needs the persistent batch: pass overlap=False with persistent_batch=False")
         num_blocks = config.num_kv_blocks or kv_blocks_for(model, config)
         capacity = num_blocks * config.block_size
         max_model_len = config.max_model_len or min(model_config.max_position_embeddings, capacity)
@@ -77,6 +95,11 @@ class LLMEngine:
                                    max_num_batched_tokens=budget)
         kv_cache = KVCache.for_config(model_config, num_blocks, config.block_size, dtype=model.dtype, device=model.device)
         self.runner = ModelRunner(model, kv_cache)
+        self.input_batch = InputBatch(max_num_seqs=config.max_num_seqs,
+                                      max_blocks_per_seq=math.ceil(max_model_len / config.block_size),
+                                      block_size=config.block_size, vocab_size=model_config.vocab_size,
+                                      device=model.device) if config.persistent_batch else None
+        self.in_flight: LaunchedStep | None = None  # launched, its ids not read yet (overlap)
         if not config.enforce_eager:
             self.runner.capture_cuda_graphs(max_num_seqs=config.max_num_seqs, max_model_len=max_model_len)
         eos = tokenizer.eos_token_ids if tokenizer is not None else model_config.eos_token_id
@@ -145,6 +168,9 @@ class LLMEngine:
     def _finish_request(self, request: Request, reason: str, error: str | None = None) -> RequestOutput:
         """End every sequence of a request now (samples not forked yet end empty); blocks go back."""
         for seq in request.seqs:
+            if seq.num_pending_tokens:  # a token still on the device is dropped
+                seq.num_pending_tokens = 0
+                seq.finish_reason = reason
             if not seq.is_finished:
                 if error is not None:
                     seq.num_computed_tokens = 0  # what failed may be in its K/V: keep it out of the prefix cache
@@ -159,7 +185,7 @@ class LLMEngine:
         return RequestOutput.from_request(request)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or bool(self.requests)  # a request may wait only for its last token
 
     # ------------------------------------------------------------------ the step
 
@@ -167,14 +193,41 @@ class LLMEngine:
         """Run one step; a failure inside it is contained (see the module docstring), never raised."""
         suspect = self.isolation.next_suspect()
         if suspect is not None:
-            return self.isolation.step_alone(suspect)
+            return self._drain() + self.isolation.step_alone(suspect)
         journal = StepJournal()
         try:
-            return self._step(journal)
+            launched = self._launch(journal)
         except Exception as err:  # noqa: BLE001 - contained here; BaseException (Ctrl+C) still propagates
-            return self.isolation.recover(journal, err)
+            broken = journal.roll_back(self.scheduler, self._new_detokenizer)  # before the step in flight completes
+            return self._drain() + self.isolation.recover(journal, err, broken)
+        previous, self.in_flight = self.in_flight, launched
+        outputs = self._complete_contained(previous, also_undo=launched) if previous is not None else []
+        if launched is not None and not self.config.overlap:
+            outputs += self._drain()
+        return outputs
 
     def _step(self, journal: StepJournal) -> list[RequestOutput]:
+        """One step launched and completed at once, with no step in flight (failure isolation)."""
+        launched = self._launch(journal)
+        return self._complete(launched) if launched is not None else []
+
+    def _drain(self) -> list[RequestOutput]:
+        """Complete the step in flight, if any."""
+        previous, self.in_flight = self.in_flight, None
+        return self._complete_contained(previous) if previous is not None else []
+
+    def _complete_contained(self, launched: LaunchedStep, also_undo: LaunchedStep | None = None) -> list[RequestOutput]:
+        try:
+            return self._complete(launched)
+        except Exception as err:  # noqa: BLE001 - contained; undone in reverse order (recovery.py)
+            launched.journal.undo_completion(self._new_detokenizer)
+            if also_undo is not None:
+                self.in_flight = None
+                also_undo.journal.roll_back(self.scheduler, self._new_detokenizer)
+            return self.isolation.recover(launched.journal, err)
+
+    def _launch(self, journal: StepJournal) -> LaunchedStep | None:
+        """Schedule a step and queue its forward and sampler on the device; None if nothing ran."""
         scheduled = self.scheduler.schedule()
         journal.record_scheduled(item.seq for item in scheduled.scheduled)
         self.num_steps += 1
@@ -184,38 +237,78 @@ class LLMEngine:
             if self.scheduler.waiting and not self.scheduler.running:
                 raise RuntimeError("the head of the waiting queue cannot be allocated with an empty batch: "
                                    "the KV pool is too small for it")
-            return []
-        batch = build_batch(scheduled.scheduled, self.block_manager, self.runner.device)
-        logits = self.runner.run(batch)
+            return None
+        batch = self.input_batch
+        if batch is not None:
+            batch.sync(scheduled.scheduled, self.block_manager)
+            model_input = self.runner.prepare(scheduled.scheduled, batch, self.in_flight)
+        else:
+            model_input = build_batch(scheduled.scheduled, self.block_manager, self.runner.device)
+        logits = self.runner.run(model_input)
         for item in scheduled.scheduled:
-            item.seq.num_computed_tokens += item.num_tokens
-            self.num_prompt_tokens_computed += item.num_tokens if item.num_tokens > 1 else 0
-        seqs, rows = list(batch.sampled_seqs), list(range(len(batch.sampled_seqs)))
-        for row, seq in enumerate(batch.sampled_seqs):
+            self._computed(item.seq, item.num_tokens)
+        seqs, rows = list(model_input.sampled_seqs), list(range(len(model_input.sampled_seqs)))
+        for row, seq in enumerate(model_input.sampled_seqs):
             for child in self._fork_parallel_samples(seq, journal.forked):
                 seqs.append(child)
                 rows.append(row)
         if not seqs:
-            return []  # only prompt chunks ran: nothing to sample yet
+            return None  # only prompt chunks ran: nothing to sample
         if len(rows) > logits.shape[0]:
             logits = logits[torch.tensor(rows, device=logits.device)]
         journal.record_generators(seqs)
-        tokens = self.runner.sample(seqs, logits)
+        launched = self.runner.sample(seqs, logits, batch)
+        launched.journal, journal.sampled = journal, seqs
+        for seq in seqs:
+            seq.num_pending_tokens += 1
+            if seq.reached_length_limit(self.max_model_len):
+                journal.finished_at_launch.append(seq)
+                self.scheduler.finish(seq, "length")  # no step after this one; its token still comes
+        return launched
+
+    def _computed(self, seq: Sequence, num_tokens: int) -> None:
+        """The step computes num_tokens more of seq's K/V; prompt blocks it completes are shared at once."""
+        before = seq.num_computed_tokens
+        seq.num_computed_tokens += num_tokens
+        self.num_prompt_tokens_computed += num_tokens if num_tokens > 1 else 0
+        block_size = self.config.block_size
+        full = min(seq.num_computed_tokens, seq.num_prompt_tokens) // block_size * block_size
+        if self.config.enable_prefix_caching and full > before // block_size * block_size:
+            # the device writes these blocks before any later step reads them (one stream)
+            self.block_manager.cache_prefix(seq.seq_id, seq.token_ids[:full])
+
+    def _complete(self, launched: LaunchedStep) -> list[RequestOutput]:
+        """Read a launched step's ids (the host sync), append them, finish who is done, report."""
+        token_ids = launched.result()
+        seqs, tokens = [], []
+        for seq, token in zip(launched.seqs, token_ids):
+            if seq.num_pending_tokens:  # else aborted or failed since: its token was dropped
+                seqs.append(seq)
+                tokens.append(token)
+        launched.journal.record_completion(seqs)
+        for seq in seqs:
+            seq.num_pending_tokens -= 1
         finished = append_tokens(seqs, tokens, self.max_model_len)
-        journal.committed = True
+        launched.journal.committed = True
         self.num_generated_tokens += len(tokens)
         now = time.monotonic()
         for seq in seqs:
             if seq.request.first_token_time is None:
                 seq.request.first_token_time = now
         for seq, reason in finished:
-            self.scheduler.finish(seq, reason)
+            if seq.is_finished:  # finished at launch by length: its last token tells stop from length
+                seq.finish_reason = reason
+            else:
+                self.scheduler.finish(seq, reason)
         outputs = []
         for request in {id(s.request): s.request for s in seqs}.values():
-            if request.is_finished:
+            finished_now = request.is_finished and request.request_id in self.requests
+            if finished_now:
                 request.finish_time = now
-                self.requests.pop(request.request_id, None)
-            outputs.append(RequestOutput.from_request(request))
+                self.requests.pop(request.request_id)
+            kind = request.params.output_kind
+            if finished_now or (kind is not RequestOutputKind.FINAL_ONLY and not request.is_finished):
+                outputs.append(RequestOutput.from_request(request, kind))
         return outputs
 
     def _fork_parallel_samples(self, parent: Sequence, created: list[Sequence]) -> list[Sequence]:
@@ -237,6 +330,8 @@ class LLMEngine:
             child.num_computed_tokens = parent.num_computed_tokens
             child.status = SequenceStatus.RUNNING
             self.scheduler.running.append(child)
+            if self.input_batch is not None:
+                self.input_batch.ensure_row(child, self.block_manager)
             children.append(child)
         return children
 

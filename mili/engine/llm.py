@@ -11,6 +11,7 @@ results come back in the order of the prompts.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mili.engine.engine import EngineConfig, LLMEngine
-from mili.engine.sampling_params import SamplingParams
+from mili.engine.sampling_params import RequestOutputKind, SamplingParams
 from mili.engine.sequence import RequestOutput
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parents[2] / "data" / "mili-tiny-qwen3")
@@ -39,7 +40,8 @@ class LLM:
                  device: str | torch.device | None = None, backend: str = "auto", seed: int = 0, block_size: int = 16,
                  num_kv_blocks: int | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int | None = None,
                  max_model_len: int | None = None, enable_prefix_caching: bool = True,
-                 gpu_memory_utilization: float = 0.9, enforce_eager: bool = False):
+                 gpu_memory_utilization: float = 0.9, enforce_eager: bool = False, persistent_batch: bool = True,
+                 overlap: bool = True):
         from mili.checkpoint import load_model
         from mili.engine.batched_attention import engine_backend
 
@@ -51,7 +53,8 @@ class LLM:
         config = EngineConfig(block_size=block_size, num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs,
                               max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
                               enable_prefix_caching=enable_prefix_caching,
-                              gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager)
+                              gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                              persistent_batch=persistent_batch, overlap=overlap)
         self.engine = LLMEngine(self.model, self.tokenizer, config)
         self._request_ids = itertools.count()
 
@@ -71,6 +74,8 @@ class LLM:
             params = list(sampling_params)
         else:
             params = [sampling_params or SamplingParams()] * len(prompts)
+        final_only = {}  # offline: one output per request, when it finishes (nothing built per step)
+        params = [final_only.setdefault(id(p), _final_only(p)) for p in params]
         ids = []
         try:
             for prompt, p in zip(prompts, params):
@@ -118,6 +123,12 @@ class LLM:
         if bar is not None:
             bar.close()
         return [results[r] for r in request_ids]
+
+
+def _final_only(params):
+    if not isinstance(params, SamplingParams):
+        return params  # the engine names the wrong type
+    return dataclasses.replace(params, output_kind=RequestOutputKind.FINAL_ONLY)
 
 
 def _resolve_dtype(dtype) -> torch.dtype | None:

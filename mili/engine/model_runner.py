@@ -1,20 +1,31 @@
-"""The engine step (chapter 03, exercise 3.4): scheduled sequences -> flat batch -> model ->
-sampled tokens -> sequences that grow or finish.
+"""The device side of a step (chapter 03): scheduled sequences -> flat batch -> model -> sampled ids.
 
-`build_batch` packs every scheduled sequence's new tokens back to back (DESIGN.md §3) with the
-attention metadata that tells the model where each sequence's keys live in the paged cache.
-`append_tokens` adds the sampled tokens and decides who is done. `ModelRunner` owns the model
-and the KV cache and runs one step: forward, logits of the sampled rows only, the sampler.
+`ModelRunner` owns the model, the paged KV cache and the CUDA graphs. Each step it
+1. builds the flat batch (`docs/architecture.md`, "The batch contract") from the persistent
+   batch's rows with array operations, into pinned host memory, and copies it to the device in
+   two copies that do not wait (`prepare`);
+2. takes the id of a token sampled by the previous step, not yet read by the host, straight
+   from the device (overlap: the host never waits for it to build the next step);
+3. launches the forward (or replays a CUDA graph), the logits of the sampled rows and the
+   sampler, and starts copying the sampled ids back (`sample`): a `LaunchedStep` whose
+   `result()` is the step's one host sync.
+
+Exercise 3.4 is the step written plainly, as the course first builds it: `build_batch` packs the
+scheduled sequences' new tokens from Python lists, and `append_tokens` adds the sampled tokens
+and decides who is done (the engine's output side still uses it). With
+`EngineConfig(persistent_batch=False)` the runner builds its batches with `build_batch`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from mili.engine.batch import ModelInput, ScheduledSeq
+from mili.engine.batch import LaunchedStep, ModelInput, ScheduledSeq
 from mili.engine.batched_attention import decode_kv_of
 from mili.engine.cuda_graphs import DecodeGraphs, can_record
+from mili.engine.input_batch import InputBatch
 from mili.engine.sampler import sample
 from mili.engine.sampling_batch import SamplingTensors, make_generator
 from mili.engine.sequence import Sequence
@@ -58,13 +69,14 @@ def append_tokens(seqs: list[Sequence], token_ids: list[int], max_model_len: int
 
 
 class ModelRunner:
-    """Owns the model and the paged KV cache; runs one step and samples."""
+    """Owns the model, the paged KV cache and the CUDA graphs; prepares, runs and samples a step."""
 
     def __init__(self, model, kv_cache: KVCache):
         self.model = model
         self.kv_cache = kv_cache
         self.device = model.device
         self.vocab_size = model.config.vocab_size
+        self.pin = self.device.type == "cuda"  # pinned host memory: copies to the GPU that do not wait
         self.decode_kv = decode_kv_of(model.backend)  # CPU decode attention keeps K/V across steps
         self.graphs: DecodeGraphs | None = None
 
@@ -73,6 +85,82 @@ class ModelRunner:
         if can_record(self.model):
             self.graphs = DecodeGraphs(self.model, self.kv_cache, max_num_seqs=max_num_seqs,
                                        max_model_len=max_model_len)
+
+    # ------------------------------------------------------------------ inputs
+
+    def prepare(self, scheduled: list[ScheduledSeq], batch: InputBatch, previous: LaunchedStep | None) -> ModelInput:
+        """The flat batch of this step from the persistent batch's rows (each scheduled sequence has
+        one). A sequence whose last token is pending takes it from `previous` on the device."""
+        num_seqs = len(scheduled)
+        rows, starts, counts = (np.empty(num_seqs, dtype=np.int64) for _ in range(3))
+        token_ids: list[int] = []
+        pending_at, pending_from, sampled_at, sampled_seqs, row_keys = [], [], [], [], []
+        for i, item in enumerate(scheduled):
+            seq, count = item.seq, item.num_tokens
+            start = seq.num_computed_tokens
+            rows[i], starts[i], counts[i] = batch.rows[seq.seq_id], start, count
+            if seq.num_pending_tokens:  # a decode of the token the previous step sampled
+                pending_at.append(len(token_ids))
+                pending_from.append(previous.index[seq.seq_id])
+                token_ids.append(0)
+            else:
+                token_ids += seq.token_ids[start:start + count]
+            done = start + count == seq.num_tokens
+            if done:
+                sampled_at.append(i)
+                sampled_seqs.append(seq)
+            row_keys.append(seq.seq_id if done and count == 1 else None)
+        ends = starts + counts
+        cu_seqlens = np.zeros(num_seqs + 1, dtype=np.int64)
+        np.cumsum(counts, out=cu_seqlens[1:])
+        num_tokens = int(cu_seqlens[-1])
+        positions = np.arange(num_tokens) - np.repeat(cu_seqlens[:-1] - starts, counts)
+        bs = batch.block_size
+        slots = batch.block_tables[np.repeat(rows, counts), positions // bs].astype(np.int64) * bs + positions % bs
+        width = int(batch.num_blocks[rows].max())
+
+        longs = self._host(np.int64, 3 * num_tokens + len(sampled_at) + 2 * len(pending_at))
+        longs[:num_tokens] = token_ids
+        longs[num_tokens:2 * num_tokens] = positions
+        longs[2 * num_tokens:3 * num_tokens] = slots
+        at = 3 * num_tokens
+        longs[at:at + len(sampled_at)] = cu_seqlens[1:][sampled_at] - 1
+        longs[at + len(sampled_at):] = pending_at + pending_from
+        ints = self._host(np.int32, 3 * num_seqs + 2 + num_seqs * width)
+        ints[:num_seqs] = ends
+        ints[num_seqs:2 * num_seqs + 1] = cu_seqlens
+        ints[2 * num_seqs + 1:3 * num_seqs + 2] = 0
+        np.cumsum(ends, out=ints[2 * num_seqs + 2:3 * num_seqs + 2])
+        ints[3 * num_seqs + 2:] = batch.block_tables[rows, :width].reshape(-1)
+
+        longs, ints = (self._to_device(host) for host in (longs, ints))
+        input_ids = longs[:num_tokens]
+        if pending_at:
+            where = longs[at + len(sampled_at):]
+            input_ids[where[:len(pending_at)]] = previous.token_ids[where[len(pending_at):]]
+        decode = bool((counts == 1).all())
+        metadata = AttentionMetadata(
+            is_prefill=not decode,
+            cu_seqlens_q=None if decode else ints[num_seqs:2 * num_seqs + 1],
+            cu_seqlens_k=None if decode else ints[2 * num_seqs + 1:3 * num_seqs + 2],
+            max_seqlen_q=int(counts.max()), max_seqlen_k=int(ends.max()),
+            slot_mapping=longs[2 * num_tokens:3 * num_tokens],
+            context_lens=ints[:num_seqs],
+            block_tables=ints[3 * num_seqs + 2:].view(num_seqs, width) if decode or (starts > 0).any() else None,
+        )
+        return ModelInput(input_ids=input_ids, positions=longs[num_tokens:2 * num_tokens], attn_metadata=metadata,
+                          logits_indices=longs[at:at + len(sampled_at)], sampled_seqs=sampled_seqs,
+                          row_keys=row_keys)
+
+    def _host(self, dtype, size: int) -> np.ndarray:
+        """A fresh host buffer (pinned on CUDA: torch reuses it only once its copy is done)."""
+        tensor = torch.empty(size, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype, pin_memory=self.pin)
+        return tensor.numpy()
+
+    def _to_device(self, host: np.ndarray) -> Tensor:
+        return torch.from_numpy(host).to(self.device, non_blocking=True)
+
+    # ------------------------------------------------------------------ forward and sampling
 
     @torch.inference_mode()
     def run(self, model_input: ModelInput) -> Tensor:
@@ -86,23 +174,30 @@ class ModelRunner:
         md = model_input.attn_metadata
         if self.decode_kv is None:
             return self.model(model_input.input_ids, model_input.positions, md, self.kv_cache)
-        with self.decode_kv.step(_decode_row_keys(model_input), md.block_tables):
+        row_keys = model_input.row_keys if model_input.row_keys is not None else _decode_row_keys(model_input)
+        with self.decode_kv.step(row_keys, md.block_tables):
             return self.model(model_input.input_ids, model_input.positions, md, self.kv_cache)
 
     @torch.inference_mode()
-    def sample(self, seqs: list[Sequence], logits: Tensor) -> list[int]:
-        params = [s.params for s in seqs]
+    def sample(self, seqs: list[Sequence], logits: Tensor, batch: InputBatch | None) -> LaunchedStep:
+        """Sample one token for each of seqs (row i of logits) and start copying the ids to the host.
+        With the persistent batch, the sampling parameters come from the sequences' rows."""
         for seq in seqs:
             if seq.params.seed is not None and seq.generator is None:
                 # sample i of a seeded request gets its own stream; each is reproducible on its own
                 seq.generator = make_generator(seq.params.seed + 1_000_003 * seq.index, self.device)
-        tensors = SamplingTensors.from_params(
-            params, self.vocab_size, self.device,
-            prompt_token_ids=[s.token_ids[:s.num_prompt_tokens] for s in seqs],
-            output_token_ids=[s.output_token_ids for s in seqs],
-            generators=[s.generator for s in seqs],
-        )
-        return sample(logits, tensors).tolist()
+        if batch is None:
+            tensors = SamplingTensors.from_params(
+                [s.params for s in seqs], self.vocab_size, self.device,
+                prompt_token_ids=[s.token_ids[:s.num_prompt_tokens] for s in seqs],
+                output_token_ids=[s.output_token_ids for s in seqs],
+                generators=[s.generator for s in seqs])
+            return LaunchedStep(seqs, sample(logits, tensors))
+        rows = np.fromiter((batch.rows[s.seq_id] for s in seqs), dtype=np.int64, count=len(seqs))
+        rows_on_device = self._to_device(rows) if batch.has_device_state else None
+        token_ids = sample(logits, batch.sampling_tensors(rows, seqs, rows_on_device))
+        batch.count_sampled(rows_on_device, token_ids)
+        return LaunchedStep(seqs, token_ids)
 
     @torch.inference_mode()
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:

@@ -35,52 +35,98 @@ log = logging.getLogger("mili.engine")
 
 
 class StepJournal:
-    """What one step may change in its sequences, recorded before it changes it (cheap: a list)."""
+    """What one step may change in its sequences, recorded before it changes it (cheap: a list).
+
+    A step has two halves (`engine.py`): its launch (scheduling, computed tokens, forks, the
+    sampler's generators, a pending token per sampled sequence, finishing those that reach their
+    length) and its completion (appending the sampled tokens). With overlap, the next step is
+    launched between the two, so undoing a step whose completion failed goes in reverse order:
+    its completion (`undo_completion`), the launch after it, then its own launch (`roll_back`).
+    """
 
     def __init__(self) -> None:
-        self.scheduled: list[tuple[Sequence, int, int, str]] | None = None  # seq, computed, tokens, text
+        self.scheduled: list[tuple[Sequence, int, int, str, int]] | None = None  # seq, computed, tokens, text, pending
         self.forked: list[Sequence] = []  # parallel samples created in this step
+        self.sampled: list[Sequence] = []  # sequences given a pending token at launch
+        self.finished_at_launch: list[Sequence] = []  # reached max_tokens or the context with that token
+        self.completing: list[tuple[Sequence, int, str, int]] | None = None  # seq, tokens, text, pending
         self.committed = False  # set once the step's tokens are appended: nothing left to undo
         self._generators: list[tuple[Sequence, object, object]] = []  # seq, generator, its state
+        self._broken_detokenizers: list[Request] = []
+        self._rolled_back = False
 
     def record_scheduled(self, seqs: Iterable[Sequence]) -> None:
-        self.scheduled = [(s, s.num_computed_tokens, len(s.token_ids), s.text) for s in seqs]
+        self.scheduled = [(s, s.num_computed_tokens, len(s.token_ids), s.text, s.num_pending_tokens) for s in seqs]
 
     def record_generators(self, seqs: Iterable[Sequence]) -> None:
         """Before sampling: seeded generators advance as they draw (and are created on first use)."""
         self._generators = [(s, s.generator, None if s.generator is None else s.generator.get_state())
                             for s in seqs if s.params.seed is not None]
 
+    def record_completion(self, seqs: Iterable[Sequence]) -> None:
+        """Before the sampled tokens are appended."""
+        self.completing = [(s, len(s.token_ids), s.text, s.num_pending_tokens) for s in seqs]
+
     @property
     def requests(self) -> list[Request]:
         """The requests whose sequences ran in this step (empty if scheduling itself failed)."""
         return list({id(s.request): s.request for s, *_ in self.scheduled or ()}.values())
 
+    def undo_completion(self, make_detokenizer: Callable[[Sequence], object]) -> None:
+        """Take back the tokens its completion appended so far (once)."""
+        for seq, num_tokens, text, pending in self.completing or ():
+            seq.num_pending_tokens = pending
+            if not _restore_tokens(seq, num_tokens, text, make_detokenizer):
+                self._broken_detokenizers.append(seq.request)
+        self.completing = []
+
     def roll_back(self, scheduler, make_detokenizer: Callable[[Sequence], object]) -> list[Request]:
-        """Undo the step's changes; returns the requests whose detokenizer could not be rebuilt."""
-        if self.committed:
+        """Undo the step's changes (once); returns the requests whose detokenizer could not be rebuilt."""
+        if self._rolled_back or self.committed:
             return []
+        self._rolled_back = True
+        completed = self.completing is not None
+        self.undo_completion(make_detokenizer)
+        broken = self._broken_detokenizers
         for child in self.forked:
             _discard(child, scheduler)
             child.request.seqs.remove(child)
-        broken = []
-        for seq, computed, num_tokens, text in self.scheduled or ():
-            seq.num_computed_tokens = computed
-            if len(seq.token_ids) == num_tokens and seq.text == text:
-                continue
-            del seq.token_ids[num_tokens:]
-            seq.text, seq.stop_reason = text, None
-            try:
-                seq.detokenizer = make_detokenizer(seq)
-                for token in seq.output_token_ids:
-                    seq.detokenizer.add_token(token)
-            except Exception:  # noqa: BLE001 - the detokenizer failing again tells whose fault it was
-                broken.append(seq.request)
+        for seq in self.finished_at_launch:
+            if seq not in self.forked:  # it runs again, from its prompt and the tokens it has
+                seq.status, seq.finish_reason = SequenceStatus.WAITING, None
+                scheduler.waiting.appendleft(seq)
+        if completed:  # the forward ran: its K/V are sound; only the sampled tokens are dropped
+            for seq in self.sampled:
+                seq.num_pending_tokens = max(0, seq.num_pending_tokens - 1)
+        else:  # nothing happened to these sequences since the launch
+            for seq, computed, num_tokens, text, pending in self.scheduled or ():
+                seq.num_computed_tokens, seq.num_pending_tokens = computed, pending
+                if not _restore_tokens(seq, num_tokens, text, make_detokenizer):
+                    broken.append(seq.request)
         for seq, generator, state in self._generators:
             seq.generator = generator
             if state is not None:
                 generator.set_state(state)
         return broken
+
+
+def _num_output_tokens(request: Request) -> int:
+    return sum(s.num_output_tokens for s in request.seqs)
+
+
+def _restore_tokens(seq: Sequence, num_tokens: int, text: str, make_detokenizer) -> bool:
+    """Cut seq back to num_tokens tokens and text; False if its detokenizer could not be rebuilt."""
+    if len(seq.token_ids) == num_tokens and seq.text == text:
+        return True
+    del seq.token_ids[num_tokens:]
+    seq.text, seq.stop_reason = text, None
+    try:
+        seq.detokenizer = make_detokenizer(seq)
+        for token in seq.output_token_ids:
+            seq.detokenizer.add_token(token)
+    except Exception:  # noqa: BLE001 - the detokenizer failing again tells whose fault it was
+        return False
+    return True
 
 
 def _discard(seq: Sequence, scheduler) -> None:
@@ -106,12 +152,13 @@ class FailureIsolation:
             self.suspects.popleft()  # finished or aborted since
         return self.suspects[0] if self.suspects else None
 
-    def recover(self, journal: StepJournal, err: Exception) -> list[RequestOutput]:
-        """After a failed batched step: undo it, preempt the running batch, list the suspects."""
+    def recover(self, journal: StepJournal, err: Exception, broken: list[Request] = ()) -> list[RequestOutput]:
+        """After a failed batched step: undo it (unless done: then `broken` is what that found),
+        preempt the running batch, list the suspects."""
         engine = self.engine
         log.warning("an engine step failed (%s: %s); undoing it and stepping its requests one at a time",
                     type(err).__name__, err, exc_info=err)
-        broken = journal.roll_back(engine.scheduler, engine._new_detokenizer)
+        broken = [*broken, *journal.roll_back(engine.scheduler, engine._new_detokenizer)]
         suspects = {id(r) for r in journal.requests or engine.requests.values()}  # no batch yet: anyone
         self._preempt_running()
         outputs = [self._fail(request, err) for request in {id(r): r for r in broken}.values()]
@@ -124,13 +171,14 @@ class FailureIsolation:
         queue = list(scheduler.waiting)
         scheduler.waiting = deque(s for s in queue if s.request is request)
         journal = StepJournal()
+        tokens_before = _num_output_tokens(request)
         try:
             outputs = self.engine._step(journal)
         except Exception as err:  # noqa: BLE001 - its own failure: reported to it alone
             journal.roll_back(scheduler, self.engine._new_detokenizer)
             outputs = [self._fail(request, err)]
         else:
-            if any(o.request_id == request.request_id for o in outputs):  # it sampled: cleared
+            if _num_output_tokens(request) > tokens_before or request.is_finished:  # it sampled: cleared
                 self.suspects.popleft()
                 self._preempt_running()
         finally:  # the others go back in their places

@@ -54,9 +54,15 @@ def sample(logits: Tensor, params: SamplingTensors) -> Tensor:
 
     logits: [B, V] float32 (not modified). Steps:
       1. if params.prompt_mask is not None, apply the penalties (apply_penalties);
-      2. rows with params.temperature == 0 take the argmax of the (penalised) logits;
-      3. the other rows divide by their temperature, apply apply_top_k_top_p_min_p when
-         params.needs_filtering, and draw from the softmax.
+      2. rows with params.temperature == 0 take the argmax of the (penalised) logits; when
+         params.all_greedy (a host bool) that is all: return it;
+      3. the other rows divide by their temperature and, when params.needs_filtering, the rows in
+         params.filtered_rows go through apply_top_k_top_p_min_p (the others keep every token);
+         then every row draws from its softmax.
+    Never sort the whole vocabulary when params.max_top_k < V: every filtering row then keeps at
+    most max_top_k tokens, so filter only each row's max_top_k largest logits (torch.topk) and put
+    them back in place, -inf elsewhere. Never ask the device for a value (.item(), bool(tensor)):
+    the engine launches the next step while this one runs.
     Randomness: a row b with params.generators[b] not None draws only from that generator
     (use the exponential race: argmax(p / E) with E ~ Exp(1) drawn from the generator, V draws
     per row), so a seeded request gives the same tokens whatever shares its batch; other rows

@@ -3,6 +3,10 @@
 The scheduler hands the sampler B sequences with B different `SamplingParams`; this module packs
 them into [B] tensors (and, only when some request uses penalties, [B, V] token-occurrence
 tensors) so that exercise 3.1 samples the whole batch with a handful of tensor operations.
+The engine's persistent batch keeps these columns per slot and builds the same object by
+slicing (`from_columns`); `from_params` builds it from a list, for tests and small examples.
+What the sampler must decide before launching anything (all greedy? any filters? how many
+candidates?) is computed here on the host, so that sampling never waits for the device.
 """
 
 from __future__ import annotations
@@ -29,12 +33,11 @@ class SamplingTensors:
     prompt_mask: Tensor | None = None  # [B, V] bool: token occurs in the prompt (None: no penalties)
     output_counts: Tensor | None = None  # [B, V] int32: occurrences in the output so far
     generators: list[torch.Generator | None] | None = None  # per row; None rows use the global RNG
-    needs_filtering: bool = True  # some row uses top-k, top-p or min-p (False lets the sampler skip a sort)
-
-    @property
-    def all_greedy(self) -> bool:
-        return bool((self.temperature < GREEDY_EPS).all())
-
+    # Known on the host when the batch is built, so that sampling never asks the device:
+    all_greedy: bool = False  # every row is greedy: the sampler is one argmax
+    needs_filtering: bool = True  # some sampled row uses top-k, top-p or min-p
+    filtered_rows: Tensor | None = None  # [B] bool: the rows that use top-k, top-p or min-p
+    max_top_k: int = 0  # every filtering row keeps at most this many tokens (vocab_size: some row has no top-k)
 
     @classmethod
     def from_params(
@@ -52,28 +55,42 @@ class SamplingTensors:
             raise ValueError("params must hold at least one SamplingParams")
         if generators is not None and len(generators) != len(params):
             raise ValueError(f"need one generator (or None) per row: {len(generators)} for {len(params)} rows")
-
-        def floats(name: str) -> Tensor:
-            return torch.tensor([float(getattr(p, name)) for p in params], dtype=torch.float32, device=device)
-
-        top_k = [p.top_k if p.top_k > 0 else vocab_size for p in params]
-        tensors = cls(
-            temperature=torch.tensor([0.0 if p.is_greedy else float(p.temperature) for p in params],
-                                     dtype=torch.float32, device=device),
-            top_k=torch.tensor([min(k, vocab_size) for k in top_k], dtype=torch.int64, device=device),
-            top_p=floats("top_p"), min_p=floats("min_p"),
-            repetition_penalty=floats("repetition_penalty"),
-            presence_penalty=floats("presence_penalty"), frequency_penalty=floats("frequency_penalty"),
-            generators=generators,
-            needs_filtering=any(0 < p.top_k < vocab_size or p.top_p < 1.0 or p.min_p > 0.0
-                                for p in params if not p.is_greedy),
-        )
+        rows = [[0.0 if p.is_greedy else float(p.temperature), *(float(getattr(p, name)) for name in FLOAT_COLUMNS[1:]),
+                 float(min(p.top_k, vocab_size) if p.top_k > 0 else vocab_size)] for p in params]
+        tensors = cls.from_columns(torch.tensor(rows, dtype=torch.float32), vocab_size, device)
+        tensors.generators = generators
         if any(p.uses_penalties for p in params):
             if prompt_token_ids is None or output_token_ids is None:
                 raise ValueError("penalties need prompt_token_ids and output_token_ids for every row")
             tensors.prompt_mask = token_counts(prompt_token_ids, vocab_size, device) > 0
             tensors.output_counts = token_counts(output_token_ids, vocab_size, device)
         return tensors
+
+    @classmethod
+    def from_columns(cls, columns: Tensor, vocab_size: int, device: torch.device | str) -> SamplingTensors:
+        """From a host (CPU) table columns [B, 7] float32: FLOAT_COLUMNS then top_k (temperature
+        already 0 for greedy rows, top_k = vocab_size for rows that keep every token). The host
+        flags are computed here, on the CPU; the table goes to `device` in one copy that does not
+        wait (pinned memory on CUDA)."""
+        host = columns.numpy()
+        temperature, top_p, min_p, top_k = host[:, 0], host[:, 1], host[:, 2], host[:, -1]
+        sampled = temperature >= GREEDY_EPS
+        filtered = sampled & ((top_k < vocab_size) | (top_p < 1.0) | (min_p > 0.0))
+        needs_filtering = bool(filtered.any())
+        max_top_k = 0
+        if needs_filtering:
+            max_top_k = int(top_k[filtered].max()) if (top_k[filtered] < vocab_size).all() else vocab_size
+        if torch.device(device).type == "cuda" and not columns.is_pinned():
+            columns = columns.pin_memory()
+        table = columns.to(device, non_blocking=True)
+        flags = torch.from_numpy(filtered)
+        flags = flags.pin_memory() if torch.device(device).type == "cuda" else flags
+        fields = dict(zip(FLOAT_COLUMNS, table.unbind(1)))
+        return cls(**fields, top_k=table[:, -1].long(), all_greedy=not sampled.any(), needs_filtering=needs_filtering,
+                   filtered_rows=flags.to(device, non_blocking=True), max_top_k=max_top_k)
+
+
+FLOAT_COLUMNS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
 
 
 def token_counts(rows: list[list[int]], vocab_size: int, device) -> Tensor:

@@ -6,10 +6,19 @@ bad input raises a ValueError/TypeError that names the field, never a silent wro
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 
 _GREEDY_EPS = 1e-5  # temperatures below this are greedy (argmax)
+
+
+class RequestOutputKind(enum.Enum):
+    """What a request's outputs carry (vLLM's names)."""
+
+    CUMULATIVE = "cumulative"  # every output: all text and token ids so far
+    DELTA = "delta"  # every output: only what is new since the last one (streaming)
+    FINAL_ONLY = "final_only"  # one output, when the request finishes (offline generation)
 
 
 @dataclass
@@ -44,6 +53,7 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     stop_strings: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -84,6 +94,8 @@ class SamplingParams:
         for name in ("ignore_eos", "skip_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.output_kind, RequestOutputKind):
+            raise TypeError(f"output_kind must be a RequestOutputKind, got {self.output_kind!r}")
 
     @property
     def is_greedy(self) -> bool:

@@ -5,6 +5,11 @@ A sequence's tokens are its prompt followed by what it generated. `num_computed_
 have their K/V in the paged cache; the next step computes tokens from there on (a chunk of the
 prompt, or the one token sampled last). Preemption by recompute sets it back to 0 and keeps the
 generated tokens: on resume, prompt + generated tokens are prefilled again as one prompt.
+
+A token can be *pending*: sampled on the device by a step whose ids the host has not read yet
+(with overlap, the next step is scheduled before the last one's ids arrive). It counts in
+`num_tokens` (so the scheduler gives the sequence its decode) but is not in `token_ids` until the
+engine reads it; the step that computes it takes its id from the device.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mili.engine.sampling_params import SamplingParams
+from mili.engine.sampling_params import RequestOutputKind, SamplingParams
 
 
 class SequenceStatus(enum.Enum):
@@ -39,6 +44,9 @@ class Sequence:
         self.detokenizer = None  # an IncrementalDetokenizer, when the engine has a tokenizer
         self.text = ""
         self.num_preemptions = 0
+        self.num_pending_tokens = 0  # sampled on the device, not read back yet (0 or 1)
+        self.num_emitted_tokens = 0  # output tokens already handed out in DELTA outputs
+        self.num_emitted_chars = 0  # characters of text already handed out in DELTA outputs
 
     @property
     def params(self) -> SamplingParams:
@@ -46,7 +54,8 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        """Prompt + generated tokens, a pending one included."""
+        return len(self.token_ids) + self.num_pending_tokens
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -56,10 +65,16 @@ class Sequence:
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
 
+    def reached_length_limit(self, max_model_len: int) -> bool:
+        """Its tokens, a pending one included, reach max_tokens or the context: no step after this."""
+        max_tokens = self.params.max_tokens
+        return ((max_tokens is not None and self.num_tokens - self.num_prompt_tokens >= max_tokens)
+                or self.num_tokens >= max_model_len)
+
     @property
     def num_uncomputed_tokens(self) -> int:
         """Tokens whose K/V are not in the cache yet: the rest of the prompt, or the last sample."""
-        return len(self.token_ids) - self.num_computed_tokens
+        return self.num_tokens - self.num_computed_tokens
 
     @property
     def is_finished(self) -> bool:
@@ -85,7 +100,7 @@ class Request:
 
     @property
     def is_finished(self) -> bool:
-        return len(self.seqs) == self.params.n and all(s.is_finished for s in self.seqs)
+        return len(self.seqs) == self.params.n and all(s.is_finished and not s.num_pending_tokens for s in self.seqs)
 
 
 @dataclass
@@ -112,8 +127,20 @@ class RequestOutput:
     error: str | None = None  # set when the engine failed on this request (finish_reason "error")
 
     @classmethod
-    def from_request(cls, request: Request) -> RequestOutput:
-        completions = [CompletionOutput(s.index, s.text, s.output_token_ids, s.finish_reason, s.stop_reason)
-                       for s in sorted(request.seqs, key=lambda s: s.index)]
-        return cls(request.request_id, request.prompt, list(request.prompt_token_ids), completions,
+    def from_request(cls, request: Request, kind: RequestOutputKind = RequestOutputKind.CUMULATIVE) -> RequestOutput:
+        """The request's output now. DELTA carries each sample's new tokens and text since the last
+        DELTA output (and moves the sample's cursor); the others carry everything so far."""
+        completions = [_completion(s, kind) for s in sorted(request.seqs, key=lambda s: s.index)]
+        return cls(request.request_id, request.prompt, request.prompt_token_ids, completions,
                    request.is_finished, request.num_cached_tokens, request.error)
+
+
+def _completion(seq: Sequence, kind: RequestOutputKind) -> CompletionOutput:
+    reason = None if seq.num_pending_tokens else seq.finish_reason  # its last token is still to come
+    if kind is not RequestOutputKind.DELTA:
+        return CompletionOutput(seq.index, seq.text, seq.output_token_ids, reason, seq.stop_reason)
+    start = seq.num_prompt_tokens + seq.num_emitted_tokens
+    delta = CompletionOutput(seq.index, seq.text[seq.num_emitted_chars:], seq.token_ids[start:], reason,
+                             seq.stop_reason)
+    seq.num_emitted_tokens, seq.num_emitted_chars = seq.num_output_tokens, len(seq.text)
+    return delta

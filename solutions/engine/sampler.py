@@ -58,9 +58,15 @@ def sample(logits: Tensor, params: SamplingTensors) -> Tensor:
 
     logits: [B, V] float32 (not modified). Steps:
       1. if params.prompt_mask is not None, apply the penalties (apply_penalties);
-      2. rows with params.temperature == 0 take the argmax of the (penalised) logits;
-      3. the other rows divide by their temperature, apply apply_top_k_top_p_min_p when
-         params.needs_filtering, and draw from the softmax.
+      2. rows with params.temperature == 0 take the argmax of the (penalised) logits; when
+         params.all_greedy (a host bool) that is all: return it;
+      3. the other rows divide by their temperature and, when params.needs_filtering, the rows in
+         params.filtered_rows go through apply_top_k_top_p_min_p (the others keep every token);
+         then every row draws from its softmax.
+    Never sort the whole vocabulary when params.max_top_k < V: every filtering row then keeps at
+    most max_top_k tokens, so filter only each row's max_top_k largest logits (torch.topk) and put
+    them back in place, -inf elsewhere. Never ask the device for a value (.item(), bool(tensor)):
+    the engine launches the next step while this one runs.
     Randomness: a row b with params.generators[b] not None draws only from that generator
     (use the exponential race: argmax(p / E) with E ~ Exp(1) drawn from the generator, V draws
     per row), so a seeded request gives the same tokens whatever shares its batch; other rows
@@ -70,12 +76,11 @@ def sample(logits: Tensor, params: SamplingTensors) -> Tensor:
         logits = apply_penalties(logits, params.prompt_mask, params.output_counts, params.repetition_penalty,
                                  params.presence_penalty, params.frequency_penalty)
     greedy_tokens = logits.argmax(dim=-1)
-    is_greedy = params.temperature < GREEDY_EPS
-    if bool(is_greedy.all()):
+    if params.all_greedy:
         return greedy_tokens
     scaled = logits / params.temperature.clamp_min(GREEDY_EPS).unsqueeze(1)
     if params.needs_filtering:
-        scaled = apply_top_k_top_p_min_p(scaled, params.top_k, params.top_p, params.min_p)
+        scaled = torch.where(params.filtered_rows.unsqueeze(1), _filter(scaled, params), scaled)
     probs = scaled.softmax(dim=-1)
     noise = torch.empty_like(probs).exponential_()
     for row, generator in enumerate(params.generators or []):
@@ -83,4 +88,14 @@ def sample(logits: Tensor, params: SamplingTensors) -> Tensor:
             noise[row].exponential_(generator=generator)
     # the exponential race: argmax p_i / E_i picks token i with probability p_i
     sampled = (probs / noise.clamp_min(1e-20)).argmax(dim=-1)
-    return torch.where(is_greedy, greedy_tokens, sampled)
+    return torch.where(params.temperature < GREEDY_EPS, greedy_tokens, sampled)
+
+
+def _filter(scaled: Tensor, params: SamplingTensors) -> Tensor:
+    """top-k / top-p / min-p on every row; on the max_top_k candidates only when that bounds them."""
+    vocab = scaled.shape[-1]
+    if params.max_top_k >= vocab:
+        return apply_top_k_top_p_min_p(scaled, params.top_k, params.top_p, params.min_p)
+    candidates, token_ids = scaled.topk(params.max_top_k, dim=-1)
+    kept = apply_top_k_top_p_min_p(candidates, params.top_k.clamp(max=params.max_top_k), params.top_p, params.min_p)
+    return torch.full_like(scaled, float("-inf")).scatter_(1, token_ids, kept)
