@@ -15,7 +15,7 @@ from mili.argtypes import non_negative_float, positive_int, probability
 from mili.exercise import CHAPTERS, repo_root
 
 DEFAULT_MODEL = repo_root() / "data" / "mili-tiny-qwen3"
-BENCHMARKS = ("kernels", "attention", "cache", "throughput", "latency", "serve")
+BENCHMARKS = ("kernels", "attention", "cache", "throughput", "latency", "ledger", "serve")
 
 
 class UsageError(Exception):

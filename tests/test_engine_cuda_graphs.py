@@ -74,3 +74,26 @@ def test_graphs_recorded_in_one_thread_replay_in_another():
     eager = [o.outputs[0].token_ids for o in build(True).generate(prompts, params, use_tqdm=False)]
     for i, tokens in enumerate(eager):
         assert replayed.get(i) == tokens, f"request {i}: replayed from another thread {replayed.get(i)}, eager {tokens}"
+
+
+@pytest.mark.gpu
+def test_overlap_gives_the_same_tokens_as_completing_each_step_first():
+    """On the GPU the host schedules step t+1 while step t runs: greedy, seeded sampling with filters
+    and penalties, parallel samples and stop strings must come out as without overlap."""
+    prompts = [f"What is {5 * i + 2} + {11 * i % 40}?" for i in range(24)]
+    params = []
+    for i in range(24):
+        kinds = [dict(temperature=0), dict(temperature=0.8, seed=i, top_k=20, top_p=0.9),
+                 dict(temperature=1.0, seed=100 + i, min_p=0.05, repetition_penalty=1.3, frequency_penalty=0.5),
+                 dict(temperature=0.7, seed=7, n=3, top_p=0.8)]
+        params.append(SamplingParams(max_tokens=6 + 5 * (i % 5), ignore_eos=i % 2 == 0, stop=["9"] if i % 7 == 3 else None,
+                                     **kinds[i % 4]))
+    results = {}
+    for overlap in (True, False):
+        llm = LLM(str(TINY_MODEL), dtype="float32", device="cuda", num_kv_blocks=512, max_num_seqs=16, overlap=overlap)
+        results[overlap] = [[(c.token_ids, c.text, c.finish_reason) for c in o.outputs]
+                            for o in llm.generate(prompts, params, use_tqdm=False)]
+        del llm
+        torch.cuda.empty_cache()
+    for i, (with_overlap, without) in enumerate(zip(results[True], results[False])):
+        assert with_overlap == without, f"request {i} ({params[i]}): overlap gave {with_overlap}, without {without}"

@@ -299,6 +299,7 @@ class LLMEngine:
             if seq.is_finished:  # finished at launch by length: its last token tells stop from length
                 seq.finish_reason = reason
             else:
+                seq.num_pending_tokens = 0  # a step launched since sampled past its end: dropped
                 self.scheduler.finish(seq, reason)
         outputs = []
         for request in {id(s.request): s.request for s in seqs}.values():

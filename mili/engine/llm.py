@@ -110,6 +110,8 @@ class LLM:
             bar = tqdm(total=len(request_ids), desc="Processed prompts", unit="req", dynamic_ncols=True)
         start, generated = time.perf_counter(), 0
         while pending:
+            if not self.engine.has_unfinished_requests():
+                raise RuntimeError(f"the engine has no work left but {len(pending)} requests never finished")
             outputs = self.engine.step()
             for output in outputs:
                 if output.request_id in pending and output.finished:

@@ -119,21 +119,23 @@ class ModelRunner:
         slots = batch.block_tables[np.repeat(rows, counts), positions // bs].astype(np.int64) * bs + positions % bs
         width = int(batch.num_blocks[rows].max())
 
-        longs = self._host(np.int64, 3 * num_tokens + len(sampled_at) + 2 * len(pending_at))
+        longs_buffer = self._host(torch.int64, 3 * num_tokens + len(sampled_at) + 2 * len(pending_at))
+        longs = longs_buffer.numpy()
         longs[:num_tokens] = token_ids
         longs[num_tokens:2 * num_tokens] = positions
         longs[2 * num_tokens:3 * num_tokens] = slots
         at = 3 * num_tokens
         longs[at:at + len(sampled_at)] = cu_seqlens[1:][sampled_at] - 1
         longs[at + len(sampled_at):] = pending_at + pending_from
-        ints = self._host(np.int32, 3 * num_seqs + 2 + num_seqs * width)
+        ints_buffer = self._host(torch.int32, 3 * num_seqs + 2 + num_seqs * width)
+        ints = ints_buffer.numpy()
         ints[:num_seqs] = ends
         ints[num_seqs:2 * num_seqs + 1] = cu_seqlens
         ints[2 * num_seqs + 1:3 * num_seqs + 2] = 0
         np.cumsum(ends, out=ints[2 * num_seqs + 2:3 * num_seqs + 2])
         ints[3 * num_seqs + 2:] = batch.block_tables[rows, :width].reshape(-1)
 
-        longs, ints = (self._to_device(host) for host in (longs, ints))
+        longs, ints = self._to_device(longs_buffer), self._to_device(ints_buffer)
         input_ids = longs[:num_tokens]
         if pending_at:
             where = longs[at + len(sampled_at):]
@@ -152,13 +154,16 @@ class ModelRunner:
                           logits_indices=longs[at:at + len(sampled_at)], sampled_seqs=sampled_seqs,
                           row_keys=row_keys)
 
-    def _host(self, dtype, size: int) -> np.ndarray:
-        """A fresh host buffer (pinned on CUDA: torch reuses it only once its copy is done)."""
-        tensor = torch.empty(size, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype, pin_memory=self.pin)
-        return tensor.numpy()
+    def _host(self, dtype: torch.dtype, size: int) -> Tensor:
+        """A fresh host buffer, pinned on CUDA: torch's pinned allocator hands it out again only
+        once the copy that reads it has run. Fill it through `.numpy()`."""
+        return torch.empty(size, dtype=dtype, pin_memory=self.pin)
 
-    def _to_device(self, host: np.ndarray) -> Tensor:
-        return torch.from_numpy(host).to(self.device, non_blocking=True)
+    def _to_device(self, host: Tensor | np.ndarray) -> Tensor:
+        if isinstance(host, np.ndarray):
+            host = torch.from_numpy(host)
+            host = host.pin_memory() if self.pin else host
+        return host.to(self.device, non_blocking=True)
 
     # ------------------------------------------------------------------ forward and sampling
 

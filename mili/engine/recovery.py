@@ -26,6 +26,7 @@ leaves the KV pool consistent.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -162,7 +163,18 @@ class FailureIsolation:
         suspects = {id(r) for r in journal.requests or engine.requests.values()}  # no batch yet: anyone
         self._preempt_running()
         outputs = [self._fail(request, err) for request in {id(r): r for r in broken}.values()]
+        outputs += self._report_finished()
         self.suspects = deque(r for r in engine.requests.values() if id(r) in suspects)
+        return outputs
+
+    def _report_finished(self) -> list[RequestOutput]:
+        """Requests the undone steps leave with every sequence finished (a stop seen in an earlier
+        step, whose later token was dropped) are over: report them now."""
+        engine, outputs = self.engine, []
+        for request in [r for r in engine.requests.values() if r.is_finished]:
+            del engine.requests[request.request_id]
+            request.finish_time = time.monotonic()
+            outputs.append(RequestOutput.from_request(request, request.params.output_kind))
         return outputs
 
     def step_alone(self, request: Request) -> list[RequestOutput]:

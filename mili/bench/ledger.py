@@ -1,0 +1,221 @@
+"""`mili bench ledger`: what each stage of the course buys, on one workload, in one run.
+
+The same offline workload runs through the engine as the course assembles it:
+
+1. `torch backend`: chapter 01's plain PyTorch ops (attention batched by padding), eager steps,
+   batches built from Python lists (exercise 3.4's `build_batch`), each step completed before
+   the next is scheduled;
+2. `+ chapter 02 kernels`: Triton RMSNorm, RoPE and SiLU-and-mul (attention still in PyTorch);
+3. `+ chapter 04 attention`: Triton FlashAttention prefill and paged decode;
+4. `+ CUDA graphs`: decode steps replayed from recorded graphs;
+5. `+ persistent batch`: step inputs sliced from rows kept across steps, copied without waiting;
+6. `+ overlap`: step t+1 scheduled and prepared while step t runs.
+
+Stages 2 to 4 need a CUDA GPU; on the CPU the ledger runs 1, 5 and 6. `--timeline FILE` also
+records, with `torch.profiler`, a few decode steps of stages 3, 4 and 6 (host phases and GPU
+kernels against time) as JSON for a timeline picture.
+
+    mili bench ledger [--model PRESET|DIR] [--num-seqs 64] [--min-len 100] [--max-len 512]
+                      [--json FILE] [--plot FILE] [--timeline FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, matmul_flops_per_s
+from mili.bench.throughput import environment, run_mili, workload
+
+STAGES = [  # name, backend, engine settings
+    ("torch backend", "torch", dict(enforce_eager=True, persistent_batch=False, overlap=False)),
+    ("+ chapter 02 kernels", "torch+kernels", dict(enforce_eager=True, persistent_batch=False, overlap=False)),
+    ("+ chapter 04 attention", "triton", dict(enforce_eager=True, persistent_batch=False, overlap=False)),
+    ("+ CUDA graphs", "triton", dict(enforce_eager=False, persistent_batch=False, overlap=False)),
+    ("+ persistent batch", "triton", dict(enforce_eager=False, persistent_batch=True, overlap=False)),
+    ("+ overlap", "triton", dict(enforce_eager=False, persistent_batch=True, overlap=True)),
+]
+TIMELINE_STAGES = ("+ chapter 04 attention", "+ CUDA graphs", "+ overlap")
+HOST_PHASES = {"scheduler": ("schedule",), "runner": ("prepare", "run", "sample")}
+
+
+def stage_backend(name: str, device: torch.device):
+    """The backend of a stage: a name the engine knows, or chapter 02's kernels over torch attention."""
+    from mili.backends import get_backend
+    from mili.engine.batched_attention import engine_backend
+
+    if name != "torch+kernels":
+        return name if device.type == "cuda" or name == "torch" else "torch"
+    kernels = get_backend("triton", device)
+    return replace(engine_backend("torch", device), name="torch+kernels", rms_norm=kernels.rms_norm,
+                   fused_add_rms_norm=kernels.fused_add_rms_norm, apply_rope=kernels.apply_rope,
+                   silu_and_mul=kernels.silu_and_mul)
+
+
+def make_llm(model: str, backend, settings: dict, max_model_len: int, device, dtype):
+    from mili.engine.llm import LLM
+
+    return LLM(model, dtype=dtype, device=device, backend=backend, enable_prefix_caching=False,
+               max_model_len=max_model_len, **settings)
+
+
+def run_ledger(model: str, *, num_seqs: int, min_len: int, max_len: int, device=None, dtype="auto",
+               timeline_path=None) -> dict:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    stages = [s for s in STAGES if device.type == "cuda" or s[1] == "torch" or s[2]["persistent_batch"]]
+    rows, timelines, floor = [], {}, None
+    for name, backend, settings in stages:
+        if device.type != "cuda":
+            settings = {**settings, "enforce_eager": True}
+        llm = make_llm(model, stage_backend(backend, device), settings, 2 * max_len + 1, device, dtype)
+        config = llm.model.config
+        work = workload(num_seqs, min_len, max_len, config.vocab_size)
+        if floor is None:
+            floor = bandwidth_floor(config, llm.model.dtype, work, llm.engine.config.max_num_seqs,
+                                    copy_bytes_per_s(device), matmul_flops_per_s(device, llm.model.dtype))
+        warmup = workload(num_seqs, min_len, max_len, config.vocab_size, seed=1) if device.type == "cuda" else None
+        result = run_mili(llm, work, warmup)
+        rows.append({"stage": name, "backend": llm.model.backend.name, **settings,
+                     "cuda_graphs": llm.engine.runner.graphs is not None, **result,
+                     "fraction_of_bandwidth_floor": floor["seconds"] / result["seconds"]})
+        print(f"{name:<24} {result['tokens_per_s']:>9.0f} tok/s  {rows[-1]['fraction_of_bandwidth_floor']:>6.1%} of floor",
+              flush=True)
+        if timeline_path is not None and name in TIMELINE_STAGES and device.type == "cuda":
+            timelines[name] = record_timeline(llm, work)
+        del llm
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    report = {"environment": environment(device), "model": model,
+              "workload": {"num_seqs": num_seqs, "min_len": min_len, "max_len": max_len, "seed": 0},
+              "bandwidth_floor": floor, "stages": rows}
+    if timeline_path is not None:
+        Path(timeline_path).write_text(json.dumps({"environment": report["environment"], "model": model,
+                                                   "timelines": timelines}))
+    return report
+
+
+def record_timeline(llm, work, decode_steps: int = 3) -> dict:
+    """Run the workload's first 64 requests until every one decodes, then profile a few steps:
+    {"host": [[phase, start_us, end_us]], "gpu": [[kernel, start_us, end_us]], "batch": B}."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from mili.engine.sampling_params import SamplingParams
+
+    engine = llm.engine
+    for i, (prompt, _) in enumerate(work[:64]):
+        engine.add_request(f"timeline-{i}", {"prompt_token_ids": prompt},
+                           SamplingParams(temperature=0.6, max_tokens=64, ignore_eos=True))
+    while engine.scheduler.waiting or any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running):
+        engine.step()
+    for _ in range(2):
+        engine.step()
+    owners = {"scheduler": engine.scheduler, "runner": engine.runner}
+    originals = []
+    for owner_name, methods in HOST_PHASES.items():
+        for method in methods:
+            owner = owners[owner_name]
+            inner = getattr(owner, method, None)
+            if inner is None:
+                continue
+            originals.append((owner, method))
+
+            def labelled(*args, _inner=inner, _label=f"mili: {method}", **kwargs):
+                with record_function(_label):
+                    return _inner(*args, **kwargs)
+
+            setattr(owner, method, labelled)
+    step = engine.step
+
+    def labelled_step():
+        with record_function("mili: step"):
+            return step()
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(decode_steps):
+            labelled_step()
+        torch.cuda.synchronize()
+    for owner, method in originals:
+        delattr(owner, method)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        trace = json.loads(Path(path).read_text())
+    while engine.has_unfinished_requests():
+        engine.step()
+    host, gpu = [], []
+    for event in trace.get("traceEvents", []):
+        if event.get("ph") != "X":
+            continue
+        span = [event["name"][:60], float(event["ts"]), float(event["ts"]) + float(event.get("dur", 0))]
+        if event.get("cat") == "user_annotation" and event["name"].startswith("mili: "):
+            host.append(span)
+        elif event.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"):
+            gpu.append(span)
+    start = min(s[1] for s in host + gpu) if host or gpu else 0.0
+    shift = lambda spans: [[n, round(a - start, 1), round(b - start, 1)] for n, a, b in spans]  # noqa: E731
+    return {"host": shift(host), "gpu": shift(gpu), "batch": 64, "steps": decode_steps}
+
+
+def plot_ledger(report: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["stages"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    values = [r["tokens_per_s"] for r in rows]
+    ax.barh(range(len(rows)), values, color="C0")
+    ax.set_yticks(range(len(rows)), [r["stage"] for r in rows])
+    ax.invert_yaxis()
+    floor = report["bandwidth_floor"]
+    tokens = report["stages"][0]["output_tokens"]
+    ax.axvline(tokens / floor["seconds"], color="k", linestyle="--", label="bandwidth floor")
+    for i, (v, r) in enumerate(zip(values, rows)):
+        ax.text(v, i, f" {v:.0f} ({r['fraction_of_bandwidth_floor']:.0%})", va="center", fontsize=8)
+    w = report["workload"]
+    ax.set_xlabel("output tokens / s")
+    ax.set_title(f"{Path(report['model']).name}: {w['num_seqs']} requests, lengths [{w['min_len']}, {w['max_len']}]"
+                 f"\n{report['environment']['device']}", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mili.engine.llm import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="mili bench ledger", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="a model folder or a preset (Qwen3-0.6B)")
+    parser.add_argument("--num-seqs", type=int, default=64)
+    parser.add_argument("--min-len", type=int, default=100)
+    parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--json", help="write the results as JSON here")
+    parser.add_argument("--plot", help="write a bar chart (PNG) here")
+    parser.add_argument("--timeline", help="CUDA: write profiled decode steps of three stages (JSON) here")
+    args = parser.parse_args(argv)
+    report = run_ledger(args.model, num_seqs=args.num_seqs, min_len=args.min_len, max_len=args.max_len,
+                        device=args.device, dtype=args.dtype, timeline_path=args.timeline)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.plot:
+        plot_ledger(report, args.plot)
+    print(f"{len(report['stages'])} stages on {report['environment']['device']}", file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
