@@ -13,7 +13,7 @@ The same offline workload runs through the engine as the course assembles it:
 
 Stages 2 to 4 need a CUDA GPU; on the CPU the ledger runs 1, 5 and 6. `--timeline FILE` also
 records, with `torch.profiler`, a few decode steps of stages 3, 4 and 6 (host phases and GPU
-kernels against time) as JSON for a timeline picture.
+kernels against time; on the CPU, of every stage) as JSON for a timeline picture.
 
     mili bench ledger [--model PRESET|DIR] [--num-seqs 64] [--min-len 100] [--max-len 512]
                       [--json FILE] [--plot FILE] [--timeline FILE]
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, matmul_flops_per_s
+from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, matmul_flops_per_s, sync
 from mili.bench.throughput import environment, run_mili, workload
 
 STAGES = [  # name, backend, engine settings
@@ -60,11 +60,11 @@ def stage_backend(name: str, device: torch.device):
                    silu_and_mul=kernels.silu_and_mul)
 
 
-def make_llm(model: str, backend, settings: dict, max_model_len: int, device, dtype):
+def make_llm(model: str, backend, settings: dict, max_model_len: int, max_num_seqs: int, device, dtype):
     from mili.engine.llm import LLM
 
     return LLM(model, dtype=dtype, device=device, backend=backend, enable_prefix_caching=False,
-               max_model_len=max_model_len, **settings)
+               max_model_len=max_model_len, max_num_seqs=max_num_seqs, **settings)
 
 
 def run_ledger(model: str, *, num_seqs: int, min_len: int, max_len: int, device=None, dtype="auto",
@@ -75,20 +75,21 @@ def run_ledger(model: str, *, num_seqs: int, min_len: int, max_len: int, device=
     for name, backend, settings in stages:
         if device.type != "cuda":
             settings = {**settings, "enforce_eager": True}
-        llm = make_llm(model, stage_backend(backend, device), settings, 2 * max_len + 1, device, dtype)
+        llm = make_llm(model, stage_backend(backend, device), settings, 2 * max_len + 1, num_seqs, device, dtype)
         config = llm.model.config
         work = workload(num_seqs, min_len, max_len, config.vocab_size)
         if floor is None:
             floor = bandwidth_floor(config, llm.model.dtype, work, llm.engine.config.max_num_seqs,
                                     copy_bytes_per_s(device), matmul_flops_per_s(device, llm.model.dtype))
-        warmup = workload(num_seqs, min_len, max_len, config.vocab_size, seed=1) if device.type == "cuda" else None
+        # Triton compiles each kernel specialisation on first use: a short pass of the same shapes first
+        warmup = workload(8, min_len, max_len, config.vocab_size, seed=1) if device.type == "cuda" else None
         result = run_mili(llm, work, warmup)
         rows.append({"stage": name, "backend": llm.model.backend.name, **settings,
                      "cuda_graphs": llm.engine.runner.graphs is not None, **result,
                      "fraction_of_bandwidth_floor": floor["seconds"] / result["seconds"]})
         print(f"{name:<24} {result['tokens_per_s']:>9.0f} tok/s  {rows[-1]['fraction_of_bandwidth_floor']:>6.1%} of floor",
               flush=True)
-        if timeline_path is not None and name in TIMELINE_STAGES and device.type == "cuda":
+        if timeline_path is not None and (name in TIMELINE_STAGES or device.type != "cuda"):
             timelines[name] = record_timeline(llm, work)
         del llm
         gc.collect()
@@ -139,11 +140,12 @@ def record_timeline(llm, work, decode_steps: int = 3) -> dict:
         with record_function("mili: step"):
             return step()
 
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    cuda = llm.model.device.type == "cuda"
+    sync(llm.model.device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(decode_steps):
             labelled_step()
-        torch.cuda.synchronize()
+        sync(llm.model.device)
     for owner, method in originals:
         delattr(owner, method)
     with tempfile.TemporaryDirectory() as folder:
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--json", help="write the results as JSON here")
     parser.add_argument("--plot", help="write a bar chart (PNG) here")
-    parser.add_argument("--timeline", help="CUDA: write profiled decode steps of three stages (JSON) here")
+    parser.add_argument("--timeline", help="write profiled decode steps of three stages (JSON) here")
     args = parser.parse_args(argv)
     report = run_ledger(args.model, num_seqs=args.num_seqs, min_len=args.min_len, max_len=args.max_len,
                         device=args.device, dtype=args.dtype, timeline_path=args.timeline)

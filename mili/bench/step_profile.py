@@ -88,7 +88,11 @@ class StepProfile:
             largest = max(r["batch"] for r in decodes)
             groups[f"decode_batch_{largest}"] = [r for r in decodes if r["batch"] == largest]
             groups["decode_batch_1"] = [r for r in decodes if r["batch"] == 1]
-        summary = {"steps": len(self.records)}
+        summary = {"steps": len(self.records),
+                   "per_step": [[r["batch"], r["tokens"], round(1e3 * r["host_s"], 3),
+                                 round(1e3 * r["device_s"], 3) if "device_s" in r else None, round(1e3 * r["wall_s"], 3)]
+                                for r in launched],
+                   "per_step_columns": ["batch", "tokens", "host_ms", "device_ms", "wall_ms"]}
         for name, records in groups.items():
             if not records:
                 continue
@@ -114,7 +118,7 @@ def _median_ms(records: list[dict], key: str) -> float:
 def print_summary(summary: dict, stream) -> None:
     print(f"{'steps':<22} {'count':>6} {'host ms':>9} {'device ms':>10} {'wall ms':>9}  host-bound?", file=stream)
     for name, row in summary.items():
-        if isinstance(row, dict):
+        if isinstance(row, dict) and "host_ms" in row:
             device = f"{row['device_ms']:>10.3f}" if "device_ms" in row else f"{'-':>10}"
             bound = {True: "yes", False: "no"}.get(row.get("host_bound"), "-")
             print(f"{name:<22} {row['steps']:>6} {row['host_ms']:>9.3f} {device} {row['wall_ms']:>9.3f}  {bound}",

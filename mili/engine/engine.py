@@ -51,7 +51,7 @@ class EngineConfig:
     block_size: int = 16
     num_kv_blocks: int | None = None  # None: as many as memory allows (see kv_blocks_for)
     max_num_seqs: int = 256
-    max_num_batched_tokens: int | None = None  # None: max(2048, max_model_len) capped at 16384
+    max_num_batched_tokens: int | None = None  # None: max(8192, max_model_len) capped at 16384
     max_model_len: int | None = None  # None: the model's context, capped by the KV pool
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float = 0.9  # CUDA: share of the card the engine may fill
@@ -88,7 +88,8 @@ class LLMEngine:
             raise ValueError(f"max_model_len={max_model_len} exceeds the model's context "
                              f"({model_config.max_position_embeddings} positions)")
         self.max_model_len = max_model_len
-        budget = config.max_num_batched_tokens or min(max(2048, max_model_len), 16384)
+        # a prefill step launches every kernel eagerly: fewer, larger chunks spend less host time per token
+        budget = config.max_num_batched_tokens or min(max(8192, max_model_len), 16384)
         prefix_cache = RadixCache(config.block_size) if config.enable_prefix_caching else None
         self.block_manager = BlockManager(num_blocks, config.block_size, prefix_cache)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs=config.max_num_seqs,

@@ -80,14 +80,15 @@ class SamplingTensors:
         max_top_k = 0
         if needs_filtering:
             max_top_k = int(top_k[filtered].max()) if (top_k[filtered] < vocab_size).all() else vocab_size
-        if torch.device(device).type == "cuda" and not columns.is_pinned():
-            columns = columns.pin_memory()
-        table = columns.to(device, non_blocking=True)
         flags = torch.from_numpy(filtered)
-        flags = flags.pin_memory() if torch.device(device).type == "cuda" else flags
-        fields = dict(zip(FLOAT_COLUMNS, table.unbind(1)))
-        return cls(**fields, top_k=table[:, -1].long(), all_greedy=not sampled.any(), needs_filtering=needs_filtering,
-                   filtered_rows=flags.to(device, non_blocking=True), max_top_k=max_top_k)
+        penalised = (host[:, 3] != 1.0) | (host[:, 4] != 0.0) | (host[:, 5] != 0.0)
+        if sampled.any() or penalised.any():  # else the sampler reads nothing but all_greedy: no copy
+            pin = torch.device(device).type == "cuda"
+            columns, flags = (t.pin_memory() if pin and not t.is_pinned() else t for t in (columns, flags))
+            columns, flags = columns.to(device, non_blocking=True), flags.to(device, non_blocking=True)
+        fields = dict(zip(FLOAT_COLUMNS, columns.unbind(1)))
+        return cls(**fields, top_k=columns[:, -1].long(), all_greedy=not sampled.any(), needs_filtering=needs_filtering,
+                   filtered_rows=flags, max_top_k=max_top_k)
 
 
 FLOAT_COLUMNS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
