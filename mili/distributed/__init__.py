@@ -3,11 +3,7 @@
     from mili import LLM
     llm = LLM("models/Qwen3-32B", tensor_parallel_size=2)   # or: mili generate --tensor-parallel-size 2
 
-`model.py` is rank 0's model (the engine's view), `worker.py` the other ranks, `launch.py` their
-processes, `step.py` what rank 0 sends them. The layers are in `mili/model/parallel.py`.
+`model.py` is rank 0's model (what the engine sees), `worker.py` the other ranks, `launch.py`
+their processes, `step.py` what rank 0 sends them, `failure.py` the error that ends a group.
+The layers are in `mili/model/parallel.py`, the split of the model in `mili/model/shard.py`.
 """
-
-from mili.distributed.launch import TensorParallelFailure
-from mili.distributed.model import TensorParallelModel, load_tensor_parallel
-
-__all__ = ["TensorParallelFailure", "TensorParallelModel", "load_tensor_parallel"]

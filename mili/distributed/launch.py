@@ -25,16 +25,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mili.distributed import step, worker
+from mili.distributed.failure import TensorParallelFailure
 
 STOP_GRACE_S = 5.0  # a worker told to stop gets this long before SIGTERM, then as long again before SIGKILL
-
-
-class TensorParallelFailure(BaseException):
-    """A rank failed or the ranks fell out of step: the group cannot run another step.
-
-    A BaseException (like KeyboardInterrupt): the engine contains an Exception inside a step as
-    one request's fault and goes on, but no request can go on without the group.
-    """
 
 
 class WorkerGroup:

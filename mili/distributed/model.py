@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from mili.distributed import step
-from mili.distributed.launch import TensorParallelFailure, WorkerGroup, check_devices, start_store
+from mili.distributed.failure import TensorParallelFailure
+from mili.distributed.launch import WorkerGroup, check_devices, start_store
 from mili.distributed.worker import WorkerSpec, join_group
 from mili.model.metadata import AttentionMetadata, KVCache
 

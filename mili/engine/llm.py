@@ -56,7 +56,7 @@ class LLM:
         else:
             from functools import partial
 
-            from mili.distributed import load_tensor_parallel
+            from mili.distributed.model import load_tensor_parallel
 
             if not isinstance(backend, str):
                 raise ValueError("with tensor_parallel_size > 1 name the backend ('auto', 'torch', 'triton'): "
