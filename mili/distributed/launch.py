@@ -34,7 +34,7 @@ class WorkerGroup:
     """Ranks 1 .. size-1 as processes, seen from rank 0."""
 
     def __init__(self, spec: worker.WorkerSpec):
-        ctx = _context()
+        ctx = worker_context()
         self.processes, self.commands, self.reports = [], [], []
         self.failure: str | None = None
         self._stopping = False
@@ -141,7 +141,8 @@ class WorkerGroup:
                 process.join()
 
 
-def _context():
+def worker_context():
+    """Where worker processes come from: a fork server that has imported torch (else spawn)."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
