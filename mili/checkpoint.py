@@ -18,7 +18,12 @@ import torch
 
 from mili.backends import Backend
 from mili.config import PRESETS, Qwen3Config, preset
-from mili.model.parallel import ColumnParallelLinear, RowParallelLinear, TensorParallelGroup, VocabParallelEmbedding
+from mili.model.parallel import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    TensorParallelGroup,
+    VocabParallelEmbedding,
+)
 from mili.model.qwen3 import Qwen3ForCausalLM
 from mili.model.rope import rope_cos_sin_cache
 from mili.model.shard import ModelShard

@@ -10,9 +10,10 @@ import hashlib
 import os
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from multiprocessing.connection import wait
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

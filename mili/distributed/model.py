@@ -17,7 +17,7 @@ not replay with rank 0): an engine on it runs eagerly.
 from __future__ import annotations
 
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
