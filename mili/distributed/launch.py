@@ -14,7 +14,6 @@ terminates, then kills: nothing outlives it.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -190,6 +189,5 @@ def check_devices(device: torch.device, size: int) -> None:
         if first + size > torch.cuda.device_count():
             raise ValueError(f"tensor_parallel_size={size} from {device} needs GPUs {first}..{first + size - 1}, "
                              f"but this host has {torch.cuda.device_count()}")
-        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # no NVLink multicast: it needs fabric support, gains nothing here
     elif device.type != "cpu":
         raise ValueError(f"tensor parallelism runs on CUDA (NCCL) or the CPU (gloo), not on {device}")

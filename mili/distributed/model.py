@@ -25,7 +25,7 @@ from torch import Tensor
 from mili.distributed import step
 from mili.distributed.failure import TensorParallelFailure
 from mili.distributed.launch import WorkerGroup, check_devices, start_store
-from mili.distributed.worker import WorkerSpec, join_group
+from mili.distributed.worker import WorkerSpec, join_group, load_shard
 from mili.model.metadata import AttentionMetadata, KVCache
 
 
@@ -128,8 +128,6 @@ def load_tensor_parallel(model: str, size: int, *, dtype: torch.dtype | None, de
     """
     import torch.distributed as dist
 
-    from mili.checkpoint import load_model
-
     if not isinstance(size, int) or isinstance(size, bool) or size < 2:
         raise ValueError(f"tensor parallelism needs at least 2 ranks, got tensor_parallel_size={size!r}")
     device = torch.device(device)
@@ -141,10 +139,9 @@ def load_tensor_parallel(model: str, size: int, *, dtype: torch.dtype | None, de
     spec = WorkerSpec(str(model), dtype, device, make_backend, seed, size, store.port, torch.get_num_threads())
     workers = WorkerGroup(spec)
     try:
+        shard_model = load_shard(0, spec)  # while the workers start
         workers.wait_for("joining")
-        group = join_group(0, spec, store)
-        shard_model = load_model(model, dtype=dtype, device=device, backend=make_backend(device), seed=seed,
-                                 group=group)
+        join_group(0, spec, store)
         workers.wait_for("ready")
     except BaseException:
         _stop_group(workers)

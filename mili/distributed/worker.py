@@ -1,6 +1,7 @@
 """A worker rank (1 .. size-1): one process, one device, its part of the model and of the KV cache.
 
-It joins the group, loads its shard, reports "ready", then runs whatever rank 0 sends until
+It joins the group (first: rank 0 waits in the rendezvous, and a worker that fails later is seen
+at once), loads its shard, reports "ready", then runs whatever rank 0 sends until
 told to stop (`step.py` lists the commands). It never outlives rank 0:
 
 - Ctrl-C in a terminal reaches every process of the foreground group: workers ignore SIGINT
@@ -51,15 +52,24 @@ def device_of(rank: int, first: torch.device) -> torch.device:
     return first
 
 
-def join_group(rank: int, spec: WorkerSpec, store: dist.Store) -> TensorParallelGroup:
-    """Join the group: NCCL between GPUs (NVLink multicast off), gloo on the CPU."""
+def join_group(rank: int, spec: WorkerSpec, store: dist.Store) -> None:
+    """Join the group: NCCL between GPUs (NVLink multicast off unless set), gloo on the CPU."""
     device = device_of(rank, spec.device)
     if device.type == "cuda":
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # multicast needs fabric support and gains nothing here
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", store=store, rank=rank, world_size=spec.size, device_id=device)
     else:
         dist.init_process_group("gloo", store=store, rank=rank, world_size=spec.size)
-    return TensorParallelGroup(rank, spec.size)
+
+
+def load_shard(rank: int, spec: WorkerSpec):
+    """This rank's part of the model (loading needs no collective: it can run before joining)."""
+    from mili.checkpoint import load_model
+
+    device = device_of(rank, spec.device)
+    return load_model(spec.model, dtype=spec.dtype, device=device, backend=spec.make_backend(device), seed=spec.seed,
+                      group=TensorParallelGroup(rank, spec.size))
 
 
 def main(rank: int, spec: WorkerSpec, commands, reports) -> None:
@@ -69,13 +79,8 @@ def main(rank: int, spec: WorkerSpec, commands, reports) -> None:
     try:
         torch.set_num_threads(spec.num_threads)
         reports.send(("joining",))
-        store = dist.TCPStore("127.0.0.1", spec.store_port, spec.size, is_master=False)
-        group = join_group(rank, spec, store)
-        device = device_of(rank, spec.device)
-        from mili.checkpoint import load_model
-
-        model = load_model(spec.model, dtype=spec.dtype, device=device, backend=spec.make_backend(device),
-                           seed=spec.seed, group=group)
+        join_group(rank, spec, dist.TCPStore("127.0.0.1", spec.store_port, spec.size, is_master=False))
+        model = load_shard(rank, spec)
         reports.send(("ready",))
         with torch.inference_mode():
             serve(model, commands)
