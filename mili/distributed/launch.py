@@ -111,19 +111,21 @@ class WorkerGroup:
         for conn in self.commands:
             conn.send(message)
 
-    def stop(self) -> None:
-        """Stop every worker: "shutdown", then SIGTERM, then SIGKILL. Safe to call twice."""
+    def stop(self, polite: bool = True) -> None:
+        """Stop every worker: "shutdown" (if polite: workers between steps), then SIGTERM, then
+        SIGKILL. Safe to call twice."""
         if self._stopping:
             return
         self._stopping = True
-        for conn in self.commands:
-            try:
-                conn.send((step.SHUTDOWN,))
-            except OSError:
-                pass  # already gone
-        deadline = time.monotonic() + STOP_GRACE_S
-        for process in self.processes:
-            process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if polite:
+            for conn in self.commands:
+                try:
+                    conn.send((step.SHUTDOWN,))
+                except OSError:
+                    pass  # already gone
+            deadline = time.monotonic() + STOP_GRACE_S
+            for process in self.processes:
+                process.join(timeout=max(0.0, deadline - time.monotonic()))
         self._terminate_all()
         for conn in (*self.commands, *self.reports):
             conn.close()

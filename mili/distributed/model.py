@@ -99,6 +99,7 @@ class TensorParallelModel:
             failure = self.workers.wait_for_failure(timeout=5.0) if isinstance(err, Exception) else None
             self._broken = failure or (f"rank 0 stopped in the middle of a step ({type(err).__name__}: {err}); "
                                        "the ranks are out of step, so the group was shut down")
+            self.workers.stop(polite=False)  # they wait in a collective, not for a command
             self.shutdown()
             if isinstance(err, Exception):
                 raise TensorParallelFailure(self._broken) from err
