@@ -1,9 +1,10 @@
 """Rank 0's side of the worker processes: start them, watch them, stop them.
 
 Workers start from a fork server that has imported torch (CUDA cannot be forked from a process
-that uses it, so never from rank 0; importing torch in every worker took seconds);
-they are daemonic and get two pipes each: commands (rank 0 -> worker) and reports (worker -> rank 0: "joining", "ready",
-or an error's traceback). Rank 0 opens a `TCPStore` on a free port for the rendezvous.
+that uses it, so never from rank 0; importing torch in every worker took seconds). They are
+daemonic and get two pipes each: commands (rank 0 -> worker) and reports (worker -> rank 0:
+"joining", "ready", or an error's traceback). Rank 0 opens a `TCPStore` on a free port for the
+rendezvous.
 
 After start-up a monitor thread watches the report pipes and the processes. When a worker
 fails or exits on its own, it records why (`failure`) and stops the others, so that rank 0,
@@ -49,10 +50,6 @@ class WorkerGroup:
             self.processes.append(process)
             self.commands.append(command_in)
             self.reports.append(report_out)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes]
 
     def wait_for(self, state: str) -> None:
         """Block until every worker reports `state` ("joining", "ready"); a worker that fails or
