@@ -5,6 +5,8 @@
 - Tensors are memory-mapped, converted to the requested dtype while copied into place, and
   q/k/v and gate/up are fused on the way (exercise 1.6 says where each one goes).
 - Every problem is reported at once, by name: missing tensors, unexpected tensors, wrong shapes.
+- One rank of a tensor-parallel group (a `ModelShard`) reads only its part of each tensor
+  (safetensors' `get_slice`), so no rank ever holds the whole model.
 """
 
 from __future__ import annotations
@@ -16,8 +18,15 @@ import torch
 
 from mili.backends import Backend
 from mili.config import PRESETS, Qwen3Config, preset
+from mili.model.parallel import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    TensorParallelGroup,
+    VocabParallelEmbedding,
+)
 from mili.model.qwen3 import Qwen3ForCausalLM
 from mili.model.rope import rope_cos_sin_cache
+from mili.model.shard import ModelShard
 from mili.model.weights import checkpoint_name_to_param, shard_rows
 
 DOWNLOAD_HINT = ("download one with e.g. `huggingface-cli download Qwen/Qwen3-0.6B --local-dir models/Qwen3-0.6B`, "
@@ -33,11 +42,12 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 
 
 def build_model(config: Qwen3Config, *, dtype: torch.dtype, device: torch.device | str,
-                backend: Backend | str = "auto") -> Qwen3ForCausalLM:
-    """An uninitialised model on `device`: parameters in `dtype`, the RoPE cache in float32."""
+                backend: Backend | str = "auto", shard: ModelShard | None = None) -> Qwen3ForCausalLM:
+    """An uninitialised model (one rank's part, given a shard) on `device`: parameters in `dtype`,
+    the RoPE cache in float32."""
     device = torch.device(device)
     with torch.device("meta"):
-        model = Qwen3ForCausalLM(config, backend=backend, device=device)
+        model = Qwen3ForCausalLM(config, backend=backend, device=device, shard=shard)
     model.to_empty(device=device)
     for param in model.parameters():
         param.data = param.data.to(dtype)
@@ -49,19 +59,56 @@ def build_model(config: Qwen3Config, *, dtype: torch.dtype, device: torch.device
 
 
 def random_model(config: Qwen3Config, *, seed: int = 0, dtype: torch.dtype | None = None,
-                 device: torch.device | str = "cpu", backend: Backend | str = "auto") -> Qwen3ForCausalLM:
-    """Seeded random weights (normal, std 0.02; norms near 1), for benchmarks at real sizes."""
+                 device: torch.device | str = "cpu", backend: Backend | str = "auto",
+                 shard: ModelShard | None = None) -> Qwen3ForCausalLM:
+    """Seeded random weights (normal, std 0.02; norms near 1), for benchmarks at real sizes.
+
+    A rank's shard draws every full tensor in turn and keeps its part, so the ranks of a group
+    together hold exactly the weights one process would draw with the same seed.
+    """
     dtype = dtype or default_dtype(device)
-    model = build_model(config, dtype=dtype, device=device, backend=backend)
+    model = build_model(config, dtype=dtype, device=device, backend=backend, shard=shard)
     gen = torch.Generator(device=torch.device(device))
     gen.manual_seed(seed)
+    full_params = _full_model_shapes(model) if shard is not None else None
     with torch.no_grad():
         for name, param in model.named_parameters():
+            shape = param.shape if shard is None else full_params[name]
             if name.endswith("norm.weight"):
-                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=gen, device=param.device))
+                full = 1.0 + 0.1 * torch.randn(shape, generator=gen, device=param.device)
             else:
-                param.copy_(0.02 * torch.randn(param.shape, generator=gen, device=param.device))
+                full = 0.02 * torch.randn(shape, generator=gen, device=param.device)
+            if shard is None:
+                param.copy_(full)
+            elif name.endswith(("qkv_proj.weight", "gate_up_proj.weight")):
+                for part in ("q", "k", "v") if name.endswith("qkv_proj.weight") else ("gate", "up"):
+                    _copy_into(model, name, part, full[shard_rows(part, config)])
+            else:
+                _copy_into(model, name, None, full)
     return model
+
+
+def _full_model_shapes(model: Qwen3ForCausalLM) -> dict[str, torch.Size]:
+    """Every parameter's shape in the whole (unsharded) model."""
+    config = model.shard.config if model.shard is not None else model.config
+    with torch.device("meta"):
+        full = Qwen3ForCausalLM(config, backend=model.backend)
+    return {name: p.shape for name, p in full.named_parameters(remove_duplicate=False)}
+
+
+def _copy_into(model: Qwen3ForCausalLM, name: str, part: str | None, source) -> None:
+    """Copy a full checkpoint tensor (or a q/k/v/gate/up part of a fused one) into parameter
+    `name`, keeping this rank's part when the model is a shard. `source`: a tensor or a lazy
+    safetensors slice (indexing it reads only what it selects)."""
+    shard, param = model.shard, model.get_parameter(name)
+    if part is not None:  # fused: this rank's rows of the part, into the part's rows of the fused weight
+        param.data[shard_rows(part, model.config)].copy_(source if shard is None else source[shard.checkpoint_rows(part)])
+        return
+    module = model.get_submodule(name.rpartition(".")[0])
+    if isinstance(module, (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding)):
+        module.load(source)
+    else:
+        param.data.copy_(source if isinstance(source, torch.Tensor) else source[:])
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -88,11 +135,16 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 
 def load_weights(model: Qwen3ForCausalLM, folder: Path) -> None:
-    """Copy every checkpoint tensor into `model`, fusing and converting; raise on any mismatch."""
+    """Copy every checkpoint tensor into `model`, fusing and converting; raise on any mismatch.
+
+    A shard (tensor parallelism) reads only its part of each tensor from the memory-mapped files.
+    """
     from safetensors import safe_open
 
-    config = model.config
+    shard = model.shard
+    config = shard.config if shard is not None else model.config
     params = dict(model.named_parameters(remove_duplicate=False))
+    full_shapes = _full_model_shapes(model) if shard is not None else {n: p.shape for n, p in params.items()}
     expected = set()
     for name in params:
         if name.endswith("qkv_proj.weight"):
@@ -106,21 +158,23 @@ def load_weights(model: Qwen3ForCausalLM, folder: Path) -> None:
         for file in checkpoint_files(folder):
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 for ckpt_name in f.keys():
-                    name, shard = checkpoint_name_to_param(ckpt_name)
+                    name, part = checkpoint_name_to_param(ckpt_name)
                     if config.tie_word_embeddings and name == "lm_head.weight":
                         continue  # tied: the embedding matrix serves as the LM head
-                    if (name, shard) not in expected:
+                    if (name, part) not in expected:
                         unexpected.append(ckpt_name)
                         continue
-                    target = params[name].data
-                    if shard is not None:
-                        target = target[shard_rows(shard, config)]
-                    tensor = f.get_tensor(ckpt_name)
-                    if tuple(tensor.shape) != tuple(target.shape):
-                        wrong_shape.append(f"{ckpt_name}: checkpoint {tuple(tensor.shape)}, model {tuple(target.shape)}")
+                    want = tuple(full_shapes[name])
+                    if part is not None:
+                        rows = shard_rows(part, config)
+                        want = (rows.stop - rows.start, *want[1:])
+                    source = f.get_tensor(ckpt_name) if shard is None else f.get_slice(ckpt_name)
+                    shape = tuple(source.shape) if shard is None else tuple(source.get_shape())
+                    if shape != want:
+                        wrong_shape.append(f"{ckpt_name}: checkpoint {shape}, model {want}")
                         continue
-                    target.copy_(tensor)
-                    loaded.add((name, shard))
+                    _copy_into(model, name, part, source)
+                    loaded.add((name, part))
     missing = sorted(f"{n}" + (f" [{s}]" if s else "") for n, s in expected - loaded)
     problems = []
     if missing:
@@ -134,17 +188,24 @@ def load_weights(model: Qwen3ForCausalLM, folder: Path) -> None:
 
 
 def load_model(model: str | Path, *, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
-               backend: Backend | str = "auto", seed: int = 0) -> Qwen3ForCausalLM:
-    """A Hugging Face Qwen3 folder, or a preset name ('Qwen3-0.6B', '8B', ...) for random weights."""
+               backend: Backend | str = "auto", seed: int = 0,
+               group: TensorParallelGroup | None = None) -> Qwen3ForCausalLM:
+    """A Hugging Face Qwen3 folder, or a preset name ('Qwen3-0.6B', '8B', ...) for random weights.
+
+    group: this process's rank in a tensor-parallel group; the model is then that rank's part.
+    """
     dtype = dtype or default_dtype(device)
     folder = Path(model).expanduser()
     if folder.is_dir():
         config = Qwen3Config.from_json(folder)
-        result = build_model(config, dtype=dtype, device=device, backend=backend)
-        load_weights(result, folder)
-        return result
-    try:
-        config = preset(str(model))
-    except ValueError:
-        raise CheckpointError(f"{model} is neither a model folder nor a preset; {DOWNLOAD_HINT}") from None
-    return random_model(config, seed=seed, dtype=dtype, device=device, backend=backend)
+    else:
+        try:
+            config = preset(str(model))
+        except ValueError:
+            raise CheckpointError(f"{model} is neither a model folder nor a preset; {DOWNLOAD_HINT}") from None
+    shard = ModelShard.of(config, group) if group is not None else None
+    if not folder.is_dir():
+        return random_model(config, seed=seed, dtype=dtype, device=device, backend=backend, shard=shard)
+    result = build_model(config, dtype=dtype, device=device, backend=backend, shard=shard)
+    load_weights(result, folder)
+    return result

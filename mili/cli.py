@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from mili.argtypes import non_negative_float, positive_int, probability
+from mili.distributed.failure import TensorParallelFailure
 from mili.exercise import CHAPTERS, repo_root
 
 DEFAULT_MODEL = repo_root() / "data" / "mili-tiny-qwen3"
@@ -97,7 +98,8 @@ def cmd_generate(args) -> int:
         raise UsageError("the prompt is empty")
     llm = LLM(model_name, tokenizer=tokenizer, dtype=args.dtype, device=_pick_device(args.device),
               backend=args.backend, seed=args.seed or 0,
-              num_kv_blocks=(len(prompt_ids) + args.max_tokens) // 16 + 2)
+              num_kv_blocks=(len(prompt_ids) + args.max_tokens) // 16 + 2,
+              tensor_parallel_size=args.tensor_parallel_size)
     context = llm.model.config.max_position_embeddings
     if len(prompt_ids) + args.max_tokens > context:
         raise UsageError(f"the prompt ({len(prompt_ids)} tokens) plus --max-tokens ({args.max_tokens}) exceeds the "
@@ -160,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="N",
+                   help="split the model over N processes: GPUs device, device+1, ... (NCCL) or CPU ranks (gloo)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("eval", help="accuracy of a model on the tiny model's skills", add_help=False)
@@ -195,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in message[1:6]:
             print(f"  {line}", file=sys.stderr)
         return 2
+    except TensorParallelFailure as err:
+        print(f"mili: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

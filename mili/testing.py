@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from multiprocessing.connection import wait
+from typing import Any
 
 import torch
 
@@ -81,3 +87,65 @@ def assert_close(actual, expected, *, dtype: torch.dtype | None = None, scale: f
         if hint:
             message += f"\nhint: {hint}"
         raise AssertionError(message)
+
+
+def run_on_ranks(fn: Callable[..., Any], size: int, *args, timeout: float = 60.0) -> list[Any]:
+    """fn(rank, size, *args) in `size` new processes joined in one gloo group; each rank's result.
+
+    fn must be defined at the top level of an importable module (the processes import it). A
+    rank that raises makes this raise at once, with that rank's traceback (the other ranks are
+    killed: they may be waiting for it in a collective); nothing waits longer than `timeout`.
+    """
+    import torch.distributed as dist
+
+    from mili.distributed.launch import worker_context
+
+    ctx = worker_context()
+    store = dist.TCPStore("127.0.0.1", 0, size, is_master=True, wait_for_workers=False)
+    processes, pipes = [], []
+    for rank in range(size):
+        receive, send = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=_rank_main, args=(fn, rank, size, store.port, timeout, args, send), daemon=True)
+        process.start()
+        send.close()
+        processes.append(process)
+        pipes.append(receive)
+    results: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(results) < size:
+            pending = [conn for rank, conn in enumerate(pipes) if rank not in results]
+            ready = wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError(f"ranks {sorted(set(range(size)) - set(results))} did not finish in {timeout:.0f} s")
+            for conn in ready:
+                rank = pipes.index(conn)
+                try:
+                    status, value = conn.recv()
+                except EOFError:
+                    status, value = "error", "the process exited without a result"
+                if status == "error":
+                    raise RuntimeError(f"rank {rank} of {size} failed:\n{value}")
+                results[rank] = value
+    finally:
+        for process in processes:
+            process.join(timeout=5 if len(results) == size else 0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return [results[rank] for rank in range(size)]
+
+
+def _rank_main(fn, rank, size, port, timeout, args, conn) -> None:
+    import torch.distributed as dist
+
+    try:
+        torch.set_num_threads(1)
+        store = dist.TCPStore("127.0.0.1", port, size, is_master=False)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=size, timeout=timedelta(seconds=timeout))
+        conn.send(("ok", fn(rank, size, *args)))
+    except BaseException:  # noqa: BLE001 - sent to the parent, which raises it
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -29,7 +29,7 @@ def _flag(args: list[str], flag: str) -> str:
     return args[args.index(flag) + 1]
 
 
-@pytest.mark.parametrize("name", ["deployment.yaml", "service.yaml"])
+@pytest.mark.parametrize("name", ["deployment.yaml", "service.yaml", "hpa.yaml"])
 def test_kubernetes_manifests_pass_the_schema(name):
     for doc in _docs(name):
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
@@ -64,6 +64,35 @@ def test_the_service_selects_the_deployment_and_targets_its_port():
     assert service["spec"]["selector"].items() <= labels.items()
     names = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= names
+
+
+def test_the_autoscaler_scales_the_deployment_on_a_metric_the_server_exports():
+    from mili.server.metrics import ServerMetrics
+
+    (deployment,), (hpa,) = _docs("deployment.yaml"), _docs("hpa.yaml")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count: `kubectl apply` would reset it"
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    name = metric["pods"]["metric"]["name"]
+    # the Prometheus adapter turns a series of /metrics into the custom metric the HPA reads
+    adapter = yaml.safe_load((DEPLOYMENT / "prometheus-adapter-values.yaml").read_text())
+    (rule,) = adapter["rules"]["custom"]
+    series = rule["seriesQuery"].split("{")[0]
+    assert re.sub(rule["name"]["matches"], rule["name"]["as"].replace("${1}", r"\1"), series) == name
+    exported = {m.name for m in ServerMetrics("m").registry.collect()}
+    assert series in exported, f"{series} is not a metric of mili serve ({sorted(exported)})"
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+
+
+def test_the_server_is_warm_before_it_says_ready():
+    from mili.server.cli import engine_loader
+
+    args = build_parser().parse_args(["--model", str(repo_root() / "data" / "mili-tiny-qwen3"), "--device", "cpu"])
+    engine, _ = engine_loader(args)()  # /health turns 200 only once this returns
+    assert engine.num_steps >= 2, "the loader must run a warm-up request (a prefill and a decode) before ready"
+    assert engine.block_manager.stats.cached_blocks == 0, "the warm-up prompt must leave nothing in the prefix cache"
 
 
 def _compose() -> dict:

@@ -84,7 +84,7 @@ backends in full.
 | 03 | Python integration: the engine | `mili/engine/` — sampler, detokenizer, scheduler, model runner, `LLM.generate` | 3.1 sampler · 3.2 incremental detokenizer + stop strings · 3.3 scheduler (continuous batching, chunked prefill, preemption) · 3.4 engine step (batch building) |
 | 04 | Attention | `mili/kernels/` — FlashAttention and paged attention | 4.1 FlashAttention prefill (varlen, causal, GQA) · 4.2 KV write into the paged cache · 4.3 paged prefill over a cached prefix · 4.4 paged decode attention (split-K) |
 | 05 | KV cache | `mili/cache/` — block allocator, block manager, radix prefix cache | 5.1 block allocator · 5.2 block manager · 5.3 radix prefix cache (match, insert, evict) · 5.4 first-fit / best-fit vs paged fragmentation study |
-| 06 | Deployment | the OpenAI-compatible server, metrics, `deployment/` (Docker, Kubernetes) | 6.1 streaming chat completions · 6.2 metrics · 6.3 load test analysis |
+| 06 | Deployment | the OpenAI-compatible server, metrics, `deployment/` (Docker, Kubernetes), tensor parallelism | 6.1 streaming chat completions · 6.2 metrics · 6.3 load test analysis · 6.4 column- and row-parallel layers |
 
 ### How exercises work
 

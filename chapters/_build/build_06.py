@@ -23,6 +23,7 @@ in an OpenAI-compatible HTTP server (`mili serve`) that does all of that, and me
 6. Exercise 6.3 — load testing: percentiles from raw timings; latency against request rate
 7. Graceful drain, Docker and Kubernetes
 8. What you built
+9. Scaling out: tensor parallelism — exercise 6.4, column- and row-parallel layers
 
 Everything here runs on a CPU with the tiny model (`data/mili-tiny-qwen3`): the numbers are this
 machine's, not a GPU's. The server needs the `server` extra: `pip install -e ".[dev,server]"`.
@@ -395,6 +396,97 @@ refused before they reach the engine, clients that leave free their KV blocks wi
 the server tells Prometheus and load balancers how it is doing, and it stops without dropping
 work. With the load generator you can now measure the whole stack the way users feel it: run
 `mili serve` on the GPU machine with a real Qwen3 and `mili bench serve` against it.
+""")
+
+md(r"""
+## 9. Scaling out: tensor parallelism
+
+Qwen3-32B is 65 GB of bfloat16 weights: on an 80 GB GPU almost nothing is left for the KV
+cache. Tensor parallelism splits **every layer** over the GPUs of one host, so each holds and
+reads only its share of the weights. Megatron-LM's split costs two all-reduces per layer: the
+first matrix of a pair is split by its *output* features (column-parallel: each rank computes
+some features, no communication), the second by its *input* features (row-parallel: each rank
+multiplies the features it has, and one all-reduce sums the partial products). Attention splits
+by heads (a rank's q, k, v rows, its heads, its columns of `o_proj`), the MLP by intermediate
+features; the embedding and the LM head split the vocabulary (the logits are gathered on rank 0,
+which samples). Between the all-reduces nothing is exchanged:
+""")
+
+code(r"""
+from matplotlib.patches import FancyBboxPatch
+
+steps = [("hidden\n(all of it)", None), ("qkv_proj\nmy heads' rows", "column"), ("attention\nmy heads", None),
+         ("o_proj\nmy columns", "row"), ("Σ all-reduce", "reduce"), ("+ residual\nnorm", None),
+         ("gate_up_proj\nmy rows", "column"), ("silu · up", None), ("down_proj\nmy columns", "row"),
+         ("Σ all-reduce", "reduce"), ("+ residual", None)]
+colors = {"column": "#9ecae1", "row": "#fdae6b", "reduce": "#e6550d", None: "#f0f0f0"}
+fig, ax = plt.subplots(figsize=(14, 3.2))
+for i, (label, kind) in enumerate(steps):
+    x = i * 1.3
+    ranks = [(-0.35, 1.7)] if kind == "reduce" else [(0.85, 0.5), (-0.35, 0.5)]
+    for y, height in ranks:
+        ax.add_patch(FancyBboxPatch((x, y), 1.1, height, boxstyle="round,pad=0.02", fc=colors[kind], ec="black"))
+        ax.text(x + 0.55, y + height / 2, label, ha="center", va="center", fontsize=8,
+                color="white" if kind == "reduce" else "black")
+    if i:
+        for y in (1.1, -0.1):
+            ax.annotate("", (x, y), (x - 0.2, y), arrowprops=dict(arrowstyle="->"))
+for y, name in ((1.1, "rank 0"), (-0.1, "rank 1")):
+    ax.text(-0.15, y, name, ha="right", va="center", fontsize=10)
+ax.set_xlim(-1.0, len(steps) * 1.3)
+ax.set_ylim(-0.5, 1.5)
+ax.axis("off")
+ax.set_title("One decoder layer on 2 ranks: blue splits outputs (column-parallel), orange splits inputs "
+             "(row-parallel), red joins the ranks")
+plt.show()
+""")
+
+md(r"""
+`LLM(model, tensor_parallel_size=2)` (`mili generate --tensor-parallel-size 2`) starts one
+process per rank (`mili/distributed/`): rank 0 runs the whole engine of chapter 03 unchanged,
+and its model sends each step's batch to the other ranks with one `torch.distributed.broadcast`
+before running its own shard. On GPUs the ranks talk over NCCL; here, on the CPU, over gloo —
+the same code, which is how the tests check that 2 ranks give exactly the tokens of one process:
+""")
+
+code(r"""
+params = SamplingParams(temperature=0, max_tokens=12)
+questions = ["What is 17 + 25?", "Reverse the words:\nred green blue", "Sort the numbers:\n9, 2, 7, 4"]
+conversations = [[{"role": "user", "content": q}] for q in questions]
+one = LLM(str(TINY), num_kv_blocks=64)
+two = LLM(str(TINY), num_kv_blocks=64, tensor_parallel_size=2)
+for question, a, b in zip(questions, one.chat(conversations, params, use_tqdm=False),
+                          two.chat(conversations, params, use_tqdm=False)):
+    print(f"{question!r:40} one process {a.outputs[0].text!r:16} two ranks {b.outputs[0].text!r:16} "
+          f"same tokens: {a.outputs[0].token_ids == b.outputs[0].token_ids}")
+whole = sum(p.numel() for p in one.model.parameters())
+print(f"rank 0 holds {sum(p.numel() for p in two.model.shard_model.parameters()) / whole:.0%} of the weights")
+two.model.shutdown()
+""")
+
+md(r"""
+Each rank holds half of the weights (the norms, which every rank keeps whole, are tiny).
+
+### Exercise 6.4 — column- and row-parallel linear layers
+
+In `mili/model/parallel.py`, implement `ColumnParallelLinear.load` (copy this rank's rows of the
+full weight and bias), `RowParallelLinear.load` (this rank's columns; every rank holds the whole
+bias) and `RowParallelLinear.forward` (multiply, `dist.all_reduce` the partial sums, add the bias
+once). The full weights may arrive as safetensors slices: index them with one slice so that a
+rank reads only its part from disk — no rank of a 32B model can hold the whole of it. The grader
+runs your layers on 2 gloo ranks against the same layers computed whole in one process.
+""")
+
+code(r"""
+mili.grade("6.4")
+""")
+
+md(r"""
+**Scale up or scale out?** Tensor parallelism is for a model that does not fit one GPU, or for
+a lower time per token: each GPU reads only its share of the weights per step, but two
+all-reduces per layer wait on the interconnect, so it stays within one host's NVLink. For more
+traffic, add replicas instead, which share nothing: `deployment/kubernetes/hpa.yaml` adds pods
+when requests queue up (`mili:num_requests_waiting`), as `deployment/README.md` explains.
 """)
 
 

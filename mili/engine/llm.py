@@ -34,6 +34,8 @@ class LLM:
     model: a Hugging Face Qwen3 folder, or a preset name ('Qwen3-0.6B') for random weights.
     dtype: 'auto' (bfloat16 on CUDA, float32 elsewhere), a name or a torch.dtype.
     device: None picks CUDA when present. The engine settings are those of `EngineConfig`.
+    tensor_parallel_size: split the model over this many processes (GPUs device, device+1, ...;
+    or CPU ranks over gloo); see mili/distributed. The engine then runs eagerly (no CUDA graphs).
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, tokenizer=None, dtype: str | torch.dtype = "auto",
@@ -41,14 +43,27 @@ class LLM:
                  num_kv_blocks: int | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int | None = None,
                  max_model_len: int | None = None, enable_prefix_caching: bool = True,
                  gpu_memory_utilization: float = 0.9, enforce_eager: bool = False, persistent_batch: bool = True,
-                 overlap: bool = True):
+                 overlap: bool = True, tensor_parallel_size: int = 1):
         from mili.checkpoint import load_model
         from mili.engine.batched_attention import engine_backend
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model_name = str(model)
-        backend = engine_backend(backend, device) if isinstance(backend, str) else backend
-        self.model = load_model(model, dtype=_resolve_dtype(dtype), device=device, backend=backend, seed=seed)
+        self.tensor_parallel_size = tensor_parallel_size
+        if tensor_parallel_size == 1:
+            backend = engine_backend(backend, device) if isinstance(backend, str) else backend
+            self.model = load_model(model, dtype=_resolve_dtype(dtype), device=device, backend=backend, seed=seed)
+        else:
+            from functools import partial
+
+            from mili.distributed.model import load_tensor_parallel
+
+            if not isinstance(backend, str):
+                raise ValueError("with tensor_parallel_size > 1 name the backend ('auto', 'torch', 'triton'): "
+                                 "every rank makes its own")
+            self.model = load_tensor_parallel(model, tensor_parallel_size, dtype=_resolve_dtype(dtype), device=device,
+                                              make_backend=partial(engine_backend, backend), seed=seed)
+            enforce_eager = True  # the engine's CUDA graphs would replay rank 0 alone
         self.tokenizer = _load_tokenizer(tokenizer if tokenizer is not None else model)
         config = EngineConfig(block_size=block_size, num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs,
                               max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
@@ -74,6 +89,9 @@ class LLM:
             params = list(sampling_params)
         else:
             params = [sampling_params or SamplingParams()] * len(prompts)
+        if self.tensor_parallel_size > 1 and any(p.n > 1 for p in params):
+            raise ValueError("n > 1 is not supported with tensor_parallel_size > 1 yet: the engine copies the "
+                             "blocks that parallel samples share on rank 0 only")
         final_only = {}  # offline: one output per request, when it finishes (nothing built per step)
         params = [final_only.setdefault(id(p), _final_only(p)) for p in params]
         ids = []

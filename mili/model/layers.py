@@ -4,6 +4,10 @@ Every op goes through `self.ops` (a `mili.backends.Backend`), so the same module
 plain-PyTorch ops of chapter 01 or the Triton kernels of chapters 02 and 04.
 Weights are stored fused, as loaded (`mili/checkpoint.py`): `qkv_proj` = [q; k; v] rows and
 `gate_up_proj` = [gate; up] rows.
+
+Under tensor parallelism (`shard`, chapter 06) `config` is one rank's view (its heads, its
+intermediate features): qkv_proj and gate_up_proj hold this rank's rows and need nothing else;
+o_proj and down_proj become row-parallel (one all-reduce each). Without a shard nothing changes.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from mili.backends import Backend
 from mili.config import Qwen3Config
 from mili.exercise import exercise
 from mili.model.metadata import AttentionMetadata
+from mili.model.parallel import RowParallelLinear
 from mili.model.rope import rope_cos_sin_cache
+from mili.model.shard import ModelShard
 
 
 class RMSNorm(nn.Module):
@@ -41,7 +47,7 @@ class RotaryEmbedding(nn.Module):
 
 
 class Qwen3Attention(nn.Module):
-    def __init__(self, config: Qwen3Config, rotary: RotaryEmbedding, ops: Backend):
+    def __init__(self, config: Qwen3Config, rotary: RotaryEmbedding, ops: Backend, shard: ModelShard | None = None):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -49,7 +55,11 @@ class Qwen3Attention(nn.Module):
         self.q_size, self.kv_size = config.q_size, config.kv_size
         self.scaling = self.head_dim ** -0.5
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=False)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+        if shard is None:
+            self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+        else:
+            self.o_proj = RowParallelLinear(shard.config.q_size, config.hidden_size, group=shard.group,
+                                            cols=shard.q_columns)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ops)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ops)
         self.rotary = rotary
@@ -86,10 +96,14 @@ class Qwen3Attention(nn.Module):
 
 
 class Qwen3MLP(nn.Module):
-    def __init__(self, config: Qwen3Config, ops: Backend):
+    def __init__(self, config: Qwen3Config, ops: Backend, shard: ModelShard | None = None):
         super().__init__()
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        if shard is None:
+            self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        else:
+            self.down_proj = RowParallelLinear(shard.config.intermediate_size, config.hidden_size, group=shard.group,
+                                               cols=shard.intermediate)
         self.ops = ops
 
     @exercise("1.4", "SwiGLU MLP")
@@ -104,10 +118,10 @@ class Qwen3MLP(nn.Module):
 
 
 class Qwen3DecoderLayer(nn.Module):
-    def __init__(self, config: Qwen3Config, rotary: RotaryEmbedding, ops: Backend):
+    def __init__(self, config: Qwen3Config, rotary: RotaryEmbedding, ops: Backend, shard: ModelShard | None = None):
         super().__init__()
-        self.self_attn = Qwen3Attention(config, rotary, ops)
-        self.mlp = Qwen3MLP(config, ops)
+        self.self_attn = Qwen3Attention(config, rotary, ops, shard)
+        self.mlp = Qwen3MLP(config, ops, shard)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 

@@ -5,6 +5,10 @@ One class serves every use: prefill and decode, one sequence or many, any backen
     logits = model.compute_logits(hidden[rows]) -> [rows, vocab] float32
 Computing logits only for the rows that are sampled (the last token of each sequence) saves
 a [T, vocab] matrix product during prefill.
+
+Given a `ModelShard` (tensor parallelism, chapter 06) the model is one rank's part: `config` is
+that rank's view (`ModelShard.local_config`), the vocabulary is split, and compute_logits returns
+the gathered logits on rank 0 and None on the other ranks.
 """
 
 from __future__ import annotations
@@ -16,14 +20,20 @@ from mili.backends import Backend, get_backend
 from mili.config import Qwen3Config
 from mili.model.layers import Qwen3DecoderLayer, RMSNorm, RotaryEmbedding
 from mili.model.metadata import AttentionMetadata, KVCache
+from mili.model.parallel import ParallelLMHead, VocabParallelEmbedding
+from mili.model.shard import ModelShard
 
 
 class Qwen3Model(nn.Module):
-    def __init__(self, config: Qwen3Config, ops: Backend):
+    def __init__(self, config: Qwen3Config, ops: Backend, shard: ModelShard | None = None):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if shard is None:
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        else:
+            self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, group=shard.group)
         rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
-        self.layers = nn.ModuleList(Qwen3DecoderLayer(config, rotary, ops) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(Qwen3DecoderLayer(config, rotary, ops, shard)
+                                    for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 
     def forward(self, input_ids: Tensor, positions: Tensor, attn_metadata: AttentionMetadata,
@@ -37,12 +47,19 @@ class Qwen3Model(nn.Module):
 
 
 class Qwen3ForCausalLM(nn.Module):
-    def __init__(self, config: Qwen3Config, backend: Backend | str = "auto", device: torch.device | str = "cpu"):
+    def __init__(self, config: Qwen3Config, backend: Backend | str = "auto", device: torch.device | str = "cpu",
+                 shard: ModelShard | None = None):
         super().__init__()
-        self.config = config
+        if shard is not None and shard.config != config:
+            raise ValueError("the shard was planned for another config")
+        self.config = config if shard is None else shard.local_config
+        self.shard = shard
         self.backend = backend if isinstance(backend, Backend) else get_backend(backend, device)
-        self.model = Qwen3Model(config, self.backend)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.model = Qwen3Model(self.config, self.backend, shard)
+        if shard is None:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        else:
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, group=shard.group)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -55,8 +72,9 @@ class Qwen3ForCausalLM(nn.Module):
         return self.model(input_ids, positions, attn_metadata, kv_cache)
 
     @torch.inference_mode()
-    def compute_logits(self, hidden_states: Tensor) -> Tensor:
-        return self.lm_head(hidden_states).float()
+    def compute_logits(self, hidden_states: Tensor) -> Tensor | None:
+        logits = self.lm_head(hidden_states)
+        return None if logits is None else logits.float()
 
     @property
     def device(self) -> torch.device:

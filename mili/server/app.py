@@ -3,7 +3,8 @@
     app = build_app(load_engine, ServerConfig(model_name="mili-tiny-qwen3"))
 
 `load_engine()` returns `(LLMEngine, tokenizer)`; it runs in a worker thread after the server
-starts listening, so `/health` answers 503 ("starting") until the model is loaded, then 200.
+starts listening, so `/health` answers 503 ("starting") until the model is loaded (and warmed up,
+see `mili.server.cli.warm_up`), then 200.
 Requests are validated here, tokenized here (the prompt's length is checked against the context
 window before anything reaches the engine), then handed to the `AsyncEngine`. The server counts
 the requests it has admitted: beyond `max_num_seqs + max_queue` of them a new one gets 429 with

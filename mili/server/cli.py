@@ -3,8 +3,9 @@
     mili serve --model data/mili-tiny-qwen3 [--host 127.0.0.1] [--port 8000] [--api-key KEY]
                [--max-queue N] [--served-model-name NAME] [--shutdown-timeout S]
 
-The socket opens at once and `/health` says 503 until the model is loaded. On SIGTERM (or
-Ctrl+C) the server drains: new requests get 503, `/health` 503 (a load balancer stops sending),
+The socket opens at once and `/health` says 503 until the model is loaded and warmed up (one short
+request compiles the kernels). On SIGTERM (or Ctrl+C) the server drains: new requests get 503,
+`/health` 503 (a load balancer stops sending),
 requests in flight may finish for up to --shutdown-timeout seconds, then the rest are aborted
 (their streams end with finish_reason "abort") and the process exits with status 0. A second
 signal stops at once.
@@ -105,9 +106,21 @@ def engine_loader(args):
                   seed=args.seed, block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
                   max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                   enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager)
+        warm_up(llm)
         return llm.engine, llm.tokenizer
 
     return load
+
+
+def warm_up(llm) -> None:
+    """One short request before /health says ready (a Kubernetes readiness probe waits for it): the
+    first prefill and decode compile their kernels, seconds on a GPU that would fall on the first
+    users. Prompt and output fill no whole KV block, so nothing of them stays in the prefix cache."""
+    from mili.engine.sampling_params import SamplingParams
+
+    new_tokens = 2
+    prompt = {"prompt_token_ids": [0] * max(1, llm.engine.config.block_size - new_tokens - 1)}
+    llm.generate([prompt], SamplingParams(max_tokens=new_tokens, ignore_eos=True), use_tqdm=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,151 @@
+"""Rank 0's tensor-parallel model: to the engine it is a model like any other.
+
+`TensorParallelModel` has what the engine uses of `Qwen3ForCausalLM` (`forward`, `compute_logits`,
+`config`, `device`, `dtype`, `backend`), so the scheduler, the model runner and the sampler run
+on rank 0 unchanged and know nothing of the other ranks. Each call sends the workers the same
+call (`step.py`), then runs rank 0's own shard; the shards meet in their all-reduces and in the
+gather of the logits. `config` is rank 0's view (`ModelShard.local_config`): the engine sizes
+the KV cache from it, so each rank's cache holds its own KV heads. Each worker allocates its
+cache, with the same number of blocks, the first time rank 0 passes a new one.
+
+Failures: a worker that fails, or a step that stops half-way on rank 0 (an exception, Ctrl-C),
+leaves the ranks out of step, so the workers are stopped and every later call raises
+`TensorParallelFailure`. The engine's CUDA graphs cannot record this model (the workers would
+not replay with rank 0): an engine on it runs eagerly.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from mili.distributed import step
+from mili.distributed.failure import TensorParallelFailure
+from mili.distributed.launch import WorkerGroup, check_devices, start_store
+from mili.distributed.worker import WorkerSpec, join_group, load_shard
+from mili.model.metadata import AttentionMetadata, KVCache
+
+
+class TensorParallelModel:
+    def __init__(self, shard_model, workers: WorkerGroup):
+        self.shard_model = shard_model  # rank 0's Qwen3ForCausalLM shard
+        self.workers = workers
+        self.config = shard_model.config
+        self.backend = shard_model.backend
+        self.tensor_parallel_size = shard_model.shard.group.size
+        self._worker_cache: weakref.ref | None = None  # the KV cache the workers mirror
+        self._broken: str | None = None
+        self._finalizer = weakref.finalize(self, _stop_group, workers)
+
+    @property
+    def device(self) -> torch.device:
+        return self.shard_model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.shard_model.dtype
+
+    def __call__(self, input_ids: Tensor, positions: Tensor, attn_metadata: AttentionMetadata,
+                 kv_cache: KVCache | None = None) -> Tensor:
+        return self.forward(input_ids, positions, attn_metadata, kv_cache)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: Tensor, positions: Tensor, attn_metadata: AttentionMetadata,
+                kv_cache: KVCache | None = None) -> Tensor:
+        if input_ids.dim() != 1 or positions.shape != input_ids.shape:
+            raise ValueError(f"input_ids and positions must both be flat [T], got {tuple(input_ids.shape)} "
+                             f"and {tuple(positions.shape)}")
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("a tensor-parallel model cannot be recorded into a CUDA graph by its caller: the "
+                               "workers would not replay with it (run the engine with enforce_eager=True)")
+        if kv_cache is not None and kv_cache.k.shape[3] != self.config.num_key_value_heads:
+            raise ValueError(f"the KV cache holds {kv_cache.k.shape[3]} KV heads but rank 0 holds "
+                             f"{self.config.num_key_value_heads}: size it from this model's config")
+        layout, buffer = step.pack_step(input_ids, positions, attn_metadata)
+
+        def run():
+            if kv_cache is not None and (self._worker_cache is None or self._worker_cache() is not kv_cache):
+                self.workers.send((step.KV_CACHE, kv_cache.num_blocks, kv_cache.block_size))
+                self._worker_cache = weakref.ref(kv_cache)
+            self.workers.send((step.FORWARD, layout, kv_cache is not None))
+            step.broadcast_from_first(buffer)
+            return self.shard_model(input_ids, positions, attn_metadata, kv_cache)
+
+        return self._in_step(run)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden_states: Tensor) -> Tensor:
+        hidden_states = hidden_states.contiguous()
+
+        def run():
+            self.workers.send((step.LOGITS, tuple(hidden_states.shape)))
+            step.broadcast_from_first(hidden_states)
+            return self.shard_model.compute_logits(hidden_states)
+
+        return self._in_step(run)
+
+    def _in_step(self, run: Callable[[], Tensor]) -> Tensor:
+        """Run one call on every rank; any failure half-way ends the group (see the module docstring)."""
+        if self._broken is None and self.workers.failure is not None:
+            self._broken = self.workers.failure
+        if self._broken is not None:
+            raise TensorParallelFailure(self._broken)
+        try:
+            return run()
+        except BaseException as err:
+            failure = self.workers.wait_for_failure(timeout=5.0) if isinstance(err, Exception) else None
+            self._broken = failure or (f"rank 0 stopped in the middle of a step ({type(err).__name__}: {err}); "
+                                       "the ranks are out of step, so the group was shut down")
+            self.workers.stop(polite=False)  # they wait in a collective, not for a command
+            self.shutdown()
+            if isinstance(err, Exception):
+                raise TensorParallelFailure(self._broken) from err
+            raise
+
+    def shutdown(self) -> None:
+        """Stop the workers and leave the process group (also done at exit). Safe to call twice."""
+        self._finalizer()
+        if self._broken is None:
+            self._broken = "this tensor-parallel model was shut down"
+
+
+def _stop_group(workers: WorkerGroup) -> None:
+    import torch.distributed as dist
+
+    workers.stop()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def load_tensor_parallel(model: str, size: int, *, dtype: torch.dtype | None, device: torch.device,
+                         make_backend: Callable, seed: int = 0) -> TensorParallelModel:
+    """Start ranks 1 .. size-1, load every rank's part of `model` at once, return rank 0's.
+
+    make_backend(device) -> Backend must be picklable (a module-level function or a
+    functools.partial of one): each rank makes its own.
+    """
+    import torch.distributed as dist
+
+    if not isinstance(size, int) or isinstance(size, bool) or size < 2:
+        raise ValueError(f"tensor parallelism needs at least 2 ranks, got tensor_parallel_size={size!r}")
+    device = torch.device(device)
+    check_devices(device, size)
+    if dist.is_initialized():
+        raise RuntimeError("torch.distributed is already initialised in this process (another tensor-parallel "
+                           "model?): shut it down first (llm.model.shutdown())")
+    store = start_store(size)
+    spec = WorkerSpec(str(model), dtype, device, make_backend, seed, size, store.port, torch.get_num_threads())
+    workers = WorkerGroup(spec)
+    try:
+        shard_model = load_shard(0, spec)  # while the workers start
+        workers.wait_for("joining")
+        join_group(0, spec, store)
+        workers.wait_for("ready")
+    except BaseException:
+        _stop_group(workers)
+        raise
+    workers.watch()
+    return TensorParallelModel(shard_model, workers)

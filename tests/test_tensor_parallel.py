@@ -1,0 +1,314 @@
+"""Tensor parallelism on the CPU (gloo, 2 ranks): the same greedy tokens as one process, each rank
+loading only its part, and no process left behind however the run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mili import LLM, SamplingParams
+from mili.checkpoint import load_model, random_model
+from mili.config import Qwen3Config
+from mili.distributed.step import pack_step, unpack_step
+from mili.exercise import repo_root
+from mili.model.metadata import AttentionMetadata
+from mili.model.parallel import TensorParallelGroup, shard_range
+from mili.model.shard import ModelShard, attention_heads
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROOT = repo_root()
+TINY_MODEL = ROOT / "data" / "mili-tiny-qwen3"
+
+# heads and KV heads that divide by 2 ranks and that do not; tied and untied embeddings
+CHECKPOINTS = {
+    "kv-heads-divide-tied": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                 vocab_size=256, intermediate_size=96),
+    "kv-heads-uneven-untied": dict(num_attention_heads=6, num_key_value_heads=3, tie_word_embeddings=False,
+                                   vocab_size=301, intermediate_size=97),
+    "kv-head-replicated-untied": dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False,
+                                      vocab_size=263, intermediate_size=64),
+    "query-heads-uneven-tied": dict(num_attention_heads=3, num_key_value_heads=1, tie_word_embeddings=True,
+                                    vocab_size=257, intermediate_size=80),
+}
+
+
+def write_checkpoint(folder: Path, seed: int = 0, **shape) -> Qwen3Config:
+    """A random Qwen3 checkpoint under the Hugging Face names (q/k/v and gate/up unfused).
+
+    Weights are large enough (std 0.08) for peaked logits, so that greedy choices do not hinge on
+    the last bits that a different order of summation changes.
+    """
+    config = Qwen3Config(hidden_size=64, num_hidden_layers=2, head_dim=16, max_position_embeddings=512,
+                         rope_theta=10000.0, eos_token_id=None, **shape)
+    gen = torch.Generator().manual_seed(seed)
+
+    def matrix(rows, cols):
+        return 0.08 * torch.randn(rows, cols, generator=gen)
+
+    def norm(size):
+        return 1.0 + 0.2 * torch.randn(size, generator=gen)
+
+    h, d = config.hidden_size, config.head_dim
+    tensors = {"model.embed_tokens.weight": matrix(config.vocab_size, h), "model.norm.weight": norm(h)}
+    if not config.tie_word_embeddings:
+        tensors["lm_head.weight"] = matrix(config.vocab_size, h)
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        tensors.update({
+            p + "input_layernorm.weight": norm(h), p + "post_attention_layernorm.weight": norm(h),
+            p + "self_attn.q_proj.weight": matrix(config.q_size, h), p + "self_attn.k_proj.weight": matrix(config.kv_size, h),
+            p + "self_attn.v_proj.weight": matrix(config.kv_size, h), p + "self_attn.o_proj.weight": matrix(h, config.q_size),
+            p + "self_attn.q_norm.weight": norm(d), p + "self_attn.k_norm.weight": norm(d),
+            p + "mlp.gate_proj.weight": matrix(config.intermediate_size, h),
+            p + "mlp.up_proj.weight": matrix(config.intermediate_size, h),
+            p + "mlp.down_proj.weight": matrix(h, config.intermediate_size),
+        })
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config.to_hf_dict()))
+    return config
+
+
+# ---------------------------------------------------------------- the split (no processes)
+
+@pytest.mark.parametrize("heads,kv_heads,size", [(4, 2, 2), (6, 3, 2), (4, 1, 2), (3, 1, 2), (8, 2, 4), (6, 2, 4),
+                                                 (16, 8, 8), (64, 8, 4), (9, 3, 3)])
+def test_every_query_head_is_on_exactly_one_rank_with_its_kv_head(heads, kv_heads, size):
+    group = heads // kv_heads
+    seen = []
+    for rank in range(size):
+        q, kv = attention_heads(heads, kv_heads, rank, size)
+        assert len(q) >= 1 and len(kv) >= 1
+        assert all(head // group in kv for head in q), f"rank {rank}: query heads {q} without their KV head in {kv}"
+        seen += list(q)
+    assert seen == list(range(heads))
+
+
+def test_splits_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match="use fewer ranks"):
+        attention_heads(2, 1, 0, 4)
+    assert [len(shard_range(10, r, 4)) for r in range(4)] == [3, 3, 2, 2]
+
+
+def test_a_step_travels_in_one_buffer():
+    md = AttentionMetadata.prefill([3, 2], context_lens=[5, 2], slot_mapping=[4, 5, 6, 8, 9],
+                                   block_tables=[[1, 2], [2]])
+    ids, pos = torch.tensor([5, 6, 7, 8, 9]), torch.tensor([2, 3, 4, 0, 1])
+    layout, buffer = pack_step(ids, pos, md)
+    assert buffer.dtype == torch.int64 and buffer.numel() == layout.numel
+    ids2, pos2, md2 = unpack_step(layout, buffer.clone())
+    assert torch.equal(ids2, ids) and torch.equal(pos2, pos)
+    for name in ("cu_seqlens_q", "cu_seqlens_k", "slot_mapping", "context_lens", "block_tables"):
+        assert torch.equal(getattr(md2, name), getattr(md, name)) and getattr(md2, name).dtype == getattr(md, name).dtype
+    assert (md2.is_prefill, md2.max_seqlen_q, md2.max_seqlen_k) == (True, 3, 5)
+
+
+def test_each_rank_reads_only_its_part(tmp_path, monkeypatch):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "ckpt"
+    config = write_checkpoint(folder, **CHECKPOINTS["kv-heads-uneven-untied"])
+    full = load_file(str(folder / "model.safetensors"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a rank read a whole tensor (get_tensor) instead of its part (get_slice)")
+
+    monkeypatch.setattr(safe_open, "get_tensor", refuse, raising=False)
+    parts = [load_model(folder, group=TensorParallelGroup(rank, 2)) for rank in range(2)]  # loading needs no group
+    total = sum(t.numel() for t in full.values())
+    for rank, part in enumerate(parts):
+        held = sum(p.numel() for p in part.parameters())
+        assert held < 0.6 * total, f"rank {rank} holds {held} of {total} weights"
+        shard = part.shard
+        d = config.head_dim
+        qkv = part.model.layers[1].self_attn.qkv_proj.weight
+        q_rows, kv_rows = slice(shard.q_heads.start * d, shard.q_heads.stop * d), slice(shard.kv_heads.start * d,
+                                                                                           shard.kv_heads.stop * d)
+        expected = torch.cat([full["model.layers.1.self_attn.q_proj.weight"][q_rows],
+                              full["model.layers.1.self_attn.k_proj.weight"][kv_rows],
+                              full["model.layers.1.self_attn.v_proj.weight"][kv_rows]])
+        assert torch.equal(qkv, expected)
+        o_cols = slice(shard.q_columns.start, shard.q_columns.stop)
+        assert torch.equal(part.model.layers[1].self_attn.o_proj.weight, full["model.layers.1.self_attn.o_proj.weight"][:, o_cols])
+        inter = slice(shard.intermediate.start, shard.intermediate.stop)
+        assert torch.equal(part.model.layers[0].mlp.down_proj.weight, full["model.layers.0.mlp.down_proj.weight"][:, inter])
+        vocab = shard_range(config.vocab_size, rank, 2)
+        assert torch.equal(part.lm_head.weight, full["lm_head.weight"][vocab.start:vocab.stop])
+        assert torch.equal(part.model.norm.weight, full["model.norm.weight"])
+
+
+def test_random_shards_are_parts_of_the_one_process_weights():
+    config = Qwen3Config(vocab_size=99, hidden_size=32, intermediate_size=50, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=True)
+    whole = random_model(config, seed=3)
+    for rank in range(2):
+        part = random_model(config, seed=3, shard=ModelShard.of(config, TensorParallelGroup(rank, 2)))
+        vocab = shard_range(99, rank, 2)
+        assert torch.equal(part.model.embed_tokens.weight, whole.model.embed_tokens.weight[vocab.start:vocab.stop])
+        inter = part.shard.intermediate
+        assert torch.equal(part.model.layers[0].mlp.gate_up_proj.weight,
+                           torch.cat([whole.model.layers[0].mlp.gate_up_proj.weight[inter.start:inter.stop],
+                                      whole.model.layers[0].mlp.gate_up_proj.weight[50 + inter.start:50 + inter.stop]]))
+
+
+# ---------------------------------------------------------------- two ranks against one process
+
+def _workload():
+    """Prompts sharing prefixes (the prefix cache hits) that together outgrow the KV pool (preemption)."""
+    shared = list(range(3, 27))
+    prompts = [{"prompt_token_ids": shared[:16 + 3 * i] + [40 + i, 41 + 2 * i, 42]} for i in range(6)]
+    prompts.append({"prompt_token_ids": list(range(60, 97))})
+    settings = dict(num_kv_blocks=30, block_size=4, max_num_seqs=8, max_num_batched_tokens=40, enable_prefix_caching=True)
+    return prompts, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), settings
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_two_ranks_give_the_tokens_of_one_process(tmp_path, name):
+    folder = tmp_path / name
+    write_checkpoint(folder, **CHECKPOINTS[name])
+    prompts, params, settings = _workload()
+    one = LLM(str(folder), **settings)
+    expected = [o.outputs[0].token_ids for o in one.generate(prompts, params, use_tqdm=False)]
+    two = LLM(str(folder), tensor_parallel_size=2, **settings)
+    try:
+        got = [o.outputs[0].token_ids for o in two.generate(prompts, params, use_tqdm=False)]
+        stats = two.stats()
+    finally:
+        two.model.shutdown()
+    for i, (want, have) in enumerate(zip(expected, got)):
+        assert have == want, f"{name}, prompt {i}: 2 ranks gave {have}, one process {want}"
+    assert stats["preemptions"] > 0, "the workload must preempt (the KV pool is too small for every prompt at once)"
+    assert stats["prefix_cache_hit_tokens"] > 0, "the workload must hit the prefix cache"
+
+
+def test_what_two_ranks_cannot_do_is_refused_clearly(tmp_path):
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
+    with pytest.raises(ValueError, match="at least 2 ranks"):
+        LLM(str(folder), tensor_parallel_size=0)
+    llm = LLM(str(folder), tensor_parallel_size=2, num_kv_blocks=16)
+    try:
+        with pytest.raises(ValueError, match="n > 1"):
+            llm.generate([{"prompt_token_ids": [1, 2]}], SamplingParams(n=2), use_tqdm=False)
+        with pytest.raises(RuntimeError, match="already initialised"):
+            LLM(str(folder), tensor_parallel_size=2)
+    finally:
+        llm.model.shutdown()
+    with pytest.raises(BaseException, match="shut down"):
+        llm.generate([{"prompt_token_ids": [1, 2]}], SamplingParams(max_tokens=2), use_tqdm=False)
+
+
+# ---------------------------------------------------------------- no process left behind
+
+def test_a_worker_killed_mid_run_fails_the_group_at_once(tmp_path):
+    from mili.distributed.failure import TensorParallelFailure
+
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
+    llm = LLM(str(folder), tensor_parallel_size=2, num_kv_blocks=64)
+    try:
+        params = SamplingParams(max_tokens=4, ignore_eos=True)
+        assert llm.generate([{"prompt_token_ids": [1, 2, 3]}], params, use_tqdm=False)[0].outputs[0].token_ids
+        (worker,) = llm.model.workers.processes
+        os.kill(worker.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        started = time.monotonic()
+        with pytest.raises(TensorParallelFailure, match="rank 1 was killed by SIGKILL"):
+            llm.generate([{"prompt_token_ids": [1, 2, 3]}], params, use_tqdm=False)
+        assert time.monotonic() - started < 10, "the failure must be seen at once, not after a timeout"
+        with pytest.raises(TensorParallelFailure, match="SIGKILL"):  # and every later call says so too
+            llm.generate([{"prompt_token_ids": [4]}], params, use_tqdm=False)
+    finally:
+        llm.model.shutdown()
+
+
+def test_the_command_line_reports_a_group_failure_and_exits_non_zero(monkeypatch, capsys):
+    from mili import cli
+    from mili.distributed.failure import TensorParallelFailure
+
+    def failing_llm(*args, **kwargs):
+        raise TensorParallelFailure("tensor-parallel rank 1 exited with status 1")
+
+    monkeypatch.setattr("mili.engine.LLM", failing_llm)
+    assert cli.main(["generate", "hi", "--tensor-parallel-size", "2"]) == 1
+    assert "rank 1 exited with status 1" in capsys.readouterr().err
+
+
+def _processes_with(token: str) -> list[int]:
+    """Live processes whose environment holds `token` (rank 0, the fork server, the workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if token.encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _assert_all_gone(token: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _processes_with(token) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _processes_with(token)
+    assert not left, f"processes left behind: {left}"
+
+
+def _env(token: str, **extra) -> dict:
+    return dict(os.environ, MILI_TP_TEST=token, PYTHONPATH=str(ROOT), **extra)
+
+
+GENERATE_FOREVER = """
+import sys, torch
+torch.set_num_threads(1)
+from mili import LLM, SamplingParams
+llm = LLM(sys.argv[1], tensor_parallel_size=2, num_kv_blocks=64)
+print("ready", flush=True)
+while True:
+    llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(max_tokens=200, ignore_eos=True), use_tqdm=False)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds processes through /proc")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_stopping_rank_zero_leaves_no_worker(how):
+    token = uuid.uuid4().hex
+    proc = subprocess.Popen([sys.executable, "-c", GENERATE_FOREVER, str(TINY_MODEL)], env=_env(token), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        assert len(_processes_with(token)) >= 2, "the worker should be running"
+        time.sleep(0.5)  # in the middle of generating
+        if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground process group
+            os.killpg(proc.pid, signal.SIGINT)
+        else:  # Kubernetes and `kill` send SIGTERM to the main process only
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _assert_all_gone(token)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds processes through /proc")
+def test_a_failing_worker_is_reported_and_the_command_exits_non_zero():
+    token = uuid.uuid4().hex
+    proc = subprocess.run([sys.executable, "-m", "tests.faulty_tp", "generate", "2 + 3 =", "--model", str(TINY_MODEL),
+                           "--tensor-parallel-size", "2", "--max-tokens", "40"],
+                          env=_env(token, MILI_FAULT_AFTER="40"), cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "tensor-parallel rank 1 failed" in proc.stderr and "injected failure on rank 1" in proc.stderr, proc.stderr
+    _assert_all_gone(token)
