@@ -687,9 +687,11 @@ def draw_tiled_matmul(ax, m, n, k, block, program):
     places = {"A": (0, off, m, k), "B": (off, 0, k, n), "C": (off, off, m, n)}  # x, y, rows, cols
     shades = plt.cm.Blues([0.35, 0.55, 0.75])
     for step, k0 in enumerate(range(0, k, block)):
-        for x, y in ((k0, off + pm * block), (off + pn * block, k0)):
+        middle = min(block, k - k0) / 2  # of the part inside the matrix
+        for x, y, label_at in ((k0, off + pm * block, (k0 + middle, off + (pm + 0.5) * block)),
+                               (off + pn * block, k0, (off + (pn + 0.5) * block, k0 + middle))):
             ax.add_patch(plt.Rectangle((x, y), block, block, color=shades[step]))
-            ax.text(x + block / 2, y + block / 2, f"k{step}", ha="center", va="center", fontsize=8)
+            ax.text(*label_at, f"k{step}", ha="center", va="center", fontsize=8, zorder=5)
     ax.add_patch(plt.Rectangle((off + pn * block, off + pm * block), block, block, color="#dd8452"))
     ax.text(off + (pn + 0.5) * block, off + (pm + 0.5) * block, "acc", ha="center", va="center", fontsize=8)
     for x0, y0, rows, cols in places.values():
@@ -746,7 +748,7 @@ print(f"[40, 72] @ [72, 24] in float16: largest |entry| {exact.abs().max():.1f},
 
 md(r"""
 > **Think.** Predict the arithmetic intensity of one K step of a 64×64 tile in bf16: how many flops
-> per byte loaded? An H200 needs about 185 (section 1's cell) to keep its matrix units busy. What
+> per byte loaded? An H200 needs about 184 (section 1's cell) to keep its matrix units busy. What
 > would you change to get there?
 
 <details><summary>Discussion</summary>

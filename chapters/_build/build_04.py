@@ -411,7 +411,7 @@ At decode, each sequence brings **one** query token and attends to its whole con
 context token the kernel reads $2D$ elements (a key and a value, 2 bytes each in bf16) and does
 $4D \cdot G$ flops for the $G = H_q / H_{kv}$ query heads of the group: about $G$ flops per byte. An H200
 does about 780 TFLOP/s of bf16 matrix math against 4.2 TB/s of memory (both measured in the run of
-section 8), so any kernel below about 185 flops per byte is memory-bound. Prefill, by contrast,
+section 8), so any kernel below about 184 flops per byte is memory-bound. Prefill, by contrast,
 reuses each K/V tile for `BLOCK_M` queries.
 """)
 
@@ -455,9 +455,9 @@ for s, start in enumerate(starts):
     ax.add_patch(plt.Rectangle((start, 0), end - start, 1, facecolor=colors[s], edgecolor="k"))
     ax.text((start + end) / 2, 0.5, f"program (seq 0, kv head h, split {s})\nkeys {start}-{end - 1}", ha="center",
             va="center", fontsize=8)
-    ax.annotate(f"o_{s}, lse_{s}", xy=(context / 2, 2.6), xytext=((start + end) / 2, 1.05), fontsize=8, ha="center",
-                arrowprops=dict(arrowstyle="->", color="grey"))
-ax.add_patch(plt.Rectangle((context / 2 - 160, 2.6), 320, 0.8, facecolor="#eeeeee", edgecolor="k"))
+    ax.text((start + end) / 2, 1.3, f"partial o_{s}, lse_{s}", ha="center", va="center", fontsize=8)
+    ax.annotate("", xy=(context / 2, 2.6), xytext=((start + end) / 2, 1.5), arrowprops=dict(arrowstyle="->", color="grey"))
+ax.add_patch(plt.Rectangle((context / 2 - 300, 2.6), 600, 0.8, facecolor="#eeeeee", edgecolor="k"))
 ax.text(context / 2, 3.0, "combine kernel: o = Σ_s w_s o_s / Σ_s w_s,  w_s = exp(lse_s − max lse)", ha="center",
         va="center", fontsize=9)
 ax.set(xlim=(-10, context + 10), ylim=(3.6, -0.3), yticks=[], xlabel="context position (key)",
