@@ -128,10 +128,10 @@ for block in range(8):
         ax.text(x + 0.27, 3.5, label, ha="center", va="center", fontsize=6, rotation=90)
     ax.text(block * 2.5 + 1.2, 4.3, f"block {block}", ha="center", fontsize=8)
 ax.text(-0.3, 3.5, "paged KV cache\n(slot = block·4 + offset)", ha="right", va="center", fontsize=9)
-table_text = "block_tables (-1 = padding):\n" + "\n".join(
-    f"seq {s}: {row}" for s, row in enumerate(batch.block_tables.tolist()))
+table_text = "block_tables:\n" + "\n".join(f"seq {s}: {row}" for s, row in enumerate(batch.block_tables.tolist()))
+table_text += f"\n\ncu_seqlens_k: {batch.cu_seqlens_k.tolist()}\ncontext_lens: {batch.context_lens.tolist()}"
 ax.text(19.5, 0.5, table_text, fontsize=9, va="center", family="monospace")
-ax.set(xlim=(-5, 26), ylim=(4.8, -1), xticks=[], yticks=[],
+ax.set(xlim=(-5, 28), ylim=(4.8, -1), xticks=[], yticks=[],
        title="One flat batch: arrows are slot_mapping (where each new token's K and V are written)")
 plt.show()
 """)
@@ -971,7 +971,7 @@ def bpe_merges(word: bytes):
 
 word = " tokenization"
 for step, parts in enumerate(bpe_merges(word.encode())):
-    print(f"step {step:2d}: " + " | ".join(repr(p.decode())[1:-1] for p in parts))
+    print(f"step {step:2d}: " + " | ".join(p.decode().replace(" ", "␣") for p in parts))
 ids = tokenizer.encode(word)
 assert [ranks[p] for p in parts] == ids, "replaying the ranks gives the tokenizer's ids"
 print(f"tokenizer.encode({word!r}) = {ids} = {tokenizer.convert_ids_to_tokens(ids)}  ('Ġ' is the space byte)")
@@ -979,7 +979,8 @@ print(f"tokenizer.encode({word!r}) = {ids} = {tokenizer.convert_ids_to_tokens(id
 
 md(r"""
 Frequent words end as one token; rare strings, other scripts and emoji fall apart into several,
-down to single bytes if need be — nothing is ever unknown:
+down to single bytes if need be — nothing is ever unknown. (The vocabulary writes every byte as a
+printable character: `Ġ` is the space byte, `Ã¼` the two bytes of `ü`.)
 """)
 
 code(r"""
