@@ -19,6 +19,8 @@ import pytest
 from mili.exercise import repo_root
 
 ROOT = repo_root()
+# mutants that overflow make NumPy (the Triton interpreter) warn; the grader's failure is what counts
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 MUTANTS = {
     "2.5": ("solutions/kernels/matmul.py", "tests.graders.test_02_matmul", "tiled_matmul", {
