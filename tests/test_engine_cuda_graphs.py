@@ -1,5 +1,6 @@
-"""Decode steps replayed from CUDA graphs (DESIGN.md §5): which batch sizes are recorded, when the
-engine records at all, and (on CUDA) that replayed steps give exactly the eager engine's tokens."""
+"""Decode steps replayed from CUDA graphs (docs/architecture.md, Engine): which batch sizes are
+recorded, when the engine records at all, and (on CUDA) that replayed steps give exactly the eager
+engine's tokens."""
 
 import pytest
 import torch

@@ -1,8 +1,9 @@
-"""On CUDA: the engine runs DESIGN.md §9's offline workload on a Qwen3-0.6B-shaped model with
-random weights (bfloat16, triton backend) and records output tokens per second in benchmarks/ —
-the baseline a later performance push starts from. Also checks greedy parity with transformers
-on the GPU in float32, with the torch and the triton backends. (transformers' `generate` must be
-given the attention mask: without it, it takes every token equal to pad_token_id for padding.)
+"""On CUDA: the engine runs the offline workload (docs/architecture.md, Benchmarks) on a
+Qwen3-0.6B-shaped model with random weights (bfloat16, triton backend) and records output tokens
+per second in benchmarks/ — the baseline a later performance push starts from. Also checks greedy
+parity with transformers on the GPU in float32, with the torch and the triton backends.
+(transformers' `generate` must be given the attention mask: without it, it takes every token
+equal to pad_token_id for padding.)
 """
 
 import json

@@ -1,4 +1,4 @@
-"""The exercise mechanism of DESIGN.md §2: stubs, references, graders and grading agree."""
+"""The exercise mechanism (docs/architecture.md): stubs, references, graders and grading agree."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""mili's Qwen3 against Hugging Face `transformers` on the same weights (DESIGN.md §8).
+"""mili's Qwen3 against Hugging Face `transformers` on the same weights.
 
 Tolerances (also in docs/architecture.md): float32 logits within 1e-4 absolute; bfloat16 logits
 within 0.15 absolute of transformers run in bfloat16 (both are compared to a float32 run, and

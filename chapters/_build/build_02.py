@@ -22,8 +22,15 @@ In this chapter you write each one as a single Triton kernel that touches memory
 5. Exercise 2.3 — SiLU-and-mul
 6. Exercise 2.4 (stretch) — per-head q/k RMSNorm and RoPE in one pass
 7. The whole model on the `triton` backend
-8. Measure: the kernels on an H200, against the copy bandwidth
-9. What you built
+8. Measure: the kernels on an H200 against the copy bandwidth, and yours on your GPU
+9. Exercise 2.5 — a tiled matrix product with `tl.dot` (towards FlashAttention, part 1)
+10. Exercise 2.6 — softmax with the online max/sum update (towards FlashAttention, part 2)
+11. What you built
+
+Sections 9 and 10 are the two rungs between these memory-bound kernels and chapter 04's
+FlashAttention: a loop of `tl.dot` over tiles, and a softmax that never holds its whole row.
+Questions marked **Think** are for you to answer before you read on; each has a short
+discussion folded under it.
 
 Everything here runs on a laptop: without a GPU, Triton's *interpreter* executes the kernels on
 the CPU with NumPy (slowly, but with the same results), so you can write and grade every
@@ -58,8 +65,8 @@ print(f"mili {mili.__version__} · MILI_IMPL={os.environ.get('MILI_IMPL', 'auto'
 md(r"""
 ## 1. Why kernels: counting the bytes
 
-An H200 does about 790 bf16 TFLOP/s in its matrix units but moves only about 4.2 TB/s to and from
-its memory. RMSNorm does ~4 flops per element and must read each element once and write it once:
+An H200 does about 780 bf16 TFLOP/s in its matrix units but moves only about 4.2 TB/s to and from
+its memory (both measured, `benchmarks/attention-h200.json`). RMSNorm does ~4 flops per element and must read each element once and write it once:
 at 2 bytes per bf16 element that is 4 bytes moved for 4 flops, so its time is set entirely by
 memory traffic. The fastest possible RMSNorm is a copy.
 
@@ -83,9 +90,27 @@ eager_bytes = sum(eager_steps.values())
 print(f"{'eager total':<20} {eager_bytes:>3} bytes per element · one fused kernel: 4 · ratio {eager_bytes / 4:.0f}x")
 """)
 
+md(r"""
+> **Think.** If time were bytes over bandwidth, the fused kernel would be 9× faster than eager.
+> Before running the next cell: will the measured ratio on an H200 (4096 tokens of Qwen3-0.6B,
+> 8 MB in and out) be above or below 9, and why?
+
+<details><summary>Discussion</summary>
+
+Slightly above (the cell prints it). Bytes are not the only cost: each of the six eager kernels
+also pays a fixed start-up cost of about 2 µs (section 8 measures it), which at 8 MB per tensor
+is not negligible against a few µs of traffic. The fused kernel pays it once. Fusion saves
+bytes *and* launches; the smaller the tensors, the more the second saving matters.
+</details>
+""")
+
 code(r"""
 # the same ratio, measured on an H200 (benchmarks/kernels-h200.json), Qwen3-0.6B, 4096 tokens
 report = json.loads((repo_root() / "benchmarks" / "kernels-h200.json").read_text())
+roofs = json.loads((repo_root() / "benchmarks" / "attention-h200.json").read_text())
+print(f"{roofs['environment']['gpu']}, measured: bf16 matmul {roofs['matmul_tflops']:.0f} TFLOP/s, "
+      f"copy {roofs['copy_gbps'] / 1e3:.2f} TB/s -> {roofs['matmul_tflops'] * 1e3 / roofs['copy_gbps']:.0f} flops per "
+      f"byte before the matrix units, not memory, set the pace")
 row = next(r for r in report["results"] if (r["model"], r["kernel"], r["tokens"]) == ("0.6B", "rms_norm", 4096))
 print(f"{report['environment']['gpu']}: eager {row['eager']['ms'] * 1e3:.1f} us, one Triton kernel "
       f"{row['triton']['ms'] * 1e3:.1f} us -> {row['eager']['ms'] / row['triton']['ms']:.1f}x")
@@ -191,6 +216,59 @@ print(x.tolist(), "stride(0) =", x.stride(0))
 print("kernel:", out.tolist(), "· torch:", x.sum(1).tolist())
 """)
 
+md(r"""
+The two launches as pictures: every lane of every program, the element it touches, and the lanes
+the mask switches off. In the right panel the number in a lane is the element of `wide` it reads
+— and since `wide` holds 0..29, also the value it reads.
+""")
+
+code(r"""
+PROGRAM_COLORS = ["#4c72b0", "#dd8452", "#55a868"]
+
+
+def draw_lane(ax, col, row, program, active, label):
+    color = PROGRAM_COLORS[program]
+    ax.add_patch(plt.Rectangle((col, row), 0.92, 0.92, facecolor=color if active else "white", edgecolor=color,
+                               hatch=None if active else "///", linewidth=1.2))
+    ax.text(col + 0.46, row + 0.46, label, ha="center", va="center", fontsize=8, color="white" if active else "grey")
+
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 3.8), gridspec_kw={"width_ratios": [1.4, 1]})
+assert owner.tolist() == [lane // 4 for lane in range(10)]  # what scale_kernel recorded above
+for lane in range(12):
+    draw_lane(ax1, lane, 0, lane // 4, lane < 10, str(lane))
+for program in range(3):
+    ax1.text(4 * program + 1.9, 1.2, f"program {program}", ha="center", color=PROGRAM_COLORS[program])
+ax1.set(xlim=(-0.2, 12), ylim=(1.5, -0.3), xticks=[], yticks=[],
+        title="scale_kernel: grid = (cdiv(10, 4),) = (3,), BLOCK = 4, n = 10",
+        xlabel="lane offset = pid·BLOCK + arange(BLOCK)   (hatched: offset < n is False, no load, no store)")
+for program in range(2):
+    for r in range(2):
+        row = 2 * program + r
+        for col in range(8):
+            draw_lane(ax2, col, row, program, row < 3 and col < 5, str(2 + 10 * row + col))
+ax2.set(xlim=(-0.2, 8), ylim=(4.1, -0.2), xticks=range(8), yticks=range(4),
+        title="row_sums_kernel over x = wide[:, 2:7]: grid (2,), BLOCK_ROWS = 2, BLOCK_W = 8",
+        xlabel="column lane (element read: 2 + row·stride(0) + col, stride(0) = 10)",
+        ylabel="row lane (program 0: 0-1, program 1: 2-3)")
+fig.tight_layout()
+plt.show()
+""")
+
+md(r"""
+> **Think.** Program 1's second row would read elements 32–39 of a 30-element buffer. Which part of
+> `row_sums_kernel` prevents it? And what would the kernel return if it stepped from row to row by
+> `width` (5) instead of `row_stride` (10)?
+
+<details><summary>Discussion</summary>
+
+The row term of the mask, `rows[:, None] < num_rows`: those lanes neither load nor store. Stepping
+by 5 would make row 1 start at element 7 (`wide[0, 7:10]` and `wide[1, 0:2]`) and row 2 at 12: the
+kernel would return sums of the wrong numbers, with no error at all. That is why every launcher
+in this chapter passes `stride(0)` to its kernel, and why the graders test strided views.
+</details>
+""")
+
 code(r"""
 # NBVAL_IGNORE_OUTPUT
 # The interpreter is for correctness, not speed: it runs each program one after another in NumPy.
@@ -236,6 +314,20 @@ implementation is chosen when `mili` is imported.
 6 rows, a 3-D input, strided rows, all three dtypes, one row 100x larger than the others, a large
 eps, bad inputs (which must raise `TypeError`/`ValueError` naming the argument) — against plain
 float32 PyTorch math.
+
+> **Think.** (1) Hidden size 1000 runs in a block of 1024 lanes. What goes wrong if masked lanes
+> load 1.0 instead of 0, or if you divide the sum of squares by `BLOCK_H`? (2) Predict how long
+> `fused_add_rms_norm` must take for Qwen3-8B (H = 4096) at 4096 tokens in bf16 on an H200
+> (4.2 TB/s); section 8's table has the measurement.
+
+<details><summary>Discussion</summary>
+
+(1) Both inflate or shrink the mean square: 24 phantom ones add 24 to the sum of squares;
+dividing by 1024 instead of 1000 makes the mean 2.3% too small and every output about 1.2% too
+large — inside bfloat16's tolerance, far outside float32's, which is why the grader checks
+float32 at H = 1000. (2) It reads x and residual and writes out and residual_out:
+4 · 4096 · 4096 · 2 bytes = 134 MB, so at least 32 µs; the fixed cost of about 2 µs comes on top.
+</details>
 """)
 
 code(r"""
@@ -275,6 +367,47 @@ In the model, q and k are *views* into the output of the fused qkv projection: q
 the arguments). **The grader** checks 1 and 7 tokens in three dtypes, head_dim 24 (D/2 = 12, not
 a power of two) with 3 heads, strided views of a fused qkv buffer (v must be left untouched),
 position 0 as the identity, and bad inputs; the oracle builds its own cos/sin table.
+
+Which element turns with which: rotate-half pairs element `i` with element `i + D/2`, and pair `i`
+turns by `p · θ^(-2i/D)`. The interleaved layout of GPT-J (pairs `2i, 2i+1`) is the usual bug:
+it rotates the same amount in total, so lengths still match, but the wrong elements together.
+""")
+
+code(r"""
+D = 8
+fig, ax = plt.subplots(figsize=(12, 3.4))
+pair_color = plt.cm.tab10.colors
+layouts = [("rotate-half (Qwen3, neox): pair i = (i, i + D/2)", lambda i: i % (D // 2), 0.0),
+           ("interleaved (GPT-J), the usual bug: pair i = (2i, 2i + 1)", lambda i: i // 2, 2.2)]
+for title, pair_of, y in layouts:
+    ax.text(-0.2, y - 0.35, title, fontsize=10)
+    for i in range(D):
+        ax.add_patch(plt.Rectangle((i, y), 0.9, 0.9, facecolor=pair_color[pair_of(i)], alpha=0.8))
+        ax.text(i + 0.45, y + 0.45, f"x[{i}]", ha="center", va="center", color="white")
+    for pair in range(D // 2):
+        left, right = [i for i in range(D) if pair_of(i) == pair]
+        ax.annotate("", xy=(right + 0.45, y + 0.95), xytext=(left + 0.45, y + 0.95),
+                    arrowprops=dict(arrowstyle="<->", color=pair_color[pair], connectionstyle="arc3,rad=0.3"))
+ax.text(D + 0.3, 0.2, "angle of pair i at position p:\np · θ^(-2i/D)\n\ncos_sin_cache[p] =\n[cos, pairs 0..3 | sin, pairs 0..3]",
+        fontsize=9, va="top")
+ax.set(xlim=(-0.3, D + 4.5), ylim=(3.4, -0.8), xticks=[], yticks=[], xlabel="element of one head (D = 8)",
+       title="Which elements RoPE rotates together")
+plt.show()
+""")
+
+md(r"""
+> **Think.** Each program handles one token and all its `Hq + Hkv` heads. Why not launch one
+> program per (token, head), which gives the GPU more, smaller programs?
+
+<details><summary>Discussion</summary>
+
+Each token's cos/sin row (D float32 values, 512 bytes at D = 128) would then be loaded once per
+head instead of once per token: for Qwen3-0.6B's 16 + 8 heads that is 24 loads of 512 bytes
+against the 24 · 128 · 2 · 2 = 12 KB of q and k the token reads and writes in bf16, so up to
+twice the traffic (L2 may absorb some of it), and 24 times as many programs with a fixed cost
+each. Sharing is the reason for the grouping — the same reason chapter 04's decode kernel serves a
+whole GQA group from one read of K/V.
+</details>
 """)
 
 code(r"""
@@ -294,6 +427,16 @@ GPU sweeps memory in order; load gate at `row·stride + cols` and up `I` element
 **Your task** — `silu_and_mul` in `mili/kernels/activation.py`. **The grader** checks I = 1000 and
 96 in three dtypes, 1 row, strided rows, hand-computed values for negative and positive gates,
 and bad inputs (an odd last dimension must raise `ValueError`).
+
+> **Think.** Unfused, PyTorch runs `silu(gate)` and then `* up` as two kernels. How many elements
+> do they move together, against the fused kernel's `3·T·I`?
+
+<details><summary>Discussion</summary>
+
+`silu(gate)` reads T·I and writes T·I; the product reads T·I twice and writes T·I: 5·T·I in
+all, 1.67 times the fused kernel's bytes. That is a floor for the unfused pair, not a
+prediction: section 8 measures eager PyTorch well above it.
+</details>
 """)
 
 code(r"""
@@ -353,7 +496,7 @@ print(f"max |logits(triton) - logits(torch)| = {(logits['triton'] - logits['torc
 
 # ================================================================ 8. measure
 md(r"""
-## 8. Measure: the kernels on an H200
+## 8. Measure: the kernels on an H200, and yours
 
 `mili bench kernels` times each kernel at Qwen3-0.6B and 8B sizes from 1 to 16384 tokens in bf16,
 with PyTorch eager and `torch.compile` running the same function on the same inputs. It replays
@@ -361,7 +504,7 @@ the calls in a CUDA graph over input sets that together overflow the L2 cache (s
 reads from memory, as each layer of a model does), takes the median with
 `triton.testing.do_bench`, and divides the bytes each op must move by the time. The roof is the
 bandwidth of a 1 GiB device-to-device copy measured on the same card. These results were
-recorded on the GPU machine and are read here from `benchmarks/kernels-h200.json`:
+recorded on an H200 and are read here from `benchmarks/kernels-h200.json`:
 """)
 
 code(r"""
@@ -425,23 +568,299 @@ reaches 67%. Fused with the add (twice the bytes) the norm reaches 89%, and at 1
 *and* fewer launches — which is what CUDA graphs (chapter 03) attack from the other side.
 
 **torch.compile is a strong peer.** It fuses each function into one Triton kernel too, so for
-RMSNorm and SiLU-and-mul it moves the same bytes as ours. From 4096 tokens on, at the 8B sizes our
-norms are 2–13% faster; SiLU-and-mul ties (both at the copy bandwidth, within 1%); at the 0.6B
-sizes the norms tie (within 3%), because ours picks its rows per program and warps from the hidden
-size and the row count, as `torch.compile` tunes its block shape per size (the rule's constants come
-from a sweep on the H200, `benchmarks/rmsnorm-h200-sweep.json`); below 4096 tokens `torch.compile`
-is still 2–5% ahead there. Where it cannot
-fuse the whole operation — RoPE's gather of cos/sin and in-place update, and the norm-then-RoPE
-chain of exercise 2.4 — ours is 1.4–2.8x faster.
+RMSNorm and SiLU-and-mul it moves the same bytes as ours. The ratios of its time to ours (above 1:
+ours is faster), and of eager PyTorch's, from the record:
+""")
 
-**Eager PyTorch is 4–27x slower** from 4096 tokens on, for the reason section 1 counted.
+code(r"""
+def time_ratios(kernels, peer, models=("0.6B", "8B"), tokens=lambda t: t >= 4096):
+    values = [r[peer]["ms"] / r["triton"]["ms"] for r in report["results"]
+              if r["kernel"] in kernels and r["model"] in models and tokens(r["tokens"])]
+    return f"{min(values):.2f}-{max(values):.2f}"
 
-## 9. What you built
 
-Four memory-bound kernels that run near the copy bandwidth of an H200 at prefill sizes, and a
-`triton` backend that swaps them into the model without changing its logits. Chapter 04 does the
-same for the one operation that is not memory-bound at prefill: attention, where the tile shapes
-and the online softmax decide the speed.
+NORMS = ("rms_norm", "fused_add_rms_norm")
+print("torch.compile time / ours, from 4096 tokens on:")
+print(f"  norms at the 8B sizes             {time_ratios(NORMS, 'compile', ('8B',))}")
+print(f"  norms at the 0.6B sizes           {time_ratios(NORMS, 'compile', ('0.6B',))}")
+print(f"  SiLU-and-mul                      {time_ratios(('silu_and_mul',), 'compile')}")
+print(f"  RoPE and q/k-norm + RoPE          {time_ratios(('apply_rope', 'qk_norm_rope'), 'compile')}")
+print(f"  norms at the 0.6B sizes, 16-1024 tokens: {time_ratios(NORMS, 'compile', ('0.6B',), lambda t: 16 <= t <= 1024)}")
+print(f"eager PyTorch time / ours, from 4096 tokens on, every kernel: {time_ratios(bench.KERNELS, 'eager')}")
+""")
+
+md(r"""
+From 4096 tokens on, at the 8B sizes our norms are a little faster than `torch.compile`'s;
+SiLU-and-mul ties (both at the copy bandwidth); at the 0.6B sizes the norms tie, because ours picks
+its rows per program and warps from the hidden size and the row count, as `torch.compile` tunes its
+block shape per size (the rule's constants come from a sweep on the H200,
+`benchmarks/rmsnorm-h200-sweep.json`); between 16 and 1024 tokens `torch.compile` is still a few
+percent ahead there. Where it cannot fuse the whole operation — RoPE's gather of cos/sin and
+in-place update, and the norm-then-RoPE chain of exercise 2.4 — ours is clearly faster. **Eager
+PyTorch is several times slower**, up to the last figure above, for the reason section 1 counted.
+
+> **Think.** Explain the shape of the curves in the fraction-of-copy plot: why does every kernel
+> climb with the token count, and roughly how many bytes must a kernel move before it can reach
+> 80% of the copy bandwidth, given a fixed cost of about 2 µs?
+
+<details><summary>Discussion</summary>
+
+Time ≈ 2 µs + bytes / bandwidth, so the fraction of the copy bandwidth is
+(bytes / bandwidth) / (2 µs + bytes / bandwidth). It reaches 0.8 when the traffic takes four times
+the fixed cost, 8 µs: about 34 MB at 4.2 TB/s. Qwen3-0.6B's RMSNorm at 4096 tokens moves half of
+that, which is why it stalls near 70% with any implementation, copy included. On a real model the
+fixed cost is hidden by replaying the whole step as a CUDA graph and by fusing small ops.
+</details>
+
+### Measure your own kernels
+
+On a CUDA GPU the next cell times *your* kernels (whatever `MILI_IMPL` picked: yours where you
+wrote them, else the references) exactly as the record was made — `mili.bench.kernels`' CUDA-graph
+replays over inputs larger than L2, against this card's own copy bandwidth — and draws them over
+the recorded H200 reference. Fractions of each card's own copy bandwidth compare across cards.
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+from mili.exercise import REGISTRY
+
+MINE = {"rms_norm": "2.1", "apply_rope": "2.2", "silu_and_mul": "2.3"}
+if torch.cuda.is_available():
+    copy_here = bench.copy_gbps()
+    gpu_here = torch.cuda.get_device_name()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for color, (kernel, exercise_id) in zip(("#4c72b0", "#dd8452", "#55a868"), MINE.items()):
+        tokens, fractions = [256, 1024, 4096, 16384], []
+        for n in tokens:
+            args, nbytes, ours, _ = bench.make_case(kernel, "0.6B", n)
+            sets = bench.input_sets(args, lambda: bench.make_case(kernel, "0.6B", n)[0], nbytes)
+            fractions.append(nbytes / bench.graph_median_ms(ours, sets) / 1e6 / copy_here)
+        who = REGISTRY[exercise_id].implemented_by
+        ax.plot(tokens, fractions, "o-", color=color, label=f"{kernel} ({who}'s code) on {gpu_here}")
+        recorded = [r for r in report["results"] if r["model"] == "0.6B" and r["kernel"] == kernel]
+        ax.plot([r["tokens"] for r in recorded], [r["triton"]["fraction_of_copy"] for r in recorded], "--",
+                color=color, alpha=0.6, label=f"{kernel}, reference recorded on {env['gpu']}")
+        print(f"{kernel:<13} ({who}): " + ", ".join(f"{n} tokens {f:.0%}" for n, f in zip(tokens, fractions)))
+    ax.axhline(1.0, color="k", linewidth=1, label=f"copy bandwidth of this card ({copy_here:.0f} GB/s)")
+    ax.set(xscale="log", xlabel="tokens (Qwen3-0.6B sizes, bf16)", ylabel="fraction of the card's copy bandwidth",
+           title="Your kernels against the recorded reference")
+    ax.legend(fontsize=7)
+    plt.show()
+else:
+    print("No CUDA GPU here, so nothing is timed: under the interpreter a kernel runs as NumPy, one program after\n"
+          "another, and its time says nothing about a GPU. On a GPU this cell times rms_norm, apply_rope and\n"
+          "silu_and_mul (yours where you wrote them) at 256-16384 tokens with mili.bench.kernels and plots their\n"
+          "fraction of the card's copy bandwidth over the recorded H200 curves shown above.")
+""")
+
+# ================================================================ 9. tiled matmul
+md(r"""
+## 9. Exercise 2.5 — a tiled matrix product with `tl.dot`
+
+Every kernel so far moves bytes and barely computes. Attention (chapter 04) is mostly two matrix
+products, $QK^\top$ and $PV$, and a matrix product is the other kind of kernel: $C = AB$ with
+$A$ `[M, K]` and $B$ `[K, N]` does $2MNK$ flops on $MK + KN + MN$ elements, so a kernel that
+reuses what it loads can keep the GPU's matrix units busy. Triton gives you those units through
+one operation: `tl.dot(a, b, acc)` multiplies a `[BM, BK]` block by a `[BK, BN]` block and adds the
+product to `acc` (every side at least 16).
+
+One program per `[BLOCK_M, BLOCK_N]` tile of $C$, on a 2-D grid `(cdiv(M, BM), cdiv(N, BN))`:
+
+```
+acc = zeros([BLOCK_M, BLOCK_N], float32)         # registers, never memory
+for k0 in range(0, K, BLOCK_K):
+    a = load A[rows, k0 : k0 + BLOCK_K]          # masked: rows < M and k < K, else 0
+    b = load B[k0 : k0 + BLOCK_K, cols]          # masked: k < K and cols < N, else 0
+    acc = tl.dot(a, b, acc)
+store C[rows, cols] = acc                        # cast to C's dtype, masked
+```
+
+The picture for $M = 70$, $K = 40$, $N = 50$ in 16×16×16 tiles: program (1, 2) walks the three
+K steps of A's row tile 1 and B's column tile 2. Hatched: the lanes past an edge, which must load 0.
+""")
+
+code(r"""
+def draw_tiled_matmul(ax, m, n, k, block, program):
+    pm, pn = program
+    padded = lambda size: triton.cdiv(size, block) * block
+    off = padded(k) + 8  # where C starts, right of A and below B
+    places = {"A": (0, off, m, k), "B": (off, 0, k, n), "C": (off, off, m, n)}  # x, y, rows, cols
+    shades = plt.cm.Blues([0.35, 0.55, 0.75])
+    for step, k0 in enumerate(range(0, k, block)):
+        middle = min(block, k - k0) / 2  # of the part inside the matrix
+        for x, y, label_at in ((k0, off + pm * block, (k0 + middle, off + (pm + 0.5) * block)),
+                               (off + pn * block, k0, (off + (pn + 0.5) * block, k0 + middle))):
+            ax.add_patch(plt.Rectangle((x, y), block, block, color=shades[step]))
+            ax.text(*label_at, f"k{step}", ha="center", va="center", fontsize=8, zorder=5)
+    ax.add_patch(plt.Rectangle((off + pn * block, off + pm * block), block, block, color="#dd8452"))
+    ax.text(off + (pn + 0.5) * block, off + (pm + 0.5) * block, "acc", ha="center", va="center", fontsize=8)
+    for x0, y0, rows, cols in places.values():
+        for r in range(0, padded(rows), block):
+            for c in range(0, padded(cols), block):
+                ax.add_patch(plt.Rectangle((x0 + c, y0 + r), block, block, fill=False, edgecolor="grey", linewidth=0.5))
+        for x, y, w, h in ((x0 + cols, y0, padded(cols) - cols, padded(rows)), (x0, y0 + rows, cols, padded(rows) - rows)):
+            ax.add_patch(plt.Rectangle((x, y), w, h, facecolor="white", alpha=0.6, hatch="///", edgecolor="grey",
+                                       linewidth=0, zorder=3))
+        ax.add_patch(plt.Rectangle((x0, y0), cols, rows, fill=False, edgecolor="k", linewidth=1.5, zorder=4))
+    ax.text(padded(k) / 2, off + padded(m) + 6, f"A [{m}, {k}]", ha="center")
+    ax.text(off + padded(n) + 3, padded(k) / 2, f"B [{k}, {n}]", va="center")
+    ax.text(off + padded(n) + 3, off + padded(m) / 2,
+            f"C [{m}, {n}]\ngrid ({triton.cdiv(m, block)}, {triton.cdiv(n, block)})\nprogram {program}", va="center")
+    ax.set(xlim=(-2, off + padded(n) + 30), ylim=(off + padded(m) + 10, -2), aspect="equal",
+           xlabel="column (elements)", ylabel="row (elements)")
+
+
+fig, ax = plt.subplots(figsize=(8, 7.5))
+draw_tiled_matmul(ax, m=70, n=50, k=40, block=16, program=(1, 2))
+ax.set_title("tiled_matmul: program (1, 2) and the tiles it loads, BLOCK = 16")
+plt.show()
+""")
+
+md(r"""
+**Your task** — `tiled_matmul` in `mili/kernels/matmul.py`: the `@triton.jit` kernel and its
+launcher. `check_matmul_args` (in `_checks.py`) checks the arguments; pass all four strides, since
+`b` may be a transposed view (a linear layer's weight `[N, K]` used as `weight.t()`). Accumulate in
+float32 and cast once, when storing. Pass `input_precision="ieee"` to `tl.dot`: for float32 inputs
+a GPU's default is TF32, which keeps only 10 bits of mantissa. Blocks of 16 keep the interpreter
+quick; 64 or more suit a GPU.
+
+**The grader** compares with torch's float64 product: shapes that are not multiples of 16 (a sum of
+ones over K = 17 must be exactly 17), a column slice times a transposed weight, a float16 sum that
+a float16 accumulator would get wrong, float32 values that TF32 would round, and bad inputs. On a
+CPU it checks float32 and float16 (the interpreter's `tl.dot` is wrong on bfloat16; a GPU checks
+all three).
+""")
+
+code(r"""
+mili.grade("2.5");
+""")
+
+code(r"""
+from mili.kernels.matmul import tiled_matmul
+
+a = torch.randn(40, 72, dtype=torch.float16, device=DEVICE)
+weight = torch.randn(24, 72, dtype=torch.float16, device=DEVICE)        # a linear layer's [N, K]
+c = tiled_matmul(a, weight.t())
+exact = a.double() @ weight.double().t()
+print(f"[40, 72] @ [72, 24] in float16: largest |entry| {exact.abs().max():.1f}, "
+      f"max |tiled_matmul - exact| = {(c.double() - exact).abs().max():.1e} (float16 keeps 11 bits)")
+""")
+
+md(r"""
+> **Think.** Predict the arithmetic intensity of one K step of a 64×64 tile in bf16: how many flops
+> per byte loaded? An H200 needs about 184 (section 1's cell) to keep its matrix units busy. What
+> would you change to get there?
+
+<details><summary>Discussion</summary>
+
+A step loads `(BM + BN) · BK` elements (2 bytes each) and does `2 · BM · BN · BK` flops:
+BM·BN / (BM + BN) = 32 flops per byte for 64×64, 64 for 128×128. On its own a tile is
+memory-bound. Real matrix-product kernels use large tiles (128×256), stage the next K step into
+shared memory while the current one multiplies (`num_stages`), and launch neighbouring tiles
+together so that the rows of A and columns of B they share are read from L2, not from memory.
+FlashAttention gets its reuse the same way: each K/V tile serves `BLOCK_M` queries.
+</details>
+""")
+
+# ================================================================ 10. online softmax
+md(r"""
+## 10. Exercise 2.6 — softmax with the online max/sum update
+
+$\mathrm{softmax}(x)_j = e^{x_j - m} / \sum_i e^{x_i - m}$ with $m = \max_i x_i$ (subtracting the
+maximum changes nothing mathematically and keeps every exponential ≤ 1). Written directly it reads
+the row three times: once for $m$, once for the sum, once to write the output. The **online**
+update (Milakov and Gimelshein, 2018) finds $m$ and the sum $\ell$ together, one block at a time:
+
+$$m_\text{new} = \max(m, \max_j x'_j), \qquad \ell \leftarrow \ell \cdot e^{m - m_\text{new}} + \sum_j e^{x'_j - m_\text{new}}$$
+
+When a block raises the maximum, the sum so far was taken relative to the old one, so it is rescaled
+by $e^{m - m_\text{new}} \le 1$. A second walk writes $e^{x - m} / \ell$. Here is one row of 64 values
+walked in blocks of 16 (in plain PyTorch):
+""")
+
+code(r"""
+import math
+
+row = torch.randn(64, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 1.5 + torch.linspace(0, 5, 64)
+BLOCK = 16
+m, l, history = -math.inf, 0.0, []
+for start in range(0, 64, BLOCK):
+    block = row[start:start + BLOCK]
+    m_new = max(m, block.max().item())
+    l = l * math.exp(m - m_new) + torch.exp(block - m_new).sum().item()
+    m = m_new
+    history.append((m, l))
+    print(f"block {start // BLOCK}: running max {m:6.3f}   running sum {l:8.4f}")
+print(f"direct: max {row.max():6.3f}, sum {torch.exp(row - row.max()).sum():8.4f}")
+
+fig, ax = plt.subplots(figsize=(10, 3.8))
+ax.bar(range(64), row, color=[plt.cm.tab10(j // BLOCK) for j in range(64)], alpha=0.7)
+for b, (m_b, _) in enumerate(history):
+    ax.hlines(m_b, b * BLOCK, 64, color="k", linestyle=":" if b < 3 else "-", linewidth=1)
+    ax.text(b * BLOCK + 0.5, m_b + 0.15, f"m after block {b}", fontsize=8)
+ax.set(xlabel="column j (colour: block)", ylabel="x[j]", title="online softmax: the running maximum after each block")
+right = ax.twinx()
+right.plot([(b + 1) * BLOCK - 0.5 for b in range(4)], [l_b for _, l_b in history], "ko--", label="running sum l")
+right.set_ylabel("running sum l (relative to the current max)")
+right.legend(loc="upper left")
+plt.show()
+""")
+
+md(r"""
+Each time a block raises the maximum, the running sum *drops* before the block's own terms are
+added: the earlier terms were measured against a smaller maximum.
+
+**Your task** — `online_softmax(x, block_size)` in `mili/kernels/softmax.py`: one program per row,
+two loops over the row in `block_size` steps (statistics, then output), `check_softmax_args` for the
+checks. Three details decide correctness:
+
+- lanes past the row's end load `-inf`, so that they add $e^{-\infty} = 0$;
+- start the running maximum at the lowest finite float32, not $-\infty$: a block of only $-\infty$
+  entries (a masked tile, as FlashAttention's causal mask produces) would otherwise give
+  $e^{-\infty - (-\infty)} = $ NaN;
+- work in float32 and cast when storing.
+
+**The grader** compares with float64 `torch.softmax` for three dtypes and block sizes 16 to 1024,
+a row whose maximum arrives in its last block, 17 columns in blocks of 16, rows offset by ±1000 and
+−10³⁰, rows with −∞ entries (a whole first block among them), strided rows and bad inputs.
+""")
+
+code(r"""
+mili.grade("2.6");
+""")
+
+code(r"""
+from mili.kernels.softmax import online_softmax
+
+x = torch.randn(3, 100, device=DEVICE) * 4
+x[1, :32] = float("-inf")                      # a masked prefix, two whole blocks of it
+x[2] += 1000.0                                 # exp(1000) overflows float32; the maximum removes it
+out = online_softmax(x, block_size=16)
+print(f"max |online_softmax - torch.softmax| = {(out - torch.softmax(x, -1)).abs().max():.2e}; "
+      f"row sums {', '.join(f'{s:.6f}' for s in out.sum(-1).tolist())}")
+""")
+
+md(r"""
+> **Think.** (1) How many bytes does `online_softmax` move for a row of C float16 values, against
+> the three-pass version? (2) FlashAttention (chapter 04) needs no second walk at all. Why can it
+> skip it when a softmax kernel cannot?
+
+<details><summary>Discussion</summary>
+
+(1) Two reads and one write, 6·C bytes, against 8·C for three passes; for a row that fits in
+registers, one read and one write (4·C) — the online form matters when rows are too long to hold.
+(2) Attention never needs the probabilities themselves, only $P V$. It keeps a running
+*output* $a = \sum_j e^{s_j - m} v_j$, rescales it by the same $e^{m - m_\text{new}}$ as the sum, and
+divides by $\ell$ once at the end. The scores and probabilities never leave registers.
+</details>
+
+## 11. What you built
+
+Four memory-bound kernels that run near the copy bandwidth of an H200 at prefill sizes, a `triton`
+backend that swaps them into the model without changing its logits, and the two rungs of
+FlashAttention: a `tl.dot` loop over tiles and the online softmax. Chapter 04 puts them together —
+the matrix product of 2.5 for $QK^\top$ and $PV$, the update of 2.6 in between — for the one
+operation that is not memory-bound at prefill: attention.
 """)
 
 

@@ -24,6 +24,9 @@ the throughput. In this chapter you write the bookkeeping of a paged KV cache, i
 6. Measure: what the bookkeeping costs per step
 7. What you built
 
+Questions marked **Think** are for you to answer before reading on; a short discussion is folded
+under each.
+
 The data structures never touch a tensor: the engine (chapter 03) turns their answers into the
 `block_tables` and `slot_mapping` of `AttentionMetadata`, and the attention kernels (chapter 04)
 read and write the paged tensors of `mili.model.metadata.KVCache`.
@@ -61,6 +64,72 @@ for name in ("0.6B", "8B", "32B"):
 """)
 
 md(r"""
+### How big is the pool?
+
+The engine sizes the pool once, at start-up, from what is left of the GPU (`kv_blocks_for` in
+`mili/engine/engine.py`): the card's free memory once the weights are loaded, minus the share it must
+leave unused (`1 − gpu_memory_utilization`, 10% by default), minus a reserve for one step's
+activations (the MLP and q/k/v outputs of `max_num_batched_tokens` tokens, a few copies) and the
+sampler's `[max_num_seqs, vocab]` float32 work, minus 512 MiB of slack. What is left, divided by
+the bytes of one block, is `num_blocks`. Here is that arithmetic for an 80 GB card:
+""")
+
+code(r"""
+from mili.engine.engine import EngineConfig
+
+engine_defaults = EngineConfig()
+CARD = 80e9                                  # bytes on the card
+tokens_per_step = 16384                      # max_num_batched_tokens' largest default
+
+
+def kv_pool(name: str) -> dict[str, float]:
+    config, elem = preset(name), 2           # bfloat16
+    parts = {"weights": config.num_parameters() * elem,
+             "activations of one step": 4 * tokens_per_step * (2 * config.intermediate_size + 4 * config.hidden_size) * elem,
+             "sampler + slack": 8 * engine_defaults.max_num_seqs * config.vocab_size * 4 + (512 << 20),
+             "left unused (1 - gpu_memory_utilization)": (1 - engine_defaults.gpu_memory_utilization) * CARD}
+    parts["KV pool"] = CARD - sum(parts.values())
+    return parts
+
+
+block_bytes = {name: KVCache.bytes_per_token(preset(name), torch.bfloat16) * engine_defaults.block_size for name in ("0.6B", "8B")}
+pools = {name: kv_pool(name) for name in block_bytes}
+fig, ax = plt.subplots(figsize=(11, 2.8))
+colors = ["#777777", "#dd8452", "#c44e52", "#dddddd", "#4c72b0"]
+for row, (name, parts) in enumerate(pools.items()):
+    left = 0.0
+    for (part, nbytes), color in zip(parts.items(), colors):
+        ax.barh(row, nbytes / 1e9, left=left, color=color, label=part if row == 0 else None)
+        left += nbytes / 1e9
+    blocks = int(parts["KV pool"] // block_bytes[name])
+    ax.text(79, row, f"{blocks:,} blocks of {engine_defaults.block_size} tokens = {blocks * engine_defaults.block_size / 1e6:.2f}M tokens",
+            ha="right", va="center", color="white", fontsize=9)
+    print(f"Qwen3-{name}: " + ", ".join(f"{k} {v / 1e9:.1f} GB" for k, v in parts.items())
+          + f" -> {blocks:,} blocks, {blocks * engine_defaults.block_size // 2048:,} sequences of 2048 tokens")
+ax.set(yticks=range(len(pools)), yticklabels=[f"Qwen3-{n}" for n in pools], xlim=(0, 80), xlabel="GB of an 80 GB card",
+       title="Where an 80 GB card goes, bfloat16, engine defaults")
+ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=5)
+plt.show()
+""")
+
+md(r"""
+> **Think.** (1) For Qwen3-8B, what limits the batch more: the KV pool or `max_num_seqs = 256`, if
+> every sequence holds 2048 tokens? And at 32k tokens? (2) Raising `gpu_memory_utilization` from 0.9
+> to 0.95 gives the pool how many more blocks of Qwen3-8B?
+
+<details><summary>Discussion</summary>
+
+(1) The cell prints how many 2048-token sequences fit: for 8B, 160, fewer than the 256 that
+`max_num_seqs` allows, so the pool binds first; at 32k tokens per sequence sixteen times fewer fit,
+10, and `max_num_seqs` no longer matters at all. (For 0.6B, with far smaller weights and blocks 7/9 the size, 288
+sequences of 2048 tokens fit: there `max_num_seqs` binds first.) (2) 5% of 80 GB is 4 GB; an 8B
+block of 16 tokens is 16 · 144 KiB = 2.25 MiB, so about 1,700 more blocks, 27k more tokens. The
+price is less room for anything else on the card (a second process, memory fragmentation in
+PyTorch's allocator).
+</details>
+""")
+
+md(r"""
 A request's final length is unknown when it arrives (it stops at an end-of-sequence token or at
 `max_tokens`). A *contiguous* cache must give each request one region sized for the longest it
 may become, so most of that region holds nothing for most of the request's life (*reservation*
@@ -83,6 +152,21 @@ contiguous.free(regions[0])
 contiguous.free(regions[2])
 print("holes (offset, size):", contiguous.holes(), "· free slots:", contiguous.free_space)
 print("a request for 40 slots gets:", contiguous.allocate(40), "(external fragmentation: 55 slots free, none usable)")
+""")
+
+md(r"""
+> **Think.** With paging, what is the most memory a sequence can waste, and how does that depend on
+> `block_size`? Why not use blocks of 1 token, then?
+
+<details><summary>Discussion</summary>
+
+At most `block_size − 1` slots, in its last, partly filled block — under 16 tokens with the usual
+size, against hundreds for a contiguous reservation. Blocks of 1 would waste nothing, but every
+table would hold one entry per token: more host work per step (this chapter's Python), larger
+block tables to send to the GPU, and attention kernels that look up a block id for every key
+instead of once per 16. Prefix sharing also works in whole blocks, so its granularity is the
+block size too.
+</details>
 """)
 
 # ================================================================ 2. allocator
@@ -116,7 +200,7 @@ except ValueError as err:
 """)
 
 code(r"""
-mili.grade("5.1")
+mili.grade("5.1");
 """)
 
 # ================================================================ 3. block manager
@@ -160,7 +244,7 @@ plt.show()
 """)
 
 code(r"""
-mili.grade("5.2")
+mili.grade("5.2");
 """)
 
 # ================================================================ 4. radix cache
@@ -210,10 +294,24 @@ md(r"""
 In panel 3 the query shares only its first two blocks with the cached prompts, so the match splits
 the node after them and pins the upper part (red). Eviction (panel 4) then removes least recently
 used unpinned leaves only; the pinned prefix stays whatever the pressure.
+
+> **Think.** Why must `pin` lock every ancestor of the matched node, not only the node itself?
+> What would go wrong if a split gave the new upper node a lock count of 0 while a running sequence
+> still used it?
+
+<details><summary>Discussion</summary>
+
+A sequence uses its whole matched prefix, root to node. Eviction removes leaves, and a parent left
+childless becomes a leaf: if only the deepest node were locked, evicting its siblings could
+expose an unlocked ancestor, and eviction would free blocks the running sequence is still reading
+(its K/V then gets overwritten by the next allocation). A split creates a new node *above* the old
+one, on every path through it; it must inherit the lock count, or the same thing happens to the
+shared upper part.
+</details>
 """)
 
 code(r"""
-mili.grade("5.3")
+mili.grade("5.3");
 """)
 
 md(r"""
@@ -251,6 +349,18 @@ far, so with a large enough cache almost all of it is a hit. When the cache is t
 16 conversations, LRU evicts exactly the chat that comes back next — the classic weakness of LRU on
 cyclic access (FIFO does no better: in round-robin order the least recently used leaf is also the
 oldest) — and the token-limit policy caps what is kept regardless of free memory.
+
+> **Think.** Before running the next cell: with 600 blocks, will LRU's hit rate in turn 6 be closer
+> to the 4096-block run's or to 0? Then explain the plot.
+
+<details><summary>Discussion</summary>
+
+Close to 0 once the 16 conversations no longer fit: each round-robin pass needs every chat's
+history, and LRU always evicts the chat that was served longest ago — exactly the next one to
+come back. Every turn then recomputes its whole history. A policy that keeps *some* chats whole
+(and lets others miss) would do better on this pattern; SGLang's scheduler gets a similar effect
+by ordering waiting requests by their cached prefix length.
+</details>
 """)
 
 code(r"""
@@ -283,7 +393,7 @@ with a brute-force model of the buffer.
 """)
 
 code(r"""
-mili.grade("5.4")
+mili.grade("5.4");
 """)
 
 md(r"""
@@ -342,6 +452,18 @@ reservations, over-reservation and holes, and first fit and best fit hardly diff
 only the unused tail of each sequence's last block (under 4%), so about three times as many
 requests run at once and the trace finishes in about a third of the steps. Its cost is
 preemption: a request may be evicted and recomputed when the blocks run out mid-generation.
+
+> **Think.** The contiguous schemes never preempt; paging does. When would you still prefer
+> reserving `prompt + max_tokens` up front?
+
+<details><summary>Discussion</summary>
+
+When preemption is expensive or unacceptable: a request whose recomputation would take long (a very
+long prompt), strict latency guarantees for a few requests, or outputs that almost always run to
+`max_tokens` (then the reservation is not wasted). Engines get the best of both by reserving
+lazily but admitting conservatively (vLLM checks that a few blocks stay free before admitting) and
+by preempting the newest request, which has the least work to redo.
+</details>
 """)
 
 # ================================================================ 6. measure
@@ -386,8 +508,9 @@ md(r"""
 On this 2-core host a decode step of 256 sequences costs on the order of a millisecond of
 bookkeeping — a few microseconds per sequence (numbers above; they vary with the host's load,
 recorded in the JSON) — and `match_prefix` and `insert` grow linearly with the prompt (right
-plot). Admission with the prefix cache is several times slower than without: it hashes and
-compares every prompt token, and once the cache has filled memory every admission evicts. That
+plot). With the prefix cache the mixed workload runs at less than half the operations per second
+it reaches without one (both printed above): admission compares every prompt token with the tree,
+and once the cache has filled memory every admission evicts. That
 is why SGLang and vLLM keep this path in tight code, and why the engine of chapter 03 asks the
 block manager once per sequence per step, never once per token.
 

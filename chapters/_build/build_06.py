@@ -27,6 +27,8 @@ in an OpenAI-compatible HTTP server (`mili serve`) that does all of that, and me
 
 Everything here runs on a CPU with the tiny model (`data/mili-tiny-qwen3`): the numbers are this
 machine's, not a GPU's. The server needs the `server` extra: `pip install -e ".[dev,server]"`.
+Questions marked **Think** are for you to answer before reading on; a short discussion is folded
+under each.
 """)
 
 code(r"""
@@ -89,6 +91,18 @@ async for output in engine.generate("demo-1", prompt, SamplingParams(temperature
 md(r"""
 Every output is **cumulative**: it carries the whole text so far. A streaming response must
 send only what is new — that is exercise 6.1. Two requests started together share steps:
+
+> **Think.** Why not simply call `engine.step()` from the event loop, between two requests'
+> handlers? What would a client notice?
+
+<details><summary>Discussion</summary>
+
+A step runs the model: milliseconds to seconds of work that never yields. While it runs inside the
+event loop, no other coroutine can run: no request is parsed, no chunk is sent, `/health` does not
+answer, and a disconnect is not noticed. Every client would see its stream stall for the length of
+each step, and a load balancer might decide the server is dead. With one thread owning the engine,
+the loop only moves bytes and commands, and stays responsive whatever the model does.
+</details>
 """)
 
 code(r"""
@@ -130,6 +144,18 @@ only the *new* text; `finish_reason` is `null` until the chunk that ends the cho
 is `stop` (EOS, a stop string or token), `length` (max_tokens or the context window) or `abort`
 (cancelled); with `stream_options.include_usage` every chunk has `"usage": null` and one last
 chunk with no choices carries the token counts.
+
+> **Think.** The engine's text grows by whole tokens, but a token may end in the middle of a
+> multi-byte UTF-8 character (an emoji is 4 bytes, often 2 or more tokens). What must the stream do
+> with such a half character?
+
+<details><summary>Discussion</summary>
+
+Hold it back. The detokenizer of chapter 03 emits text only up to the last complete character, so
+a cumulative output never ends in a replacement character `�`; the stream sends the difference
+between two such outputs, and a client that concatenates the deltas gets exactly the final text.
+The grader feeds multi-byte characters for this reason.
+</details>
 """)
 
 md(r"""
@@ -147,7 +173,7 @@ its first token) and rebuilds the stream the way a client would.
 """)
 
 code(r"""
-mili.grade("6.1")
+mili.grade("6.1");
 """)
 
 md(r"""
@@ -171,10 +197,23 @@ counters the engine reports after every step: `mili:num_requests_running`,
 Implement `observe_request` in `mili/server/metrics.py`: given when a request arrived, when each
 of its tokens came out and when it finished, observe each figure into its histogram. The
 engine thread calls it once per finished request.
+
+> **Think.** A request's tokens came out at 0.30 s, 0.35 s, 0.40 s and 1.40 s after it arrived (a long
+> prefill of another request joined the batch before the last one). What are its TTFT, its TPOT and
+> its inter-token latencies, and which of them shows the stall?
+
+<details><summary>Discussion</summary>
+
+TTFT = 0.30 s. The gaps after the first token are 0.05, 0.05 and 1.00 s: those are the three ITL
+observations, and the 1 s one lands in the histogram's tail. TPOT is their mean, (1.40 − 0.30) / 3
+≈ 0.37 s: the stall is spread over the request and hidden in an average. That is why servers
+export ITL percentiles as well as TPOT, and why chunked prefill (chapter 03) exists: it caps how long
+one prefill can hold up everyone's next token.
+</details>
 """)
 
 code(r"""
-mili.grade("6.2")
+mili.grade("6.2");
 """)
 
 md(r"""
@@ -289,7 +328,7 @@ and end-to-end latency, with percentiles interpolated linearly between ranks lik
 """)
 
 code(r"""
-mili.grade("6.3")
+mili.grade("6.3");
 """)
 
 md(r"""
@@ -334,11 +373,23 @@ Read the right end first: with all 24 requests at once, each waits behind the ot
 (TTFT in the hundreds of milliseconds) and every decode step carries the whole batch (TPOT
 several times the single-request figure). At low rates the engine is mostly idle between
 arrivals. This machine has 2 cores shared with other work, so the low-rate points are noisy;
-on a GPU the same sweep separates cleanly, and `mili bench serve` is how to measure it there.
+against a GPU server, `mili bench serve` runs the same sweep.
+
+> **Think.** Predict, before reading the numbers: if the request rate exceeds what the server can
+> finish per second, what happens to TTFT as the run goes on, and what happens to TPOT?
+
+<details><summary>Discussion</summary>
+
+TTFT grows without bound: requests arrive faster than they leave, the waiting queue lengthens, and
+each new request waits behind all of it (only `--max-queue` and the 429s stop it). TPOT levels off:
+it is set by the step time of a full batch (`max_num_seqs` sequences), which cannot grow past
+that. Goodput — requests that meet a TTFT and TPOT target — therefore peaks at some rate and then
+falls, even though raw token throughput stays flat.
+</details>
 
 The recorded benchmark (`benchmarks/serve-tiny-cpu-c32.json`, made by
 `mili bench serve --num-prompts 200 --max-concurrency 32 --input-len 64 --output-len 32`
-against `mili serve` with the tiny model on this project's 2-core CPU machine) for reference:
+against `mili serve` with the tiny model on a 2-core CPU) for reference:
 """)
 
 code(r"""

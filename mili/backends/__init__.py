@@ -1,7 +1,8 @@
 """Backends: the same ops, implemented in plain PyTorch (`torch`) or Triton kernels (`triton`).
 
 The model calls ops only through a `Backend`, chosen once per device. Every backend offers
-the same signatures (shapes as in DESIGN.md §3; T tokens, B sequences):
+the same signatures (shapes as in docs/architecture.md, "The batch contract"; T tokens,
+B sequences):
 
     rms_norm(x [T, H], weight [H], eps) -> [T, H]
     fused_add_rms_norm(x, residual, weight, eps) -> (rms_norm(x + residual), x + residual)

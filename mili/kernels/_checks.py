@@ -99,3 +99,36 @@ def check_rope_args(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tens
         raise ValueError(f"cos_sin_cache must be [max_position, head_dim={head_dim}] (cos then sin), "
                          f"got {tuple(cos_sin_cache.shape)}")
     return num_tokens, head_dim, cos_sin_cache.shape[0]
+
+
+def check_matmul_args(a: Tensor, b: Tensor) -> tuple[int, int, int]:
+    """The contract of tiled_matmul (exercise 2.5): a [M, K] @ b [K, N], any strides; returns (M, N, K)."""
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be a matrix (2 dimensions), got shape {tuple(t.shape)}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} has dtype {t.dtype}; expected float32, float16 or bfloat16")
+    check_same_dtype(a=a, b=b)
+    check_same_device(a=a, b=b)
+    (m, k), (k_b, n) = a.shape, b.shape
+    if k != k_b:
+        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)} and b is {tuple(b.shape)} "
+                         f"(a.shape[1] must equal b.shape[0])")
+    if 0 in (m, n, k):
+        raise ValueError(f"every dimension must be at least 1, got a {tuple(a.shape)} and b {tuple(b.shape)}")
+    return m, n, k
+
+
+def check_softmax_args(x: Tensor, block_size: int) -> tuple[int, int]:
+    """The contract of online_softmax (exercise 2.6): x [R, C], unit column stride; returns (R, C)."""
+    check_tensor("x", x, ndim=2)
+    check_same_device(x=x)
+    if isinstance(block_size, bool) or not isinstance(block_size, int):
+        raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
+    if block_size < 16 or block_size > MAX_BLOCK or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two from 16 to {MAX_BLOCK}, got {block_size}")
+    if 0 in x.shape:
+        raise ValueError(f"x must have at least one row and one column, got shape {tuple(x.shape)}")
+    return x.shape[0], x.shape[1]

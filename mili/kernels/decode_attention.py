@@ -1,8 +1,8 @@
 """Paged decode attention in Triton, split over the context (chapter 04, exercise 4.4).
 
 At decode each sequence brings one query token and attends to its whole cached context, so the
-kernel does ~2 flops per byte of K/V it reads: it is memory-bound, and its speed is the bytes of
-K/V over the memory bandwidth. Two ideas get it there: every query head of a KV group is served
+kernel does about G = Hq / Hkv flops per byte of K/V it reads (2 to 8 for Qwen3): it is
+memory-bound, and its speed is the bytes of K/V over the memory bandwidth. Two ideas get it there: every query head of a KV group is served
 from one read of that group's K/V (grouped-query attention), and long contexts are split across
 programs (split-K) whose partial results a second, tiny pass combines, so that even a batch of
 one sequence fills the GPU.

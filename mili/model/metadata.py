@@ -1,4 +1,4 @@
-"""The batch contract (DESIGN.md §3): one flat batch of tokens from many sequences.
+"""The batch contract (docs/architecture.md, "The batch contract"): one flat batch of tokens from many sequences.
 
 A step's tokens are packed back to back: `input_ids [T]`, `positions [T]`. `AttentionMetadata`
 says where each sequence's queries and keys are and where new keys and values go in the paged

@@ -1,4 +1,4 @@
-"""The Qwen3 causal language model over the flat batch of DESIGN.md §3.
+"""The Qwen3 causal language model over one flat batch (docs/architecture.md, "The batch contract").
 
 One class serves every use: prefill and decode, one sequence or many, any backend.
     hidden = model(input_ids [T], positions [T], attn_metadata, kv_cache) -> [T, hidden]
