@@ -21,12 +21,14 @@ and this chapter builds one, in the shape of vLLM and nano-vllm:
 3. Exercise 3.2 — the incremental detokenizer: streaming text, stop strings
 4. Exercise 3.3 — the scheduler: continuous batching, chunked prefill, preemption
 5. Exercise 3.4 — the engine step: building the flat batch
-6. The offline API: `LLM.generate`, `LLM.chat`, `llm.stats()`
-7. Measure: throughput against batch size
-8. What you built
+6. Exercise 3.5 — the persistent batch: rows that join, grow and leave
+7. The offline API: `LLM.generate`, `LLM.chat`, `llm.stats()`
+8. Measure: throughput against batch size
+9. Where does the time go? Host against device, step by step
+10. What you built
 
-Files: `mili/engine/` (`sampler.py`, `detokenizer.py`, `scheduler.py`, `model_runner.py`, plus the
-plumbing `sequence.py`, `engine.py`, `llm.py`). The KV-cache bookkeeping (block manager, prefix
+Files: `mili/engine/` (`sampler.py`, `detokenizer.py`, `scheduler.py`, `model_runner.py`,
+`input_batch.py`, plus the plumbing `sequence.py`, `engine.py`, `llm.py`). The KV-cache bookkeeping (block manager, prefix
 cache) is chapter 05's; the engine only calls it.
 """)
 
@@ -87,7 +89,7 @@ Each call to `engine.step()`:
 1. **schedule** (3.3): which sequences run, and how many tokens each (a prompt chunk or one decode token),
    under a token budget and a cap on running sequences; admit waiting requests; preempt if KV blocks run out;
 2. **build the batch** (3.4): all scheduled tokens back to back, with positions, the slots where their K/V
-   go, and the block tables attention reads (`AttentionMetadata`, DESIGN.md §3);
+   go, and the block tables attention reads (`AttentionMetadata`, see `docs/architecture.md`);
 3. **run the model** once for everybody, and compute logits only for the last token of each sequence;
 4. **sample** (3.1) one token per sequence, each with its own `SamplingParams`;
 5. **append and detokenize** (3.2, 3.4): stream the new text; finish on EOS, stop strings, `max_tokens`.
@@ -290,7 +292,7 @@ code(r"""mili.grade("3.3");""")
 md(r"""
 ## 5. Exercise 3.4 — the engine step
 
-`build_batch` turns the scheduler's list into the flat batch of DESIGN.md §3: each sequence's new tokens
+`build_batch` turns the scheduler's list into the flat batch (`docs/architecture.md`, the batch contract): each sequence's new tokens
 back to back, their positions, the cache slots their K/V are written to (`block_manager.slot_mapping`),
 the block tables attention reads, and which rows' logits are sampled: the last token of each sequence
 whose tokens are now all computed (a prompt chunk that leaves tokens for later samples nothing).
@@ -328,7 +330,64 @@ code(r"""mili.grade("3.4");""")
 
 # ================================================================ 6
 md(r"""
-## 6. The offline API
+## 6. Exercise 3.5 — the persistent batch
+
+`build_batch` rebuilds every step from Python lists: each sequence's block table is copied out
+of the block manager, each list becomes a tensor with `torch.tensor(list)`, and each tensor is
+copied to the GPU while the host waits. Yet from one decode step to the next almost nothing
+changes: a sequence keeps its sampling parameters, its block table gains a block every
+`block_size` tokens, and a request joins or leaves now and then. So the engine keeps the batch
+*across* steps, as vLLM's `InputBatch` does: one **row** per running sequence in preallocated
+arrays, changed only where something changed.
+
+```
+rows        seqs      block_tables (-1 pads)     num_blocks  sampling (temperature, ..., top_k)
+ 0          seq 7     [12, 40, 41, -1, -1]       3           [0.0, ..., 1408]
+ 1          seq 9     [ 3, -1, -1, -1, -1]       1           [0.7, ..., 20]
+ 2          seq 4     [ 8,  9, 10, 11, -1]       4           [1.0, ..., 1408]
+                        seq 9 leaves: row 2 moves into row 1 ("condense"), rows stay 0..n-1
+```
+
+A step's inputs are then array indexing over the rows (`block_tables[rows, :width]`, slots as
+`block_tables[row, pos // bs] * bs + pos % bs` for all tokens at once), written into pinned host
+memory and copied to the device in two copies that do not wait (`ModelRunner.prepare`).
+""")
+
+code(r"""
+from mili.engine.input_batch import SAMPLING_COLUMNS, InputBatch
+from mili.engine.sequence import Request, Sequence
+
+rows = InputBatch(max_num_seqs=4, max_blocks_per_seq=5, block_size=4, vocab_size=1408)
+seqs = [Sequence(i, Request(f"r{i}", None, [1, 2, 3], SamplingParams(temperature=t, top_k=k)))
+        for i, (t, k) in enumerate([(0.0, -1), (0.7, 20), (1.0, 0)])]
+for seq, blocks in zip(seqs, ([12, 40], [3], [8, 9, 10])):
+    rows.add(seq, blocks)
+rows.append_blocks(seqs[0], [41])   # sequence 0 filled its last block
+moved = rows.remove(seqs[1])        # sequence 1 finished: the last row moves into its place
+print("moved (from row, to row):", moved)
+for row, seq in enumerate(rows.seqs):
+    print(f"row {row}: seq {seq.seq_id}  blocks {rows.block_tables[row].tolist()}  "
+          f"temperature {rows.sampling[row, 0]:.1f}  top_k {rows.sampling[row, SAMPLING_COLUMNS.index('top_k')]:.0f}")
+""")
+
+md(r"""
+**Your turn.** Implement `InputBatch.add`, `append_blocks` and `remove` in `mili/engine/input_batch.py`.
+The grader replays hundreds of random joins, growths and departures against a brute-force oracle
+(a dict from sequence to its blocks and parameters) and checks, after every one, that the rows in
+use are exactly 0..n-1 and hold the right sequence, table and parameters; and that bad calls
+raise without changing anything.
+""")
+code(r"""mili.grade("3.5");""")
+
+md(r"""
+*Question:* `remove` moves the *last* row into the hole instead of shifting every row after it
+down by one. What would shifting cost per departure at batch 256, and what does moving the last
+row break that shifting would keep? (Hint: does anything depend on the order of the rows?)
+""")
+
+# ================================================================ 7
+md(r"""
+## 7. The offline API
 
 The engine assembled, with vLLM's API so that habits carry over: `LLM(model, ...)`,
 `llm.generate(prompts, sampling_params)` (one `SamplingParams` for all, or one per prompt; a prompt is
@@ -363,9 +422,9 @@ print("system prompt tokens:", len(tok.encode(system)),
       "· cached tokens per later request:", [o.num_cached_tokens for o in later])
 """)
 
-# ================================================================ 7
+# ================================================================ 8
 md(r"""
-## 7. Measure: throughput against batch size
+## 8. Measure: throughput against batch size
 
 Output tokens per second on this machine's CPU (one thread) for 32 requests (prompts of 16–48 tokens, 16–48 new tokens),
 with the engine allowed to run at most `max_num_seqs` sequences at once. With one sequence the engine is
@@ -401,8 +460,9 @@ plt.show()
 """)
 
 md(r"""
-The recorded `mili bench throughput --compare hf` results (DESIGN.md §9's workload, scaled down for the
-CPU; Hugging Face `generate` on the same prompts in the same run):
+The recorded `mili bench throughput` results (the offline workload of `docs/architecture.md`:
+256 requests, prompt and output lengths uniform in [100, 1024]; scaled down for the CPU; with
+`--compare hf`, Hugging Face `generate` on the same prompts in the same run):
 """)
 
 code(r"""
@@ -421,22 +481,120 @@ md(r"""
 On a GPU the same engine is held back by something the CPU never shows: launching. A decode step of
 Qwen3-0.6B is a few hundred small kernels, and Python plus the driver spend tens of microseconds
 launching each one while the GPU, done in a few microseconds, waits. So on CUDA the engine records one
-decode step per batch size as a **CUDA graph** (`mili/engine/cuda_graphs.py`, DESIGN.md §5) and replays
-it with one call: the step's inputs are copied into fixed buffers, the batch is padded up to the next
-recorded size (1, 2, 4, 8, then multiples of 16), and the padding rows write nothing. On an H200, the
-§9 workload above ran at 2,678 output tokens/s with every kernel launched from Python
-(`LLM(..., enforce_eager=True)`) and at 8,973 tokens/s replaying graphs, one after the other on the
-same machine (`benchmarks/throughput-gpu-h200*.json`).
+decode step per batch size as a **CUDA graph** (`mili/engine/cuda_graphs.py`) and replays it with one
+call: the step's inputs are copied into fixed buffers, the batch is padded up to the next recorded size
+(1, 2, 4, 8, then multiples of 16), and the padding rows write nothing. The H200 records below ran the
+offline workload eagerly (`LLM(..., enforce_eager=True)`) and replaying graphs:
+""")
 
+code(r"""
+eager = json.loads((repo_root() / "benchmarks" / "throughput-gpu-h200-eager.json").read_text())
+graphs = json.loads((repo_root() / "benchmarks" / "throughput-gpu-h200.json").read_text())
+print(f"{eager['environment']['device']}: every kernel launched from Python {eager['mili']['tokens_per_s']:,.0f} tok/s, "
+      f"decode steps replayed as CUDA graphs {graphs['mili']['tokens_per_s']:,.0f} tok/s")
+""")
+
+md(r"""
 **Question.** Prefill steps are not recorded. Why would a graph per prefill shape be a poor trade,
 and why does a long prefill lose little by being launched from Python?
 """)
 
+# ================================================================ 9
 md(r"""
-## 8. What you built
+## 9. Where does the time go?
 
-A sampler, a streaming detokenizer, a scheduler and the step that ties them to the model: an engine that
-keeps many requests in flight, shares their weight reads and KV memory, and gives each one exactly the
+A step has two sides. The **host** (Python) schedules it, builds its inputs, launches its kernels
+(or replays a graph) and, at the end, reads back the sampled ids. The **device** runs the kernels.
+If the host takes longer than the device, the GPU waits: the step is *host-bound*, and no faster
+kernel helps. `mili bench throughput --profile` measures both for every step
+(`mili/bench/step_profile.py`): host time is the step's wall time minus the time it waited for
+the sampled ids; device time is the span between CUDA events before the forward and after the
+sampler.
+
+Two changes take the host off the critical path:
+
+- **the persistent batch** (exercise 3.5): a step's inputs are slices of rows kept across steps,
+  copied from pinned memory without waiting; the sampler gets its per-row parameters the same
+  way, and decides on the host, before launching, whether it needs to filter at all
+  (`SamplingTensors.all_greedy`, `max_top_k`: top-k rows filter only their k largest logits, no
+  sort of the 151,936-token vocabulary);
+- **overlap** (`EngineConfig(overlap=True)`, `mili/engine/engine.py`): the engine launches step
+  t+1 *before* reading step t's sampled ids. A sequence whose newest token is still on the GPU
+  decodes it from there (the runner gathers it from step t's output tensor on the device), and the
+  host schedules, prepares and launches step t+1 while the GPU computes step t. The one host sync
+  per step is reading the ids, and by then the GPU has the next step queued. A request that
+  stopped at step t wasted one slot of step t+1; its token is dropped.
+
+The recorded run on an H100 (offline workload, Qwen3-0.6B shapes, bf16) with its per-step profile:
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+s9 = json.loads((repo_root() / "benchmarks" / "throughput-h100-s9.json").read_text())
+profile = s9["mili"]["profile"]
+steps = [dict(zip(profile["per_step_columns"], row)) for row in profile["per_step"]]
+decode = [r for r in steps if r["batch"] == r["tokens"]]
+fig, ax = plt.subplots(figsize=(7, 3.6))
+ax.scatter([r["batch"] for r in decode], [r["device_ms"] for r in decode], s=6, label="device (GPU) time")
+ax.scatter([r["batch"] for r in decode], [r["host_ms"] for r in decode], s=6, label="host (Python) time")
+ax.set_xlabel("sequences in the decode step")
+ax.set_ylabel("ms per step")
+ax.set_title(f"Decode steps of the offline workload, {s9['environment']['device']}", fontsize=9)
+ax.legend()
+plt.show()
+floor = s9["bandwidth_floor"]
+print(f"{s9['mili']['tokens_per_s']:,.0f} output tok/s in {s9['mili']['seconds']:.2f} s; bandwidth floor "
+      f"{floor['seconds']:.2f} s ({floor['copy_bytes_per_s'] / 1e9:,.0f} GB/s copy): "
+      f"{s9['mili']['fraction_of_bandwidth_floor']:.0%} of it")
+big = profile[next(k for k in profile if k.startswith("decode_batch_") and k != "decode_batch_1")]
+print(f"decode at the largest batch: host {big['host_ms']:.2f} ms, device {big['device_ms']:.2f} ms per step")
+""")
+
+md(r"""
+The **bandwidth floor** is what no engine can beat on this card: every decode step reads all the
+weights, every token reads its sequence's whole K/V context, at the copy bandwidth measured in
+the same run; prefill adds its FLOPs at the measured matrix-product rate (`mili/bench/floors.py`).
+
+And the course's stages, one workload (64 requests, lengths in [100, 512]) through each in one run:
+""")
+
+code(r"""
+ledger = (repo_root() / "benchmarks" / "ledger-h100.log").read_text().splitlines()
+print("\n".join(line for line in ledger if not line.startswith("#")))
+fixed = json.loads((repo_root() / "benchmarks" / "throughput-h100-256x512.json").read_text())
+print(f"\nthe whole engine, 256 prompts x 512 tokens -> 256 new tokens each: {fixed['mili']['tokens_per_s']:,.0f} tok/s, "
+      f"HF generate {fixed['hf']['tokens_per_s']:,.0f} tok/s in the same run ({fixed['speedup_vs_hf']:.1f}x)")
+for name in ("qwen3-0.6b", "qwen3-8b"):
+    r = json.loads((repo_root() / "benchmarks" / f"latency-h100-{name}.json").read_text())
+    print(f"batch 1, {r['model']}: {r['mili']['tpot_ms']:.2f} ms/token, {r['mili']['times_floor']:.2f}x the "
+          f"weight-read floor of {r['floor_ms_per_token']:.2f} ms")
+""")
+
+md(r"""
+At batch 256 the host needs about half the device's time per step: the GPU never waits, and the
+engine is held back by its kernels. At batch 1 the same engine
+is far from its floor: the device step is short, and every fixed cost (launching, copying inputs,
+sampling, reading back one token) is paid for one token.
+
+**Questions.**
+1. Predict, before measuring: which of these stay host-bound after the persistent batch and
+   overlap? (a) batch 1 with a 0.6B model; (b) batch 1 with an 8B model; (c) 256 sequences of
+   2,000-token contexts; (d) a prefill of 8,192 tokens launched eagerly. Check your answers against
+   `benchmarks/latency-h100-*.json` and the per-step profile.
+2. Overlap makes a request that stops at step t occupy a slot of step t+1 for nothing. For which
+   workloads is that waste large? Why does it cost nothing for requests that stop at `max_tokens`?
+3. With overlap, a sampled token can be *pending*: on the GPU, not yet in `seq.token_ids`. Which
+   parts of the engine may look at a sequence's tokens while one is pending, and which must wait?
+   (Look at `Sequence.num_tokens` and `RequestOutput.from_request`.)
+""")
+
+# ================================================================ 10
+md(r"""
+## 10. What you built
+
+A sampler, a streaming detokenizer, a scheduler, the step that ties them to the model and the
+persistent batch that keeps the host off the GPU's critical path: an engine that keeps many
+requests in flight, shares their weight reads and KV memory, and gives each one exactly the
 tokens it would get alone. Its attention still loops or pads in PyTorch; chapter 04 replaces it with
 FlashAttention and paged decode kernels, and chapter 05 opens up the block manager and prefix cache it calls.
 """)

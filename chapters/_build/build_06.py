@@ -446,7 +446,7 @@ loop serves many clients, each with its own stream of Server-Sent Events; bad re
 refused before they reach the engine, clients that leave free their KV blocks within one step,
 the server tells Prometheus and load balancers how it is doing, and it stops without dropping
 work. With the load generator you can now measure the whole stack the way users feel it: run
-`mili serve` on the GPU machine with a real Qwen3 and `mili bench serve` against it.
+`mili serve` on a GPU with a real Qwen3 and `mili bench serve` against it.
 """)
 
 md(r"""

@@ -1,4 +1,4 @@
-"""Decode steps replayed from CUDA graphs (DESIGN.md §5).
+"""Decode steps replayed from CUDA graphs.
 
 A decode step of a small model is hundreds of kernel launches, each costing the CPU tens of
 microseconds in Python and the driver while the GPU waits: on an H200 the engine's decode was

@@ -1,6 +1,6 @@
 """Grader for exercise 3.4 (the engine step: batch building and finishing).
 
-Oracle: the flat batch of DESIGN.md §3 written out by hand for a mixed step (a fresh prompt, a
+Oracle: the flat batch (docs/architecture.md, the batch contract) written out by hand for a mixed step (a fresh prompt, a
 later chunk of a long prompt, decodes), over block tables fixed here.
 """
 

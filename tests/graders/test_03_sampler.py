@@ -182,3 +182,60 @@ def test_sample_leaves_logits_untouched_and_uses_penalties():
     assert int(got[1]) == 3, f"row 1 has no penalties and must pick token 3, got {int(got[1])}"
     assert int(got[0]) != 3, ("row 0 generated token 3 four times with frequency_penalty=2 and must avoid it "
                               "now. hint: apply the penalties before the argmax when params.prompt_mask is set")
+
+
+def check_unfiltered_rows_keep_every_token(sample_fn=None) -> None:
+    """A row without filters shares its batch with top-k rows: it must still draw from all tokens."""
+    sample_fn = sample_fn or sample
+    vocab, draws = 12, 20_000
+    row = randn(vocab, scale=0.5, name="unfiltered-beside-top-k")
+    params = [SamplingParams(temperature=1.0, top_k=3) if i % 2 else SamplingParams(temperature=1.0)
+              for i in range(draws)]
+    torch.manual_seed(4321)
+    got = sample_fn(row.expand(draws, vocab).contiguous(), SamplingTensors.from_params(params, vocab))
+    free, filtered = got[0::2], got[1::2]
+    top3 = set(row.topk(3).indices.tolist())
+    outside = sum(int(t) not in top3 for t in free.tolist())
+    expected = float(torch.softmax(row.double(), 0)[[i for i in range(vocab) if i not in top3]].sum())
+    assert abs(outside / len(free) - expected) < 0.03, (
+        f"rows without top-k drew a token outside the 3 most likely {outside / len(free):.3f} of the time, expected "
+        f"{expected:.3f}. hint: filter only params.filtered_rows; the others keep every token")
+    assert set(filtered.tolist()) <= top3, "a top_k=3 row drew a token outside its top 3"
+
+
+def check_no_full_vocabulary_sort_when_top_k_bounds_it(sample_fn=None, monkeypatch=None) -> None:
+    sample_fn = sample_fn or sample
+    vocab = 3000
+    logits = randn(4, vocab, scale=2.0, name="no-full-sort")
+    params = [SamplingParams(temperature=0.8, top_k=k, top_p=0.9) for k in (5, 40, 40, 7)]
+    tensors = SamplingTensors.from_params(params, vocab)
+    assert tensors.max_top_k == 40
+    widths = []
+    real_sort, real_argsort = torch.sort, torch.argsort
+    real_method_sort, real_method_argsort = torch.Tensor.sort, torch.Tensor.argsort
+
+    def record(real):
+        def wrapped(x, *args, **kwargs):
+            widths.append(x.shape[-1])
+            return real(x, *args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(torch, "sort", record(real_sort))
+    monkeypatch.setattr(torch, "argsort", record(real_argsort))
+    monkeypatch.setattr(torch.Tensor, "sort", record(real_method_sort))
+    monkeypatch.setattr(torch.Tensor, "argsort", record(real_method_argsort))
+    got = sample_fn(logits, tensors)
+    monkeypatch.undo()
+    assert max(widths, default=0) < vocab, (
+        f"sample sorted rows of width {max(widths)} although every row keeps at most max_top_k = 40 tokens. hint: "
+        "take each row's max_top_k largest logits with torch.topk and filter only those")
+    for b, k in enumerate((5, 40, 40, 7)):
+        assert int(got[b]) in set(logits[b].topk(k).indices.tolist()), f"row {b} drew outside its top {k}"
+
+
+def test_rows_without_filters_keep_every_token_beside_top_k_rows():
+    check_unfiltered_rows_keep_every_token()
+
+
+def test_top_k_rows_never_sort_the_whole_vocabulary(monkeypatch):
+    check_no_full_vocabulary_sort_when_top_k_bounds_it(monkeypatch=monkeypatch)
