@@ -42,6 +42,9 @@ def blocks_held_by_sequences(llm) -> int:
     ({"frequency_penalty": -2.5}, ValueError), ({"max_tokens": 0}, ValueError), ({"seed": 1.5}, TypeError),
     ({"stop": [""]}, TypeError), ({"stop": 3}, TypeError), ({"stop_token_ids": [-1]}, ValueError),
     ({"temperature": "hot"}, TypeError), ({"ignore_eos": 1}, TypeError),
+    ({"temperature": float("inf")}, ValueError), ({"temperature": float("nan")}, ValueError),
+    ({"temperature": 101}, ValueError), ({"top_p": float("nan")}, ValueError),
+    ({"presence_penalty": float("-inf")}, ValueError), ({"seed": 2**63}, ValueError), ({"seed": -2**63 - 1}, ValueError),
 ])
 def test_sampling_params_reject_bad_fields(kwargs, error):
     field = next(iter(kwargs))

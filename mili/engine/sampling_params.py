@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 
 _GREEDY_EPS = 1e-5  # temperatures below this are greedy (argmax)
+MAX_TEMPERATURE = 100.0  # far past any useful value (OpenAI allows 2); beyond it logits / T is noise
+SEED_RANGE = (-2**63, 2**63 - 1)  # a signed 64-bit integer, as OpenAI documents `seed`
 
 
 class RequestOutputKind(enum.Enum):
@@ -26,14 +28,15 @@ class SamplingParams:
     """Per-request sampling and stopping.
 
     n: completions per prompt (they share the prompt's KV blocks).
-    temperature: 0 means greedy; otherwise logits are divided by it before softmax.
+    temperature: 0 means greedy; otherwise logits are divided by it before softmax (at most 100).
     top_k: keep the k most likely tokens (-1 or 0: all). top_p: keep the smallest set of most
     likely tokens whose probability reaches top_p (1: all). min_p: drop tokens whose probability
     is below min_p times the most likely one's (0: none).
     repetition_penalty (> 0, 1: off): logits of tokens seen in the prompt or output are divided
     by it when positive, multiplied when negative. presence_penalty / frequency_penalty
     (in [-2, 2]): subtracted once per token seen in the output / once per occurrence.
-    seed: makes this request's samples reproducible whatever else shares its batch.
+    seed: makes this request's samples reproducible whatever else shares its batch (a signed
+    64-bit integer; each of the n samples seeds its own generator from it).
     max_tokens: the most tokens to generate. stop: strings that end generation (not included in
     the text). stop_token_ids: token ids that end generation besides EOS. ignore_eos: keep going
     past EOS (benchmarks). skip_special_tokens: leave special tokens out of the text.
@@ -59,6 +62,8 @@ class SamplingParams:
     def __post_init__(self):
         _check_int("n", self.n, minimum=1)
         _check_number("temperature", self.temperature, minimum=0.0)
+        if self.temperature > MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be at most {MAX_TEMPERATURE:g}, got {self.temperature}")
         _check_number("top_p", self.top_p)
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
@@ -76,7 +81,9 @@ class SamplingParams:
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         if self.seed is not None:
-            _check_int("seed", self.seed)
+            _check_int("seed", self.seed, minimum=SEED_RANGE[0])
+            if self.seed > SEED_RANGE[1]:
+                raise ValueError(f"seed must be a signed 64-bit integer (at most {SEED_RANGE[1]}), got {self.seed}")
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, minimum=1)
         if self.stop is not None and not isinstance(self.stop, (str, list, tuple)):
@@ -114,7 +121,9 @@ def _check_int(name: str, value, minimum: int | None = None) -> None:
 
 
 def _check_number(name: str, value, minimum: float | None = None) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
