@@ -4,7 +4,9 @@
   mili never unpickles `.bin` / `.pt` files: unpickling can run arbitrary code.
 - Tensors are memory-mapped, converted to the requested dtype while copied into place, and
   q/k/v and gate/up are fused on the way (exercise 1.6 says where each one goes).
-- Every problem is reported at once, by name: missing tensors, unexpected tensors, wrong shapes.
+- Every problem is reported at once, by name: missing tensors, unexpected tensors, wrong shapes;
+  a corrupt or truncated file is named in a `CheckpointError`, and an index may only name shards
+  inside the model folder.
 - One rank of a tensor-parallel group (a `ModelShard`) reads only its part of each tensor
   (safetensors' `get_slice`), so no rank ever holds the whole model.
 """
@@ -120,6 +122,9 @@ def checkpoint_files(folder: Path) -> list[Path]:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise CheckpointError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {err}") from err
         files = sorted({folder / f for f in weight_map.values()})
+        outside = [str(f) for f in files if not f.resolve().is_relative_to(folder.resolve())]
+        if outside:
+            raise CheckpointError(f"{index} names shards outside the model folder {folder}: {', '.join(outside)}")
         missing = [f.name for f in files if not f.exists()]
         if missing:
             raise CheckpointError(f"{index} lists shards that are not in {folder}: {', '.join(missing)}")
@@ -139,7 +144,7 @@ def load_weights(model: Qwen3ForCausalLM, folder: Path) -> None:
 
     A shard (tensor parallelism) reads only its part of each tensor from the memory-mapped files.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError
 
     shard = model.shard
     config = shard.config if shard is not None else model.config
@@ -153,29 +158,15 @@ def load_weights(model: Qwen3ForCausalLM, folder: Path) -> None:
             expected |= {(name, s) for s in ("gate", "up")}
         elif not (config.tie_word_embeddings and name == "lm_head.weight"):
             expected.add((name, None))
-    loaded, unexpected, wrong_shape = set(), [], []
+    loaded, unexpected, wrong_shape, misshapen = set(), [], [], set()
     with torch.no_grad():
         for file in checkpoint_files(folder):
-            with safe_open(str(file), framework="pt", device="cpu") as f:
-                for ckpt_name in f.keys():
-                    name, part = checkpoint_name_to_param(ckpt_name)
-                    if config.tie_word_embeddings and name == "lm_head.weight":
-                        continue  # tied: the embedding matrix serves as the LM head
-                    if (name, part) not in expected:
-                        unexpected.append(ckpt_name)
-                        continue
-                    want = tuple(full_shapes[name])
-                    if part is not None:
-                        rows = shard_rows(part, config)
-                        want = (rows.stop - rows.start, *want[1:])
-                    source = f.get_tensor(ckpt_name) if shard is None else f.get_slice(ckpt_name)
-                    shape = tuple(source.shape) if shard is None else tuple(source.get_shape())
-                    if shape != want:
-                        wrong_shape.append(f"{ckpt_name}: checkpoint {shape}, model {want}")
-                        continue
-                    _copy_into(model, name, part, source)
-                    loaded.add((name, part))
-    missing = sorted(f"{n}" + (f" [{s}]" if s else "") for n, s in expected - loaded)
+            try:
+                _copy_tensors(model, file, config, full_shapes, expected, loaded, unexpected, wrong_shape, misshapen)
+            except (SafetensorError, OSError) as err:
+                raise CheckpointError(f"{file} is not a readable safetensors file ({type(err).__name__}: {err}); "
+                                      "it may be truncated or corrupt: download it again") from None
+    missing = sorted(f"{n}" + (f" [{s}]" if s else "") for n, s in expected - loaded - misshapen)
     problems = []
     if missing:
         problems.append(f"missing tensors ({len(missing)}): " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
@@ -185,6 +176,34 @@ def load_weights(model: Qwen3ForCausalLM, folder: Path) -> None:
         problems.append(f"wrongly shaped tensors ({len(wrong_shape)}): " + "; ".join(wrong_shape[:20]))
     if problems:
         raise CheckpointError(f"cannot load {folder}:\n  " + "\n  ".join(problems))
+
+
+def _copy_tensors(model: Qwen3ForCausalLM, file: Path, config, full_shapes: dict, expected: set, loaded: set,
+                  unexpected: list, wrong_shape: list, misshapen: set) -> None:
+    """Copy one file's tensors into `model`, noting each one loaded, unexpected or wrongly shaped."""
+    from safetensors import safe_open
+
+    shard = model.shard
+    with safe_open(str(file), framework="pt", device="cpu") as f:
+        for ckpt_name in f.keys():
+            name, part = checkpoint_name_to_param(ckpt_name)
+            if config.tie_word_embeddings and name == "lm_head.weight":
+                continue  # tied: the embedding matrix serves as the LM head
+            if (name, part) not in expected:
+                unexpected.append(ckpt_name)
+                continue
+            want = tuple(full_shapes[name])
+            if part is not None:
+                rows = shard_rows(part, config)
+                want = (rows.stop - rows.start, *want[1:])
+            source = f.get_tensor(ckpt_name) if shard is None else f.get_slice(ckpt_name)
+            shape = tuple(source.shape) if shard is None else tuple(source.get_shape())
+            if shape != want:
+                wrong_shape.append(f"{ckpt_name}: checkpoint {shape}, model {want}")
+                misshapen.add((name, part))
+                continue
+            _copy_into(model, name, part, source)
+            loaded.add((name, part))
 
 
 def load_model(model: str | Path, *, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",

@@ -6,12 +6,14 @@ Every command turns bad input into one line on stderr and a non-zero exit, never
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import logging
 import sys
 from pathlib import Path
 
-from mili.argtypes import non_negative_float, positive_int, probability
+from mili.argtypes import device, non_negative_float, positive_int, probability, seed, triton_problem
 from mili.distributed.failure import TensorParallelFailure
 from mili.exercise import CHAPTERS, repo_root
 
@@ -21,6 +23,10 @@ BENCHMARKS = ("kernels", "attention", "cache", "throughput", "latency", "ledger"
 
 class UsageError(Exception):
     """Bad arguments: reported as one line, exit status 2."""
+
+
+class GenerationError(Exception):
+    """The engine failed on the request: reported as one line, exit status 1."""
 
 
 # ---------------------------------------------------------------- status / grade
@@ -85,7 +91,11 @@ def cmd_generate(args) -> int:
     if args.prompt is None:
         if sys.stdin.isatty():
             raise UsageError("give a prompt: mili generate \"What is 17 + 25?\"")
-        args.prompt = sys.stdin.read()
+        args.prompt = sys.stdin.read().rstrip("\r\n")  # `echo ... |` ends the line; the prompt does not
+    if not args.prompt.strip():
+        raise UsageError("the prompt is empty")
+    if (problem := triton_problem(args.backend, args.device)) is not None:
+        raise UsageError(problem)
     model_name = _resolve_model(args.model)
     tokenizer = _load_tokenizer(model_name)
     chat = tokenizer.has_chat_template if args.chat is None else args.chat
@@ -108,21 +118,37 @@ def cmd_generate(args) -> int:
                             seed=args.seed, max_tokens=args.max_tokens)
     engine = llm.engine
     engine.add_request("mili-generate", {"prompt_token_ids": prompt_ids}, params)
-    shown, completion = "", None
-    with torch.inference_mode():
+    shown, completion, error = "", None, None
+    # the engine logs a failed request with its traceback; here the failure is reported in one line below
+    with torch.inference_mode(), _quiet_logger("mili.engine"):
         while engine.has_unfinished_requests():
             for output in engine.step():
-                completion = output.outputs[0]
+                completion, error = output.outputs[0], output.error
                 if not args.json and len(completion.text) > len(shown):
                     sys.stdout.write(completion.text[len(shown):])
                     sys.stdout.flush()
                     shown = completion.text
+    if error is not None:
+        if shown:
+            sys.stdout.write("\n")
+        raise GenerationError(f"the generation failed: {error}")
     if args.json:
         print(json.dumps({"prompt_token_ids": prompt_ids, "token_ids": completion.token_ids,
                           "text": completion.text, "finish_reason": completion.finish_reason}))
     else:
         sys.stdout.write("\n")
     return 0
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # ---------------------------------------------------------------- delegated commands
@@ -151,17 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate text from a prompt, streamed to the terminal")
     p.add_argument("prompt", nargs="?", help="the prompt (read from stdin if omitted)")
     p.add_argument("--model", default=None, help=f"model folder or preset (default: {DEFAULT_MODEL.name})")
-    p.add_argument("--max-tokens", type=positive_int, default=128)
+    p.add_argument("--max-tokens", type=positive_int, default=128, help="the most tokens to generate (default 128)")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=probability, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0 = no top-k filter")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling: keep this much probability "
+                   "mass (default 1: all)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0: no filter)")
+    p.add_argument("--seed", type=seed, default=None, help="makes sampling reproducible (a 64-bit integer)")
     p.add_argument("--chat", dest="chat", action="store_true", default=None, help="apply the chat template (default when the tokenizer has one)")
-    p.add_argument("--no-chat", dest="chat", action="store_false")
+    p.add_argument("--no-chat", dest="chat", action="store_false", help="send the prompt as it is")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--device", type=device, default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights and activations (default: bfloat16 on CUDA, float32 on a CPU)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"],
+                   help="the ops: plain PyTorch or Triton kernels (default: triton on CUDA, torch on a CPU)")
     p.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="N",
                    help="split the model over N processes: GPUs device, device+1, ... (NCCL) or CPU ranks (gloo)")
     p.set_defaults(func=cmd_generate)
@@ -193,8 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"mili: error: {err}", file=sys.stderr)
         return 2
+    except GenerationError as err:
+        print(f"mili: error: {err}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, ImportError) as err:
-        message = str(err).strip().splitlines()
+        # str(KeyError('x')) is "'x'": its message is the argument itself
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        message = str(text).strip().splitlines()
         print(f"mili: error: {message[0] if message else type(err).__name__}", file=sys.stderr)
         for line in message[1:6]:
             print(f"  {line}", file=sys.stderr)

@@ -129,6 +129,7 @@ class Tokenizer:
         ):
             eos.append(eos_id)
         self._eos_token_ids = eos
+        self._longest_token_chars: int | None = None
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> Tokenizer:
@@ -163,6 +164,23 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_releasing_gil(self, text: str) -> list[int]:
+        """`encode(text)`, while other Python threads run: `tokenizers` holds the GIL through
+        `encode` (a megabyte of text stalls every thread for seconds) but releases it in
+        `encode_batch`. For a server that tokenizes in a worker thread beside its event loop."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return self._backend.encode_batch([text], add_special_tokens=False)[0].ids
+
+    @property
+    def longest_token_chars(self) -> int:
+        """The most characters one token can stand for (its byte-level spelling has one character
+        per byte, and a byte is at most one character), so a text of C characters needs at least
+        C / longest_token_chars tokens, before normalization."""
+        if self._longest_token_chars is None:
+            self._longest_token_chars = max(len(token) for token in self._backend.get_vocab(with_added_tokens=True))
+        return self._longest_token_chars
 
     def decode(self, ids: int | Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids`. A cut-off UTF-8 character decodes to U+FFFD; ids outside the vocabulary

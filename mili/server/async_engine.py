@@ -13,7 +13,8 @@ engine frees the request's KV blocks at once.
 
 Leaving the `async for` early (a client that disconnects) aborts the request. A request the
 engine fails on (`finish_reason` "error": the engine isolates the failure to it, see
-`mili/engine/recovery.py`) ends its stream with an `APIError` 500; the others go on.
+`mili/engine/recovery.py`) ends its stream with an `APIError` 500 that names only the request id;
+the error itself goes to the log under that id. The others go on.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from mili.engine.engine import LLMEngine
 from mili.engine.sampling_params import SamplingParams
 from mili.engine.sequence import RequestOutput
-from mili.server.errors import APIError
+from mili.server.errors import APIError, internal_error
 from mili.server.metrics import ServerMetrics, observe_request
 
 log = logging.getLogger("mili.server")
@@ -61,7 +62,7 @@ class AsyncEngine:
         self._stop = threading.Event()
         self._metrics_failed = False
         self.error: BaseException | None = None  # set when the engine thread died
-        self.stats: dict = self._snapshot()
+        self._publish_stats()  # the gauges (KV blocks in the pool, ...) hold from the start
 
     # ------------------------------------------------------------------ the event loop side
 
@@ -119,9 +120,10 @@ class AsyncEngine:
                     continue
                 try:
                     outputs = self.engine.step()
-                except Exception as err:  # the engine contains request failures; this is its recovery failing
-                    log.exception("engine step failed outside its failure isolation; ending every request")
-                    self._fail_all(APIError(500, f"the engine failed: {type(err).__name__}: {err}"))
+                except Exception:  # the engine contains request failures; this is its recovery failing
+                    log.exception("engine step failed outside its failure isolation; ending every request (%s)",
+                                  ", ".join(self._tracked))
+                    self._fail_all(None)
                     continue
                 now = time.monotonic()
                 for output in outputs:
@@ -183,7 +185,8 @@ class AsyncEngine:
             del self._tracked[output.request_id]
             self._record_finished(tracked, output, now)
         if output.error is not None:
-            self._send(tracked, APIError(500, f"the engine failed on this request: {output.error}"))
+            log.error("the engine failed on this request: %s", output.error, extra={"request_id": output.request_id})
+            self._send(tracked, internal_error(output.request_id))
         else:
             self._send(tracked, output)
 
@@ -199,14 +202,15 @@ class AsyncEngine:
                             type(err).__name__, err)
                 self._metrics_failed = True
 
-    def _fail_all(self, error: APIError, abort: bool = True) -> None:
+    def _fail_all(self, error: APIError | None, abort: bool = True) -> None:
+        """End every tracked request with `error` (None: each its own internal error)."""
         for request_id, tracked in list(self._tracked.items()):
             if abort:
                 try:
                     self.engine.abort(request_id)
                 except Exception:
                     log.exception("abort of %s failed", request_id)
-            self._send(tracked, error)
+            self._send(tracked, error or internal_error(request_id))
         self._tracked.clear()
         self._publish_stats()
 

@@ -2,7 +2,7 @@
 
 Gauges say what the engine holds now (running and waiting requests, KV-cache usage, blocks held
 by requests); counters only grow (tokens, prefix-cache queries and hits, preemptions, finished
-requests by reason); histograms record each request's latencies: time to first token (TTFT),
+requests by reason, failed requests apart); histograms record each request's latencies: time to first token (TTFT),
 time per output token (TPOT, the mean gap after the first token), every inter-token gap (ITL)
 and end-to-end latency. Each server has its own registry, so several can live in one process.
 """
@@ -50,8 +50,10 @@ class ServerMetrics:
         self.num_preemptions = counter("num_preemptions", "Sequences preempted (recomputed later).")
         self.prompt_tokens = counter("prompt_tokens", "Prompt tokens of finished and running requests.")
         self.generation_tokens = counter("generation_tokens", "Tokens generated.")
-        self._success = Counter("mili:request_success", "Finished requests by finish reason.",
-                                ["model_name", "finished_reason"], registry=r)
+        self._success = Counter("mili:request_success", "Finished requests by finish reason (stop, length, "
+                                "abort).", ["model_name", "finished_reason"], registry=r)
+        self.request_failure = counter("request_failure", "Requests the engine failed on (finish_reason 'error'; "
+                                       "the client got a 500).")
         self.time_to_first_token = histogram("time_to_first_token_seconds", "Arrival to first token.", _TTFT_BUCKETS)
         self.time_per_output_token = histogram("time_per_output_token_seconds",
                                                "Mean time per output token after the first, per request.",
@@ -63,7 +65,10 @@ class ServerMetrics:
         self._last_counts = {"queries": 0, "hits": 0, "preemptions": 0}
 
     def request_finished(self, reason: str | None) -> None:
-        self._success.labels(self.model_name, reason or "error").inc()
+        if reason in (None, "error"):
+            self.request_failure.inc()
+        else:
+            self._success.labels(self.model_name, reason).inc()
 
     def update_engine_stats(self, stats: dict) -> None:
         """Copy an `LLMEngine.stats()` snapshot into the gauges; counters grow by what is new."""
