@@ -1,4 +1,5 @@
-"""The async engine in process: a failing request or step ends only what it must, aborts free blocks."""
+"""The async engine in process: a failing request or step ends only what it must, aborts free blocks,
+and the gauges hold the pool's size from the start."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def test_a_request_the_engine_rejects_fails_alone(llm):
         assert output.finished and output.outputs[0].finish_reason == "length" and len(output.outputs[0].token_ids) == 6
 
 
-def test_a_failing_step_ends_its_requests_and_the_engine_keeps_serving(llm, monkeypatch):
+def test_a_failing_step_ends_its_requests_and_the_engine_keeps_serving(llm, monkeypatch, caplog):
     # the last resort: LLMEngine.step contains request failures itself (tests/test_engine_isolation.py),
     # so this is its recovery failing; the loop ends the requests in flight and goes on
     real_step, calls = llm.engine.step, []
@@ -77,7 +78,10 @@ def test_a_failing_step_ends_its_requests_and_the_engine_keeps_serving(llm, monk
             engine.shutdown()
 
     failed, after, alive, in_use = asyncio.run(scenario())
-    assert isinstance(failed, APIError) and failed.status == 500 and "injected failure" in failed.message
+    assert isinstance(failed, APIError) and failed.status == 500
+    # the client learns only where to look; the log says what happened
+    assert "injected" not in failed.message and "RuntimeError" not in failed.message and "victim" in failed.message
+    assert "injected failure" in caplog.text and "victim" in caplog.text
     assert alive and after.finished and len(after.outputs[0].token_ids) == 6
     assert in_use == 0 and not llm.engine.has_unfinished_requests()
 
@@ -104,3 +108,10 @@ def test_leaving_the_stream_early_aborts_and_frees_the_blocks(llm):
 
     held, after = asyncio.run(scenario())
     assert held >= 3 and after == 0
+
+
+def test_the_gauges_are_set_before_the_first_request(llm):
+    metrics = ServerMetrics("m")
+    AsyncEngine(llm.engine, metrics)
+    text = metrics.render().decode()
+    assert f'mili:kv_cache_blocks_total{{model_name="m"}} {float(llm.engine.stats()["kv_blocks"])}' in text

@@ -3,7 +3,8 @@
 The server runs with a sampler that raises whenever a sequence whose prompt holds token MAGIC
 has generated 3 tokens (`tests/faulty_serve.py`). Two such requests (one streaming, one not)
 run among ten good ones: the bad ones get an OpenAI-shaped 500 (non-streaming) or an error event
-then [DONE] (streaming), every good one completes exactly as the offline engine answers it, and
+then [DONE] (streaming) that names only a request id (the error itself is in the server log under
+that id), every good one completes exactly as the offline engine answers it, and
 afterwards the server is idle (0 running, all KV blocks free) and still answers.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import httpx
@@ -34,6 +36,14 @@ def server(checkpoint_folder):
     env = {"MILI_FAULT_TOKEN": str(MAGIC), "MILI_FAULT_AFTER": str(FAULT_AFTER)}
     with launch_server(checkpoint_folder, args=args, env=env, module="tests.faulty_serve") as running:
         yield running
+
+
+def _assert_names_only_a_request_id(message: str, server) -> None:
+    """A 500 tells the client no exception type or message, only the id under which the log has them."""
+    assert "injected" not in message and "RuntimeError" not in message, message
+    request_id = re.search(r"request id (\S+)", message).group(1)
+    lines = [line for line in server.log().splitlines() if request_id in line]
+    assert any("injected failure" in line for line in lines), f"no log line names {request_id} and the error"
 
 
 def good_prompt(i: int) -> list[int]:
@@ -90,9 +100,10 @@ def test_one_failing_request_gets_its_error_and_the_others_complete(server, chec
     bad_stream, bad_full, *good = asyncio.run(run_all())
 
     assert isinstance(bad_full, openai.InternalServerError), bad_full
-    assert bad_full.status_code == 500 and "injected failure" in bad_full.body["message"]
-    assert bad_full.body["type"] == "internal_server_error"
-    assert isinstance(bad_stream, openai.APIError) and "injected failure" in bad_stream.message, bad_stream
+    assert bad_full.status_code == 500 and bad_full.body["type"] == "internal_server_error"
+    assert isinstance(bad_stream, openai.APIError), bad_stream
+    for message in (bad_full.body["message"], bad_stream.message):
+        _assert_names_only_a_request_id(message, server)
 
     llm = LLM(str(checkpoint_folder), num_kv_blocks=64, max_model_len=256)
     for (prompt, stream, n), result in zip(cases, good):
@@ -104,9 +115,9 @@ def test_one_failing_request_gets_its_error_and_the_others_complete(server, chec
     after = _wait_idle(server)
     for name in ("num_requests_running", "num_requests_waiting", "kv_cache_blocks_in_use"):
         assert metric(after, f"mili:{name}") == 0, f"{name} is {metric(after, f'mili:{name}')} after every request ended"
-    errors = metric(after, "mili:request_success_total", finished_reason="error") - metric(
-        before, "mili:request_success_total", finished_reason="error")
-    assert errors == 2
+    failures = metric(after, "mili:request_failure_total") - metric(before, "mili:request_failure_total")
+    assert failures == 2
+    assert metric(after, "mili:request_success_total", finished_reason="error") == 0, "failures are not successes"
     assert httpx.get(server.url + "/health").status_code == 200
     again = httpx.post(server.url + "/v1/completions", json={"prompt": good_prompt(3), "max_tokens": 2})
     assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 2
@@ -119,6 +130,7 @@ def test_a_streamed_failure_sends_the_tokens_before_it_then_an_error_event_and_d
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["code"] == 500 and "injected" in error["message"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == 500
+    _assert_names_only_a_request_id(error["message"], server)
     chunks = [json.loads(e) for e in events[:-2]]
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks), "a failed choice never reports a finish"

@@ -454,6 +454,16 @@ class _RequestIds:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if not started:
                 await internal_error(request_id).response()(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # only a server that stops cancels a request's task: end the answer cleanly and quietly
+            # (uvicorn would log a traceback and send a text/plain 500)
+            log.info("%s %s cancelled: the server is stopping", scope.get("method"), scope.get("path"))
+            with contextlib.suppress(Exception):
+                if not started:
+                    await APIError(503, "the server is shutting down; retry elsewhere",
+                                   retry_after=1).response()(scope, receive, send_with_id)
+                else:
+                    await send_with_id({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             REQUEST_ID.reset(token)
 
