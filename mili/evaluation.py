@@ -140,16 +140,22 @@ def print_report(report: dict) -> None:
         print(f"answers that differ from the saved report's: {len(report['differs_from_saved'])}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mili eval", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a checkpoint folder (default: the tiny model)")
-    parser.add_argument("--n", type=int, default=200, help="questions per skill")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--backend", choices=["hf", "mili", "both"], default="hf")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n", type=int, default=200, help="questions per skill (default 200)")
+    parser.add_argument("--seed", type=int, default=1, help="picks the questions (default 1)")
+    parser.add_argument("--backend", choices=["hf", "mili", "both"], default="hf",
+                        help="who answers: Hugging Face transformers, mili's model, or both (default hf)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--compare", type=Path, default=None,
                         help="a saved --json report (same seed): count the questions whose replies differ")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.model / "config.json").exists():
         parser.error(f"--model {args.model}: no config.json there (a Hugging Face checkpoint folder is expected)")

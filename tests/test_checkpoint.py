@@ -61,6 +61,30 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(folder, tmp_path):
     assert "model.layers.1.self_attn.qkv_proj.weight [k]" in text
     assert "model.layers.0.extra.weight" in text
     assert "model.layers.0.mlp.down_proj.weight: checkpoint (3, 3)" in text
+    missing = text.split("missing tensors", 1)[1].split("\n")[0]
+    assert "down_proj" not in missing, "a wrongly shaped tensor is not also missing"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "header only"])
+def test_a_corrupt_or_truncated_file_is_named(folder, tmp_path, damage):
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    data = (folder / "model.safetensors").read_bytes()
+    broken = {"truncated": data[:-100], "garbage": bytes(range(256)) * 8, "header only": data[:2000]}[damage]
+    (tmp_path / "model.safetensors").write_bytes(broken)
+    with pytest.raises(CheckpointError, match="model.safetensors is not a readable safetensors file.*download it"):
+        load_model(tmp_path)
+
+
+def test_an_index_may_not_name_shards_outside_the_model_folder(folder, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text((folder / "config.json").read_text())
+    (tmp_path / "elsewhere.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    names = load_file(str(folder / "model.safetensors"))
+    index = {"weight_map": {name: "../elsewhere.safetensors" for name in names}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="outside the model folder"):
+        load_model(model)
 
 
 def test_pickled_weights_are_refused(folder, tmp_path):

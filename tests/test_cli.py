@@ -1,4 +1,6 @@
-"""The `mili` command: status, generate (parity with transformers, streaming, JSON), bad input."""
+"""The `mili` command: status, generate (parity with transformers, streaming, JSON), and every kind of
+bad input or failure (corrupt weights, missing CUDA, a failed generation) as one line on stderr with a
+non-zero exit."""
 
 from __future__ import annotations
 
@@ -80,3 +82,90 @@ def test_status_lists_chapter_01(capsys):
     assert code == 0
     for exercise_id in ("1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.7"):
         assert f"\n{exercise_id} " in out
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
+    assert "Traceback" not in err and len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    return lines[0]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_corrupt_checkpoint_is_one_line(model_folder, tmp_path, damage, capsys):
+    folder, _ = model_folder
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    data = (folder / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:len(data) // 2] if damage == "truncated" else b"\x07" * 4096)
+    code, _, err = _run(["generate", "--model", str(tmp_path), "hi"], capsys)
+    assert code == 2 and "not a readable safetensors file" in _one_line_error(err)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seed", str(2**64), "hi"], "signed 64-bit integer"),
+    (["--seed", "99999999999999999999", "--temperature", "1", "hi"], "signed 64-bit integer"),
+    (["--device", "tpu", "hi"], "auto, cpu, cuda or cuda:N"),
+    ([""], "the prompt is empty"),
+    (["  \n"], "the prompt is empty"),
+])
+def test_bad_values_are_one_line(model_folder, args, message, capsys):
+    folder, _ = model_folder
+    code, _, err = _run(["generate", "--model", str(folder), "--max-tokens", "2"] + args, capsys)
+    assert code == 2 and message in _one_line_error(err)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is here")
+def test_device_cuda_without_cuda_is_one_line(model_folder, capsys):
+    folder, _ = model_folder
+    code, _, err = _run(["generate", "--model", str(folder), "--device", "cuda", "hi"], capsys)
+    assert code == 2 and "CUDA is not available" in _one_line_error(err)
+
+
+def test_triton_on_a_cpu_without_the_interpreter_is_one_line(model_folder, monkeypatch, capsys):
+    folder, _ = model_folder
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    code, _, err = _run(["generate", "--model", str(folder), "--device", "cpu", "--backend", "triton", "hi"], capsys)
+    assert code == 2 and "TRITON_INTERPRET=1" in _one_line_error(err)
+
+
+def test_a_failed_generation_exits_1_with_one_line(model_folder, monkeypatch, capsys):
+    from mili.engine.model_runner import ModelRunner
+
+    def broken_sample(self, seqs, logits):
+        raise RuntimeError("injected sampler failure")
+
+    monkeypatch.setattr(ModelRunner, "sample", broken_sample)
+    folder, _ = model_folder
+    code, _, err = _run(["generate", "--model", str(folder), "--max-tokens", "4", "hi"], capsys)
+    assert code == 1 and "the generation failed" in _one_line_error(err) and "injected sampler failure" in err
+
+
+def test_a_prompt_from_stdin_loses_its_trailing_newline(model_folder, monkeypatch, capsys):
+    import io
+
+    folder, _ = model_folder
+    args = ["generate", "--model", str(folder), "--no-chat", "--max-tokens", "1", "--json"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is 17 + 25?\n"))
+    code, out, err = _run(args, capsys)
+    assert code == 0, err
+    from_stdin = json.loads(out)["prompt_token_ids"]
+    code, out, err = _run(args + ["What is 17 + 25?"], capsys)
+    assert from_stdin == json.loads(out)["prompt_token_ids"]
+
+
+def test_an_unknown_exercise_is_named_without_stray_quotes(capsys):
+    code, _, err = _run(["grade", "9.9"], capsys)
+    assert code == 2 and _one_line_error(err).startswith("mili: error: no exercise '9.9'"), err
+
+
+def test_every_flag_of_every_command_has_help():
+    import argparse
+
+    from mili.cli import build_parser as mili_parser
+    from mili.evaluation import build_parser as eval_parser
+    from mili.server.cli import build_parser as serve_parser
+
+    generate = next(a for a in mili_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["generate"]
+    for parser in (generate, eval_parser(), serve_parser()):
+        bare = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
+        assert not bare, f"{parser.prog}: flags without help: {bare}"
