@@ -1,5 +1,7 @@
 """deployment/: the Kubernetes manifests and the Compose file pass their schemas (offline) and agree
-with each other and with the server's flags; the Dockerfile runs the commands of deployment/README.md."""
+with each other and with the server's flags; the Dockerfile runs the commands of deployment/README.md;
+every manifest that listens beyond loopback requires an API key kept out of the command line; the
+example --config file is valid."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 jsonschema = pytest.importorskip("jsonschema")
 
 from mili.exercise import repo_root
-from mili.server.cli import build_parser
+from mili.server.cli import API_KEY_ENV, build_parser, parse_args
 
 DEPLOYMENT = repo_root() / "deployment"
 ABORT_GRACE_S = 5  # mili.server.cli: after the drain, aborted streams get this long to finish
@@ -143,7 +145,7 @@ def test_dockerfile_is_multi_stage_cuda_non_root_with_a_healthcheck():
 
 def test_dockerfile_runs_the_readme_commands():
     readme = (DEPLOYMENT / "README.md").read_text()
-    block = re.search(r"## Without a container\s*```bash\n(.*?)```", readme, re.DOTALL).group(1).strip().splitlines()
+    block = re.search(r"## Without a container.*?```bash\n(.*?)```", readme, re.DOTALL).group(1).strip().splitlines()
     install, serve = block[0], block[1]
     runs = [rest for op, rest in _instructions() if op == "RUN"]
     assert install in runs, f"the Dockerfile must install with the README's command {install!r}"
@@ -151,3 +153,39 @@ def test_dockerfile_runs_the_readme_commands():
     command = json.loads(steps["ENTRYPOINT"]) + json.loads(steps["CMD"])
     assert command == shlex.split(serve.replace("data/", "/app/data/")), (
         f"the image runs {command}, the README says {serve!r}")
+
+
+def test_the_kubernetes_deployment_requires_a_key_from_a_secret():
+    (deployment,) = _docs("deployment.yaml")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args(container["args"])
+    assert args.require_api_key and args.api_key is None, "the key must not be an argument (kubectl describe shows it)"
+    env = {e["name"]: e for e in container["env"]}
+    assert env[API_KEY_ENV]["valueFrom"]["secretKeyRef"] == {"name": "mili-api-key", "key": "api-key"}
+    assert "kubectl create secret generic mili-api-key" in (DEPLOYMENT / "README.md").read_text()
+
+
+def test_compose_reads_the_key_from_a_secret_file():
+    compose = _compose()
+    command = compose["services"]["mili"]["command"]
+    args = build_parser().parse_args([a.replace("${MILI_MODEL:-", "").rstrip("}") for a in command])
+    assert args.require_api_key and args.api_key is None
+    (secret,) = compose["services"]["mili"]["secrets"]
+    assert str(args.api_key_file) == f"/run/secrets/{secret}"
+    assert compose["secrets"][secret]["file"] == "./mili-api-key"
+    assert "deployment/mili-api-key" in (repo_root() / ".gitignore").read_text().splitlines()
+
+
+def test_the_image_refuses_to_start_without_a_key():
+    cmd = json.loads(next(rest for op, rest in _instructions() if op == "CMD"))
+    args = build_parser().parse_args(cmd)
+    assert args.host == "0.0.0.0" and args.require_api_key and args.api_key is None
+
+
+def test_the_example_config_file_is_valid(monkeypatch):
+    monkeypatch.setenv(API_KEY_ENV, "k")
+    path = DEPLOYMENT / "server_config.yaml"
+    args = parse_args(["--config", str(path)])
+    for key, value in yaml.safe_load(path.read_text()).items():
+        assert getattr(args, key.replace("-", "_")) == value, key
+    assert parse_args(["--config", str(path), "--port", "9000"]).port == 9000

@@ -81,6 +81,7 @@ def test_the_api_key_comes_from_the_flag_the_file_or_the_environment(tmp_path, m
     assert "is empty" in _parse_error([], capsys)
     monkeypatch.delenv(cli.API_KEY_ENV)
     assert cli.parse_args([]).api_key is None
+    assert "no API key" in _parse_error(["--require-api-key"], capsys)
     assert "--api-key-file" in _parse_error(["--api-key-file", str(tmp_path / "missing")], capsys)
 
 

@@ -6,7 +6,8 @@
 Every flag can also be a key of the YAML file given to --config (`max-queue: 64`); flags on the
 command line override the file. The API key comes from --api-key-file, $MILI_API_KEY or
 --api-key (visible to every user of the machine in `ps`: the others are better). Binding an
-address other than loopback without a key logs a warning.
+address other than loopback without a key logs a warning; --require-api-key (set in the
+manifests of deployment/) refuses to start without one.
 
 The socket opens at once and `/health` says 503 until the model is loaded and warmed up (one short
 request compiles the kernels). On SIGTERM (or Ctrl+C) the server drains: new requests get 503,
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"require 'Authorization: Bearer KEY' on /v1/*, KEY read from this file (or set ${API_KEY_ENV})")
     p.add_argument("--api-key", default=None, help=f"the key itself (visible in `ps`: prefer --api-key-file or "
                    f"${API_KEY_ENV})")
+    p.add_argument("--require-api-key", action="store_true",
+                   help="refuse to start without a key (the container images and manifests set this)")
     p.add_argument("--served-model-name", default=None, help="the model id clients use (default: folder name)")
     p.add_argument("--max-queue", type=non_negative_int, default=256,
                    help="sequences admitted beyond the running batch before new requests get 429 (default 256)")
@@ -170,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         argv = config_file_argv(parser, first.config) + argv
     args = parser.parse_args(argv)
     args.api_key = resolve_api_key(parser, args)
+    if args.require_api_key and args.api_key is None:
+        parser.error(f"--require-api-key: no API key; set ${API_KEY_ENV} or pass --api-key-file")
     if (problem := triton_problem(args.backend, args.device)) is not None:
         parser.error(problem)
     return args
