@@ -1,4 +1,5 @@
-"""SIGTERM on a live `mili serve`: stop admitting (503), let short requests finish, abort the rest, exit 0."""
+"""SIGTERM on a live `mili serve`: stop admitting (503), let short requests finish, abort the rest, exit 0;
+a second signal aborts everything at once, and every client still gets a clean answer."""
 
 from __future__ import annotations
 
@@ -36,9 +37,15 @@ def _stream(url: str, max_tokens: int, result: dict, first_chunk: threading.Even
                 result["completion_tokens"] = chunk["usage"]["completion_tokens"]
 
 
-def test_sigterm_drains_then_aborts_and_exits_0(tmp_path):
-    folder = tmp_path / "model"
-    make_checkpoint_with_tokenizer(folder, max_position_embeddings=4096)
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A long context, so that a request can still be generating when the signal comes."""
+    path = tmp_path_factory.mktemp("model")
+    make_checkpoint_with_tokenizer(path, max_position_embeddings=4096)
+    return path
+
+
+def test_sigterm_drains_then_aborts_and_exits_0(folder):
     args = ["--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S), "--max-model-len", "4096", "--num-kv-blocks", "600"]
     with launch_server(folder, args=args) as server:
         short, long = {}, {}
@@ -58,6 +65,38 @@ def test_sigterm_drains_then_aborts_and_exits_0(tmp_path):
         elapsed = time.monotonic() - signalled
         for thread in threads:
             thread.join(10)
+    assert not server.log_path.exists(), "launch_server leaves no log file behind"
     assert short == {"finish_reasons": ["length"], "completion_tokens": 40, "done": True}
     assert long["finish_reasons"] == ["abort"] and long["done"] and long["completion_tokens"] < 4000
     assert SHUTDOWN_TIMEOUT_S <= elapsed < SHUTDOWN_TIMEOUT_S + 10
+
+
+def test_a_second_signal_exits_at_once_and_every_client_gets_a_clean_answer(folder):
+    args = ["--shutdown-timeout", "60", "--max-model-len", "4096", "--num-kv-blocks", "600", "--log-level", "info"]
+    with launch_server(folder, args=args) as server:
+        streamed, first_chunk, full = {}, threading.Event(), {}
+
+        def non_streaming():
+            body = {"prompt": [1, 2, 3], "max_tokens": 4000, "ignore_eos": True}
+            response = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+            full.update(status=response.status_code, type=response.headers["content-type"], body=response.json())
+
+        threads = [threading.Thread(target=_stream, args=(server.url, 4000, streamed, first_chunk)),
+                   threading.Thread(target=non_streaming)]
+        for thread in threads:
+            thread.start()
+        assert first_chunk.wait(30)
+        server.process.terminate()
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        server.process.terminate()
+        assert server.process.wait(30) == 0
+        elapsed = time.monotonic() - signalled
+        for thread in threads:
+            thread.join(10)
+        log = server.log()
+    assert elapsed < 5, f"the second signal took {elapsed:.1f} s to stop the server:\n{log}"
+    assert streamed["finish_reasons"] == ["abort"] and streamed["done"]
+    assert full["status"] == 200 and full["type"] == "application/json", full
+    assert full["body"]["choices"][0]["finish_reason"] == "abort"
+    assert "second signal" in log and "Traceback" not in log and "CancelledError" not in log, log

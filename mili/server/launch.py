@@ -3,7 +3,7 @@
     with launch_server("data/mili-tiny-qwen3", args=["--max-num-seqs", "64"]) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
         ...
-    # leaving the block sends SIGTERM and waits for the drain
+    # leaving the block sends SIGTERM, waits for the drain and removes the server's log file
 """
 
 from __future__ import annotations
@@ -89,3 +89,4 @@ def launch_server(model: str | Path, *, args: list[str] = (), port: int | None =
     finally:
         server.stop()
         log_file.close()
+        server.log_path.unlink(missing_ok=True)
