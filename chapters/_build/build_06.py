@@ -257,8 +257,10 @@ for question in ["What is 17 + 25?", "Sort the numbers:\n9, 2, 7, 4"]:
 md(r"""
 **Bad input never reaches the engine.** Requests are parsed strictly (a string where a number
 belongs is a 400, not FastAPI's default 422), the prompt is tokenized and checked against the
-context window before it is queued, and every error has OpenAI's shape, so the client raises its
-usual exceptions:
+context window before it is queued (in a worker thread, so a huge prompt delays nobody), fields
+the server cannot honour (tools, structured output, `best_of`, ...) are refused rather than
+ignored, and every error has OpenAI's shape, so the client raises its usual exceptions
+(`docs/running-safely.md` lists every limit and status code):
 """)
 
 code(r"""
@@ -308,8 +310,9 @@ print("after the disconnect:", {k: after[k] for k in ("num_requests_running", "k
 """)
 
 md(r"""
-**Backpressure.** The server counts the requests it has admitted. Beyond `--max-num-seqs` +
-`--max-queue` of them, a new request gets `429 Too Many Requests` with a `Retry-After` header
+**Backpressure.** The server counts the sequences it has admitted: a request asks for `n` of
+them (`--max-n`, 8 by default, caps `n`). Beyond `--max-num-seqs` + `--max-queue` of them, a new
+request gets `429 Too Many Requests` with a `Retry-After` header
 at once, instead of waiting in an unbounded queue until its client times out; while the server
 drains it answers `503` with `Retry-After`. Both are tested in `tests/test_server_admission.py`
 and `tests/test_server_drain.py`.
