@@ -60,6 +60,7 @@ HOSTILE = [
     (CHAT, "[" * 30_000 + "]" * 30_000, None),
     (CHAT, {"messages": MESSAGES, "n": 4}, "n"),
     (CHAT, {"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "add"}}]}, "tools"),
+    (CHAT, {"messages": MESSAGES, "chat_template_kwargs": {"tools": [{"name": "add"}]}}, "tools"),
     (CHAT, {"messages": MESSAGES, "tool_choice": "required"}, "tool_choice"),
     (CHAT, {"messages": MESSAGES, "functions": [{"name": "add"}]}, "functions"),
     (CHAT, {"messages": MESSAGES, "response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),

@@ -131,7 +131,7 @@ class ChatCompletionRequest(SamplingFields):
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
-        if self.tools:
+        if self.tools or "tools" in (self.chat_template_kwargs or {}):
             raise bad_request("tools (function calling) are not supported by this server yet; send the request "
                               "without tools", "tools")
         if self.tool_choice not in (None, "none", "auto"):
