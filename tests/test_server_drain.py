@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 from mili.server.launch import launch_server
 from tests.hf_oracle import make_checkpoint_with_tokenizer
 
-SHUTDOWN_TIMEOUT_S = 2.0
+SHUTDOWN_TIMEOUT_S = 3.0  # the window in which the test sees 503s; a busy 2-core machine needs it
 
 
 def _stream(url: str, max_tokens: int, result: dict, first_chunk: threading.Event) -> None:
