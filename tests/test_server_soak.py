@@ -89,14 +89,13 @@ async def _hostile(client, i):
 
 def _warm_up_and_measure(server) -> float:
     """RSS after the allocations every server makes once (the first batches, the thread pool)."""
-    for n in (1, 8, 32):
+    async def burst(n: int):
         bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 6, "ignore_eos": True} for i in range(n)]
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
 
-        async def burst():
-            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-                await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
-
-        asyncio.run(burst())
+    for n in (1, 8, 32):
+        asyncio.run(burst(n))
     return _rss_mb(server.process.pid)
 
 
