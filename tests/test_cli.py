@@ -131,7 +131,7 @@ def test_triton_on_a_cpu_without_the_interpreter_is_one_line(model_folder, monke
 def test_a_failed_generation_exits_1_with_one_line(model_folder, monkeypatch, capsys):
     from mili.engine.model_runner import ModelRunner
 
-    def broken_sample(self, seqs, logits):
+    def broken_sample(self, *args, **kwargs):
         raise RuntimeError("injected sampler failure")
 
     monkeypatch.setattr(ModelRunner, "sample", broken_sample)

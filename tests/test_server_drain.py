@@ -13,6 +13,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from mili.server.launch import launch_server
+from tests.server_helpers import metric
 from tests.hf_oracle import make_checkpoint_with_tokenizer
 
 SHUTDOWN_TIMEOUT_S = 3.0  # the window in which the test sees 503s; a busy 2-core machine needs it
@@ -86,6 +87,10 @@ def test_a_second_signal_exits_at_once_and_every_client_gets_a_clean_answer(fold
         for thread in threads:
             thread.start()
         assert first_chunk.wait(30)
+        deadline = time.monotonic() + 30
+        while metric(httpx.get(server.url + "/metrics").text, "mili:num_requests_running") < 2:
+            assert time.monotonic() < deadline, "the non-streaming request never started"
+            time.sleep(0.05)
         server.process.terminate()
         time.sleep(0.5)
         signalled = time.monotonic()
