@@ -31,18 +31,42 @@ class GenerationError(Exception):
 
 # ---------------------------------------------------------------- status / grade
 
-def cmd_status(args) -> int:
-    from mili.exercise import IMPORT_ERRORS, current_mode, discover
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
+
+def cmd_status(args) -> int:
+    from mili.exercise import IMPORT_ERRORS, REGISTRY, current_mode, discover, references_available
+
+    mode = current_mode()
     exercises = discover(strict=False)
+    broken = {ex.broken for ex in REGISTRY.values() if ex.broken}
+    failed: dict[str, list[str]] = {}
     for module, error in IMPORT_ERRORS.items():
-        print(f"warning: {module} failed to import, its exercises are not listed: {error}", file=sys.stderr)
-    print(f"MILI_IMPL={current_mode()}  ({len(exercises)} exercises)")
-    print(f"{'id':<6} {'chapter':<34} {'title':<46} implemented by")
+        failed.setdefault(error, []).append(module)
+    for error, modules in failed.items():
+        if error not in broken:
+            print(f"warning: {', '.join(modules)} do{'es' if len(modules) == 1 else ''} not import: {error}",
+                  file=sys.stderr)
+        elif len(modules) > 1 or not any(t.module == modules[0] for ex in REGISTRY.values() for t in ex.targets):
+            print(f"warning: {len(modules)} modules that import a broken file do not import either "
+                  f"({', '.join(modules)})", file=sys.stderr)
+    rule = {"auto": "an exercise runs your code once all its parts are written, the reference until then",
+            "student": "only your code runs (what grading uses)",
+            "reference": "only the reference solutions run"}[mode]
+    print(f"MILI_IMPL={mode}: {rule}  ({len(exercises)} exercises)")
+    if not references_available():
+        print("this copy of the course has no reference solutions: an unwritten exercise runs its stub")
+    runs = {"student": "yours", "reference": "reference", "stub": "stub"}
+    print(f"\n{'id':<5} {'title':<48} {'runs':<10} {'file':<33} your code")
+    chapter = None
     for ex in exercises.values():
-        chapter = f"{ex.chapter} {CHAPTERS.get(ex.chapter, '')}"
-        where = ", ".join(sorted({t.module for t in ex.targets}))
-        print(f"{ex.id:<6} {chapter[:34]:<34} {ex.title[:46]:<46} {ex.implemented_by:<9} ({where})")
+        if ex.chapter != chapter:
+            chapter = ex.chapter
+            print(f"-- {chapter} {CHAPTERS.get(chapter, '')}")
+        where = ", ".join(sorted({t.module.replace(".", "/") + ".py" for t in ex.targets}))
+        print(f"{ex.id:<5} {_cut(ex.title, 48):<48} {runs[ex.implemented_by]:<10} {where:<33} "
+              f"{ex.describe_progress()}")
     return 0
 
 
@@ -225,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     except GenerationError as err:
         print(f"mili: error: {err}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError, ImportError) as err:
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError, ImportError, SyntaxError) as err:
         # str(KeyError('x')) is "'x'": its message is the argument itself
         text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         message = str(text).strip().splitlines()
