@@ -16,8 +16,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'mili' has no attribute {name!r}")
 
 
-def grade(selector: str | None = None, *, report: str | None = None) -> dict:
-    """Grade the student's code for a chapter ('01') or an exercise ('1.1'); prints a score table."""
+def grade(selector: str | None = None, *, report: str | None = None, verbose: bool = False) -> dict:
+    """Grade the student's code for a chapter ('01') or an exercise ('1.1'); prints a score table
+    (`verbose`: every failing test, not the first three)."""
     from mili.grading import grade as _grade
 
-    return _grade(selector, report=report)
+    return _grade(selector, report=report, verbose=verbose)

@@ -19,6 +19,10 @@ from mili.exercise import CHAPTERS, repo_root
 
 DEFAULT_MODEL = repo_root() / "data" / "mili-tiny-qwen3"
 BENCHMARKS = ("kernels", "attention", "cache", "throughput", "latency", "ledger", "serve")
+# what the engine calls on a CPU (the torch backend): checked up front where references are missing
+ENGINE_EXERCISES = ("1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "3.1", "3.2", "3.3", "3.4", "3.5", "5.1", "5.2",
+                    "5.3")
+NEEDS = {"generate": ENGINE_EXERCISES, "eval": ENGINE_EXERCISES, "serve": ENGINE_EXERCISES + ("6.1", "6.2")}
 
 
 class UsageError(Exception):
@@ -71,9 +75,21 @@ def cmd_status(args) -> int:
 
 
 def cmd_grade(args) -> int:
-    from mili.grading import grade
+    from mili.grading import grade, grade_submissions
 
-    summary = grade(args.target, report=args.report)
+    if args.timeout < 0:
+        raise UsageError("--timeout must be >= 0 seconds (0: no limit)")
+    if args.submissions:
+        if not (args.csv or args.report):
+            raise UsageError("--submissions needs --csv FILE and/or --report FILE for the scores")
+        grade_submissions(args.submissions, selector=args.target, csv_path=args.csv, report=args.report,
+                          timeout=args.timeout, extra_tests=args.extra_tests)
+        return 0
+    if args.csv:
+        raise UsageError("--csv goes with --submissions DIR (one row per student)")
+    report = args.report or ("results.json" if args.format == "gradescope" else None)
+    summary = grade(args.target, report=report, timeout=args.timeout, verbose=args.verbose,
+                    extra_tests=args.extra_tests, report_format=args.format)
     return 0 if summary["score"] == summary["max_score"] else 1
 
 
@@ -175,6 +191,16 @@ def _quiet_logger(name: str):
         logger.setLevel(level)
 
 
+def _require_exercises(command: str) -> None:
+    """In a copy without the engine's references (a student release), name every missing exercise at once."""
+    from mili.exercise import require
+
+    packages = ("model", "engine", "cache") + (("server",) if command == "serve" else ())
+    if all((repo_root() / "solutions" / package).is_dir() for package in packages):
+        return  # the references stand in for anything unwritten
+    require(NEEDS[command], f"mili {command}")
+
+
 # ---------------------------------------------------------------- delegated commands
 
 def _delegate(module: str, argv: list[str]) -> int:
@@ -196,7 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grade", help="grade your code: all, a chapter (01) or an exercise (2.1)")
     p.add_argument("target", nargs="?", default=None, help="chapter (01..06) or exercise id (e.g. 2.1)")
     p.add_argument("--report", metavar="FILE", help="write scores as JSON to FILE and JUnit XML beside it")
+    p.add_argument("--format", choices=["mili", "gradescope"], default="mili",
+                   help="the report's layout: mili's JSON + JUnit XML, or Gradescope's results.json "
+                        "(written to results.json unless --report says where)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="seconds each test may run before it fails as a hang (default 60; 0: no limit)")
+    p.add_argument("--verbose", "-v", action="store_true", help="show every failing test, not the first three")
+    p.add_argument("--extra-tests", metavar="DIR", help="also run the graders in DIR (an instructor's hidden tests)")
+    p.add_argument("--submissions", metavar="DIR", help="grade every student's copy in DIR (one folder each)")
+    p.add_argument("--csv", metavar="FILE", help="with --submissions: one row of scores per student")
     p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("release", help="write a copy of the course for students (no reference solutions)",
+                       add_help=False)
+    p.set_defaults(delegate="mili.release")
+
+    p = sub.add_parser("doctor", help="check this machine for the course and say what to fix", add_help=False)
+    p.set_defaults(delegate="mili.doctor")
 
     p = sub.add_parser("generate", help="generate text from a prompt, streamed to the terminal")
     p.add_argument("prompt", nargs="?", help="the prompt (read from stdin if omitted)")
@@ -235,10 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
+        if argv and argv[0] in NEEDS and not {"-h", "--help"} & set(argv):
+            _require_exercises(argv[0])
         if argv and argv[0] == "eval":
             return _delegate("mili.evaluation", argv[1:])
         if argv and argv[0] == "serve":
             return _delegate("mili.server.cli", argv[1:])
+        if argv and argv[0] in ("release", "doctor"):
+            return _delegate(f"mili.{argv[0]}", argv[1:])
         if argv and argv[0] == "bench" and len(argv) > 1 and argv[1] in BENCHMARKS:
             return _delegate(f"mili.bench.{argv[1]}", argv[2:])
         args = parser.parse_args(argv)

@@ -270,8 +270,8 @@ def reference_module_name(module: str) -> str:
 
 
 def references_available() -> bool:
-    """False in a student release: the `solutions` package is not there."""
-    return importlib.util.find_spec("solutions") is not None
+    """False in a student release: no `solutions/` beside this `mili/`."""
+    return (repo_root() / "solutions" / "__init__.py").is_file()
 
 
 def _resolve_qualname(root: Any, qualname: str) -> Any:
@@ -297,15 +297,17 @@ def load_reference(module: str, qualname: str) -> Any:
         raise ImportError(f"{ref_module} has no {qualname} (the reference of {module}.{qualname})") from err
 
 
+def reference_file(module: str) -> Path | None:
+    """solutions/<mirrored path>.py beside this `mili/`, if this copy of the course ships it."""
+    path = repo_root() / Path(*reference_module_name(module).split(".")).with_suffix(".py")
+    return path if path.is_file() else None
+
+
 def find_reference(module: str, qualname: str) -> Any | None:
     """The reference, or None where this copy of the course ships no reference module for it
-    (a student release, or one that hands out only some chapters' solutions)."""
-    ref_module = reference_module_name(module)
-    try:
-        spec = importlib.util.find_spec(ref_module)
-    except ModuleNotFoundError:  # a parent package (solutions, solutions.cache) is missing
-        spec = None
-    return None if spec is None else load_reference(module, qualname)
+    (a student release, or one that hands out only some chapters' solutions). Only the
+    `solutions/` beside this `mili/` counts: another checkout's references need not match."""
+    return load_reference(module, qualname) if reference_file(module) else None
 
 
 def _choose(exercise_id: str, module: str, qualname: str, mode: str, complete: bool) -> tuple[str, Any]:
@@ -314,11 +316,43 @@ def _choose(exercise_id: str, module: str, qualname: str, mode: str, complete: b
         return "student", None
     reference = find_reference(module, qualname)
     if reference is None:
-        warn_once(f"no-reference:{exercise_id}",
-                  f"exercise {exercise_id} has no reference in this copy of the course: it runs your code"
-                  + ("" if complete else f", which is not finished ({chapter_notebook(chapter_of(exercise_id))})"))
+        if mode == "reference":
+            warn_once("no-reference", "MILI_IMPL=reference, but this copy of the course lacks some reference "
+                                      "solutions: those exercises run your code (mili status lists them)")
         return "student", None
     return "reference", reference
+
+
+class MissingExercises(RuntimeError):
+    """Something needs exercises that are neither written nor backed by a reference in this copy."""
+
+
+def modules_of(exercise_ids: list[str] | tuple[str, ...]) -> list[str]:
+    """The modules of the mili package that define these exercises (found by reading the files)."""
+    package = repo_root() / "mili"
+    found = set()
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if "exercise(" in text and any(m.exercise_id in exercise_ids for m in decorated_definitions(text)):
+            found.add(module_of_file(str(path)))
+    return sorted(m for m in found if m)
+
+
+def require(exercise_ids: list[str] | tuple[str, ...], what: str) -> None:
+    """Raise MissingExercises, in one line, if any of `exercise_ids` can run neither the student's
+    code (unwritten or unfinished) nor a reference (none in this copy of the course)."""
+    for module in modules_of(exercise_ids):
+        importlib.import_module(module)
+    missing = [REGISTRY[i] for i in exercise_ids
+               if i in REGISTRY and REGISTRY[i].implemented_by != "reference" and REGISTRY[i].state != "done"]
+    if not missing:
+        return
+    by_chapter: dict[str, list[str]] = {}
+    for ex in missing:
+        by_chapter.setdefault(ex.chapter, []).append(ex.id + (" (in progress)" if ex.state == "in progress" else ""))
+    where = "; ".join(f"{', '.join(ids)} ({chapter_notebook(ch)})" for ch, ids in sorted(by_chapter.items()))
+    raise MissingExercises(f"{what} needs exercises that are not written yet, and this copy of the course has "
+                           f"no reference solution for them: {where}")
 
 
 def _entry(exercise_id: str, title: str | None, fallback_title: str) -> Exercise:

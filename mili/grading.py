@@ -1,35 +1,86 @@
 """`mili grade`: run the graders against the student's code and print a score table.
 
 Grading runs pytest on `tests/graders/` in a fresh process with MILI_IMPL=student, so stubs
-raise and only the student's code is scored. Every grader test carries
-`@pytest.mark.exercise("N.M")`; this module is also the pytest plugin (`-p mili.grading`)
-that selects graders by chapter or exercise and records each outcome.
+raise and only the student's code is scored (the reference solutions cannot even be imported
+there). Every grader test carries `@pytest.mark.exercise("N.M")`; this module is also the pytest
+plugin (`-p mili.grading`) that selects graders by chapter or exercise and records each outcome.
 
-Reports: `--report FILE` writes the scores as JSON to FILE and pytest's JUnit XML beside it
-(FILE with the suffix `.xml`), for an instructor's gradebook.
+Grading always ends and always explains:
+- a test that runs longer than `--timeout` seconds fails with "timed out after N s" (an alarm
+  inside the test; should the process be stuck where the alarm cannot reach, in C code, the
+  parent kills it); the rest of that exercise's tests are not run, so one endless loop costs
+  one timeout;
+- a crash of the test process (a segfault in a kernel) fails the test that was running, and
+  grading resumes after it in a new process;
+- a grader file that cannot import the student's code fails its exercises with that error.
+
+Reports: the table shows each failing test with its whole message (hint lines included);
+`--report FILE` writes JSON (every failure in full) and JUnit XML beside it (FILE.xml), or with
+`--format gradescope` Gradescope's results.json. `--extra-tests DIR` adds an instructor's
+private graders; `--submissions DIR` grades many student copies (see `grade_submissions`).
 """
 
 from __future__ import annotations
 
+import ast
+import csv
+import importlib.abc
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mili.exercise import Exercise, discover, repo_root, select
+from mili.exercise import Exercise, discover, one_line_error, repo_root, select
 
 GRADERS_DIR = Path("tests") / "graders"
+DEFAULT_TIMEOUT = 60.0  # seconds per test; the slowest grader takes ~3 s on a 2-core CPU
+TABLE_FAILURES = 3  # failing tests shown per exercise without --verbose
+TABLE_LINES, TABLE_CHARS = 14, 1500  # per message in the table
+REPORT_LINES, REPORT_CHARS = 200, 20000  # per message in the JSON report
 
 
-# ---------------------------------------------------------------- the pytest plugin
+def timeout_message(seconds: float) -> str:
+    return (f"timed out after {seconds:g} s (an endless loop? an out-of-bounds access under the Triton "
+            "interpreter?): the test was stopped")
+
+
+# ---------------------------------------------------------------- the pytest plugin (graders' process)
+
+try:
+    from pytest import hookimpl
+except ImportError:  # the rest of mili runs without pytest; only grading needs it
+    def hookimpl(**options):
+        return lambda function: function
+
+
+class GradingTimeout(BaseException):
+    """Raised in a test that ran past the timeout (a BaseException: `except Exception` won't hide it)."""
+
+
+class _NoReferences(importlib.abc.MetaPathFinder):
+    """While grading, the reference solutions cannot be imported: only the student's code is scored."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "solutions" or fullname.startswith("solutions."):
+            raise ImportError("the reference solutions cannot be imported while grading")
+        return None
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("mili grading")
     group.addoption("--mili-select", default=None, help="chapter ('02') or exercise ('2.1') to grade")
-    group.addoption("--mili-results", default=None, help="write per-test outcomes as JSON here")
+    group.addoption("--mili-results", default=None, help="append per-test events (JSON lines) to this file")
+    group.addoption("--mili-skip", default=None, help="a file of test ids not to run again (one per line)")
+    group.addoption("--mili-timeout", type=float, default=0.0, help="seconds per test (0: no limit)")
 
 
 def _exercise_of(item) -> str | None:
@@ -47,68 +98,329 @@ def _matches(exercise_id: str | None, selector: str | None) -> bool:
     return int(exercise_id.split(".")[0]) == int(selector)
 
 
-def pytest_collection_modifyitems(config, items):
-    selector = config.getoption("--mili-select")
-    kept, dropped = [], []
-    for item in items:
-        (kept if _matches(_exercise_of(item), selector) else dropped).append(item)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
-    config._mili_exercise_of = {item.nodeid: _exercise_of(item) for item in kept}
-    config._mili_outcomes = {}
+class _Recorder:
+    """Collects each test's phases into one outcome and appends events to the results file."""
+
+    def __init__(self, config):
+        self.config = config
+        self.path = config.getoption("--mili-results")
+        self.timeout = config.getoption("--mili-timeout")
+        self.exercise_of: dict[str, str | None] = {}
+        self.outcomes: dict[str, dict] = {}
+        self.timed_out: set[str] = set()
+
+    def emit(self, event: dict) -> None:
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event) + "\n")
 
 
-def pytest_runtest_logreport(report):
-    config = _CONFIG.get("config")
-    if config is None or not hasattr(config, "_mili_outcomes"):
-        return
-    outcomes = config._mili_outcomes
-    previous = outcomes.get(report.nodeid, {"outcome": "passed", "message": ""})
-    if report.failed:
-        message = ""
-        crash = getattr(report.longrepr, "reprcrash", None)
-        if crash is not None:
-            message = crash.message
-        elif report.longrepr is not None:
-            message = str(report.longrepr).strip().splitlines()[-1]
-        previous = {"outcome": "failed", "message": message}
-    elif report.skipped and previous["outcome"] != "failed":
-        previous = {"outcome": "skipped", "message": str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""}
-    outcomes[report.nodeid] = previous
-
-
-_CONFIG: dict = {}
+_STATE: dict[str, _Recorder | None] = {"recorder": None}
 
 
 def pytest_configure(config):
-    _CONFIG["config"] = config
+    _STATE["recorder"] = None
+    if config.getoption("--mili-results") is None and config.getoption("--mili-select") is None:
+        return  # loaded but not asked to grade
+    _STATE["recorder"] = _Recorder(config)
+    if not any(isinstance(f, _NoReferences) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoReferences())
 
 
-def pytest_sessionfinish(session, exitstatus):
-    config = session.config
-    path = config.getoption("--mili-results")
-    if not path or not hasattr(config, "_mili_outcomes"):
+def pytest_unconfigure(config):
+    _STATE["recorder"] = None
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _NoReferences)]
+
+
+def _recorder() -> _Recorder | None:
+    return _STATE["recorder"]
+
+
+def pytest_collection_modifyitems(config, items):
+    recorder = _recorder()
+    if recorder is None:
         return
-    rows = [
-        {"nodeid": nodeid, "exercise": config._mili_exercise_of.get(nodeid), **result}
-        for nodeid, result in config._mili_outcomes.items()
-    ]
-    Path(path).write_text(json.dumps(rows, indent=1))
+    selector = config.getoption("--mili-select")
+    skip_file = config.getoption("--mili-skip")
+    skip = set(Path(skip_file).read_text().splitlines()) if skip_file else set()
+    kept, dropped = [], []
+    for item in items:
+        keep = _matches(_exercise_of(item), selector) and item.nodeid not in skip
+        (kept if keep else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+    recorder.exercise_of = {item.nodeid: _exercise_of(item) for item in kept}
+    recorder.emit({"event": "collected", "tests": recorder.exercise_of})
 
 
-# ---------------------------------------------------------------- the command
+def pytest_collectreport(report):
+    recorder = _recorder()
+    if recorder is not None and report.failed:
+        recorder.emit({"event": "collect_error", "path": report.nodeid,
+                       "message": str(report.longrepr).strip()})
 
-def _score_table(exercises: dict[str, Exercise], rows: list[dict]) -> list[dict]:
+
+def pytest_runtest_logstart(nodeid, location):
+    recorder = _recorder()
+    if recorder is not None:
+        recorder.emit({"event": "start", "nodeid": nodeid})
+
+
+def pytest_runtest_setup(item):
+    recorder = _recorder()
+    exercise_id = _exercise_of(item)
+    if recorder is not None and exercise_id in recorder.timed_out:
+        import pytest
+
+        pytest.fail(f"not run: an earlier test of exercise {exercise_id} timed out", pytrace=False)
+
+
+@hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    recorder = _recorder()
+    seconds = recorder.timeout if recorder is not None else 0
+    armed = bool(seconds) and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+    if armed:
+        def on_alarm(signum, frame):
+            raise GradingTimeout(timeout_message(seconds))
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)  # and again every second, should it be caught
+    try:
+        yield
+    finally:
+        if armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
+def _failure_message(report) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None:
+        return crash.message.removeprefix("Failed: ")  # pytest.fail's own prefix
+    if isinstance(report.longrepr, tuple):  # a skip: (path, line, reason)
+        return str(report.longrepr[-1])
+    return str(report.longrepr or "").strip()
+
+
+def pytest_runtest_logreport(report):
+    recorder = _recorder()
+    if recorder is None:
+        return
+    previous = recorder.outcomes.get(report.nodeid, {"outcome": "passed", "message": ""})
+    if report.failed and previous["outcome"] != "failed":
+        message = _failure_message(report)
+        kind = "timeout" if re.match(r"^(mili\.grading\.)?GradingTimeout: ", message) else None
+        if kind:
+            message = message.split(": ", 1)[-1]
+            exercise_id = recorder.exercise_of.get(report.nodeid)
+            if exercise_id:
+                recorder.timed_out.add(exercise_id)
+        previous = {"outcome": "failed", "message": message, "kind": kind}
+    elif report.skipped and previous["outcome"] == "passed":
+        previous = {"outcome": "skipped", "message": _failure_message(report)}
+    recorder.outcomes[report.nodeid] = previous
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    recorder = _recorder()
+    if recorder is not None:
+        result = recorder.outcomes.get(nodeid, {"outcome": "passed", "message": ""})
+        recorder.emit({"event": "result", "nodeid": nodeid, "exercise": recorder.exercise_of.get(nodeid), **result})
+
+
+# ---------------------------------------------------------------- running the graders (the parent)
+
+@dataclass
+class Run:
+    """What the graders' processes reported: per-test rows, collection errors, output."""
+
+    rows: dict[str, dict] = field(default_factory=dict)  # nodeid -> {exercise, outcome, message, kind}
+    collect_errors: list[dict] = field(default_factory=list)
+    output: str = ""
+    problem: str = ""  # the graders could not run at all
+
+
+def _read_events(path: Path, offset: int) -> tuple[list[dict], int]:
+    if not path.exists():
+        return [], offset
+    with open(path, encoding="utf-8") as f:
+        f.seek(offset)
+        chunk = f.read()
+    complete = chunk[: chunk.rfind("\n") + 1]
+    events = [json.loads(line) for line in complete.splitlines() if line.strip()]
+    return events, offset + len(complete.encode("utf-8"))
+
+
+def _signal_name(returncode: int) -> str:
+    try:
+        return signal.Signals(-returncode).name
+    except (ValueError, AttributeError):
+        return f"signal {-returncode}"
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_graders(cmd: list[str], *, cwd: Path, env: dict, timeout: float, workdir: Path,
+                grace: float | None = None) -> Run:
+    """Run pytest (`cmd`, without the plugin's file options) until every collected test has an
+    outcome, restarting after a crash or a hang with the tests not yet run. A test still running
+    `grace` seconds after its timeout (the alarm could not reach it) is killed with its process."""
+    grace = max(10.0, timeout / 4) if grace is None else grace
+    run = Run()
+    results, skip_file = workdir / "events.jsonl", workdir / "skip.txt"
+    collected: dict[str, str | None] = {}
+    exercise_timed_out: set[str] = set()
+    for attempt in range(10_000):
+        skip_file.write_text("\n".join(run.rows))
+        full = cmd + ["--mili-results", str(results), "--mili-skip", str(skip_file)]
+        if timeout:
+            full += ["--mili-timeout", str(timeout)]
+        log = open(workdir / f"output-{attempt}.txt", "w+", encoding="utf-8")
+        proc = subprocess.Popen(full, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=hasattr(os, "killpg"))
+        offset, running, started_at, launched = 0, None, None, time.monotonic()
+        hung = False
+        while True:
+            finished = proc.poll() is not None
+            events, offset = _read_events(results, offset)
+            for event in events:
+                kind = event["event"]
+                if kind == "collected" and not collected:
+                    collected = dict(event["tests"])
+                elif kind == "collected":
+                    collected.update(event["tests"])
+                elif kind == "collect_error":
+                    if event["path"] not in {e["path"] for e in run.collect_errors}:
+                        run.collect_errors.append(event)
+                elif kind == "start":
+                    running, started_at = event["nodeid"], time.monotonic()
+                elif kind == "result":
+                    run.rows[event["nodeid"]] = event
+                    if event.get("kind") == "timeout" and event.get("exercise"):
+                        exercise_timed_out.add(event["exercise"])
+                    running = None
+            if finished:
+                break
+            now = time.monotonic()
+            if timeout and running is not None and now - started_at > timeout + grace:
+                hung = True
+                _kill(proc)
+                continue
+            if timeout and running is None and not run.rows and now - launched > 3 * timeout + 120:
+                _kill(proc)
+                run.problem = f"the graders did not start within {3 * timeout + 120:g} s (an import that hangs?)"
+                break
+            time.sleep(0.1)
+        log.seek(0)
+        run.output = log.read()
+        log.close()
+        if run.problem:
+            break
+        if running is not None:  # the process died or was killed in the middle of a test
+            exercise_id = collected.get(running)
+            if hung:
+                message, kind = timeout_message(timeout) + " (the process had to be killed)", "timeout"
+                if exercise_id:
+                    exercise_timed_out.add(exercise_id)
+            else:
+                how = (f"was killed by {_signal_name(proc.returncode)}" if proc.returncode < 0
+                       else f"exited with status {proc.returncode}")
+                message = (f"crashed: the test process {how} while running this test (a segfault in a "
+                           "kernel, an out-of-bounds access, os._exit?)")
+                kind = "crash"
+            run.rows[running] = {"nodeid": running, "exercise": exercise_id, "outcome": "failed",
+                                 "message": message, "kind": kind}
+        for nodeid, exercise_id in collected.items():  # one timeout per exercise is enough
+            if nodeid not in run.rows and exercise_id in exercise_timed_out:
+                run.rows[nodeid] = {"nodeid": nodeid, "exercise": exercise_id, "outcome": "failed",
+                                    "message": f"not run: an earlier test of exercise {exercise_id} timed out"}
+        remaining = [n for n in collected if n not in run.rows]
+        if not remaining:
+            break
+        if running is None:  # it ended without a crash in a test, yet tests are missing: stop here
+            if not collected:
+                run.problem = "the graders did not run"
+            for nodeid in remaining:
+                run.rows[nodeid] = {"nodeid": nodeid, "exercise": collected[nodeid], "outcome": "failed",
+                                    "message": "not run: the test process stopped before this test "
+                                               f"(status {proc.returncode})"}
+            break
+    if not collected and not run.collect_errors and not run.problem:
+        run.problem = "the graders did not run"
+    return run
+
+
+def _graded_ids_of_file(path: Path) -> list[str]:
+    """The exercise ids a grader file marks (read from its source: it may not import)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return []
+    ids = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "exercise"
+                and node.args and isinstance(node.args[0], ast.Constant)):
+            ids.add(str(node.args[0].value))
+    return sorted(ids)
+
+
+def _collect_error_rows(run: Run, cwd: Path) -> list[dict]:
+    rows = []
+    for error in run.collect_errors:
+        path = cwd / error["path"]
+        lines = [line for line in error["message"].splitlines() if line.strip()]
+        cause = next((line.strip() for line in reversed(lines) if re.match(r"^E\s+\w+(Error|Exception)", line.strip())),
+                     lines[-1] if lines else "unknown error")
+        cause = re.sub(r"^E\s+", "", cause)
+        where = next((m.group(0) for m in (re.search(r"mili/[\w/]+\.py:\d+", line) for line in lines) if m), "")
+        for exercise_id in _graded_ids_of_file(path):
+            rows.append({"nodeid": error["path"], "exercise": exercise_id, "outcome": "failed", "kind": "import",
+                         "message": f"the grader could not import your code: {cause}"
+                                    + (f" ({where})" if where else "") + "\n" + "\n".join(lines[-12:])})
+    return rows
+
+
+# ---------------------------------------------------------------- scoring and reports
+
+def _cap(message: str, max_lines: int, max_chars: int) -> str:
+    lines = message.rstrip().splitlines()
+    shown = lines[:max_lines]
+    text = "\n".join(shown)
+    if len(text) > max_chars:
+        text = text[: max_chars - 1] + "…"
+    if len(lines) > max_lines:
+        text += f"\n… ({len(lines) - max_lines} more lines)"
+    return text
+
+
+def _teaching_message(message: str, exercise_id: str) -> str:
+    needed = re.search(r"NotImplementedError: Exercise (\d+\.\d+)", message)
+    if needed and needed.group(1) != exercise_id:
+        return (f"this grader runs exercise {needed.group(1)} too, which is still a stub: do it first\n"
+                + message)
+    return message
+
+
+def score_table(exercises: dict[str, Exercise], rows: list[dict]) -> list[dict]:
     table = []
     for ex_id, ex in exercises.items():
         mine = [r for r in rows if r["exercise"] == ex_id and r["outcome"] != "skipped"]
         passed = sum(r["outcome"] == "passed" for r in mine)
-        failures = [r for r in mine if r["outcome"] == "failed"]
-        hint = failures[0]["message"].strip().splitlines()[0] if failures and failures[0]["message"] else ""
-        needed = re.search(r"NotImplementedError: Exercise (\d+\.\d+)", hint)
-        if needed and needed.group(1) != ex_id:
-            hint = f"this grader runs exercise {needed.group(1)} too, which is still a stub: do it first"
+        failures = [{"test": r["nodeid"], "kind": r.get("kind") or "failure",
+                     "message": _cap(_teaching_message(r.get("message") or "", ex_id), REPORT_LINES, REPORT_CHARS)}
+                    for r in mine if r["outcome"] == "failed"]
+        first = failures[0] if failures else None
         table.append({
             "exercise": ex_id,
             "chapter": ex.chapter,
@@ -116,25 +428,94 @@ def _score_table(exercises: dict[str, Exercise], rows: list[dict]) -> list[dict]
             "passed": passed,
             "total": len(mine),
             "score": passed / len(mine) if mine else 0.0,
-            "first_failure": (failures[0]["nodeid"] + ": " + hint) if failures else ("no grader ran" if not mine else ""),
+            "status": ex.describe_progress(),
+            "first_failure": (f"{first['test']}: {first['message'].splitlines()[0] if first['message'] else ''}"
+                              if first else ("no grader ran" if not mine else "")),
+            "failures": failures,
         })
     return table
 
 
-def _print_table(table: list[dict], stream=None) -> None:
+def _short(nodeid: str) -> str:
+    return nodeid.split("tests/graders/", 1)[-1]
+
+
+def _group_by_message(failures: list[dict]) -> list[tuple[list[str], str]]:
+    """Failures with the same message, together (a stub fails every test the same way)."""
+    groups: dict[str, list[str]] = {}
+    for failure in failures:
+        groups.setdefault(failure["message"], []).append(failure["test"])
+    return [(tests, message) for message, tests in groups.items()]
+
+
+def print_table(table: list[dict], stream=None, verbose: bool = False) -> None:
     stream = stream or sys.stdout  # looked up now: a default bound at import would miss a redirected stdout
     color = stream.isatty() and os.environ.get("NO_COLOR") is None
-    green, red, reset = ("\033[32m", "\033[31m", "\033[0m") if color else ("", "", "")
-    stream.write(f"{'exercise':<9} {'title':<44} {'tests':>7}  score\n")
+    green, red, dim, reset = ("\033[32m", "\033[31m", "\033[2m", "\033[0m") if color else ("", "", "", "")
+    stream.write(f"{'exercise':<9} {'title':<48} {'tests':>7}  score\n")
     for row in table:
         tint = green if row["score"] == 1.0 else red
-        stream.write(f"{row['exercise']:<9} {row['title'][:44]:<44} {row['passed']:>3}/{row['total']:<3}  "
+        title = row["title"] if len(row["title"]) <= 48 else row["title"][:47] + "…"
+        stream.write(f"{row['exercise']:<9} {title:<48} {row['passed']:>3}/{row['total']:<3}  "
                      f"{tint}{row['score'] * 100:5.1f}%{reset}\n")
-        if row["first_failure"]:
-            stream.write(f"{'':<9} {red}↳ {row['first_failure'][:200]}{reset}\n")
+        if not row["total"]:
+            stream.write(f"{'':<9} {red}no grader ran{reset}\n")
+        groups = _group_by_message(row["failures"])
+        shown = groups if verbose else groups[:TABLE_FAILURES]
+        for tests, message in shown:
+            names = (f"all {len(tests)} tests" if len(tests) == row["total"] > 1 else
+                     _short(tests[0]) + (f" and {len(tests) - 1} more" if len(tests) > 1 else ""))
+            stream.write(f"{'':<9} {red}✗ {names}{reset}\n")
+            message = message if verbose else _cap(message, TABLE_LINES, TABLE_CHARS)
+            for line in message.splitlines():
+                stream.write(f"{'':<11} {line}\n")
+        hidden = sum(len(tests) for tests, _ in groups[len(shown):])
+        if hidden:
+            stream.write(f"{'':<9} {dim}… and {hidden} more failing test{'s' if hidden > 1 else ''} "
+                         f"(mili grade {row['exercise']} --verbose shows them all){reset}\n")
     total = sum(r["score"] for r in table)
-    stream.write(f"{'total':<9} {'':<44} {'':>7}  {total:.2f} / {len(table)} exercises\n")
+    stream.write(f"{'total':<9} {'':<48} {'':>7}  {total:.2f} / {len(table)} exercises\n")
 
+
+def junit_xml(table: list[dict], rows: list[dict]) -> str:
+    """JUnit XML, one testcase per graded test (what most autograders import)."""
+    suites = ET.Element("testsuites")
+    for row in table:
+        mine = [r for r in rows if r["exercise"] == row["exercise"] and r["outcome"] != "skipped"]
+        suite = ET.SubElement(suites, "testsuite", name=f"exercise {row['exercise']}: {row['title']}",
+                              tests=str(len(mine)), failures=str(len(mine) - row["passed"]))
+        for r in mine:
+            case = ET.SubElement(suite, "testcase", classname=f"exercise_{row['exercise']}", name=r["nodeid"])
+            if r["outcome"] == "failed":
+                message = r.get("message") or ""
+                failure = ET.SubElement(case, "failure", message=message.splitlines()[0] if message else "failed")
+                failure.text = message
+    return ET.tostring(suites, encoding="unicode")
+
+
+def gradescope_results(table: list[dict]) -> dict:
+    """Gradescope's results.json: one test per exercise, scored by the fraction of its tests passed."""
+    tests = []
+    for row in table:
+        output = "\n\n".join(f"✗ {_short(f['test'])}\n{f['message']}" for f in row["failures"])
+        tests.append({"name": f"{row['exercise']} {row['title']}", "number": row["exercise"],
+                      "score": round(row["score"], 4), "max_score": 1.0,
+                      "output": output or ("all tests passed" if row["total"] else "no grader ran")})
+    return {"score": round(sum(t["score"] for t in tests), 4), "tests": tests,
+            "output": f"{sum(r['score'] for r in table):.2f} / {len(table)} exercises"}
+
+
+def write_report(summary: dict, rows: list[dict], path: str | Path, report_format: str = "mili") -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if report_format == "gradescope":
+        path.write_text(json.dumps(gradescope_results(summary["exercises"]), indent=2))
+        return
+    path.write_text(json.dumps(summary, indent=2))
+    path.with_suffix(".xml").write_text(junit_xml(summary["exercises"], rows))
+
+
+# ---------------------------------------------------------------- the command
 
 def _grader_paths(graders: Path, exercises: dict[str, Exercise], root: Path) -> list[str]:
     """Only the chapters' grader files (`test_<NN>_*.py`), so pytest imports no other chapter's oracles."""
@@ -143,33 +524,52 @@ def _grader_paths(graders: Path, exercises: dict[str, Exercise], root: Path) -> 
     return files or [str(GRADERS_DIR)]
 
 
+def _grading_env(root: Path) -> dict:
+    env = dict(os.environ, MILI_IMPL="student", PYTHONPATH=os.pathsep.join(
+        [str(root)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    if "TRITON_INTERPRET" not in env:
+        import torch
+
+        if not torch.cuda.is_available():
+            env["TRITON_INTERPRET"] = "1"  # Triton kernels run on the CPU, in the interpreter
+    return env
+
+
 def grade(selector: str | None = None, *, report: str | None = None, root: Path | None = None,
-          quiet: bool = False, extra_pytest_args: list[str] | None = None) -> dict:
-    """Run the graders for `selector` on the student's code; returns {'score', 'max_score', 'exercises'}."""
-    root = Path(root) if root else repo_root()
-    exercises = select(discover(), selector)
+          quiet: bool = False, extra_pytest_args: list[str] | None = None, timeout: float = DEFAULT_TIMEOUT,
+          verbose: bool = False, extra_tests: str | Path | None = None, report_format: str = "mili") -> dict:
+    """Run the graders for `selector` on the student's code; returns {'score', 'max_score', 'exercises'}.
+
+    `root` is the copy of the course to grade (default: this one); `extra_tests` a folder of
+    further graders (an instructor's hidden tests, marked like the others); `timeout` the
+    seconds each test may take (0: no limit).
+    """
+    root = Path(root).resolve() if root else repo_root()
+    exercises = select(discover(strict=False), selector)
     graders = root / GRADERS_DIR
     if not graders.is_dir():
-        raise FileNotFoundError(f"no graders at {graders}: grading runs from a checkout of the MILI repository")
-    with tempfile.TemporaryDirectory() as tmp:
-        results = Path(tmp) / "results.json"
-        cmd = [sys.executable, "-m", "pytest", *_grader_paths(graders, exercises, root), "-p", "mili.grading",
-               "--mili-results", str(results), "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-               "--tb=short", "-W", "ignore::DeprecationWarning",
-               # graders need neither plugin; loading them costs ~3 s per grade (nbval pulls in jsonschema)
-               "-p", "no:nbval", "-p", "no:hypothesispytest"]
-        if selector:
-            cmd += ["--mili-select", selector]
-        if report:
-            cmd += [f"--junitxml={Path(report).with_suffix('.xml').resolve()}"]
-        cmd += list(extra_pytest_args or [])
-        env = dict(os.environ, MILI_IMPL="student", PYTHONPATH=os.pathsep.join(
-            [str(root)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-        if not results.exists():
-            raise RuntimeError("the graders did not run:\n" + (proc.stdout + proc.stderr)[-4000:])
-        rows = json.loads(results.read_text())
-    table = _score_table(exercises, rows)
+        raise FileNotFoundError(f"no graders at {graders}: grading runs from a copy of the MILI course")
+    paths = _grader_paths(graders, exercises, root)
+    if extra_tests:
+        extra = Path(extra_tests).resolve()
+        if not extra.is_dir():
+            raise FileNotFoundError(f"--extra-tests {extra_tests}: no such folder")
+        paths.append(str(extra))
+    cmd = [sys.executable, "-m", "pytest", *paths, "-p", "mili.grading", "-q", "-p", "no:cacheprovider",
+           "-o", "addopts=", "--rootdir", str(root), "--tb=short", "-W", "ignore::DeprecationWarning",
+           *(["-c", str(root / "pyproject.toml")] if (root / "pyproject.toml").is_file() else []),
+           "--continue-on-collection-errors",
+           # graders need neither plugin; loading them costs ~3 s per grade (nbval pulls in jsonschema)
+           "-p", "no:nbval", "-p", "no:hypothesispytest", "-p", "no:xdist"]
+    if selector:
+        cmd += ["--mili-select", selector]
+    cmd += list(extra_pytest_args or [])
+    with tempfile.TemporaryDirectory(prefix="mili-grade-") as tmp:
+        run = run_graders(cmd, cwd=root, env=_grading_env(root), timeout=timeout, workdir=Path(tmp))
+    if run.problem and not run.rows:
+        raise RuntimeError(f"{run.problem}:\n" + run.output[-4000:])
+    rows = list(run.rows.values()) + _collect_error_rows(run, root)
+    table = score_table(exercises, rows)
     summary = {
         "selector": selector or "all",
         "score": sum(r["score"] for r in table),
@@ -177,7 +577,99 @@ def grade(selector: str | None = None, *, report: str | None = None, root: Path 
         "exercises": table,
     }
     if not quiet:
-        _print_table(table)
+        print_table(table, verbose=verbose)
     if report:
-        Path(report).write_text(json.dumps(summary, indent=2))
+        write_report(summary, rows, report, report_format)
     return summary
+
+
+# ---------------------------------------------------------------- many students at once
+
+def find_course(folder: Path) -> Path | None:
+    """The folder holding `mili/` in a student's submission (itself or one or two levels down)."""
+    for depth in range(3):
+        for candidate in sorted([folder] if depth == 0 else folder.glob("/".join(["*"] * depth))):
+            if (candidate / "mili" / "exercise.py").is_file() or (candidate / "mili" / "__init__.py").is_file():
+                return candidate
+    return None
+
+
+def exercise_files(exercises: dict[str, Exercise]) -> list[Path]:
+    """The files of `mili/` that hold exercises (all a student is meant to change)."""
+    return sorted({Path(*t.module.split(".")).with_suffix(".py") for ex in exercises.values() for t in ex.targets})
+
+
+def grade_submissions(submissions: str | Path, *, selector: str | None = None, csv_path: str | None = None,
+                      report: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                      extra_tests: str | Path | None = None, quiet: bool = False) -> dict:
+    """Grade every student's copy in `submissions` (one folder each) with this course's graders.
+
+    Each student is graded in a fresh copy of this course without its reference solutions, into
+    which only the student's exercise files are copied (their graders, tests and plumbing are
+    not used), in its own processes, under the per-test timeout. Writes a CSV (one row per
+    student, one column per exercise) and/or a JSON report; returns {student: summary}.
+    """
+    from mili.release import copy_course
+
+    submissions = Path(submissions)
+    if not submissions.is_dir():
+        raise FileNotFoundError(f"--submissions {submissions}: no such folder")
+    students = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not students:
+        raise FileNotFoundError(f"{submissions} holds no folders (one per student expected)")
+    exercises = select(discover(strict=False), selector)
+    files = exercise_files(discover(strict=False))
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="mili-batch-") as tmp:
+        base = copy_course(repo_root(), Path(tmp) / "base", for_grading=True)
+        for student in students:
+            workspace = Path(tmp) / "work"
+            shutil.copytree(base, workspace, symlinks=True)
+            course = find_course(student)
+            copied = []
+            if course is not None:
+                for rel in files:
+                    if (course / rel).is_file():
+                        shutil.copyfile(course / rel, workspace / rel)
+                        copied.append(str(rel))
+            if not quiet:
+                print(f"== {student.name}: {len(copied)} exercise files", flush=True)
+            if course is None:
+                summary = _empty_summary(exercises, selector, "no mili/ folder in this submission")
+            else:
+                try:
+                    summary = grade(selector, root=workspace, quiet=True, timeout=timeout, extra_tests=extra_tests)
+                except RuntimeError as err:
+                    summary = _empty_summary(exercises, selector, one_line_error(err))
+            results[student.name] = summary
+            if not quiet:
+                print(f"   {summary['score']:.2f} / {summary['max_score']}", flush=True)
+            shutil.rmtree(workspace)
+    if csv_path:
+        write_csv(results, exercises, csv_path)
+    if report:
+        Path(report).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _empty_summary(exercises: dict[str, Exercise], selector: str | None, problem: str) -> dict:
+    table = score_table(exercises, [])
+    for row in table:
+        row["first_failure"] = problem
+    return {"selector": selector or "all", "score": 0.0, "max_score": len(table), "exercises": table,
+            "problem": problem}
+
+
+def write_csv(results: dict[str, dict], exercises: dict[str, Exercise], path: str | Path) -> None:
+    ids = list(exercises)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["student", "score", "max_score", *ids, "problems"])
+        for student, summary in results.items():
+            scores = {row["exercise"]: row["score"] for row in summary["exercises"]}
+            problems = sorted({f"{row['exercise']}: {fl['kind']}" for row in summary["exercises"]
+                               for fl in row["failures"] if fl["kind"] in ("timeout", "crash", "import")})
+            if summary.get("problem"):
+                problems.insert(0, summary["problem"])
+            writer.writerow([student, f"{summary['score']:.4f}", summary["max_score"],
+                             *(f"{scores.get(i, 0.0):.4f}" for i in ids), "; ".join(problems)])

@@ -16,7 +16,6 @@ the course without references there is nothing to repair with, and the import er
 from __future__ import annotations
 
 import ast
-import importlib.util
 import linecache
 import sys
 import traceback
@@ -25,8 +24,8 @@ from importlib.machinery import PathFinder, SourceFileLoader
 from pathlib import Path
 
 from mili.exercise import (
-    current_mode, decorated_definitions, node_source, one_line_error, reference_module_name, register_broken,
-    target_node, warn_once,
+    current_mode, decorated_definitions, node_source, one_line_error, reference_file, register_broken, target_node,
+    warn_once,
 )
 
 MAX_DROPPED_STATEMENTS = 8
@@ -107,14 +106,10 @@ def _exec_repaired(module, path: str, source: str, error: Exception) -> None:
 
 
 def _reference_source(module: str) -> str:
-    ref_name = reference_module_name(module)
-    try:
-        spec = importlib.util.find_spec(ref_name)
-    except ModuleNotFoundError:
-        spec = None
-    if spec is None or not spec.origin:
+    path = reference_file(module)
+    if path is None:
         raise RepairFailed  # a copy of the course without this reference
-    return Path(spec.origin).read_text(encoding="utf-8")
+    return path.read_text(encoding="utf-8")
 
 
 def _lookup(module, qualname: str):

@@ -1,0 +1,96 @@
+"""`mili grade` always ends and always explains: timeouts, crashes, import errors, full messages, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mili.exercise import Exercise
+from mili.grading import (
+    grade_submissions, gradescope_results, print_table, run_graders, score_table, timeout_message, write_csv,
+)
+
+GRADERS = '''
+import os, signal, time
+import pytest
+
+@pytest.mark.exercise("9.1")
+def test_endless_loop():
+    while True:
+        pass
+
+@pytest.mark.exercise("9.1")
+def test_after_the_loop():
+    pass
+
+@pytest.mark.exercise("9.2")
+def test_a_hang_the_alarm_cannot_reach():
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    while True:
+        pass
+
+@pytest.mark.exercise("9.3")
+def test_segfault():
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+@pytest.mark.exercise("9.3")
+def test_after_the_crash():
+    pass
+
+@pytest.mark.exercise("9.4")
+def test_a_long_message():
+    raise AssertionError("what went wrong\\n" + "\\n".join(f"detail {i}" for i in range(30)) + "\\nhint: the fix")
+'''
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory):
+    root = tmp_path_factory.mktemp("course")
+    (root / "test_9_graders.py").write_text(GRADERS)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "pytest", "test_9_graders.py", "-p", "mili.grading", "-q", "-p", "no:cacheprovider",
+           "-o", "addopts=", "-p", "no:xdist", "-p", "no:nbval", "--mili-select", "9"]
+    work = tmp_path_factory.mktemp("work")
+    run = run_graders(cmd, cwd=root, env=env, timeout=1.0, workdir=work, grace=1.0)
+    return {row["nodeid"].split("::")[-1]: row for row in run.rows.values()}
+
+
+def test_an_endless_loop_fails_with_a_timeout_and_skips_the_rest_of_its_exercise(outcome):
+    assert outcome["test_endless_loop"]["outcome"] == "failed"
+    assert outcome["test_endless_loop"]["message"].startswith("timed out after 1 s (an endless loop?")
+    assert outcome["test_after_the_loop"]["message"] == "not run: an earlier test of exercise 9.1 timed out"
+
+
+def test_a_hang_out_of_the_alarms_reach_is_killed_and_reported_as_a_timeout(outcome):
+    row = outcome["test_a_hang_the_alarm_cannot_reach"]
+    assert row["kind"] == "timeout" and row["exercise"] == "9.2", row
+    assert "the process had to be killed" in row["message"]
+
+
+def test_a_crash_fails_the_running_test_and_grading_goes_on(outcome):
+    row = outcome["test_segfault"]
+    assert row["kind"] == "crash" and "SIGSEGV" in row["message"], row
+    assert outcome["test_after_the_crash"]["outcome"] == "passed", "grading resumes after the crashed test"
+
+
+def test_table_and_reports_carry_whole_messages_with_hints(outcome, capsys, tmp_path):
+    exercises = {i: Exercise(i, f"Exercise {i}") for i in ("9.1", "9.2", "9.3", "9.4")}
+    table = score_table(exercises, list(outcome.values()))
+    by_id = {row["exercise"]: row for row in table}
+    assert by_id["9.3"]["passed"] == 1 and by_id["9.3"]["total"] == 2
+    long = by_id["9.4"]["failures"][0]["message"]
+    assert "hint: the fix" in long and "detail 29" in long, "the JSON report keeps the whole message"
+    print_table(table)
+    shown = capsys.readouterr().out
+    assert "what went wrong" in shown and "detail 5" in shown and "more lines" in shown
+    assert timeout_message(1.0).split(" (")[0] in shown
+    gradescope = gradescope_results(table)
+    assert [t["name"].split()[0] for t in gradescope["tests"]] == ["9.1", "9.2", "9.3", "9.4"]
+    assert gradescope["tests"][2]["score"] == 0.5 and gradescope["tests"][2]["max_score"] == 1.0
+    assert "hint: the fix" in gradescope["tests"][3]["output"]
+    json.dumps(gradescope)
