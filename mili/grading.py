@@ -183,7 +183,7 @@ def pytest_runtest_call(item):
     armed = bool(seconds) and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
     if armed:
         def on_alarm(signum, frame):
-            raise GradingTimeout(timeout_message(seconds))
+            raise GradingTimeout(timeout_message(seconds) + _where(frame))
 
         previous = signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)  # and again every second, should it be caught
@@ -193,6 +193,17 @@ def pytest_runtest_call(item):
         if armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+
+
+def _where(frame) -> str:
+    """' (at mili/cache/block_allocator.py:27)': the innermost line of the course's own code."""
+    root = str(Path.cwd()) + os.sep
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if filename.startswith(root) and os.sep + "tests" + os.sep not in filename:
+            return f" (at {filename[len(root):]}:{frame.f_lineno})"
+        frame = frame.f_back
+    return ""
 
 
 def _failure_message(report) -> str:
@@ -376,19 +387,27 @@ def _graded_ids_of_file(path: Path) -> list[str]:
 
 
 def _collect_error_rows(run: Run, cwd: Path) -> list[dict]:
+    """A grader file that does not import fails each exercise it grades, with the cause in front."""
     rows = []
     for error in run.collect_errors:
-        path = cwd / error["path"]
-        lines = [line for line in error["message"].splitlines() if line.strip()]
-        cause = next((line.strip() for line in reversed(lines) if re.match(r"^E\s+\w+(Error|Exception)", line.strip())),
-                     lines[-1] if lines else "unknown error")
-        cause = re.sub(r"^E\s+", "", cause)
-        where = next((m.group(0) for m in (re.search(r"mili/[\w/]+\.py:\d+", line) for line in lines) if m), "")
-        for exercise_id in _graded_ids_of_file(path):
+        lines = [line for line in error["message"].splitlines()
+                 if line.strip() and "<frozen" not in line and line.strip() != "???"]
+        errors = [re.sub(r"^E\s+", "", line.strip()) for line in lines if re.match(r"^E\s+\w+(Error|Exception)\b", line.strip())]
+        cause = errors[-1] if errors else (lines[-1].strip() if lines else "unknown error")
+        files = re.findall(r'File "([^"]+)", line (\d+)', error["message"])
+        where = f" ({_short_path(files[-1][0], cwd)}, line {files[-1][1]})" if files else ""
+        for exercise_id in _graded_ids_of_file(cwd / error["path"]):
             rows.append({"nodeid": error["path"], "exercise": exercise_id, "outcome": "failed", "kind": "import",
-                         "message": f"the grader could not import your code: {cause}"
-                                    + (f" ({where})" if where else "") + "\n" + "\n".join(lines[-12:])})
+                         "message": f"the grader could not import your code: {cause}{where}\n"
+                                    + "\n".join(lines[-12:])})
     return rows
+
+
+def _short_path(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
 
 
 # ---------------------------------------------------------------- scoring and reports

@@ -1,16 +1,20 @@
-"""A student file that does not import: its exercises run the reference, with one warning.
+"""A student file that does not import: only its own exercises stop working, with one warning.
 
 A syntax error (or a bad import, a typo at class level) in a file of `mili/` that holds
-exercises would otherwise break everything that imports it: the model, the engine, `mili status`.
-In the `auto` and `reference` modes an import hook (`install`, run by `mili/__init__.py`) catches
-the failure and executes a repaired copy of the file instead: every `@exercise` definition is
-replaced by its reference (the same paste as `mili.exercise.paste_reference_module`, found line by
-line since the file need not parse), the reference module's imports and helpers are appended,
-and a top-level statement of the student's that still fails (a broken helper) is dropped. The
-file on disk is not touched; `mili status` lists its exercises as "broken: <error>".
+exercises would otherwise break everything that imports it: the model, the engine, `mili status`,
+every grader of the chapter. An import hook (`install`, run by `mili/__init__.py`) catches the
+failure and executes a repaired copy of the file instead, in which every `@exercise` definition
+(found line by line, since the file need not parse) is replaced:
 
-In `student` mode (grading) nothing is repaired: the error is the student's to see. In a copy of
-the course without references there is nothing to repair with, and the import error stands.
+- in the `auto` and `reference` modes, by its reference (the same paste as
+  `mili.exercise.paste_reference_module`, with the reference module's imports and helpers
+  appended), so the engine runs on;
+- in `student` mode (grading), or where this copy of the course has no reference, by a stand-in
+  that raises NotImplementedError naming the file and its error, so that exactly the broken
+  file's exercises fail, with that message, and the others are graded as usual.
+
+A top-level statement of the student's that still fails (a broken helper) is dropped. The file on
+disk is not touched; `mili status` lists its exercises as "broken: <error>".
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from importlib.machinery import PathFinder, SourceFileLoader
 from pathlib import Path
 
 from mili.exercise import (
-    current_mode, decorated_definitions, node_source, one_line_error, reference_file, register_broken, target_node,
-    warn_once,
+    DEFINITION, current_mode, decorated_definitions, node_source, one_line_error, reference_file, register_broken,
+    target_node, warn_once,
 )
 
 MAX_DROPPED_STATEMENTS = 8
@@ -40,8 +44,6 @@ class _Loader(SourceFileLoader):
         try:
             super().exec_module(module)
         except Exception as err:
-            if current_mode() == "student":
-                raise
             source = Path(self.path).read_text(encoding="utf-8", errors="replace")
             if "@exercise(" not in source and "@exercise (" not in source:
                 raise  # plumbing, not a student's file
@@ -74,10 +76,14 @@ def install() -> None:
 
 def _exec_repaired(module, path: str, source: str, error: Exception) -> None:
     name = module.__name__
-    reference_source = _reference_source(name)
-    text, protected = repaired_source(source, reference_source)
+    reason = one_line_error(error, path)
+    shown = _shown(path)
+    reference = reference_file(name) if current_mode() != "student" else None
+    reference_source = reference.read_text(encoding="utf-8") if reference else None
+    broken_message = f"{shown} does not import ({reason}), so exercise {{id}} cannot run: fix the file first"
+    text, protected = repaired_source(source, reference_source, broken_message)
     dunders = {k: v for k, v in vars(module).items() if k.startswith("__") and k.endswith("__")}
-    filename = f"{path} (repaired: the exercises run the reference)"
+    filename = f"{path} (repaired: {'the references' if reference_source else 'stand-ins'} for its exercises)"
     for _ in range(MAX_DROPPED_STATEMENTS + 1):
         vars(module).clear()
         vars(module).update(dunders)
@@ -93,23 +99,21 @@ def _exec_repaired(module, path: str, source: str, error: Exception) -> None:
         text = _drop_statement(text, bad_line, protected)
     else:
         raise RepairFailed
-    references = {m.qualname: _lookup(module, m.qualname) for m in decorated_definitions(source)}
-    reason = one_line_error(error, path)
+    references = ({m.qualname: _lookup(module, m.qualname) for m in decorated_definitions(source)}
+                  if reference_source else {})
     ids = register_broken(name, source, reason, references)
-    shown = Path(path)
+    plural = len(ids) > 1
+    outcome = (f"run{'' if plural else 's'} the reference until you fix it" if reference_source
+               else f"cannot run until you fix it")
+    warn_once(f"broken:{name}", f"{shown} does not import ({reason}); exercise{'s' if plural else ''} "
+                                f"{', '.join(ids)} {outcome}")
+
+
+def _shown(path: str) -> str:
     try:
-        shown = shown.relative_to(Path.cwd())
+        return str(Path(path).relative_to(Path.cwd()))
     except ValueError:
-        pass
-    warn_once(f"broken:{name}", f"{shown} does not import ({reason}); exercise{'s' if len(ids) > 1 else ''} "
-                                f"{', '.join(ids)} run{'' if len(ids) > 1 else 's'} the reference until you fix it")
-
-
-def _reference_source(module: str) -> str:
-    path = reference_file(module)
-    if path is None:
-        raise RepairFailed  # a copy of the course without this reference
-    return path.read_text(encoding="utf-8")
+        return str(Path(*Path(path).parts[-3:])) if "mili" in Path(path).parts[-3:] else path
 
 
 def _lookup(module, qualname: str):
@@ -146,22 +150,38 @@ def _extent(lines: list[str], decorator_line: int) -> tuple[int, int]:
     return start, end
 
 
-def repaired_source(source: str, reference_source: str) -> tuple[str, list[tuple[int, int]]]:
-    """The student's file with every exercise replaced by its reference and the reference's imports
-    and helpers appended; also the [start, end) line ranges (1-based) that are reference code."""
+def _stand_in(marked, lines: list[str], message: str) -> list[str]:
+    """A definition that raises `message` when used: a function, or a class whose __init__ raises."""
+    keyword = next(line.split()[0] for line in lines[marked.line + 1 :] if DEFINITION.match(line))
+    name = marked.qualname.split(".")[-1]
+    text = message.format(id=marked.exercise_id)
+    if keyword == "class":
+        return [f"class {name}:\n", "    def __init__(self, *args, **kwargs):\n",
+                f"        raise NotImplementedError({text!r})\n"]
+    return [f"def {name}(*args, **kwargs):\n", f"    raise NotImplementedError({text!r})\n"]
+
+
+def repaired_source(source: str, reference_source: str | None,
+                    broken_message: str) -> tuple[str, list[tuple[int, int]]]:
+    """The student's file with every exercise replaced by its reference (and the reference's
+    imports and helpers appended) or, without a reference, by a stand-in raising `broken_message`
+    (formatted with the exercise id); also the [start, end) line ranges (1-based) we wrote."""
     lines = source.splitlines(keepends=True)
-    ref_tree, ref_lines = ast.parse(reference_source), reference_source.splitlines(keepends=True)
+    ref_tree = ast.parse(reference_source) if reference_source else None
+    ref_lines = reference_source.splitlines(keepends=True) if reference_source else []
     marked = decorated_definitions(source)
     replacements = []
     for m in marked:
         start, end = _extent(lines, m.line)
-        try:
-            ref_node = target_node(ref_tree, m.qualname)
-        except LookupError:
-            raise RepairFailed from None
         indent = lines[m.line][: _indent(lines[m.line])]
-        new = [indent + line if line.strip() else line for line in node_source(ref_lines, ref_node)]
-        replacements.append((start, end, new))
+        if ref_tree is not None:
+            try:
+                definition = node_source(ref_lines, target_node(ref_tree, m.qualname))
+            except LookupError:
+                raise RepairFailed from None
+        else:
+            definition = _stand_in(m, lines, broken_message)
+        replacements.append((start, end, [indent + line if line.strip() else line for line in definition]))
     out, protected, cursor = [], [], 0
     for start, end, new in sorted(replacements):
         if start < cursor:
@@ -173,6 +193,8 @@ def repaired_source(source: str, reference_source: str) -> tuple[str, list[tuple
     out.extend(lines[cursor:])
     if out and not out[-1].endswith("\n"):
         out[-1] += "\n"
+    if ref_tree is None:
+        return "".join(out), protected
     appended = ["\n# --- the reference module's imports and helpers ---\n"]
     targets = {m.qualname.split(".")[0] for m in marked}
     for node in ref_tree.body:
