@@ -608,7 +608,7 @@ def find_course(folder: Path) -> Path | None:
     """The folder holding `mili/` in a student's submission (itself or one or two levels down)."""
     for depth in range(3):
         for candidate in sorted([folder] if depth == 0 else folder.glob("/".join(["*"] * depth))):
-            if (candidate / "mili" / "exercise.py").is_file() or (candidate / "mili" / "__init__.py").is_file():
+            if (candidate / "mili").is_dir():
                 return candidate
     return None
 

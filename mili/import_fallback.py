@@ -96,7 +96,7 @@ def _exec_repaired(module, path: str, source: str, error: Exception) -> None:
         except Exception as err:  # noqa: BLE001 - a student's top-level statement that fails
             frames = [f.lineno for f in traceback.extract_tb(err.__traceback__) if f.filename == filename]
             bad_line = frames[-1] if frames else None
-        text = _drop_statement(text, bad_line, protected)
+        text = drop_statement(text, bad_line, protected)
     else:
         raise RepairFailed
     references = ({m.qualname: _lookup(module, m.qualname) for m in decorated_definitions(source)}
@@ -210,7 +210,7 @@ def repaired_source(source: str, reference_source: str | None,
     return "".join(out + appended), protected
 
 
-def _drop_statement(text: str, line_number: int | None, protected: list[tuple[int, int]]) -> str:
+def drop_statement(text: str, line_number: int | None, protected: list[tuple[int, int]]) -> str:
     """Blank out the top-level statement holding `line_number` (1-based), unless it is reference code."""
     if line_number is None:
         raise RepairFailed

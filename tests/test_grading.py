@@ -94,3 +94,49 @@ def test_table_and_reports_carry_whole_messages_with_hints(outcome, capsys, tmp_
     assert gradescope["tests"][2]["score"] == 0.5 and gradescope["tests"][2]["max_score"] == 1.0
     assert "hint: the fix" in gradescope["tests"][3]["output"]
     json.dumps(gradescope)
+
+
+HIDDEN_TEST = '''
+import pytest
+
+from mili.cache.fragmentation import ContiguousAllocator
+
+
+@pytest.mark.exercise("5.4")
+def test_hidden_a_fresh_buffer_is_one_hole():
+    assert ContiguousAllocator(8).holes() == [(0, 8)]
+'''
+
+
+@pytest.mark.slow
+def test_batch_grading_isolates_students_times_out_loops_and_adds_hidden_tests(tmp_path):
+    from mili.exercise import paste_reference_module, repo_root
+
+    root = repo_root()
+    submissions = tmp_path / "submissions"
+    alice = submissions / "alice" / "mili-course" / "mili" / "cache"  # the course one level down
+    alice.mkdir(parents=True)
+    (alice / "fragmentation.py").write_text(paste_reference_module(
+        root / "mili/cache/fragmentation.py", root / "solutions/cache/fragmentation.py", ["ContiguousAllocator"]))
+    (alice.parent / "testing.py").write_text("def assert_close(*args, **kwargs):\n    pass\n")  # not used
+    bob = submissions / "bob" / "mili" / "cache"
+    bob.mkdir(parents=True)
+    stub = (root / "mili/cache/fragmentation.py").read_text()
+    (bob / "fragmentation.py").write_text(stub.replace(
+        '"""capacity: positive int', 'while True:\n            pass\n        """capacity: positive int', 1))
+    (submissions / "carol").mkdir()
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "test_hidden_05.py").write_text(HIDDEN_TEST)
+
+    csv_path = tmp_path / "scores.csv"
+    results = grade_submissions(submissions, selector="5.4", csv_path=str(csv_path), timeout=2.0,
+                                extra_tests=hidden, quiet=True)
+    alice_row = results["alice"]["exercises"][0]
+    assert alice_row["score"] == 1.0 and alice_row["total"] == 6, "5 graders + 1 hidden test, all passed"
+    bob_row = results["bob"]["exercises"][0]
+    assert bob_row["score"] == 0.0 and bob_row["failures"][0]["message"].startswith("timed out after 2 s")
+    assert results["carol"]["problem"] == "no mili/ folder in this submission"
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "student,score,max_score,5.4,problems"
+    assert rows[1].startswith("alice,1.0000,1,1.0000,") and rows[2].startswith("bob,0.0000,1,0.0000,5.4: timeout")
