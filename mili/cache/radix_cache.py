@@ -39,7 +39,12 @@ class RadixCache:
     `max_cached_tokens`, `num_evicted_blocks` (a counter of blocks dropped by eviction).
     Invariants: every non-root node holds len(tokens) // block_size >= 1 blocks; the children of a
     node start with different first blocks; a node's lock_ref is at least the sum of its
-    children's; eviction removes only leaves with lock_ref 0.
+    children's; the root's lock_ref stays 0; eviction removes only leaves with lock_ref 0.
+    Splitting a node (where a match or an insert ends or diverges inside its label) cuts the label
+    at a block boundary: a new node takes the upper part and becomes the parent, with the same
+    lock_ref (every pin below it holds it too) and LRU times; the original node object keeps the
+    lower part, its children and its lock_ref, so a handle to it (a pinned PrefixMatch.node) stays
+    valid.
     """
 
     def __init__(self, block_size: int, allocator: BlockAllocator | None = None, policy: str = "lru",
@@ -64,13 +69,15 @@ class RadixCache:
         (a partial last block) are ignored. The part already cached keeps its own blocks (the
         caller's duplicates are not adopted); the rest becomes a new leaf (splitting a node where
         the new tokens diverge inside its label), and the cache takes one reference on each block
-        it adopts. Marks the path as used now, then applies the token limit. Returns how many of
-        the tokens were already cached (a multiple of block_size)."""
+        it adopts. Whole blocks that end inside a node's label split that node there and add no
+        leaf (they were all cached). Marks the path as used now, then applies the token limit.
+        Returns how many of the tokens were already cached (a multiple of block_size)."""
         raise NotImplementedError("Exercise 5.3: see chapters/05_kv_cache.ipynb, section 4")
 
     def pin(self, node: RadixNode) -> None:
-        """A running sequence uses node's blocks: lock_ref + 1 on node and every ancestor (the
-        root is never evicted; pinning it is a no-op)."""
+        """A running sequence uses node's blocks: lock_ref + 1 on node and on every ancestor below
+        the root. The root holds no blocks and is never evicted: its lock_ref stays 0, and
+        pin(root) does nothing."""
         raise NotImplementedError("Exercise 5.3: see chapters/05_kv_cache.ipynb, section 4")
 
     def unpin(self, node: RadixNode) -> None:

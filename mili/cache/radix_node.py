@@ -45,8 +45,9 @@ class RadixNode:
 class PrefixMatch:
     """The longest cached prefix of a query, in whole blocks.
 
-    block_ids: the blocks holding the prefix's K/V, in order · num_tokens: len(block_ids) ·
-    block_size · node: the deepest node of the match (the root when nothing matched): pass it to
+    block_ids: the blocks holding the prefix's K/V, in order.
+    num_tokens: the prefix's length in tokens, len(block_ids) * block_size.
+    node: the deepest node of the match (the root when nothing matched): pass it to
     `RadixCache.pin` while a sequence uses the blocks and to `unpin` when it lets go.
     """
 

@@ -23,7 +23,8 @@ def qk_norm_rope(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, eps: 
                  positions: Tensor, cos_sin_cache: Tensor) -> tuple[Tensor, Tensor]:
     """RMSNorm each head of q and k over head_dim, then rotate it by RoPE, in place, in one launch.
 
-    q: [T, Hq, D], k: [T, Hkv, D], positions, cos_sin_cache: as in apply_rope (exercise 2.2).
+    q: [T, Hq, D], k: [T, Hkv, D], positions, cos_sin_cache: as in apply_rope (exercise 2.2), a
+    position out of range giving NaN heads there too.
     q_weight, k_weight: [D], the same dtype as q. Gives the same result as
         apply_rope(rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps), positions, cos_sin_cache)
     with the same roundings (normalised value rounded to q's dtype, times weight rounded again,

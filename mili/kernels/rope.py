@@ -25,6 +25,9 @@ def apply_rope(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor) -
     For each head x with halves x1 = x[..., :D/2], x2 = x[..., D/2:], cos/sin the row of its position:
         x1, x2 <- x1*cos - x2*sin, x2*cos + x1*sin        (computed in float32)
     Writes the result into q and k and returns (q, k), the same tensor objects.
+    A position outside [0, max_position) must not make the kernel read outside the table (and
+    checking positions on the host would cost a GPU sync per launch): that token's q and k heads
+    come back as NaN.
     Bad input raises TypeError/ValueError naming the argument (see mili/kernels/_checks.py).
     """
     raise NotImplementedError("Exercise 2.2: see chapters/02_kernels.ipynb, section 4")

@@ -33,7 +33,7 @@ def _qk_norm_rope_kernel(
     q_ptr, q_token_stride, q_head_stride, num_q_heads, q_weight_ptr,    # q [T, Hq, D] in place; reads q_weight [D]
     k_ptr, k_token_stride, k_head_stride, num_kv_heads, k_weight_ptr,   # k [T, Hkv, D] in place; reads k_weight [D]
     positions_ptr,                                                      # reads positions [T]
-    cache_ptr, cache_stride,                                            # reads cos_sin_cache [P, D]
+    cache_ptr, cache_stride, max_position,                              # reads cos_sin_cache [P, D]
     half_dim, eps,
     BLOCK_Q_HEADS: tl.constexpr, BLOCK_KV_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):
@@ -50,8 +50,10 @@ def _qk_norm_rope_kernel(
     k1 = tl.load(k_ptr + k_offs, mask=k_mask, other=0.0).to(tl.float32)
     k2 = tl.load(k_ptr + k_offs + half_dim, mask=k_mask, other=0.0).to(tl.float32)
     position = tl.load(positions_ptr + token).to(tl.int64)
-    cos = tl.load(cache_ptr + position * cache_stride + half, mask=half_mask, other=0.0)[None, :]
-    sin = tl.load(cache_ptr + position * cache_stride + half_dim + half, mask=half_mask, other=0.0)[None, :]
+    in_table = (position >= 0) & (position < max_position)  # outside: read row 0, and give NaN
+    row = cache_ptr + tl.where(in_table, position, 0) * cache_stride
+    cos = tl.where(in_table, tl.load(row + half, mask=half_mask, other=0.0), float("nan"))[None, :]
+    sin = tl.where(in_table, tl.load(row + half_dim + half, mask=half_mask, other=0.0), float("nan"))[None, :]
     dtype = q_ptr.dtype.element_ty
     q1, q2 = _rms_norm_halves(q1, q2, q_weight_ptr, half, half_mask, half_dim, eps)
     k1, k2 = _rms_norm_halves(k1, k2, k_weight_ptr, half, half_mask, half_dim, eps)
@@ -65,14 +67,15 @@ def qk_norm_rope(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, eps: 
                  positions: Tensor, cos_sin_cache: Tensor) -> tuple[Tensor, Tensor]:
     """RMSNorm each head of q and k over head_dim, then rotate it by RoPE, in place, in one launch.
 
-    q: [T, Hq, D], k: [T, Hkv, D], positions, cos_sin_cache: as in apply_rope (exercise 2.2).
+    q: [T, Hq, D], k: [T, Hkv, D], positions, cos_sin_cache: as in apply_rope (exercise 2.2), a
+    position out of range giving NaN heads there too.
     q_weight, k_weight: [D], the same dtype as q. Gives the same result as
         apply_rope(rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps), positions, cos_sin_cache)
     with the same roundings (normalised value rounded to q's dtype, times weight rounded again,
     rotated in float32). Writes into q and k and returns (q, k), the same tensor objects.
     Bad input raises TypeError/ValueError naming the argument.
     """
-    num_tokens, head_dim, _ = check_rope_args(q, k, positions, cos_sin_cache)
+    num_tokens, head_dim, max_position = check_rope_args(q, k, positions, cos_sin_cache)
     check_tensor("q_weight", q_weight, ndim=1)
     check_tensor("k_weight", k_weight, ndim=1)
     check_shape("q_weight", q_weight, (head_dim,))
@@ -87,7 +90,7 @@ def qk_norm_rope(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, eps: 
     _qk_norm_rope_kernel[(num_tokens,)](
         q, q.stride(0), q.stride(1), q.shape[1], q_weight,
         k, k.stride(0), k.stride(1), k.shape[1], k_weight,
-        positions, cos_sin_cache, cos_sin_cache.stride(0), half_dim, eps,
+        positions, cos_sin_cache, cos_sin_cache.stride(0), max_position, half_dim, eps,
         BLOCK_Q_HEADS=block_q, BLOCK_KV_HEADS=block_kv, BLOCK_HALF=triton.next_power_of_2(half_dim),
         num_warps=num_warps,
     )

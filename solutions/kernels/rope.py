@@ -20,7 +20,7 @@ def _rope_kernel(
     q_ptr, q_token_stride, q_head_stride, num_q_heads,      # reads and writes q [T, Hq, D]
     k_ptr, k_token_stride, k_head_stride, num_kv_heads,     # reads and writes k [T, Hkv, D]
     positions_ptr,                                          # reads positions [T]
-    cache_ptr, cache_stride,                                # reads cos_sin_cache [P, D]
+    cache_ptr, cache_stride, max_position,                  # reads cos_sin_cache [P, D]
     half_dim,
     BLOCK_Q_HEADS: tl.constexpr, BLOCK_KV_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):
@@ -39,8 +39,10 @@ def _rope_kernel(
     k1 = tl.load(k_ptr + k_offs, mask=k_mask, other=0.0).to(tl.float32)
     k2 = tl.load(k_ptr + k_offs + half_dim, mask=k_mask, other=0.0).to(tl.float32)
     position = tl.load(positions_ptr + token).to(tl.int64)
-    cos = tl.load(cache_ptr + position * cache_stride + half, mask=half_mask, other=0.0)[None, :]
-    sin = tl.load(cache_ptr + position * cache_stride + half_dim + half, mask=half_mask, other=0.0)[None, :]
+    in_table = (position >= 0) & (position < max_position)  # outside: read row 0, and give NaN
+    row = cache_ptr + tl.where(in_table, position, 0) * cache_stride
+    cos = tl.where(in_table, tl.load(row + half, mask=half_mask, other=0.0), float("nan"))[None, :]
+    sin = tl.where(in_table, tl.load(row + half_dim + half, mask=half_mask, other=0.0), float("nan"))[None, :]
     dtype = q_ptr.dtype.element_ty
     tl.store(q_ptr + q_offs, (q1 * cos - q2 * sin).to(dtype), mask=q_mask)
     tl.store(q_ptr + q_offs + half_dim, (q2 * cos + q1 * sin).to(dtype), mask=q_mask)
@@ -57,9 +59,12 @@ def apply_rope(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor) -
     For each head x with halves x1 = x[..., :D/2], x2 = x[..., D/2:], cos/sin the row of its position:
         x1, x2 <- x1*cos - x2*sin, x2*cos + x1*sin        (computed in float32)
     Writes the result into q and k and returns (q, k), the same tensor objects.
+    A position outside [0, max_position) must not make the kernel read outside the table (and
+    checking positions on the host would cost a GPU sync per launch): that token's q and k heads
+    come back as NaN.
     Bad input raises TypeError/ValueError naming the argument (see mili/kernels/_checks.py).
     """
-    num_tokens, head_dim, _ = check_rope_args(q, k, positions, cos_sin_cache)
+    num_tokens, head_dim, max_position = check_rope_args(q, k, positions, cos_sin_cache)
     if num_tokens == 0:
         return q, k
     half_dim = head_dim // 2
@@ -68,7 +73,7 @@ def apply_rope(q: Tensor, k: Tensor, positions: Tensor, cos_sin_cache: Tensor) -
     _rope_kernel[(num_tokens,)](
         q, q.stride(0), q.stride(1), q.shape[1],
         k, k.stride(0), k.stride(1), k.shape[1],
-        positions, cos_sin_cache, cos_sin_cache.stride(0), half_dim,
+        positions, cos_sin_cache, cos_sin_cache.stride(0), max_position, half_dim,
         BLOCK_Q_HEADS=block_q, BLOCK_KV_HEADS=block_kv, BLOCK_HALF=triton.next_power_of_2(half_dim),
         num_warps=num_warps,
     )

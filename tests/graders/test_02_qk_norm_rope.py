@@ -75,6 +75,18 @@ def test_strided_views_and_odd_sizes():
     assert_close(k, expected_k, what="k as a view of qkv, head_dim 24", hint=hint)
 
 
+def test_positions_outside_the_table_give_nan_heads():
+    q, k, qw, kw, _, table = inputs(3, 2, 1, 8, torch.float32)
+    positions = torch.tensor([3, MAX_POSITION, -1], device=DEVICE)
+    expected_q = oracle(q[:1], qw, positions[:1], table)
+    qk_norm_rope(q, k, qw, kw, EPS, positions, table)
+    assert_close(q[:1], expected_q, what="q of the token at position 3")
+    outside = torch.cat([q[1:].flatten(), k[1:].flatten()])
+    assert torch.isnan(outside).all(), (
+        f"positions {MAX_POSITION} and -1 are outside the cos/sin table: their heads must be NaN, got "
+        f"{outside[:4].tolist()} ... hint: mask the cos/sin loads with 0 <= position < max_position (other=nan)")
+
+
 def test_bad_input_raises_clear_errors():
     q, k, qw, kw, positions, table = inputs(2, 2, 1, 8, torch.float32)
     with pytest.raises(ValueError, match="q_weight"):

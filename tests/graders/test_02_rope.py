@@ -89,6 +89,21 @@ def test_position_zero_is_the_identity():
     assert_close(k, expected_k, what="k rotated at position 0")
 
 
+def test_positions_outside_the_table_are_not_read():
+    """The docstring's range: a position outside [0, max_position) reads nothing and gives NaN heads."""
+    q, k = rand(3, 2, 8), rand(3, 1, 8, name="k")
+    positions, table = torch.tensor([5, MAX_POSITION, -1], device=DEVICE), cos_sin_table(8)
+    expected_q, expected_k = oracle_rope(q[:1], positions[:1], table), oracle_rope(k[:1], positions[:1], table)
+    apply_rope(q, k, positions, table)
+    assert_close(q[:1], expected_q, what="q of the token at position 5")
+    assert_close(k[:1], expected_k, what="k of the token at position 5")
+    outside = torch.cat([q[1:].flatten(), k[1:].flatten()])
+    assert torch.isnan(outside).all(), (
+        f"the tokens at positions {MAX_POSITION} and -1 lie outside the {MAX_POSITION}-row cos/sin table, so their "
+        f"heads must come back as NaN; got {outside[:4].tolist()} ... hint: mask the cos/sin loads with "
+        "0 <= position < max_position (other=nan): an unmasked load reads memory outside the table")
+
+
 def test_bad_input_raises_clear_errors():
     q, k, positions, table = rand(2, 2, 8), rand(2, 1, 8, name="k"), positions_for(2), cos_sin_table(8)
     with pytest.raises(TypeError, match="cos_sin_cache"):

@@ -41,7 +41,8 @@ def test_a_shared_block_returns_to_the_pool_with_its_last_holder():
     assert block in {allocator.allocate() for _ in range(4)}, "a block freed by its last holder must be allocatable again"
 
 
-@pytest.mark.parametrize("misuse", ["double free", "free unknown", "free negative", "incref free", "ref_count unknown"])
+@pytest.mark.parametrize("misuse", ["double free", "free unknown", "free negative", "incref free", "ref_count unknown",
+                                    "ref_count negative"])
 def test_misuse_raises_value_error(misuse):
     allocator = BlockAllocator(4)
     block = allocator.allocate()
@@ -52,6 +53,7 @@ def test_misuse_raises_value_error(misuse):
         "free negative": lambda: allocator.free(-1),
         "incref free": lambda: allocator.incref(block),
         "ref_count unknown": lambda: allocator.ref_count(99),
+        "ref_count negative": lambda: allocator.ref_count(-1),  # not the last block: ids start at 0
     }[misuse]
     with pytest.raises(ValueError):
         call()

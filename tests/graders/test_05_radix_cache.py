@@ -210,6 +210,100 @@ def test_pinned_nodes_are_never_evicted():
         cache.unpin(match.node)
 
 
+def check_lock_refs(cache, what):
+    """The tree's pin invariants: the root stays at 0, a node holds at least its children's pins."""
+    assert cache.root.lock_ref == 0, f"{what}: the root's lock_ref is {cache.root.lock_ref}; pin never counts the root"
+    stack = list(cache.root.children.values())
+    while stack:
+        node = stack.pop()
+        below = sum(child.lock_ref for child in node.children.values())
+        assert node.lock_ref >= below, (
+            f"{what}: a node holding blocks {list(node.block_ids)} has lock_ref {node.lock_ref}, less than the "
+            f"{below} of its children. hint: a pin holds every ancestor of the pinned node; a split's new upper "
+            "node takes the lock_ref of the node it was cut from")
+        stack.extend(node.children.values())
+
+
+def test_pin_holds_every_ancestor_but_not_the_root():
+    cache = RadixCache(BS)
+    cache.insert(seq(1, 2, 3), [0, 1, 2])
+    cache.insert(seq(1, 2, 5), [0, 1, 5])  # splits: [1, 2] above [3] and [5]
+    leaf = cache.match_prefix(seq(1, 2, 3)).node
+    cache.pin(leaf)
+    path = [leaf.lock_ref, leaf.parent.lock_ref, cache.root.lock_ref]
+    assert path == [1, 1, 0], (
+        f"after pin(leaf): lock_ref of the leaf, its parent and the root are {path}; expected [1, 1, 0]. hint: "
+        "lock_ref + 1 on the node and on every ancestor below the root")
+    assert cache.evictable_blocks == 1, (
+        f"evictable_blocks is {cache.evictable_blocks} with the path [1, 2] -> [3] pinned; only block 5 can go")
+    assert cache.clear() == [5], "with [1, 2, 3] pinned, clear() may drop only the other branch"
+    cache.pin(cache.root)
+    assert cache.root.lock_ref == 0, "pin(root) does nothing: the root holds no blocks"
+    cache.unpin(leaf)
+    check_lock_refs(cache, "after unpin")
+    assert leaf.lock_ref == 0 and leaf.parent.lock_ref == 0 and cache.evictable_blocks == 3
+
+
+def test_a_split_keeps_the_pins_of_the_node_it_cuts():
+    cache = RadixCache(BS)
+    cache.insert(seq(1, 2, 3, 4), [0, 1, 2, 3])
+    whole = cache.match_prefix(seq(1, 2, 3, 4)).node
+    cache.pin(whole)
+    upper = cache.match_prefix(seq(1, 2)).node  # ends inside the pinned node's label: a split
+    assert upper is not whole and whole.parent is upper, (
+        "a split creates a new node for the upper part; the original node object keeps the lower part")
+    assert list(upper.block_ids) == [0, 1] and list(whole.block_ids) == [2, 3]
+    assert upper.lock_ref == 1, (
+        f"the upper half of a pinned node has lock_ref {upper.lock_ref} after the split; expected 1: the pin "
+        "below it holds it too. hint: give the new upper node the lock_ref of the node you cut")
+    check_lock_refs(cache, "after a split under a pin")
+    assert cache.evictable_blocks == 0 and cache.evict(4) == [], "everything on a pinned path stays"
+    assert cache.insert(seq(1), [9]) == BS, "an insert ending inside an edge adopts nothing"
+    assert cache.num_cached_blocks == 4 and list(cache.match_prefix(seq(1)).block_ids) == [0]
+    cache.unpin(whole)
+    check_lock_refs(cache, "after unpinning")
+    assert cache.evictable_blocks == 4, f"evictable_blocks is {cache.evictable_blocks} once nothing is pinned"
+    assert sorted(cache.clear()) == [0, 1, 2, 3]
+
+
+def test_random_pins_and_splits_keep_the_lock_counts():
+    rng = random.Random(seed_from(current_test_name()))
+    cache, pinned, next_block = RadixCache(BS), [], 0
+    for step in range(300):
+        tokens = [rng.randrange(2) for _ in range(rng.randrange(1, 6) * BS)]
+        action = rng.random()
+        if action < 0.4:
+            cache.insert(tokens, list(range(next_block, next_block + len(tokens) // BS)))
+            next_block += len(tokens) // BS
+        elif action < 0.7:
+            node = cache.match_prefix(tokens).node
+            cache.pin(node)
+            pinned.append(node)
+        elif pinned:
+            cache.unpin(pinned.pop(rng.randrange(len(pinned))))
+        else:
+            cache.evict(rng.randrange(1, 4))
+        check_lock_refs(cache, f"step {step}")
+        unpinned = sum(len(n.block_ids) for n in _nodes(cache) if n.lock_ref == 0)
+        assert cache.evictable_blocks == unpinned, (
+            f"step {step}: evictable_blocks is {cache.evictable_blocks}, but the nodes with lock_ref 0 hold "
+            f"{unpinned} blocks")
+    for node in pinned:
+        cache.unpin(node)
+    cached = cache.num_cached_blocks
+    assert cache.evictable_blocks == cached, "once every pin is undone, every cached block is evictable"
+    assert len(cache.clear()) == cached and cache.num_cached_blocks == 0, "clear() drops every unpinned block"
+
+
+def _nodes(cache):
+    stack, found = list(cache.root.children.values()), []
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(node.children.values())
+    return found
+
+
 def test_token_limit_keeps_the_most_recent_prefixes():
     cache = RadixCache(BS, max_cached_tokens=3 * BS)
     for b in range(6):

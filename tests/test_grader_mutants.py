@@ -1,0 +1,43 @@
+"""Every grader fails on realistic wrong implementations of its exercise (tests/graders/mutants/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from mili.exercise import discover, repo_root
+from tests.graders.mutants import CHAPTERS, chapter_mutants
+
+ROOT = repo_root()
+
+
+def test_every_exercise_of_these_chapters_has_three_mutants():
+    counts = Counter(m.exercise for chapter in CHAPTERS for m in chapter_mutants(chapter))
+    exercises = [ex_id for ex_id, ex in discover().items() if ex.chapter in CHAPTERS]
+    few = {ex_id: counts[ex_id] for ex_id in exercises if counts[ex_id] < 3}
+    assert not few, f"exercises with fewer than 3 mutants: {few}"
+    names = [(m.exercise, m.name) for chapter in CHAPTERS for m in chapter_mutants(chapter)]
+    assert len(names) == len(set(names)), "mutant names repeat within an exercise"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_mutant_fails_its_grader(chapter, tmp_path):
+    report = tmp_path / "mutants.json"
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "graders").glob(f"test_{chapter}_*.py"))
+    env = dict(os.environ, MILI_IMPL="reference", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "pytest", *files, "-p", "tests.graders.mutants.driver",
+                           "--mutants", chapter, "--mutants-report", str(report), "-q", "-p", "no:cacheprovider",
+                           "-o", "addopts=", "-p", "no:xdist", "-p", "no:nbval"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert report.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(report.read_text())
+    wrong = [r for r in results if r["outcome"] != ("survived" if r["name"] == "control" else "killed")]
+    assert not wrong, "\n".join(
+        f"{r['exercise']} {r['name']} ({r['bug']}): {r['outcome']} — tests {r['caught_by']}: {r['message'][:300]}"
+        for r in wrong)
