@@ -35,9 +35,10 @@ import re
 import sys
 import textwrap
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 MODES = ("auto", "student", "reference")
 
@@ -491,7 +492,7 @@ def discover(strict: bool = True) -> dict[str, Exercise]:
             continue
         try:
             importlib.import_module(info.name)
-        except Exception as err:  # noqa: BLE001 - reported to the student, not swallowed
+        except Exception as err:  # reported to the student, not swallowed
             if strict:
                 raise
             origin = error_origin(err) or _module_file(info.name)
@@ -502,6 +503,14 @@ def discover(strict: bool = True) -> dict[str, Exercise]:
                     register_broken(module, Path(origin).read_text(encoding="utf-8", errors="replace"),
                                     IMPORT_ERRORS[info.name])
     return dict(sorted(REGISTRY.items(), key=lambda kv: tuple(int(p) for p in kv[0].split("."))))
+
+
+def _module_file(module: str) -> str | None:
+    path = repo_root() / Path(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def error_origin(err: BaseException) -> str | None:

@@ -72,7 +72,6 @@ class _NoReferences(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname == "solutions" or fullname.startswith("solutions."):
             raise ImportError("the reference solutions cannot be imported while grading")
-        return None
 
 
 def pytest_addoption(parser):
@@ -282,6 +281,55 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+@dataclass
+class _Attempt:
+    """One pytest process: how it ended, and the test it was in the middle of, if any."""
+
+    returncode: int = 0
+    running: str | None = None
+    hung: bool = False
+    problem: str = ""
+    output: str = ""
+
+
+def _run_once(cmd: list[str], *, cwd: Path, env: dict, timeout: float, grace: float, log_path: Path,
+              results: Path, run: Run, collected: dict[str, str | None]) -> _Attempt:
+    """Run pytest once, following its events; kill it if a test outlives timeout + grace."""
+    attempt = _Attempt()
+    with open(log_path, "w+", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=hasattr(os, "killpg"))
+        offset, started_at, launched = 0, 0.0, time.monotonic()
+        while True:
+            finished = proc.poll() is not None
+            events, offset = _read_events(results, offset)
+            for event in events:
+                if event["event"] == "collected":
+                    collected.update(event["tests"])
+                elif event["event"] == "collect_error":
+                    if event["path"] not in {e["path"] for e in run.collect_errors}:
+                        run.collect_errors.append(event)
+                elif event["event"] == "start":
+                    attempt.running, started_at = event["nodeid"], time.monotonic()
+                elif event["event"] == "result":
+                    run.rows[event["nodeid"]] = event
+                    attempt.running = None
+            if finished:
+                break
+            now = time.monotonic()
+            if timeout and attempt.running is not None and now - started_at > timeout + grace:
+                attempt.hung = True
+                _kill(proc)
+            elif timeout and attempt.running is None and not collected and now - launched > 3 * timeout + 120:
+                attempt.problem = f"the graders did not start within {3 * timeout + 120:g} s (an import that hangs?)"
+                _kill(proc)
+            time.sleep(0.1)
+        attempt.returncode = proc.returncode
+        log.seek(0)
+        attempt.output = log.read()
+    return attempt
+
+
 def run_graders(cmd: list[str], *, cwd: Path, env: dict, timeout: float, workdir: Path,
                 grace: float | None = None) -> Run:
     """Run pytest (`cmd`, without the plugin's file options) until every collected test has an
@@ -289,87 +337,56 @@ def run_graders(cmd: list[str], *, cwd: Path, env: dict, timeout: float, workdir
     `grace` seconds after its timeout (the alarm could not reach it) is killed with its process."""
     grace = max(10.0, timeout / 4) if grace is None else grace
     run = Run()
-    results, skip_file = workdir / "events.jsonl", workdir / "skip.txt"
+    skip_file = workdir / "skip.txt"
     collected: dict[str, str | None] = {}
-    exercise_timed_out: set[str] = set()
-    for attempt in range(10_000):
+    timed_out: set[str] = set()  # exercises with a test that timed out: the rest of theirs is not run
+    for number in range(10_000):  # each round ends with every test done, or one more test failed
         skip_file.write_text("\n".join(run.rows))
-        full = cmd + ["--mili-results", str(results), "--mili-skip", str(skip_file)]
+        results = workdir / f"events-{number}.jsonl"  # each process reports into a file of its own
+        # "--option=value": a separate value that names an existing file would move pytest's rootdir
+        full = cmd + [f"--mili-results={results}", f"--mili-skip={skip_file}"]
         if timeout:
-            full += ["--mili-timeout", str(timeout)]
-        log = open(workdir / f"output-{attempt}.txt", "w+", encoding="utf-8")
-        proc = subprocess.Popen(full, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=hasattr(os, "killpg"))
-        offset, running, started_at, launched = 0, None, None, time.monotonic()
-        hung = False
-        while True:
-            finished = proc.poll() is not None
-            events, offset = _read_events(results, offset)
-            for event in events:
-                kind = event["event"]
-                if kind == "collected" and not collected:
-                    collected = dict(event["tests"])
-                elif kind == "collected":
-                    collected.update(event["tests"])
-                elif kind == "collect_error":
-                    if event["path"] not in {e["path"] for e in run.collect_errors}:
-                        run.collect_errors.append(event)
-                elif kind == "start":
-                    running, started_at = event["nodeid"], time.monotonic()
-                elif kind == "result":
-                    run.rows[event["nodeid"]] = event
-                    if event.get("kind") == "timeout" and event.get("exercise"):
-                        exercise_timed_out.add(event["exercise"])
-                    running = None
-            if finished:
-                break
-            now = time.monotonic()
-            if timeout and running is not None and now - started_at > timeout + grace:
-                hung = True
-                _kill(proc)
-                continue
-            if timeout and running is None and not run.rows and now - launched > 3 * timeout + 120:
-                _kill(proc)
-                run.problem = f"the graders did not start within {3 * timeout + 120:g} s (an import that hangs?)"
-                break
-            time.sleep(0.1)
-        log.seek(0)
-        run.output = log.read()
-        log.close()
-        if run.problem:
+            full += [f"--mili-timeout={timeout}"]
+        attempt = _run_once(full, cwd=cwd, env=env, timeout=timeout, grace=grace,
+                            log_path=workdir / f"output-{number}.txt", results=results, run=run, collected=collected)
+        run.output = attempt.output
+        timed_out |= {r["exercise"] for r in run.rows.values() if r.get("kind") == "timeout" and r.get("exercise")}
+        if attempt.problem:
+            run.problem = attempt.problem
             break
-        if running is not None:  # the process died or was killed in the middle of a test
-            exercise_id = collected.get(running)
-            if hung:
-                message, kind = timeout_message(timeout) + " (the process had to be killed)", "timeout"
-                if exercise_id:
-                    exercise_timed_out.add(exercise_id)
-            else:
-                how = (f"was killed by {_signal_name(proc.returncode)}" if proc.returncode < 0
-                       else f"exited with status {proc.returncode}")
-                message = (f"crashed: the test process {how} while running this test (a segfault in a "
-                           "kernel, an out-of-bounds access, os._exit?)")
-                kind = "crash"
-            run.rows[running] = {"nodeid": running, "exercise": exercise_id, "outcome": "failed",
-                                 "message": message, "kind": kind}
+        if attempt.running is not None:  # the process died, or was killed, in the middle of a test
+            run.rows[attempt.running] = _interrupted(attempt, collected.get(attempt.running), timeout)
+            if attempt.hung and collected.get(attempt.running):
+                timed_out.add(collected[attempt.running])
         for nodeid, exercise_id in collected.items():  # one timeout per exercise is enough
-            if nodeid not in run.rows and exercise_id in exercise_timed_out:
+            if nodeid not in run.rows and exercise_id in timed_out:
                 run.rows[nodeid] = {"nodeid": nodeid, "exercise": exercise_id, "outcome": "failed",
                                     "message": f"not run: an earlier test of exercise {exercise_id} timed out"}
         remaining = [n for n in collected if n not in run.rows]
         if not remaining:
             break
-        if running is None:  # it ended without a crash in a test, yet tests are missing: stop here
-            if not collected:
-                run.problem = "the graders did not run"
+        if attempt.running is None:  # it stopped between tests, with tests left: do not loop
             for nodeid in remaining:
                 run.rows[nodeid] = {"nodeid": nodeid, "exercise": collected[nodeid], "outcome": "failed",
                                     "message": "not run: the test process stopped before this test "
-                                               f"(status {proc.returncode})"}
+                                               f"(status {attempt.returncode})"}
             break
     if not collected and not run.collect_errors and not run.problem:
         run.problem = "the graders did not run"
     return run
+
+
+def _interrupted(attempt: _Attempt, exercise_id: str | None, timeout: float) -> dict:
+    """The row of the test a process was running when it died (a crash) or was killed (a hang)."""
+    if attempt.hung:
+        message, kind = timeout_message(timeout) + " (the process had to be killed)", "timeout"
+    else:
+        how = (f"was killed by {_signal_name(attempt.returncode)}" if attempt.returncode < 0
+               else f"exited with status {attempt.returncode}")
+        message = (f"crashed: the test process {how} while running this test (a segfault in a kernel, an "
+                   "out-of-bounds access, os._exit?)")
+        kind = "crash"
+    return {"nodeid": attempt.running, "exercise": exercise_id, "outcome": "failed", "message": message, "kind": kind}
 
 
 def _graded_ids_of_file(path: Path) -> list[str]:
@@ -575,13 +592,14 @@ def grade(selector: str | None = None, *, report: str | None = None, root: Path 
             raise FileNotFoundError(f"--extra-tests {extra_tests}: no such folder")
         paths.append(str(extra))
     cmd = [sys.executable, "-m", "pytest", *paths, "-p", "mili.grading", "-q", "-p", "no:cacheprovider",
-           "-o", "addopts=", "--rootdir", str(root), "--tb=short", "-W", "ignore::DeprecationWarning",
-           *(["-c", str(root / "pyproject.toml")] if (root / "pyproject.toml").is_file() else []),
+           "-o", "addopts=", f"--rootdir={root}", "--tb=short", "-W", "ignore::DeprecationWarning",
+           *([f"-c={root / 'pyproject.toml'}"] if (root / "pyproject.toml").is_file() else []),
            "--continue-on-collection-errors",
-           # graders need neither plugin; loading them costs ~3 s per grade (nbval pulls in jsonschema)
-           "-p", "no:nbval", "-p", "no:hypothesispytest", "-p", "no:xdist"]
+           # graders need none of these plugins; loading them costs seconds per grade (nbval pulls in
+           # jsonschema, schemathesis hypothesis)
+           "-p", "no:nbval", "-p", "no:hypothesispytest", "-p", "no:schemathesis", "-p", "no:xdist"]
     if selector:
-        cmd += ["--mili-select", selector]
+        cmd += [f"--mili-select={selector}"]
     cmd += list(extra_pytest_args or [])
     with tempfile.TemporaryDirectory(prefix="mili-grade-") as tmp:
         run = run_graders(cmd, cwd=root, env=_grading_env(root), timeout=timeout, workdir=Path(tmp))

@@ -28,8 +28,15 @@ from importlib.machinery import PathFinder, SourceFileLoader
 from pathlib import Path
 
 from mili.exercise import (
-    DEFINITION, current_mode, decorated_definitions, node_source, one_line_error, reference_file, register_broken,
-    target_node, warn_once,
+    DEFINITION,
+    current_mode,
+    decorated_definitions,
+    node_source,
+    one_line_error,
+    reference_file,
+    register_broken,
+    target_node,
+    warn_once,
 )
 
 MAX_DROPPED_STATEMENTS = 8
@@ -93,7 +100,7 @@ def _exec_repaired(module, path: str, source: str, error: Exception) -> None:
             break
         except SyntaxError as err:
             bad_line = err.lineno
-        except Exception as err:  # noqa: BLE001 - a student's top-level statement that fails
+        except Exception as err:
             frames = [f.lineno for f in traceback.extract_tb(err.__traceback__) if f.filename == filename]
             bad_line = frames[-1] if frames else None
         text = drop_statement(text, bad_line, protected)
@@ -104,7 +111,7 @@ def _exec_repaired(module, path: str, source: str, error: Exception) -> None:
     ids = register_broken(name, source, reason, references)
     plural = len(ids) > 1
     outcome = (f"run{'' if plural else 's'} the reference until you fix it" if reference_source
-               else f"cannot run until you fix it")
+               else "cannot run until you fix it")
     warn_once(f"broken:{name}", f"{shown} does not import ({reason}); exercise{'s' if plural else ''} "
                                 f"{', '.join(ids)} {outcome}")
 

@@ -104,11 +104,11 @@ def copy_course(root: Path, dest: Path, *, with_solutions: list[str] = (), for_g
 
 def _student_pyproject(text: str) -> str:
     """The course's pyproject.toml with `pytest` running the graders only (the notebooks need work first)."""
-    return re.sub(r'^testpaths = .*$', 'testpaths = ["tests/graders"]', text, count=1, flags=re.M)
+    return re.sub(r'^testpaths = .*$', 'testpaths = ["tests/graders"]', text, count=1, flags=re.MULTILINE)
 
 
 def _section(readme: str, title: str) -> str:
-    match = re.search(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", readme, flags=re.M | re.S)
+    match = re.search(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", readme, flags=re.MULTILINE | re.DOTALL)
     return match.group(0).rstrip() + "\n\n" if match else ""
 
 

@@ -16,8 +16,16 @@ from pathlib import Path
 import pytest
 
 from mili.exercise import (
-    Exercise, Part, Target, decorated_definitions, discover, is_stub, load_reference, paste_reference_module,
-    repo_root, scan_source,
+    Exercise,
+    Part,
+    Target,
+    decorated_definitions,
+    discover,
+    is_stub,
+    load_reference,
+    paste_reference_module,
+    repo_root,
+    scan_source,
 )
 from mili.import_fallback import drop_statement, repaired_source
 
@@ -259,8 +267,8 @@ def test_half_written_class_syntax_error_and_bad_mili_impl_leave_the_engine_answ
     assert "mili/cache/radix_cache.py does not import (SyntaxError" in warnings[1]
 
     status = _cli(root, ["status"]).stdout
-    assert re.search(r"^5\.1 .* reference .* in progress \(1/7 methods\)$", status, re.M), status
-    assert re.search(r"^5\.3 .* reference .* broken: SyntaxError: invalid syntax \(line \d+\)$", status, re.M), status
+    assert re.search(r"^5\.1 .* reference .* in progress \(1/7 methods\)$", status, re.MULTILINE), status
+    assert re.search(r"^5\.3 .* reference .* broken: SyntaxError: invalid syntax \(line \d+\)$", status, re.MULTILINE), status
 
     stand_in = subprocess.run([sys.executable, "-c", "from mili.cache.radix_cache import RadixCache; RadixCache(4)"],
                               cwd=root, capture_output=True, text=True,

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from mili.exercise import Exercise
 from mili.grading import (
-    grade_submissions, gradescope_results, print_table, run_graders, score_table, timeout_message, write_csv,
+    grade_submissions,
+    gradescope_results,
+    print_table,
+    run_graders,
+    score_table,
+    timeout_message,
 )
 
 GRADERS = '''

@@ -4,7 +4,7 @@ A mutant is a copy of an exercise's reference with one bug a student is likely t
 off-by-one block boundary, a missing ancestor update, an unmasked tail ...), given as text edits
 of the reference module: each `old` must occur exactly once, so a mutant that no longer applies
 fails loudly instead of testing nothing. `tests/test_grader_mutants.py` runs, for every mutant,
-the grader tests named by `caught_by` with the mutant standing in for the reference
+the grader test named by `caught_by` with the mutant standing in for the reference
 (`driver.py`), and requires them to fail. The files `chNN.py` list each chapter's mutants.
 
 These are copies of the reference solutions: `mili release` leaves this folder out.
@@ -24,7 +24,7 @@ class Mutant:
     name: str
     bug: str  # what the student got wrong, in words
     edits: tuple[tuple[str, str], ...]  # (old, new) replacements in the reference module's text
-    caught_by: str  # a pytest -k expression naming the grader tests that must fail
+    caught_by: str  # the grader test that must fail: a test function, or one parametrization of it
 
     def apply(self, source: str) -> str:
         for old, new in self.edits:

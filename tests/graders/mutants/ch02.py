@@ -1,0 +1,55 @@
+"""Mutants of chapter 02's references: the Triton kernels RMSNorm, RoPE, SiLU-and-mul, q/k norm + RoPE."""
+
+from tests.graders.mutants import mutant
+
+MUTANTS = [
+    # 2.1 RMSNorm
+    mutant("2.1", "mean_over_the_padded_block", "the mean square divides by the padded block width, not hidden",
+           "tl.sum(x * x, axis=1) / hidden + eps", "tl.sum(x * x, axis=1) / BLOCK_H + eps", "test_rms_norm_matches_float32_math[shape0-dtype0]"),
+    mutant("2.1", "ignores_the_row_stride", "rows are addressed as if contiguous (row * hidden)",
+           "tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :]",
+           "tl.load(x_ptr + rows[:, None] * hidden + cols[None, :]", "test_rms_norm_strided_rows"),
+    mutant("2.1", "residual_out_never_written", "fused_add_rms_norm does not store the summed residual",
+           "        tl.store(res_out_ptr + rows[:, None] * hidden + cols[None, :], summed, mask=mask)\n", "", "test_fused_add_rms_norm_matches_float32_math[1-dtype0]"),
+    mutant("2.1", "eps_outside_the_root", "eps is added after the reciprocal square root",
+           "rstd = tl.rsqrt(tl.sum(x * x, axis=1) / hidden + eps)", "rstd = tl.rsqrt(tl.sum(x * x, axis=1) / hidden) + eps",
+           "test_rms_norm_rows_are_independent"),
+    # 2.2 RoPE
+    mutant("2.2", "row_by_token_not_position", "cos/sin are read at the token's index instead of its position",
+           "    position = tl.load(positions_ptr + token).to(tl.int64)\n", "    position = token\n", "test_matches_float32_math_in_place[1-dtype0]"),
+    mutant("2.2", "ignores_the_token_stride", "q's tokens are addressed as if q were contiguous",
+           "    q_ptr += token * q_token_stride\n", "    q_ptr += token * num_q_heads * 2 * half_dim\n", "test_strided_views_of_a_fused_qkv"),
+    mutant("2.2", "rotates_backwards", "the rotation's sine has the wrong sign",
+           "tl.store(q_ptr + q_offs, (q1 * cos - q2 * sin).to(dtype), mask=q_mask)",
+           "tl.store(q_ptr + q_offs, (q1 * cos + q2 * sin).to(dtype), mask=q_mask)", "test_matches_float32_math_in_place[1-dtype0]",
+           ("tl.store(q_ptr + q_offs + half_dim, (q2 * cos + q1 * sin).to(dtype), mask=q_mask)",
+            "tl.store(q_ptr + q_offs + half_dim, (q2 * cos - q1 * sin).to(dtype), mask=q_mask)")),
+    mutant("2.2", "reads_outside_the_table", "positions outside the table are read anyway (no range check)",
+           "    in_table = (position >= 0) & (position < max_position)", "    in_table = position == position", "test_positions_outside_the_table_are_not_read"),
+    mutant("2.2", "returns_copies", "returns rotated copies instead of rotating q and k in place",
+           "        num_warps=num_warps,\n    )\n    return q, k\n",
+           "        num_warps=num_warps,\n    )\n    return q.clone(), k.clone()\n", "test_matches_float32_math_in_place[1-dtype0]"),
+    # 2.3 SiLU-and-mul
+    mutant("2.3", "sigmoid_not_silu", "sigmoid(gate) * up: silu is gate * sigmoid(gate)",
+           "out = gate * tl.sigmoid(gate) * up", "out = tl.sigmoid(gate) * up", "test_matches_float32_math[shape0-dtype0]"),
+    mutant("2.3", "gate_and_up_swapped", "the activation is applied to the up half",
+           "out = gate * tl.sigmoid(gate) * up", "out = up * tl.sigmoid(up) * gate", "test_matches_float32_math[shape0-dtype0]"),
+    mutant("2.3", "ignores_the_row_stride", "rows are addressed as if x were contiguous",
+           "gate = tl.load(x_ptr + row * x_row_stride + cols", "gate = tl.load(x_ptr + row * 2 * inter + cols", "test_strided_rows",
+           ("up = tl.load(x_ptr + row * x_row_stride + inter + cols", "up = tl.load(x_ptr + row * 2 * inter + inter + cols")),
+    mutant("2.3", "accepts_an_odd_width", "an odd last dimension is not rejected",
+           "    if width % 2:\n        raise ValueError(", "    if width % 2 and False:\n        raise ValueError(", "test_bad_input_raises_clear_errors"),
+    # 2.4 fused q/k norm + RoPE
+    mutant("2.4", "mean_square_of_one_half", "the head's mean square is taken over the first half only",
+           "rstd = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * half_dim) + eps)[:, None]",
+           "rstd = tl.rsqrt(tl.sum(x1 * x1, axis=1) / half_dim + eps)[:, None]", "test_matches_norm_then_rope[1-dtype0]"),
+    mutant("2.4", "k_normalised_with_q_weight", "k is scaled by q_weight",
+           "k1, k2 = _rms_norm_halves(k1, k2, k_weight_ptr,", "k1, k2 = _rms_norm_halves(k1, k2, q_weight_ptr,", "test_matches_norm_then_rope[1-dtype0]"),
+    mutant("2.4", "k_not_rotated", "k is normalised but not rotated",
+           "tl.store(k_ptr + k_offs, (k1 * cos - k2 * sin).to(dtype), mask=k_mask)",
+           "tl.store(k_ptr + k_offs, k1.to(dtype), mask=k_mask)", "test_matches_norm_then_rope[1-dtype0]",
+           ("tl.store(k_ptr + k_offs + half_dim, (k2 * cos + k1 * sin).to(dtype), mask=k_mask)",
+            "tl.store(k_ptr + k_offs + half_dim, k2.to(dtype), mask=k_mask)")),
+    mutant("2.4", "reads_outside_the_table", "positions outside the table are read anyway (no range check)",
+           "    in_table = (position >= 0) & (position < max_position)", "    in_table = position == position", "test_positions_outside_the_table_give_nan_heads"),
+]
