@@ -75,21 +75,29 @@ def cmd_status(args) -> int:
 
 
 def cmd_grade(args) -> int:
-    from mili.grading import grade, grade_submissions
+    from mili.grading import grade, grade_submission, grade_submissions
 
     if args.timeout < 0:
         raise UsageError("--timeout must be >= 0 seconds (0: no limit)")
+    if args.submission and args.submissions:
+        raise UsageError("give --submission DIR (one student) or --submissions DIR (a folder per student)")
     if args.submissions:
         if not (args.csv or args.report):
             raise UsageError("--submissions needs --csv FILE and/or --report FILE for the scores")
+        if args.format != "mili":
+            raise UsageError("--format gradescope grades one student: use --submission DIR")
         grade_submissions(args.submissions, selector=args.target, csv_path=args.csv, report=args.report,
                           timeout=args.timeout, extra_tests=args.extra_tests)
         return 0
     if args.csv:
         raise UsageError("--csv goes with --submissions DIR (one row per student)")
     report = args.report or ("results.json" if args.format == "gradescope" else None)
-    summary = grade(args.target, report=report, timeout=args.timeout, verbose=args.verbose,
-                    extra_tests=args.extra_tests, report_format=args.format)
+    options = {"report": report, "timeout": args.timeout, "verbose": args.verbose, "extra_tests": args.extra_tests,
+               "report_format": args.format, "quiet": False}
+    if args.submission:
+        summary = grade_submission(args.submission, selector=args.target, **options)
+    else:
+        summary = grade(args.target, **options)
     return 0 if summary["score"] == summary["max_score"] else 1
 
 
@@ -229,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds each test may run before it fails as a hang (default 60; 0: no limit)")
     p.add_argument("--verbose", "-v", action="store_true", help="show every failing test, not the first three")
     p.add_argument("--extra-tests", metavar="DIR", help="also run the graders in DIR (an instructor's hidden tests)")
+    p.add_argument("--submission", metavar="DIR", help="grade one student's copy (only its exercise files count)")
     p.add_argument("--submissions", metavar="DIR", help="grade every student's copy in DIR (one folder each)")
     p.add_argument("--csv", metavar="FILE", help="with --submissions: one row of scores per student")
     p.set_defaults(func=cmd_grade)

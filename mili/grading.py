@@ -636,16 +636,46 @@ def exercise_files(exercises: dict[str, Exercise]) -> list[Path]:
     return sorted({Path(*t.module.split(".")).with_suffix(".py") for ex in exercises.values() for t in ex.targets})
 
 
+def grade_submission(student: str | Path, *, selector: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                     extra_tests: str | Path | None = None, report: str | None = None, report_format: str = "mili",
+                     quiet: bool = True, verbose: bool = False, base: Path | None = None) -> dict:
+    """Grade one student's copy (a folder holding their `mili/`, at most two levels down) with
+    this course's graders.
+
+    The student is graded in a fresh copy of this course without its reference solutions (`base`,
+    made here unless given), into which only the student's exercise files are copied: their
+    graders, tests and the rest of `mili/` are not used. Returns the summary of `grade`.
+    """
+    from mili.release import copy_course
+
+    student = Path(student)
+    if not student.is_dir():
+        raise FileNotFoundError(f"{student}: no such folder")
+    exercises = select(discover(strict=False), selector)
+    with tempfile.TemporaryDirectory(prefix="mili-submission-") as tmp:
+        base = base or copy_course(repo_root(), Path(tmp) / "base", for_grading=True)
+        workspace = Path(tmp) / "work"
+        shutil.copytree(base, workspace, symlinks=True)
+        course = find_course(student)
+        if course is None:
+            return _empty_summary(exercises, selector, "no mili/ folder in this submission")
+        for rel in exercise_files(discover(strict=False)):
+            if (course / rel).is_file():
+                shutil.copyfile(course / rel, workspace / rel)
+        try:
+            return grade(selector, root=workspace, quiet=quiet, timeout=timeout, extra_tests=extra_tests,
+                         report=report, report_format=report_format, verbose=verbose)
+        except RuntimeError as err:
+            return _empty_summary(exercises, selector, one_line_error(err))
+
+
 def grade_submissions(submissions: str | Path, *, selector: str | None = None, csv_path: str | None = None,
                       report: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                       extra_tests: str | Path | None = None, quiet: bool = False) -> dict:
-    """Grade every student's copy in `submissions` (one folder each) with this course's graders.
-
-    Each student is graded in a fresh copy of this course without its reference solutions, into
-    which only the student's exercise files are copied (their graders, tests and plumbing are
-    not used), in its own processes, under the per-test timeout. Writes a CSV (one row per
-    student, one column per exercise) and/or a JSON report; returns {student: summary}.
-    """
+    """Grade every student's copy in `submissions` (one folder each), each as `grade_submission`
+    does, one after the other, in processes of its own and under the per-test timeout. Writes a
+    CSV (one row per student, one column per exercise) and/or a JSON report; returns
+    {student: summary}."""
     from mili.release import copy_course
 
     submissions = Path(submissions)
@@ -655,33 +685,16 @@ def grade_submissions(submissions: str | Path, *, selector: str | None = None, c
     if not students:
         raise FileNotFoundError(f"{submissions} holds no folders (one per student expected)")
     exercises = select(discover(strict=False), selector)
-    files = exercise_files(discover(strict=False))
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="mili-batch-") as tmp:
         base = copy_course(repo_root(), Path(tmp) / "base", for_grading=True)
         for student in students:
-            workspace = Path(tmp) / "work"
-            shutil.copytree(base, workspace, symlinks=True)
-            course = find_course(student)
-            copied = []
-            if course is not None:
-                for rel in files:
-                    if (course / rel).is_file():
-                        shutil.copyfile(course / rel, workspace / rel)
-                        copied.append(str(rel))
-            if not quiet:
-                print(f"== {student.name}: {len(copied)} exercise files", flush=True)
-            if course is None:
-                summary = _empty_summary(exercises, selector, "no mili/ folder in this submission")
-            else:
-                try:
-                    summary = grade(selector, root=workspace, quiet=True, timeout=timeout, extra_tests=extra_tests)
-                except RuntimeError as err:
-                    summary = _empty_summary(exercises, selector, one_line_error(err))
+            summary = grade_submission(student, selector=selector, timeout=timeout, extra_tests=extra_tests,
+                                       base=base)
             results[student.name] = summary
             if not quiet:
-                print(f"   {summary['score']:.2f} / {summary['max_score']}", flush=True)
-            shutil.rmtree(workspace)
+                print(f"{student.name}: {summary['score']:.2f} / {summary['max_score']}"
+                      + (f" ({summary['problem']})" if summary.get("problem") else ""), flush=True)
     if csv_path:
         write_csv(results, exercises, csv_path)
     if report:
