@@ -179,8 +179,9 @@ A reference implementation sits at the mirrored path in `solutions/` (`mili/mode
 `solutions/model/norm.py`). Which one runs is decided **once, when the module is imported**, by the
 environment variable `MILI_IMPL`:
 
-- `auto` (the default): your code where you have replaced the stub, the reference elsewhere — so the
-  engine runs at every point of the course, with any mix of your parts and reference parts;
+- `auto` (the default): your code for every exercise whose parts you have all written (every method
+  of a class, every function), the reference elsewhere — so the engine runs at every point of the
+  course, with any mix of your exercises and reference ones;
 - `student`: only your code (stubs raise) — this is what grading uses;
 - `reference`: only the references — CI, benchmarks and the default engine run.
 
