@@ -19,7 +19,7 @@ import re
 import shutil
 from pathlib import Path
 
-from mili.exercise import CHAPTERS, discover, repo_root
+from mili.exercise import CHAPTERS, discover, reference_file, repo_root
 
 TOP_LEVEL = ("LICENSE", "environment.yml", "chapters", "mili", "tests", "data", "docs", "examples",
              "deployment", "benchmarks")
@@ -158,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="write only these chapters' reference solutions (solutions/...) into OUT")
     args = parser.parse_args(argv)
     root = repo_root()
-    if not (root / "solutions").is_dir():
-        raise ReleaseError("this copy has no solutions/: run mili release from the instructor's copy of the course")
+    missing = sorted({ex.id for ex in discover().values() for t in ex.targets if reference_file(t.module) is None})
+    if missing:
+        raise ReleaseError(f"this copy lacks the references of {', '.join(missing)}: run mili release from the "
+                           "instructor's copy of the course")
     out = Path(args.out)
     if args.solutions_only:
         if args.with_solutions:
