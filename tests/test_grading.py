@@ -144,3 +144,17 @@ def test_batch_grading_isolates_students_times_out_loops_and_adds_hidden_tests(t
     rows = csv_path.read_text().splitlines()
     assert rows[0] == "student,score,max_score,5.4,problems"
     assert rows[1].startswith("alice,1.0000,1,1.0000,") and rows[2].startswith("bob,0.0000,1,0.0000,5.4: timeout")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["grade", "--csv", "x.csv"], "--csv goes with --submissions"),
+    (["grade", "--submissions", "x"], "needs --csv FILE and/or --report FILE"),
+    (["grade", "--submission", "a", "--submissions", "b"], "give --submission DIR"),
+    (["grade", "--timeout", "-1"], "--timeout must be >= 0"),
+])
+def test_bad_grade_arguments_get_one_line(args, message, capsys):
+    from mili.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
