@@ -107,9 +107,15 @@ def _student_pyproject(text: str) -> str:
     return re.sub(r'^testpaths = .*$', 'testpaths = ["tests/graders"]', text, count=1, flags=re.MULTILINE)
 
 
-def _section(readme: str, title: str) -> str:
+def _section(readme: str, title: str, stop: str | None = None) -> str:
+    """The README's section `title` (up to the next section, or to the line starting with `stop`)."""
     match = re.search(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", readme, flags=re.MULTILINE | re.DOTALL)
-    return match.group(0).rstrip() + "\n\n" if match else ""
+    if not match:
+        return ""
+    text = match.group(0)
+    if stop and f"\n{stop}" in text:
+        text = text[: text.index(f"\n{stop}")]
+    return text.rstrip() + "\n\n"
 
 
 def student_readme(root: Path, with_solutions: list[str]) -> str:
@@ -122,7 +128,19 @@ def student_readme(root: Path, with_solutions: list[str]) -> str:
 
 This is the student copy of the course. {shipped}
 
-{_section(readme, "Quick start")}## How your work is graded
+## Quick start
+
+On a machine with Python >= 3.10, in this folder:
+
+```bash
+pip install -e ".[dev,server]" && mili doctor
+```
+
+That installs the package with everything the chapters and the graders need, and checks the
+machine. On a CPU-only machine install the CPU build of PyTorch first, it is a tenth of the
+download: `pip install torch --index-url https://download.pytorch.org/whl/cpu`.
+
+## How your work is graded
 
 Each exercise is a stub in `mili/` (`raise NotImplementedError("Exercise 2.1 ...")`) whose docstring
 holds the whole contract; the chapter notebook explains it. Fill in the stub, then:
@@ -139,14 +157,14 @@ is reported against the exercise that crashed. Your instructor grades the same w
 same graders and possibly more. Change only the files in `mili/` that hold exercises (private
 helpers beside your code are fine); keep the signatures.
 
-**What runs before you have written it.** This copy has no reference solutions to fall back on
-(unless your instructor shipped some chapters'), so anything that needs an exercise you have not
-written stops with a one-line message naming it. `mili generate` and `mili serve` need chapters
-01, 03 and 05 (02 and 04 too with `--backend triton`); notebook cells that call an unwritten
-exercise raise `NotImplementedError` naming it. A half-written class keeps running its stub
-methods until you finish it; `mili status` shows where you are.
+**What runs before you have written it.** Without a reference to fall back on, anything that
+needs an exercise you have not written stops with a one-line message naming it. `mili generate`
+("What is 17 + 25?" answers 42 with the tiny model in `data/`) and `mili serve` need chapters 01,
+03 and 05 (02 and 04 too with `--backend triton`); notebook cells that call an unwritten exercise
+raise `NotImplementedError` naming it. A half-written class keeps running its stub methods until
+you finish it; `mili status` shows where you are.
 
-{_section(readme, "Work through the chapters")}{_section(readme, "Run a real Qwen3")}{_section(readme, "License")}"""
+{_section(readme, "Work through the chapters", stop="Each exercise is a stub")}{_section(readme, "Run a real Qwen3")}{_section(readme, "License")}"""
 
 
 def main(argv: list[str] | None = None) -> int:
