@@ -199,11 +199,6 @@ class Target:
     chosen: str  # "student" or "reference"
 
     @property
-    def implemented(self) -> bool:
-        """Every part written (for a class: every method)."""
-        return self.part.written == self.part.total
-
-    @property
     def reference_module(self) -> str:
         return reference_module_name(self.module)
 
@@ -416,7 +411,7 @@ def register_broken(module: str, source: str, error: str, references: dict[str, 
     return sorted(set(ids))
 
 
-DECORATOR = re.compile(r"""^(?P<indent>[ \t]*)@(?:[\w.]+\.)?exercise\(\s*["'](?P<id>\d+\.\d+)["']"""
+_DECORATOR = re.compile(r"""^(?P<indent>[ \t]*)@(?:[\w.]+\.)?exercise\(\s*["'](?P<id>\d+\.\d+)["']"""
                         r"""(?:\s*,\s*["'](?P<title>[^"']*)["'])?""")
 DEFINITION = re.compile(r"^(?P<indent>[ \t]*)(?:async\s+def|def|class)\s+(?P<name>\w+)")
 
@@ -436,16 +431,16 @@ def decorated_definitions(source: str) -> list[Marked]:
     lines = source.splitlines()
     found = []
     for i, line in enumerate(lines):
-        match = DECORATOR.match(line)
+        match = _DECORATOR.match(line)
         if not match:
             continue
         name = next((d for d in (DEFINITION.match(x) for x in lines[i + 1 :]) if d), None)
         if name is not None:
-            found.append(Marked(match["id"], match["title"], enclosing_class(lines, i) + name["name"], i))
+            found.append(Marked(match["id"], match["title"], _enclosing_class(lines, i) + name["name"], i))
     return found
 
 
-def enclosing_class(lines: list[str], index: int) -> str:
+def _enclosing_class(lines: list[str], index: int) -> str:
     """'Outer.Inner.' for the classes that line `index` sits in (by indentation), else ''."""
     indent = len(lines[index]) - len(lines[index].lstrip())
     names = []
