@@ -37,7 +37,7 @@ assert x.tolist() == [1.0] * 5, x
 def _version(module: str) -> str | None:
     try:
         return getattr(importlib.import_module(module), "__version__", "installed")
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure to import means: not usable here
         return None
 
 
@@ -46,7 +46,7 @@ def _probe(device: str, interpret: bool) -> str | None:
     env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0")
     try:
         proc = subprocess.run([sys.executable, "-c", INTERPRETER_PROBE.format(device=device)], env=env,
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300, check=False)
     except subprocess.TimeoutExpired:
         return "did not finish in 300 s"
     if proc.returncode == 0:
@@ -65,16 +65,16 @@ def checks() -> list[tuple[str, str, str]]:
 
     torch_version = _version("torch")
     if torch_version is None:
-        add(("FIX", "PyTorch", "not importable: pip install torch (CPU build: --index-url "
-                               "https://download.pytorch.org/whl/cpu)"))
+        add(("FIX", "PyTorch", ("not importable: pip install torch (CPU build: --index-url "
+                                "https://download.pytorch.org/whl/cpu)")))
         return results
     import torch
 
     add(("ok", f"PyTorch {torch_version}", ""))
     cuda = torch.cuda.is_available()
     if cuda:
-        add(("ok", f"GPU: {torch.cuda.get_device_name(0)}", f"compute capability "
-                                                          f"{'.'.join(map(str, torch.cuda.get_device_capability(0)))}"))
+        capability = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        add(("ok", f"GPU: {torch.cuda.get_device_name(0)}", f"compute capability {capability}"))
     else:
         add(("note", "no CUDA GPU", "everything runs on the CPU; Triton kernels through the interpreter (slowly)"))
 
@@ -99,8 +99,8 @@ def checks() -> list[tuple[str, str, str]]:
     if not model.is_file():
         add(("FIX", "the tiny model", f"{model} is missing: clone the whole repository (data/ included)"))
     elif model.stat().st_size < 1_000_000:
-        add(("FIX", "the tiny model", f"{model} is only {model.stat().st_size} bytes (a Git LFS pointer?): "
-                                      "run git lfs pull"))
+        size = model.stat().st_size
+        add(("FIX", "the tiny model", f"{model} is only {size} bytes (a Git LFS pointer?): run git lfs pull"))
     else:
         add(("ok", "the tiny model", str(model.relative_to(root))))
 
