@@ -57,3 +57,18 @@ def test_bench_runs_mili_and_hf_on_the_same_workload(tmp_path, one_torch_thread,
     assert 0 < report["mili"]["fraction_of_bandwidth_floor"] < 1
     assert "mili" in capsys.readouterr().out
     assert (tmp_path / "bars.png").stat().st_size > 5_000
+
+
+def test_on_a_cpu_the_default_workload_is_scaled_down_and_says_so(monkeypatch, capsys):
+    seen = {}
+
+    def fake_run(model, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(throughput, "run_benchmark", fake_run)
+    with pytest.raises(SystemExit):
+        throughput.main(["--device", "cpu", "--max-len", "64"])
+    assert (seen["num_seqs"], seen["min_len"], seen["max_len"]) == (32, 32, 64)
+    err = capsys.readouterr().err
+    assert "--num-seqs 32" in err and "--min-len 32" in err and "--max-len" not in err

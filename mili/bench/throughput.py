@@ -38,6 +38,8 @@ import torch
 from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, matmul_flops_per_s, sync
 
 TEMPERATURE = 0.6
+GPU_WORKLOAD = {"num_seqs": 256, "min_len": 100, "max_len": 1024}  # nano-vllm's
+CPU_WORKLOAD = {"num_seqs": 32, "min_len": 32, "max_len": 512}  # minutes, not hours, on a laptop
 
 
 def workload(num_seqs: int, min_len: int, max_len: int, vocab: int, seed: int = 0,
@@ -251,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="mili bench throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="a model folder or a preset (Qwen3-0.6B)")
-    parser.add_argument("--num-seqs", type=int, default=256)
-    parser.add_argument("--min-len", type=int, default=100, help="shortest prompt and output")
-    parser.add_argument("--max-len", type=int, default=1024, help="longest prompt and output")
+    parser.add_argument("--num-seqs", type=int, default=None, help="requests (default 256; 32 on a CPU)")
+    parser.add_argument("--min-len", type=int, default=None, help="shortest prompt and output (default 100; 32 on a CPU)")
+    parser.add_argument("--max-len", type=int, default=None, help="longest prompt and output (default 1024; 512 on a CPU)")
     parser.add_argument("--compare", choices=["hf"], help="also run Hugging Face generate on the same prompts")
     parser.add_argument("--hf-batch-size", type=int, default=None, help="HF batch size (default: all at once)")
     parser.add_argument("--max-num-seqs", type=int, default=256)
@@ -274,6 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    on_cpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+    defaults = CPU_WORKLOAD if on_cpu else GPU_WORKLOAD
+    unset = [name for name in defaults if getattr(args, name) is None]
+    for name in unset:
+        setattr(args, name, defaults[name])
+    if on_cpu and unset:
+        flags = ", ".join("--" + name.replace("_", "-") + f" {defaults[name]}" for name in unset)
+        print(f"on a CPU the workload is scaled down: {flags} (pass them to change it)", file=sys.stderr)
     report = run_benchmark(args.model, num_seqs=args.num_seqs, min_len=args.min_len, max_len=args.max_len,
                            compare_hf=args.compare == "hf", device=args.device, dtype=args.dtype,
                            hf_batch_size=args.hf_batch_size, max_num_seqs=args.max_num_seqs,
