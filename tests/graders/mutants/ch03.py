@@ -1,0 +1,33 @@
+"""Mutants of chapter 03's references: detokenizer, scheduler, engine step (3.1 and 3.5 have theirs in
+tests/test_grader_mutants_03.py)."""
+
+from tests.graders.mutants import mutant
+
+MUTANTS = [
+    # 3.2 incremental detokenizer
+    mutant("3.2", "releases_half_characters", "text is released while it still ends in half a character",
+           '(full.endswith("\\ufffd") and not final)', "False", "test_streams_whole_characters_only"),
+    mutant("3.2", "eos_adds_text", "an EOS id is decoded into the text instead of stopping it",
+           "        if token_id in self.stop_ids:\n            self.finished, self.stop_reason = True, token_id\n",
+           "        if token_id in self.stop_ids and False:\n            self.finished, self.stop_reason = True, token_id\n",
+           "test_eos_ids_stop_and_add_no_text"),
+    mutant("3.2", "holds_nothing_back", "no text is held back, so the start of a stop string is streamed",
+           "self._hold = max((len(s) for s in self.stop), default=1) - 1", "self._hold = 0",
+           "test_stop_strings_end_the_text_before_them"),
+    # 3.3 scheduler
+    mutant("3.3", "preempts_the_oldest", "preemption evicts the first-admitted sequence instead of the newest",
+           "victim = self.running[-1]", "victim = self.running[0]", "test_preemption_by_recompute_keeps_generated_tokens"),
+    mutant("3.3", "ignores_max_num_seqs", "admission does not stop at max_num_seqs",
+           " and len(self.running) < self.max_num_seqs", "", "test_max_num_seqs_caps_the_batch"),
+    mutant("3.3", "whole_prompt_over_budget", "a prompt is scheduled whole even when it exceeds the budget left",
+           "            num_tokens = min(seq.num_uncomputed_tokens, budget)\n            output.scheduled.append",
+           "            num_tokens = seq.num_uncomputed_tokens\n            output.scheduled.append",
+           "test_token_budget_and_chunked_prefill"),
+    # 3.4 engine step
+    mutant("3.4", "positions_from_zero", "every chunk's positions start at 0 instead of num_computed_tokens",
+           "positions += range(start, end)", "positions += range(end - start)", "test_mixed_step_builds_the_flat_batch"),
+    mutant("3.4", "samples_unfinished_chunks", "a prompt chunk that leaves tokens for later is sampled too",
+           "        if end == seq.num_tokens:\n", "        if True:\n", "test_mixed_step_builds_the_flat_batch"),
+    mutant("3.4", "ignores_the_context_limit", "a sequence that fills max_model_len is not finished",
+           " or seq.num_tokens >= max_model_len:", ":", "test_append_tokens_finishes_for_the_right_reason"),
+]
