@@ -18,7 +18,7 @@ ROOT = repo_root()
 
 # exercises whose mutants were written with them, in a test module of their own
 MUTANTS_ELSEWHERE = {"2.5": "tests/test_ladder_mutants.py", "2.6": "tests/test_ladder_mutants.py",
-                     "3.1": "tests/test_grader_mutants_03.py", "3.5": "tests/test_grader_mutants_03.py",
+                     "3.5": "tests/test_grader_mutants_03.py",
                      "6.4": "tests/test_parallel_mutants.py"}
 
 

@@ -1,9 +1,19 @@
-"""Mutants of chapter 03's references: detokenizer, scheduler, engine step (3.1 and 3.5 have theirs in
-tests/test_grader_mutants_03.py)."""
+"""Mutants of chapter 03's references: sampler, detokenizer, scheduler, engine step (3.5's, and more of
+3.1's, are in tests/test_grader_mutants_03.py)."""
 
 from tests.graders.mutants import mutant
 
 MUTANTS = [
+    # 3.1 sampler
+    mutant("3.1", "seeded_rows_use_the_global_rng", "a seeded row draws its noise from the global generator",
+           "noise[row].exponential_(generator=generator)", "noise[row].exponential_()",
+           "test_seeded_request_ignores_its_batch_mates"),
+    mutant("3.1", "no_temperature", "logits are not divided by the temperature before the softmax",
+           "    scaled = logits / params.temperature.clamp_min(GREEDY_EPS).unsqueeze(1)", "    scaled = logits",
+           "test_draws_follow_the_filtered_distribution[settings1]"),
+    mutant("3.1", "penalties_never_applied", "repetition, presence and frequency penalties are skipped",
+           "    if params.prompt_mask is not None:", "    if False:",
+           "test_sample_leaves_logits_untouched_and_uses_penalties"),
     # 3.2 incremental detokenizer
     mutant("3.2", "releases_half_characters", "text is released while it still ends in half a character",
            '(full.endswith("\\ufffd") and not final)', "False", "test_streams_whole_characters_only"),
