@@ -31,6 +31,7 @@ def test_triton_backend_takes_the_chapter_02_kernels():
     assert modules["rms_norm"].endswith("kernels.rmsnorm")
     assert modules["fused_add_rms_norm"].endswith("kernels.rmsnorm")
     assert modules["apply_rope"].endswith("kernels.rope")
+    assert modules["qk_norm_rope"].endswith("kernels.qk_norm_rope")
     assert modules["silu_and_mul"].endswith("kernels.activation")
 
 

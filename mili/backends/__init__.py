@@ -8,6 +8,8 @@ B sequences):
     fused_add_rms_norm(x, residual, weight, eps) -> (rms_norm(x + residual), x + residual)
     apply_rope(q [T, Hq, D], k [T, Hkv, D], positions [T], cos_sin_cache [P, D]) -> (q, k)
         (may rotate in place: callers use the returned tensors)
+    qk_norm_rope(q, k, q_weight [D], k_weight [D], eps, positions, cos_sin_cache) -> (q, k)
+        (apply_rope of the per-head rms_norm of q and k, in one pass; may work in place)
     silu_and_mul(x [T, 2I]) -> [T, I]
     store_kvcache(k [T, Hkv, D], v, k_cache [N, S, Hkv, D], v_cache, slot_mapping [T]) -> None
     flash_attn_varlen(q [Tq, Hq, D], k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
@@ -26,7 +28,7 @@ from typing import Callable
 
 import torch
 
-OP_NAMES = ("rms_norm", "fused_add_rms_norm", "apply_rope", "silu_and_mul", "store_kvcache",
+OP_NAMES = ("rms_norm", "fused_add_rms_norm", "apply_rope", "qk_norm_rope", "silu_and_mul", "store_kvcache",
             "flash_attn_varlen", "paged_decode_attention")
 
 
@@ -36,6 +38,7 @@ class Backend:
     rms_norm: Callable
     fused_add_rms_norm: Callable
     apply_rope: Callable
+    qk_norm_rope: Callable
     silu_and_mul: Callable
     store_kvcache: Callable
     flash_attn_varlen: Callable

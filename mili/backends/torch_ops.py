@@ -14,13 +14,18 @@ from mili.model.attention import gqa_causal_attention
 from mili.model.norm import rms_norm
 from mili.model.rope import apply_rope
 
-__all__ = ["rms_norm", "fused_add_rms_norm", "apply_rope", "silu_and_mul", "store_kvcache",
+__all__ = ["rms_norm", "fused_add_rms_norm", "apply_rope", "qk_norm_rope", "silu_and_mul", "store_kvcache",
            "flash_attn_varlen", "paged_decode_attention"]
 
 
 def fused_add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     residual_out = x + residual
     return rms_norm(residual_out, weight, eps), residual_out
+
+
+def qk_norm_rope(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, eps: float, positions: Tensor,
+                 cos_sin_cache: Tensor) -> tuple[Tensor, Tensor]:
+    return apply_rope(rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps), positions, cos_sin_cache)
 
 
 def silu_and_mul(x: Tensor) -> Tensor:

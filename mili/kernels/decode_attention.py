@@ -32,7 +32,8 @@ def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, context_
         keys/values of KV head h // (Hq // Hkv) (no causal mask: the query is the last position).
     Design: one program per (sequence, KV head, split of the context) computes all Hq // Hkv query
     heads of that KV head from one read of its K/V; a second pass combines the splits' partial
-    outputs through their log-sum-exp. Bad input raises: call check_decode_args first.
+    outputs through their log-sum-exp. The number of splits is fixed at launch; each program
+    divides its own sequence's context_len among them (so a CUDA graph serves every length). Bad input raises: call check_decode_args first.
     Memory: reads the KV of every context token once, 2·ΣL·Hkv·D elements; that is the floor.
     """
     raise NotImplementedError("Exercise 4.4: see chapters/04_attention.ipynb, section 7")

@@ -75,6 +75,8 @@ class Qwen3Attention(nn.Module):
         1. qkv = self.qkv_proj(hidden_states), split into q [T, Hq*D], k, v [T, Hkv*D]; view as heads.
         2. q/k norm: RMSNorm over head_dim of every q head (self.q_norm) and k head (self.k_norm).
         3. RoPE: self.ops.apply_rope(q, k, positions, self.rotary.cos_sin_cache) (use its return values).
+           Steps 2 and 3 in one launch (what the reference does, for speed): self.ops.qk_norm_rope(q, k,
+           self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, positions, self.rotary.cos_sin_cache).
         4. o = self.attend(q, k, v, attn_metadata, kv_cache) -> [T, Hq, D] (provided: writes the cache, runs attention).
         5. return self.o_proj(o flattened to [T, Hq*D]).
         """

@@ -9,8 +9,8 @@ from mili.kernels._triton import tl, triton
 from mili.kernels.attention_checks import check_decode_args
 
 LOG2E = 1.4426950408889634
-MIN_SPLIT_TOKENS = 256  # shorter splits cost more in partial results than they win in parallelism
 PROGRAMS_PER_SM = 4  # enough loads in flight to keep HBM busy
+MAX_SPLITS = 32  # past this, combining the partial results costs more than the parallelism wins
 DECODE_TILE = dict(BLOCK_N=64, num_warps=4, num_stages=2)  # per program: BLOCK_N tokens of K and V per step
 # num_stages=2 beat 3 on every decode shape swept on an H200 (benchmarks/attention-h200-tuning.json)
 
@@ -21,19 +21,23 @@ def _paged_decode_split_kernel(
     out_ptr, partial_out_ptr, partial_lse_ptr,
     stride_qb, stride_qh, stride_ob, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-    stride_bt, page_size, tokens_per_split, qk_scale,
+    stride_bt, page_size, qk_scale,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One program: one sequence, one KV head, one split of its context, all GROUP query heads.
 
-    Reads the split's K/V tiles once (shared by the group's heads); writes the normalised output
-    directly when there is one split, else a float32 partial output and its log-sum-exp (base 2).
+    The splits divide this sequence's own context (read here, not fixed at launch: a launch
+    recorded in a CUDA graph serves every context length), whole BLOCK_N tiles each; splits past
+    the context are empty. Reads the split's K/V tiles once (shared by the group's heads); writes
+    the normalised output directly when there is one split, else a float32 partial output and its
+    log-sum-exp (base 2).
     """
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     context_len = tl.load(context_lens_ptr + seq)
+    tokens_per_split = tl.cdiv(tl.cdiv(context_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
     lo = split * tokens_per_split
     hi = tl.minimum(lo + tokens_per_split, context_len)
 
@@ -105,17 +109,16 @@ def _num_sms(device_index: int) -> int:
 
 
 def _decode_launch_config(q: Tensor, num_kv_heads: int, max_context: int) -> dict:
-    """Split the context so that B·Hkv·splits programs fill the GPU, each split >= MIN_SPLIT_TOKENS."""
-    if q.device.type != "cuda":  # the interpreter: tiny tiles and splits, so small tests cross both
-        tile, min_split, target = dict(BLOCK_N=16, num_warps=4, num_stages=1), 32, 1 << 30
+    """Split each context so that B·Hkv·splits programs fill the GPU (at most MAX_SPLITS splits)."""
+    if q.device.type != "cuda":  # the interpreter: tiny tiles and a few splits, so small tests cross both
+        tile, target = dict(BLOCK_N=16, num_warps=4, num_stages=1), 1 << 30
+        most = min(MAX_SPLITS, triton.cdiv(max_context, 32))
     else:
-        tile, min_split = DECODE_TILE, MIN_SPLIT_TOKENS
+        tile = DECODE_TILE
         target = PROGRAMS_PER_SM * _num_sms(q.device.index if q.device.index is not None else 0)
-    base = q.shape[0] * num_kv_heads
-    splits = max(1, min(triton.cdiv(target, base), triton.cdiv(max_context, min_split)))
-    tokens_per_split = triton.cdiv(triton.cdiv(max_context, splits), tile["BLOCK_N"]) * tile["BLOCK_N"]
-    splits = triton.cdiv(max_context, tokens_per_split)
-    return dict(num_splits=splits, tokens_per_split=tokens_per_split, **tile)
+        most = min(MAX_SPLITS, triton.cdiv(max_context, tile["BLOCK_N"]))
+    splits = max(1, min(triton.cdiv(target, q.shape[0] * num_kv_heads), most))
+    return dict(num_splits=splits, **tile)
 
 
 def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, context_lens: Tensor,
@@ -131,7 +134,8 @@ def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, context_
         keys/values of KV head h // (Hq // Hkv) (no causal mask: the query is the last position).
     Design: one program per (sequence, KV head, split of the context) computes all Hq // Hkv query
     heads of that KV head from one read of its K/V; a second pass combines the splits' partial
-    outputs through their log-sum-exp. Bad input raises: call check_decode_args first.
+    outputs through their log-sum-exp. The number of splits is fixed at launch; each program
+    divides its own sequence's context_len among them (so a CUDA graph serves every length). Bad input raises: call check_decode_args first.
     Memory: reads the KV of every context token once, 2·ΣL·Hkv·D elements; that is the floor.
     """
     check_decode_args(q, k_cache, v_cache, context_lens, block_tables)
@@ -153,7 +157,7 @@ def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, context_
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        block_tables.stride(0), page_size, config.pop("tokens_per_split"), scale * LOG2E,
+        block_tables.stride(0), page_size, scale * LOG2E,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         NUM_SPLITS=num_splits, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **config,
     )

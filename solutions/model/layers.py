@@ -20,15 +20,18 @@ class Qwen3Attention:
         1. qkv = self.qkv_proj(hidden_states), split into q [T, Hq*D], k, v [T, Hkv*D]; view as heads.
         2. q/k norm: RMSNorm over head_dim of every q head (self.q_norm) and k head (self.k_norm).
         3. RoPE: self.ops.apply_rope(q, k, positions, self.rotary.cos_sin_cache) (use its return values).
+           Steps 2 and 3 in one launch (what the reference does, for speed): self.ops.qk_norm_rope(q, k,
+           self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, positions, self.rotary.cos_sin_cache).
         4. o = self.attend(q, k, v, attn_metadata, kv_cache) -> [T, Hq, D] (provided: writes the cache, runs attention).
         5. return self.o_proj(o flattened to [T, Hq*D]).
         """
         tokens = hidden_states.shape[0]
         q, k, v = self.qkv_proj(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = self.q_norm(q.reshape(tokens * self.num_heads, self.head_dim)).view(tokens, self.num_heads, self.head_dim)
-        k = self.k_norm(k.reshape(tokens * self.num_kv_heads, self.head_dim)).view(tokens, self.num_kv_heads, self.head_dim)
-        v = v.reshape(tokens, self.num_kv_heads, self.head_dim)
-        q, k = self.ops.apply_rope(q, k, positions, self.rotary.cos_sin_cache)
+        q = q.view(tokens, self.num_heads, self.head_dim)
+        k = k.view(tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        q, k = self.ops.qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, positions,
+                                     self.rotary.cos_sin_cache)
         o = self.attend(q, k, v, attn_metadata, kv_cache)
         return self.o_proj(o.reshape(tokens, self.q_size))
 

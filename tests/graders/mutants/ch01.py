@@ -52,8 +52,10 @@ MUTANTS = [
            "        return self.down_proj(__import__('torch').sigmoid(gate) * up)", "test_mlp_matches_hugging_face[dtype0]"),
     # 1.5 decoder layer
     mutant("1.5", "no_k_norm", "q is normalised per head, k is not",
-           "k = self.k_norm(k.reshape(tokens * self.num_kv_heads, self.head_dim))",
-           "k = (k.reshape(tokens * self.num_kv_heads, self.head_dim))", "test_model_logits_match_hugging_face"),
+           "q, k = self.ops.qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, positions,\n"
+           "                                     self.rotary.cos_sin_cache)",
+           "q, k = self.ops.apply_rope(self.q_norm(q), k, positions, self.rotary.cos_sin_cache)",
+           "test_model_logits_match_hugging_face"),
     mutant("1.5", "first_residual_normalised", "the first layer's residual is the normalised embeddings",
            "            residual = hidden_states\n            hidden_states = self.input_layernorm(hidden_states)",
            "            hidden_states = self.input_layernorm(hidden_states)\n            residual = hidden_states", "test_model_logits_match_hugging_face"),

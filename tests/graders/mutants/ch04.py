@@ -40,6 +40,6 @@ MUTANTS = [
            "hi = tl.minimum(lo + tokens_per_split, context_len)", "hi = tl.minimum(lo + tokens_per_split, context_len - 1)",
            "test_mixed_context_lengths[2-2-dtype0]"),
     mutant("4.4", "natural_exp_with_exp2", "the scale is not converted to base 2 for exp2",
-           "block_tables.stride(0), page_size, config.pop(\"tokens_per_split\"), scale * LOG2E,",
-           "block_tables.stride(0), page_size, config.pop(\"tokens_per_split\"), scale,", "test_mixed_context_lengths[2-2-dtype0]"),
+           "block_tables.stride(0), page_size, scale * LOG2E,",
+           "block_tables.stride(0), page_size, scale,", "test_mixed_context_lengths[2-2-dtype0]"),
 ]

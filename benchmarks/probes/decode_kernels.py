@@ -1,0 +1,98 @@
+"""Which kernels a batch-1 decode step runs on the GPU, and how long each takes.
+
+Runs one request alone through the engine (random weights at a preset's shapes), profiles
+`--steps` decode steps with torch.profiler and prints, per kernel name, the launches per step,
+the mean duration and the time per step; then the step's GPU busy time against its span.
+
+    python benchmarks/probes/decode_kernels.py --model Qwen3-0.6B [--trace OUT.json] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from mili.engine.llm import LLM
+from mili.engine.sampling_params import RequestOutputKind, SamplingParams
+
+
+def decode_kernels(model: str, steps: int, prompt_len: int, trace: str | None) -> dict:
+    llm = LLM(model, max_num_seqs=8, enable_prefix_caching=False, max_model_len=prompt_len + 640)
+    engine = llm.engine
+    prompt = [random.Random(0).randrange(llm.model.config.vocab_size) for _ in range(prompt_len)]
+    params = SamplingParams(temperature=0.0, max_tokens=10 * steps, ignore_eos=True,
+                            output_kind=RequestOutputKind.DELTA)
+    engine.add_request("probe", {"prompt_token_ids": prompt}, params)
+    for _ in range(steps):  # prefill and warm decode steps
+        engine.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+    if trace:
+        prof.export_chrome_trace(trace)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    table = collections.defaultdict(list)
+    for e in kernels:
+        table[e.name].append(e.device_time)
+    rows = sorted(({"name": name[:110], "per_step": len(t) / steps, "mean_us": sum(t) / len(t),
+                    "us_per_step": sum(t) / steps} for name, t in table.items()),
+                  key=lambda r: -r["us_per_step"])
+    starts = sorted(e.time_range.start for e in kernels)
+    ends = sorted(e.time_range.end for e in kernels)
+    busy = sum(r["us_per_step"] for r in rows)
+    span = (ends[-1] - starts[0]) / steps
+    linears = {name: _time_linear(module.weight) for name, module in llm.model.model.layers[0].named_modules()
+               if isinstance(module, torch.nn.Linear)}
+    linears["lm_head"] = _time_linear(llm.model.lm_head.weight)
+    return {"device": torch.cuda.get_device_name(), "model": model, "steps": steps,
+            "kernels_per_step": len(kernels) / steps, "busy_us_per_step": busy, "span_us_per_step": span,
+            "kernels": rows, "linears_batch1": linears}
+
+
+def _time_linear(weight: torch.Tensor, repeats: int = 200) -> dict:
+    """A [1, K] x [K, N] product replayed from a CUDA graph: microseconds and GB/s of weight read."""
+    x = torch.randn(1, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    torch.nn.functional.linear(x, weight)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            torch.nn.functional.linear(x, weight)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    us = 1e3 * start.elapsed_time(end) / repeats
+    return {"shape": list(weight.shape), "us": us, "GB_per_s": weight.numel() * weight.element_size() / us / 1e3}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="Qwen3-0.6B")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--trace")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    report = decode_kernels(args.model, args.steps, args.prompt_len, args.trace)
+    print(f"{report['device']} · {report['model']} · {report['kernels_per_step']:.0f} kernels per step · "
+          f"busy {report['busy_us_per_step']:.0f} us, span {report['span_us_per_step']:.0f} us per step")
+    for r in report["kernels"][:40]:
+        print(f"{r['us_per_step']:9.1f} us/step {r['per_step']:6.1f}x {r['mean_us']:8.2f} us  {r['name']}")
+    for name, r in report["linears_batch1"].items():
+        print(f"linear {name:<22} {str(r['shape']):>16} {r['us']:8.2f} us {r['GB_per_s']:7.0f} GB/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
