@@ -4,6 +4,7 @@ The model calls ops only through a `Backend`, chosen once per device. Every back
 the same signatures (shapes as in docs/architecture.md, "The batch contract"; T tokens,
 B sequences):
 
+    linear(x [T, K], weight [N, K]) -> [T, N]   (x · weightᵀ, no bias)
     rms_norm(x [T, H], weight [H], eps) -> [T, H]
     fused_add_rms_norm(x, residual, weight, eps) -> (rms_norm(x + residual), x + residual)
     apply_rope(q [T, Hq, D], k [T, Hkv, D], positions [T], cos_sin_cache [P, D]) -> (q, k)
@@ -28,13 +29,14 @@ from typing import Callable
 
 import torch
 
-OP_NAMES = ("rms_norm", "fused_add_rms_norm", "apply_rope", "qk_norm_rope", "silu_and_mul", "store_kvcache",
+OP_NAMES = ("linear", "rms_norm", "fused_add_rms_norm", "apply_rope", "qk_norm_rope", "silu_and_mul", "store_kvcache",
             "flash_attn_varlen", "paged_decode_attention")
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
+    linear: Callable
     rms_norm: Callable
     fused_add_rms_norm: Callable
     apply_rope: Callable

@@ -14,8 +14,12 @@ from mili.model.attention import gqa_causal_attention
 from mili.model.norm import rms_norm
 from mili.model.rope import apply_rope
 
-__all__ = ["rms_norm", "fused_add_rms_norm", "apply_rope", "qk_norm_rope", "silu_and_mul", "store_kvcache",
+__all__ = ["linear", "rms_norm", "fused_add_rms_norm", "apply_rope", "qk_norm_rope", "silu_and_mul", "store_kvcache",
            "flash_attn_varlen", "paged_decode_attention"]
+
+
+def linear(x: Tensor, weight: Tensor) -> Tensor:
+    return F.linear(x, weight)
 
 
 def fused_add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:

@@ -24,6 +24,18 @@ from mili.model.rope import rope_cos_sin_cache
 from mili.model.shard import ModelShard
 
 
+class Linear(nn.Linear):
+    """A linear layer without bias whose product is the backend's `linear` op (on the triton
+    backend, a matrix-vector kernel when there is one row: a batch-1 decode step)."""
+
+    def __init__(self, in_features: int, out_features: int, ops: Backend):
+        super().__init__(in_features, out_features, bias=False)
+        self.ops = ops
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ops.linear(x, self.weight)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float, ops: Backend):
         super().__init__()
@@ -54,9 +66,9 @@ class Qwen3Attention(nn.Module):
         self.head_dim = config.head_dim
         self.q_size, self.kv_size = config.q_size, config.kv_size
         self.scaling = self.head_dim ** -0.5
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=False)
+        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, ops)
         if shard is None:
-            self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+            self.o_proj = Linear(self.q_size, config.hidden_size, ops)
         else:
             self.o_proj = RowParallelLinear(shard.config.q_size, config.hidden_size, group=shard.group,
                                             cols=shard.q_columns)
@@ -100,9 +112,9 @@ class Qwen3Attention(nn.Module):
 class Qwen3MLP(nn.Module):
     def __init__(self, config: Qwen3Config, ops: Backend, shard: ModelShard | None = None):
         super().__init__()
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, ops)
         if shard is None:
-            self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+            self.down_proj = Linear(config.intermediate_size, config.hidden_size, ops)
         else:
             self.down_proj = RowParallelLinear(shard.config.intermediate_size, config.hidden_size, group=shard.group,
                                                cols=shard.intermediate)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from mili.backends import Backend, get_backend
 from mili.config import Qwen3Config
-from mili.model.layers import Qwen3DecoderLayer, RMSNorm, RotaryEmbedding
+from mili.model.layers import Linear, Qwen3DecoderLayer, RMSNorm, RotaryEmbedding
 from mili.model.metadata import AttentionMetadata, KVCache
 from mili.model.parallel import ParallelLMHead, VocabParallelEmbedding
 from mili.model.shard import ModelShard
@@ -57,7 +57,7 @@ class Qwen3ForCausalLM(nn.Module):
         self.backend = backend if isinstance(backend, Backend) else get_backend(backend, device)
         self.model = Qwen3Model(self.config, self.backend, shard)
         if shard is None:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, self.backend)
         else:
             self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, group=shard.group)
         if config.tie_word_embeddings:
