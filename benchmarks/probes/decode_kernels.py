@@ -48,12 +48,29 @@ def decode_kernels(model: str, steps: int, prompt_len: int, trace: str | None) -
     ends = sorted(e.time_range.end for e in kernels)
     busy = sum(r["us_per_step"] for r in rows)
     span = (ends[-1] - starts[0]) / steps
+    host = cprofile_steps(engine, 5 * steps)
     linears = {name: _time_linear(module.weight) for name, module in llm.model.model.layers[0].named_modules()
                if isinstance(module, torch.nn.Linear)}
     linears["lm_head"] = _time_linear(llm.model.lm_head.weight)
     return {"device": torch.cuda.get_device_name(), "model": model, "steps": steps,
             "kernels_per_step": len(kernels) / steps, "busy_us_per_step": busy, "span_us_per_step": span,
-            "kernels": rows, "linears_batch1": linears}
+            "kernels": rows, "linears_batch1": linears, "host_profile": host}
+
+
+def cprofile_steps(engine, steps: int) -> str:
+    """The host's Python functions over `steps` decode steps, by their own time (cProfile)."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        engine.step()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
+    return text.getvalue()
 
 
 def _time_linear(weight: torch.Tensor, repeats: int = 200) -> dict:
@@ -87,6 +104,7 @@ def main() -> None:
           f"busy {report['busy_us_per_step']:.0f} us, span {report['span_us_per_step']:.0f} us per step")
     for r in report["kernels"][:40]:
         print(f"{r['us_per_step']:9.1f} us/step {r['per_step']:6.1f}x {r['mean_us']:8.2f} us  {r['name']}")
+    print(report["host_profile"])
     for name, r in report["linears_batch1"].items():
         print(f"linear {name:<22} {str(r['shape']):>16} {r['us']:8.2f} us {r['GB_per_s']:7.0f} GB/s")
     if args.json:
