@@ -4,7 +4,7 @@
     jupyter nbconvert --to notebook --execute --inplace chapters/06_deployment.ipynb
 """
 
-from nbbuild import code, md, write
+from nbbuild import code, md, think, write
 
 md(r"""
 # Chapter 06 — Deployment: from engine to service
@@ -27,8 +27,8 @@ in an OpenAI-compatible HTTP server (`mili serve`) that does all of that, and me
 
 Everything here runs on a CPU with the tiny model (`data/mili-tiny-qwen3`): the numbers are this
 machine's, not a GPU's. The server needs the `server` extra: `pip install -e ".[dev,server]"`.
-Questions marked **Think** are for you to answer before reading on; a short discussion is folded
-under each.
+Questions marked **Think** are for you to answer before reading on: write
+down your answer, then check it against what the next cells show; your instructor discusses them.
 """)
 
 code(r"""
@@ -92,17 +92,17 @@ md(r"""
 Every output is **cumulative**: it carries the whole text so far. A streaming response must
 send only what is new — that is exercise 6.1. Two requests started together share steps:
 
-> **Think.** Why not simply call `engine.step()` from the event loop, between two requests'
-> handlers? What would a client notice?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+Why not simply call `engine.step()` from the event loop, between two requests'
+handlers? What would a client notice?
+""", r"""
 A step runs the model: milliseconds to seconds of work that never yields. While it runs inside the
 event loop, no other coroutine can run: no request is parsed, no chunk is sent, `/health` does not
 answer, and a disconnect is not noticed. Every client would see its stream stall for the length of
 each step, and a load balancer might decide the server is dead. With one thread owning the engine,
 the loop only moves bytes and commands, and stays responsive whatever the model does.
-</details>
 """)
 
 code(r"""
@@ -145,17 +145,17 @@ is `stop` (EOS, a stop string or token), `length` (max_tokens or the context win
 (cancelled); with `stream_options.include_usage` every chunk has `"usage": null` and one last
 chunk with no choices carries the token counts.
 
-> **Think.** The engine's text grows by whole tokens, but a token may end in the middle of a
-> multi-byte UTF-8 character (an emoji is 4 bytes, often 2 or more tokens). What must the stream do
-> with such a half character?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+The engine's text grows by whole tokens, but a token may end in the middle of a
+multi-byte UTF-8 character (an emoji is 4 bytes, often 2 or more tokens). What must the stream do
+with such a half character?
+""", r"""
 Hold it back. The detokenizer of chapter 03 emits text only up to the last complete character, so
 a cumulative output never ends in a replacement character `�`; the stream sends the difference
 between two such outputs, and a client that concatenates the deltas gets exactly the final text.
 The grader feeds multi-byte characters for this reason.
-</details>
 """)
 
 md(r"""
@@ -198,18 +198,18 @@ Implement `observe_request` in `mili/server/metrics.py`: given when a request ar
 of its tokens came out and when it finished, observe each figure into its histogram. The
 engine thread calls it once per finished request.
 
-> **Think.** A request's tokens came out at 0.30 s, 0.35 s, 0.40 s and 1.40 s after it arrived (a long
-> prefill of another request joined the batch before the last one). What are its TTFT, its TPOT and
-> its inter-token latencies, and which of them shows the stall?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+A request's tokens came out at 0.30 s, 0.35 s, 0.40 s and 1.40 s after it arrived (a long
+prefill of another request joined the batch before the last one). What are its TTFT, its TPOT and
+its inter-token latencies, and which of them shows the stall?
+""", r"""
 TTFT = 0.30 s. The gaps after the first token are 0.05, 0.05 and 1.00 s: those are the three ITL
 observations, and the 1 s one lands in the histogram's tail. TPOT is their mean, (1.40 − 0.30) / 3
 ≈ 0.37 s: the stall is spread over the request and hidden in an average. That is why servers
 export ITL percentiles as well as TPOT, and why chunked prefill (chapter 03) exists: it caps how long
 one prefill can hold up everyone's next token.
-</details>
 """)
 
 code(r"""
@@ -378,18 +378,20 @@ several times the single-request figure). At low rates the engine is mostly idle
 arrivals. This machine has 2 cores shared with other work, so the low-rate points are noisy;
 against a GPU server, `mili bench serve` runs the same sweep.
 
-> **Think.** Predict, before reading the numbers: if the request rate exceeds what the server can
-> finish per second, what happens to TTFT as the run goes on, and what happens to TPOT?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+Predict, before reading the numbers: if the request rate exceeds what the server can
+finish per second, what happens to TTFT as the run goes on, and what happens to TPOT?
+""", r"""
 TTFT grows without bound: requests arrive faster than they leave, the waiting queue lengthens, and
 each new request waits behind all of it (only `--max-queue` and the 429s stop it). TPOT levels off:
 it is set by the step time of a full batch (`max_num_seqs` sequences), which cannot grow past
 that. Goodput — requests that meet a TTFT and TPOT target — therefore peaks at some rate and then
 falls, even though raw token throughput stays flat.
-</details>
+""")
 
+md(r"""
 The recorded benchmark (`benchmarks/serve-tiny-cpu-c32.json`, made by
 `mili bench serve --num-prompts 200 --max-concurrency 32 --input-len 64 --output-len 32`
 against `mili serve` with the tiny model on a 2-core CPU) for reference:
