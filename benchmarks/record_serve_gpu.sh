@@ -29,6 +29,7 @@ if compgen -G ".whl/serve/*.whl" > /dev/null && ! python3 -c "import fastapi, uv
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 MILI_IMPL=reference
+export MILI_CACHE_DIR=${MILI_CACHE_DIR:-/tmp/mili-cache}  # the Qwen3 tokenizer a preset uses is built there once
 python3 -c "import fastapi, uvicorn, httpx" || { echo "the server needs fastapi, uvicorn and httpx"; exit 1; }
 
 MODEL=${MODEL:-Qwen3-0.6B} DEVICE=${DEVICE:-auto} PORT=${PORT:-8765}
