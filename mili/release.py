@@ -3,7 +3,8 @@
 The copy holds the chapters, `mili/` with its stubs, the graders and what they import, the tiny
 model, the docs a student needs and a README that says how grading works. It holds no
 `solutions/`, no grader mutants (they are buggy copies of the references), none of the project's
-own tests (they need the references) and not the instructor guide.
+own tests (they need the references), not the instructor guide and not the answers to the
+chapters' "Think" questions (docs/instructor-answers.md; the notebooks hold only the questions).
 
 Without references, `MILI_IMPL=auto` has nothing to fall back to: an exercise runs once the
 student has written it, and anything that calls an unwritten one fails with a one-line message
@@ -23,7 +24,7 @@ from mili.exercise import CHAPTERS, discover, reference_file, repo_root
 
 TOP_LEVEL = ("LICENSE", "environment.yml", "chapters", "mili", "tests", "data", "docs", "examples",
              "deployment", "benchmarks")
-LEFT_OUT = ("chapters/_build", "tests/graders/mutants", "docs/instructor-guide.md")
+LEFT_OUT = ("chapters/_build", "tests/graders/mutants", "docs/instructor-guide.md", "docs/instructor-answers.md")
 GRADER_SUPPORT = ("tests/__init__.py", "tests/conftest.py", "tests/hf_oracle.py")
 JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".ipynb_checkpoints", "*.egg-info")
 

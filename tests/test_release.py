@@ -33,6 +33,7 @@ def test_the_release_holds_no_reference_code_and_no_instructor_material(release)
     assert not (release / "solutions").exists()
     assert not (release / "tests" / "graders" / "mutants").exists()
     assert not (release / "docs" / "instructor-guide.md").exists()
+    assert not (release / "docs" / "instructor-answers.md").exists()
     assert not (release / "chapters" / "_build").exists()
     own_tests = [p.name for p in (release / "tests").glob("test_*.py")]
     assert not own_tests, f"the project's own tests need the references: {own_tests}"
@@ -64,6 +65,36 @@ def test_in_the_release_graders_collect_grading_scores_zero_and_the_engine_names
     assert len(lines) == 1, answer.stderr
     for needed in ("1.1", "1.6", "3.4", "5.1", "5.3", "chapters/05_kv_cache.ipynb"):
         assert needed in lines[0], lines[0]
+
+
+def _readable_text(folder: Path) -> str:
+    """Every text a student can read in `folder`: files as they are, notebooks cell by cell (sources and outputs)."""
+    from tests.test_instructor_answers import normalize
+
+    parts = []
+    for path in folder.rglob("*"):
+        if path.suffix == ".ipynb":
+            for cell in json.loads(path.read_text())["cells"]:
+                parts.append("".join(cell["source"]))
+                for output in cell.get("outputs", []):
+                    parts.append(json.dumps(output, ensure_ascii=False))
+        elif path.is_file() and path.suffix in (".md", ".py", ".txt", ".json", ".yml", ".yaml", ".toml"):
+            parts.append(path.read_text(errors="replace"))
+    return normalize("\n".join(parts))
+
+
+def test_the_release_holds_the_questions_but_no_answer(release):
+    from tests.test_instructor_answers import key_sections, normalize, questions
+
+    shipped = _readable_text(release)
+    answers = [(chapter, normalize(answer)) for chapter, pairs in key_sections().items() for _, answer in pairs]
+    assert len(answers) >= 18
+    for chapter, answer in answers:
+        probe = answer[:80]  # the first 80 characters of every answer
+        assert probe not in shipped, f"chapter {chapter}'s answer is in the student release: {probe}"
+    for notebook in sorted((release / "chapters").glob("*.ipynb")):
+        text = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"])
+        assert len(questions(text)) >= 3, f"the release's {notebook.name} lost its questions"
 
 
 def test_chosen_chapters_ship_their_references_only(tmp_path):

@@ -267,9 +267,12 @@ def test_bench_serve_runs_against_the_server(server, tmp_path):
 
     out = tmp_path / "serve.json"
     code = main(["--url", server.url, "--num-prompts", "12", "--max-concurrency", "4", "--dataset", "shared-prefix",
-                 "--input-len", "40", "--prefix-len", "32", "--output-len", "4", "--json", str(out)])
+                 "--input-len", "40", "--prefix-len", "32", "--output-len", "4", "--json", str(out),
+                 "--goodput", "ttft:600000", "tpot:600000"])
     result = json.loads(out.read_text())
     assert code == 0 and result["summary"]["completed"] == 12 and result["summary"]["errors"] == 0
     assert result["summary"]["prefix_cache_hit_rate"] > 0.5
     assert result["summary"]["ttft_ms"]["p99"] >= result["summary"]["ttft_ms"]["median"] > 0
     assert result["environment"]["git_commit"]
+    assert len(result["summary"]["per_request"]) == 12
+    assert result["summary"]["goodput"]["requests_met"] == 12  # ten minutes: every request meets it

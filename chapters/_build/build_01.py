@@ -5,7 +5,7 @@
 """
 
 from architecture_figure import draw
-from nbbuild import CHAPTERS, code, write
+from nbbuild import CHAPTERS, code, think, write
 from nbbuild import md as _md
 
 
@@ -31,8 +31,8 @@ Before that we look at the whole system you will build over six chapters, and at
 6. Tokens, special tokens and the chat template (Qwen3's thinking mode)
 7. What you built
 
-Questions marked **Think** are for you to answer before reading on; a short discussion is folded
-under each.
+Questions marked **Think** are for you to answer before reading on: write
+down your answer, then check it against what the next cells show; your instructor discusses them.
 """)
 
 code(r"""
@@ -136,19 +136,16 @@ ax.set(xlim=(-5, 28), ylim=(4.8, -1), xticks=[], yticks=[],
 plt.show()
 """)
 
-md(r"""
-> **Think.** Sequence 1's new token at position 5: which keys does it attend to, and where does
-> attention find each of them? Why does the model write the step's K and V into the cache
-> *before* it runs attention?
-
-<details><summary>Discussion</summary>
-
+think(r"""
+Sequence 1's new token at position 5: which keys does it attend to, and where does
+attention find each of them? Why does the model write the step's K and V into the cache
+*before* it runs attention?
+""", r"""
 Causal attention lets it see positions 0–5. Positions 0–3 are the cached prefix, in block 0
 (slots 0–3); positions 4 and 5 are new this step, in block 5 (slots 20 and 21), reached through
 `block_tables[1] = [0, 5]`. Writing first means attention reads every key from one place, the
 paged cache, whether it was computed now or many steps ago: the kernel needs no special case for
 "this step's keys".
-</details>
 """)
 
 md(r"""
@@ -331,17 +328,19 @@ Three things to take away:
   three times the model. GQA is what keeps this affordable: with 16 KV heads instead of 8 it would
   double. Managing this memory is chapter 05.
 
-> **Think.** Qwen3-8B has 36 layers and 8 KV heads of 128. Predict its KV cache per token in bf16,
-> and how many 32k-token conversations fit beside its weights on one 80 GB H100.
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+Qwen3-8B has 36 layers and 8 KV heads of 128. Predict its KV cache per token in bf16,
+and how many 32k-token conversations fit beside its weights on one 80 GB H100.
+""", r"""
 2 (K and V) · 36 · 8 · 128 · 2 bytes = 147,456 bytes = 144 KiB per token, 4.8 GB per 32k-token
 conversation. The weights take 16.4 GB, so (80 − 16.4) / 4.8 ≈ 13 conversations at most — fewer
 once the engine keeps memory for activations and the sampler, which chapter 05 sizes. Long
 contexts, not parameters, decide how many users one GPU serves.
-</details>
+""")
 
+md(r"""
 ### 3.2 The roofline: how fast can a step possibly be?
 
 A GPU step takes at least as long as moving its bytes through memory **and** at least as long as
@@ -810,18 +809,20 @@ of all earlier tokens from the cache, instead of recomputing them. Without a cac
 tokens after a 20-token prompt would push 20 + 21 + … + 119 = 6,950 tokens through the model; with it,
 20 + 99 = 119.
 
-> **Think.** With the cache, decode pushes one token per step through the model instead of the
-> whole sequence. Is a decode step therefore about 100 times cheaper *in time* than a prefill of
-> 100 tokens? (Section 3.2 has what you need.)
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+With the cache, decode pushes one token per step through the model instead of the
+whole sequence. Is a decode step therefore about 100 times cheaper *in time* than a prefill of
+100 tokens? (Section 3.2 has what you need.)
+""", r"""
 No. The cache saves FLOPs, but every decode step still reads every weight once, and that read is
 what sets a small step's time: at batch 1 a decode step of Qwen3-0.6B costs about as much as a
 prefill of a few hundred tokens (section 3.2's crossover). That is why engines batch many
 sequences' decode steps together, and why a cache is not enough on its own.
-</details>
+""")
 
+md(r"""
 Here the cache is contiguous: one block as long as the whole sequence, so token i's K and V go to slot i.
 For a 4-token prompt and 3 new tokens t4, t5, t6:
 
@@ -1033,14 +1034,12 @@ history = question + [{"role": "assistant", "content": "<think>\n7 + 5 = 12, car
 print("\na second turn (the first answer's reasoning is gone):\n" + tokenizer.apply_chat_template(history))
 """)
 
-md(r"""
-> **Think.** (1) "What is 17 + 25?" is 10 tokens. Why do 17 and 25 take two tokens each, when
-> "Hello" takes one? (2) `enable_thinking=False` makes the prompt 4 tokens longer. How can a longer
-> prompt make the answer *cheaper*? (3) After writing `42`, which token must Qwen3 produce so that
-> generation stops?
-
-<details><summary>Discussion</summary>
-
+think(r"""
+(1) "What is 17 + 25?" is 10 tokens. Why do 17 and 25 take two tokens each, when
+"Hello" takes one? (2) `enable_thinking=False` makes the prompt 4 tokens longer. How can a longer
+prompt make the answer *cheaper*? (3) After writing `42`, which token must Qwen3 produce so that
+generation stops?
+""", r"""
 (1) Qwen's pre-tokenizer splits every digit into its own word (`\p{N}` in the regular
 expression), so numbers are always one token per digit: arithmetic sees each digit in the same
 place, whatever number it is part of. "Hello" is one frequent word, merged all the way.
@@ -1048,7 +1047,6 @@ place, whatever number it is part of. "Hello" is one frequent word, merged all t
 prefilled in one step; the reasoning they skip would have been generated one decode step per
 token, often hundreds of them. (3) `<|im_end|>` (id 151645), the end of the assistant's turn; the
 engine stops on it, or on `<|endoftext|>`, the other id in `eos_token_ids`.
-</details>
 """)
 
 # ================================================================ 7. what you built

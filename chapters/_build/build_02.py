@@ -4,7 +4,7 @@
     jupyter nbconvert --to notebook --execute --inplace chapters/02_kernels.ipynb
 """
 
-from nbbuild import code, md, write
+from nbbuild import code, md, think, write
 
 # ================================================================ title
 md(r"""
@@ -29,8 +29,8 @@ In this chapter you write each one as a single Triton kernel that touches memory
 
 Sections 9 and 10 are the two rungs between these memory-bound kernels and chapter 04's
 FlashAttention: a loop of `tl.dot` over tiles, and a softmax that never holds its whole row.
-Questions marked **Think** are for you to answer before you read on; each has a short
-discussion folded under it.
+Questions marked **Think** are for you to answer before reading on: write
+down your answer, then check it against what the next cells show; your instructor discusses them.
 
 Everything here runs on a laptop: without a GPU, Triton's *interpreter* executes the kernels on
 the CPU with NumPy (slowly, but with the same results), so you can write and grade every
@@ -90,18 +90,15 @@ eager_bytes = sum(eager_steps.values())
 print(f"{'eager total':<20} {eager_bytes:>3} bytes per element · one fused kernel: 4 · ratio {eager_bytes / 4:.0f}x")
 """)
 
-md(r"""
-> **Think.** If time were bytes over bandwidth, the fused kernel would be 9× faster than eager.
-> Before running the next cell: will the measured ratio on an H200 (4096 tokens of Qwen3-0.6B,
-> 8 MB in and out) be above or below 9, and why?
-
-<details><summary>Discussion</summary>
-
+think(r"""
+If time were bytes over bandwidth, the fused kernel would be 9× faster than eager.
+Before running the next cell: will the measured ratio on an H200 (4096 tokens of Qwen3-0.6B,
+8 MB in and out) be above or below 9, and why?
+""", r"""
 Slightly above (the cell prints it). Bytes are not the only cost: each of the six eager kernels
 also pays a fixed start-up cost of about 2 µs (section 8 measures it), which at 8 MB per tensor
 is not negligible against a few µs of traffic. The fused kernel pays it once. Fusion saves
 bytes *and* launches; the smaller the tensors, the more the second saving matters.
-</details>
 """)
 
 code(r"""
@@ -255,18 +252,15 @@ fig.tight_layout()
 plt.show()
 """)
 
-md(r"""
-> **Think.** Program 1's second row would read elements 32–39 of a 30-element buffer. Which part of
-> `row_sums_kernel` prevents it? And what would the kernel return if it stepped from row to row by
-> `width` (5) instead of `row_stride` (10)?
-
-<details><summary>Discussion</summary>
-
+think(r"""
+Program 1's second row would read elements 32–39 of a 30-element buffer. Which part of
+`row_sums_kernel` prevents it? And what would the kernel return if it stepped from row to row by
+`width` (5) instead of `row_stride` (10)?
+""", r"""
 The row term of the mask, `rows[:, None] < num_rows`: those lanes neither load nor store. Stepping
 by 5 would make row 1 start at element 7 (`wide[0, 7:10]` and `wide[1, 0:2]`) and row 2 at 12: the
 kernel would return sums of the wrong numbers, with no error at all. That is why every launcher
 in this chapter passes `stride(0)` to its kernel, and why the graders test strided views.
-</details>
 """)
 
 code(r"""
@@ -315,19 +309,19 @@ implementation is chosen when `mili` is imported.
 eps, bad inputs (which must raise `TypeError`/`ValueError` naming the argument) — against plain
 float32 PyTorch math.
 
-> **Think.** (1) Hidden size 1000 runs in a block of 1024 lanes. What goes wrong if masked lanes
-> load 1.0 instead of 0, or if you divide the sum of squares by `BLOCK_H`? (2) Predict how long
-> `fused_add_rms_norm` must take for Qwen3-8B (H = 4096) at 4096 tokens in bf16 on an H200
-> (4.2 TB/s); section 8's table has the measurement.
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+(1) Hidden size 1000 runs in a block of 1024 lanes. What goes wrong if masked lanes
+load 1.0 instead of 0, or if you divide the sum of squares by `BLOCK_H`? (2) Predict how long
+`fused_add_rms_norm` must take for Qwen3-8B (H = 4096) at 4096 tokens in bf16 on an H200
+(4.2 TB/s); section 8's table has the measurement.
+""", r"""
 (1) Both inflate or shrink the mean square: 24 phantom ones add 24 to the sum of squares;
 dividing by 1024 instead of 1000 makes the mean 2.3% too small and every output about 1.2% too
 large — inside bfloat16's tolerance, far outside float32's, which is why the grader checks
 float32 at H = 1000. (2) It reads x and residual and writes out and residual_out:
 4 · 4096 · 4096 · 2 bytes = 134 MB, so at least 32 µs; the fixed cost of about 2 µs comes on top.
-</details>
 """)
 
 code(r"""
@@ -395,19 +389,16 @@ ax.set(xlim=(-0.3, D + 4.5), ylim=(3.4, -0.8), xticks=[], yticks=[], xlabel="ele
 plt.show()
 """)
 
-md(r"""
-> **Think.** Each program handles one token and all its `Hq + Hkv` heads. Why not launch one
-> program per (token, head), which gives the GPU more, smaller programs?
-
-<details><summary>Discussion</summary>
-
+think(r"""
+Each program handles one token and all its `Hq + Hkv` heads. Why not launch one
+program per (token, head), which gives the GPU more, smaller programs?
+""", r"""
 Each token's cos/sin row (D float32 values, 512 bytes at D = 128) would then be loaded once per
 head instead of once per token: for Qwen3-0.6B's 16 + 8 heads that is 24 loads of 512 bytes
 against the 24 · 128 · 2 · 2 = 12 KB of q and k the token reads and writes in bf16, so up to
 twice the traffic (L2 may absorb some of it), and 24 times as many programs with a fixed cost
 each. Sharing is the reason for the grouping — the same reason chapter 04's decode kernel serves a
 whole GQA group from one read of K/V.
-</details>
 """)
 
 code(r"""
@@ -428,15 +419,15 @@ GPU sweeps memory in order; load gate at `row·stride + cols` and up `I` element
 96 in three dtypes, 1 row, strided rows, hand-computed values for negative and positive gates,
 and bad inputs (an odd last dimension must raise `ValueError`).
 
-> **Think.** Unfused, PyTorch runs `silu(gate)` and then `* up` as two kernels. How many elements
-> do they move together, against the fused kernel's `3·T·I`?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+Unfused, PyTorch runs `silu(gate)` and then `* up` as two kernels. How many elements
+do they move together, against the fused kernel's `3·T·I`?
+""", r"""
 `silu(gate)` reads T·I and writes T·I; the product reads T·I twice and writes T·I: 5·T·I in
 all, 1.67 times the fused kernel's bytes. That is a floor for the unfused pair, not a
 prediction: section 8 measures eager PyTorch well above it.
-</details>
 """)
 
 code(r"""
@@ -599,19 +590,21 @@ percent ahead there. Where it cannot fuse the whole operation — RoPE's gather 
 in-place update, and the norm-then-RoPE chain of exercise 2.4 — ours is clearly faster. **Eager
 PyTorch is several times slower**, up to the last figure above, for the reason section 1 counted.
 
-> **Think.** Explain the shape of the curves in the fraction-of-copy plot: why does every kernel
-> climb with the token count, and roughly how many bytes must a kernel move before it can reach
-> 80% of the copy bandwidth, given a fixed cost of about 2 µs?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+Explain the shape of the curves in the fraction-of-copy plot: why does every kernel
+climb with the token count, and roughly how many bytes must a kernel move before it can reach
+80% of the copy bandwidth, given a fixed cost of about 2 µs?
+""", r"""
 Time ≈ 2 µs + bytes / bandwidth, so the fraction of the copy bandwidth is
 (bytes / bandwidth) / (2 µs + bytes / bandwidth). It reaches 0.8 when the traffic takes four times
 the fixed cost, 8 µs: about 34 MB at 4.2 TB/s. Qwen3-0.6B's RMSNorm at 4096 tokens moves half of
 that, which is why it stalls near 70% with any implementation, copy included. On a real model the
 fixed cost is hidden by replaying the whole step as a CUDA graph and by fusing small ops.
-</details>
+""")
 
+md(r"""
 ### Measure your own kernels
 
 On a CUDA GPU the next cell times *your* kernels (whatever `MILI_IMPL` picked: yours where you
@@ -746,20 +739,17 @@ print(f"[40, 72] @ [72, 24] in float16: largest |entry| {exact.abs().max():.1f},
       f"max |tiled_matmul - exact| = {(c.double() - exact).abs().max():.1e} (float16 keeps 11 bits)")
 """)
 
-md(r"""
-> **Think.** Predict the arithmetic intensity of one K step of a 64×64 tile in bf16: how many flops
-> per byte loaded? An H200 needs about 184 (section 1's cell) to keep its matrix units busy. What
-> would you change to get there?
-
-<details><summary>Discussion</summary>
-
+think(r"""
+Predict the arithmetic intensity of one K step of a 64×64 tile in bf16: how many flops
+per byte loaded? An H200 needs about 184 (section 1's cell) to keep its matrix units busy. What
+would you change to get there?
+""", r"""
 A step loads `(BM + BN) · BK` elements (2 bytes each) and does `2 · BM · BN · BK` flops:
 BM·BN / (BM + BN) = 32 flops per byte for 64×64, 64 for 128×128. On its own a tile is
 memory-bound. Real matrix-product kernels use large tiles (128×256), stage the next K step into
 shared memory while the current one multiplies (`num_stages`), and launch neighbouring tiles
 together so that the rows of A and columns of B they share are read from L2, not from memory.
 FlashAttention gets its reuse the same way: each K/V tile serves `BLOCK_M` queries.
-</details>
 """)
 
 # ================================================================ 10. online softmax
@@ -840,20 +830,19 @@ print(f"max |online_softmax - torch.softmax| = {(out - torch.softmax(x, -1)).abs
       f"row sums {', '.join(f'{s:.6f}' for s in out.sum(-1).tolist())}")
 """)
 
-md(r"""
-> **Think.** (1) How many bytes does `online_softmax` move for a row of C float16 values, against
-> the three-pass version? (2) FlashAttention (chapter 04) needs no second walk at all. Why can it
-> skip it when a softmax kernel cannot?
-
-<details><summary>Discussion</summary>
-
+think(r"""
+(1) How many bytes does `online_softmax` move for a row of C float16 values, against
+the three-pass version? (2) FlashAttention (chapter 04) needs no second walk at all. Why can it
+skip it when a softmax kernel cannot?
+""", r"""
 (1) Two reads and one write, 6·C bytes, against 8·C for three passes; for a row that fits in
 registers, one read and one write (4·C) — the online form matters when rows are too long to hold.
 (2) Attention never needs the probabilities themselves, only $P V$. It keeps a running
 *output* $a = \sum_j e^{s_j - m} v_j$, rescales it by the same $e^{m - m_\text{new}}$ as the sum, and
 divides by $\ell$ once at the end. The scores and probabilities never leave registers.
-</details>
+""")
 
+md(r"""
 ## 11. What you built
 
 Four memory-bound kernels that run near the copy bandwidth of an H200 at prefill sizes, a `triton`

@@ -5,7 +5,7 @@
 """
 
 
-from nbbuild import code, md, write
+from nbbuild import code, md, think, write
 
 md(r"""
 # Chapter 04 — Attention
@@ -25,8 +25,8 @@ the four attention kernels of `mili` in Triton:
 The model calls them through the backend (`mili/backends`): `store_kvcache`, then `flash_attn_varlen`
 (which dispatches to 4.1 or 4.3) or `paged_decode_attention`. FlashAttention stands on the two
 rungs of chapter 02: the `tl.dot` loop over tiles of exercise 2.5 and the online softmax of
-exercise 2.6. Questions marked **Think** are for you to answer before reading on; a short
-discussion is folded under each.
+exercise 2.6. Questions marked **Think** are for you to answer before reading on: write
+down your answer, then check it against what the next cells show; your instructor discusses them.
 
 1. Scaled dot-product attention and why it is memory-bound
 2. Grouped-query attention
@@ -155,19 +155,16 @@ print("direct :", direct)
 print("max |difference|:", (online - direct).abs().max().item())
 """)
 
-md(r"""
-> **Think.** Exercise 2.6 walked each row twice: statistics, then output. The loop above walks it
-> once. What makes the second walk unnecessary, and what would go wrong if the accumulator were
-> not multiplied by $\alpha$?
-
-<details><summary>Discussion</summary>
-
+think(r"""
+Exercise 2.6 walked each row twice: statistics, then output. The loop above walks it
+once. What makes the second walk unnecessary, and what would go wrong if the accumulator were
+not multiplied by $\alpha$?
+""", r"""
 The output is $\sum_j p_j v_j / \ell$: a weighted sum, so it can be accumulated under the running
 maximum and corrected later, exactly like $\ell$. Without the $\alpha$ rescale, the values
 accumulated before a new maximum would keep weights measured against the old, smaller maximum:
 too large by $e^{m_\text{new} - m}$, so early keys would dominate the output whenever the
 maximum arrives late.
-</details>
 """)
 
 md(r"""
@@ -230,17 +227,14 @@ fig.tight_layout(rect=(0, 0.08, 1, 1))
 plt.show()
 """)
 
-md(r"""
-> **Think.** For one 4096-token prompt with `BLOCK_M = 128` and `BLOCK_N = 64`, what fraction of the
-> 32 × 64 tiles does the kernel compute, and how many of those need the mask?
-
-<details><summary>Discussion</summary>
-
+think(r"""
+For one 4096-token prompt with `BLOCK_M = 128` and `BLOCK_N = 64`, what fraction of the
+32 × 64 tiles does the kernel compute, and how many of those need the mask?
+""", r"""
 Query tile i (queries 128·i … 128·i + 127) sees key tiles 0 … 2i + 1: 2(i + 1) tiles, so
 2 · (1 + 2 + … + 32) = 1056 of 2048, 51.6%. Only the last two of each row straddle the
 diagonal: 64 masked tiles, 6% of the work. That is why the unmasked loop is worth its own code
 path, and why causal prefill costs about half the flops of a full attention.
-</details>
 """)
 
 md(r"""
@@ -386,18 +380,15 @@ fig.tight_layout()
 plt.show()
 """)
 
-md(r"""
-> **Think.** The grader also uses `block_size = 1`. What does the kernel load from `block_table` for
-> one key tile then, and what does it cost compared with `block_size = 16`?
-
-<details><summary>Discussion</summary>
-
+think(r"""
+The grader also uses `block_size = 1`. What does the kernel load from `block_table` for
+one key tile then, and what does it cost compared with `block_size = 16`?
+""", r"""
 Nothing special in the code: the tile computes `n // block_size` per key lane, so it loads
 `BLOCK_N` block ids, one per key, and gathers each key's row from wherever its block sits. Every
 key row is still `D` contiguous elements, so the loads of K and V stay efficient; the extra cost is
 `BLOCK_N` block-table reads per tile instead of one or two. Larger blocks waste more of each
 sequence's last block (chapter 05); 16 is the usual compromise.
-</details>
 """)
 
 code(r"""
@@ -480,19 +471,18 @@ combined = sum(w * o for w, (_, o) in zip(weights, parts)) / weights.sum()
 print("combined:", combined, " direct:", direct, " max |difference|:", (combined - direct).abs().max().item())
 """)
 
-md(r"""
-> **Think.** Predict the time of one decode attention call for 64 sequences of 4096 tokens with
-> Qwen3-8B's 8 KV heads of 128 (bf16) on an H200 at 4.2 TB/s. Section 8's record has the
-> measurement (batch 64, context 4096).
-
-<details><summary>Discussion</summary>
-
+think(r"""
+Predict the time of one decode attention call for 64 sequences of 4096 tokens with
+Qwen3-8B's 8 KV heads of 128 (bf16) on an H200 at 4.2 TB/s. Section 8's record has the
+measurement (batch 64, context 4096).
+""", r"""
 The kernel must read every K and V once: 2 · 64 · 4096 · 8 · 128 · 2 bytes = 1.07 GB, about
 253 µs at 4.24 TB/s. The queries and outputs are a rounding error. The record measures a little
 above that floor, which is the "fraction of copy" column: what is left is the ramp-up and tail of
 each program and the combine pass.
-</details>
+""")
 
+md(r"""
 **Exercise 4.4.** Write `paged_decode_attention` in `mili/kernels/decode_attention.py`: the split kernel,
 the combine kernel, and a launcher that picks the number of splits so that `B · Hkv · splits` programs fill the
 GPU (the reference aims at 4 programs per multiprocessor, at least 256 tokens per split; the context bound
@@ -567,20 +557,22 @@ What the H200 run says (commit and versions are in the JSON; timings are CUDA-gr
   40–55 µs (once 134 µs) against 18–24 µs replayed: launch overhead, which is why the engine
   replays CUDA graphs at decode.
 
-> **Think.** Explain two features of the decode plot: why does one sequence of 512 tokens reach
-> only a few percent of the copy bandwidth, and why does the gather + SDPA baseline flatten out
-> far below the roof however large the batch?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+Explain two features of the decode plot: why does one sequence of 512 tokens reach
+only a few percent of the copy bandwidth, and why does the gather + SDPA baseline flatten out
+far below the roof however large the batch?
+""", r"""
 One 512-token sequence of Qwen3-8B holds 2 MB of K/V: at 4.2 TB/s that is half a microsecond of
 traffic, against a fixed cost of several microseconds per call (two kernels, each with its ramp-up
 and tail). Small decode steps are latency-bound, not bandwidth-bound; only batching more sequences
 into one call (or several layers into one graph) amortises it. The baseline first copies every
 page into a contiguous tensor (read + write) and then reads that copy in SDPA: it moves about
 three times the bytes the paged kernel does, so it cannot get near the roof.
-</details>
+""")
 
+md(r"""
 ### Measure your own kernels
 
 On a CUDA GPU the next cell times *your* prefill and decode kernels (yours where you wrote them,

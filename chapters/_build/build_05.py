@@ -5,7 +5,7 @@
 """
 
 
-from nbbuild import code, md, write
+from nbbuild import code, md, think, write
 
 # ================================================================ title
 md(r"""
@@ -24,8 +24,8 @@ the throughput. In this chapter you write the bookkeeping of a paged KV cache, i
 6. Measure: what the bookkeeping costs per step
 7. What you built
 
-Questions marked **Think** are for you to answer before reading on; a short discussion is folded
-under each.
+Questions marked **Think** are for you to answer before reading on: write
+down your answer, then check it against what the next cells show; your instructor discusses them.
 
 The data structures never touch a tensor: the engine (chapter 03) turns their answers into the
 `block_tables` and `slot_mapping` of `AttentionMetadata`, and the attention kernels (chapter 04)
@@ -112,13 +112,11 @@ ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=5)
 plt.show()
 """)
 
-md(r"""
-> **Think.** (1) For Qwen3-8B, what limits the batch more: the KV pool or `max_num_seqs = 256`, if
-> every sequence holds 2048 tokens? And at 32k tokens? (2) Raising `gpu_memory_utilization` from 0.9
-> to 0.95 gives the pool how many more blocks of Qwen3-8B?
-
-<details><summary>Discussion</summary>
-
+think(r"""
+(1) For Qwen3-8B, what limits the batch more: the KV pool or `max_num_seqs = 256`, if
+every sequence holds 2048 tokens? And at 32k tokens? (2) Raising `gpu_memory_utilization` from 0.9
+to 0.95 gives the pool how many more blocks of Qwen3-8B?
+""", r"""
 (1) The cell prints how many 2048-token sequences fit: for 8B, 160, fewer than the 256 that
 `max_num_seqs` allows, so the pool binds first; at 32k tokens per sequence sixteen times fewer fit,
 10, and `max_num_seqs` no longer matters at all. (For 0.6B, with far smaller weights and blocks 7/9 the size, 288
@@ -126,7 +124,6 @@ sequences of 2048 tokens fit: there `max_num_seqs` binds first.) (2) 5% of 80 GB
 block of 16 tokens is 16 · 144 KiB = 2.25 MiB, so about 1,700 more blocks, 27k more tokens. The
 price is less room for anything else on the card (a second process, memory fragmentation in
 PyTorch's allocator).
-</details>
 """)
 
 md(r"""
@@ -154,19 +151,16 @@ print("holes (offset, size):", contiguous.holes(), "· free slots:", contiguous.
 print("a request for 40 slots gets:", contiguous.allocate(40), "(external fragmentation: 55 slots free, none usable)")
 """)
 
-md(r"""
-> **Think.** With paging, what is the most memory a sequence can waste, and how does that depend on
-> `block_size`? Why not use blocks of 1 token, then?
-
-<details><summary>Discussion</summary>
-
+think(r"""
+With paging, what is the most memory a sequence can waste, and how does that depend on
+`block_size`? Why not use blocks of 1 token, then?
+""", r"""
 At most `block_size − 1` slots, in its last, partly filled block — under 16 tokens with the usual
 size, against hundreds for a contiguous reservation. Blocks of 1 would waste nothing, but every
 table would hold one entry per token: more host work per step (this chapter's Python), larger
 block tables to send to the GPU, and attention kernels that look up a block id for every key
 instead of once per 16. Prefix sharing also works in whole blocks, so its granularity is the
 block size too.
-</details>
 """)
 
 # ================================================================ 2. allocator
@@ -295,19 +289,19 @@ In panel 3 the query shares only its first two blocks with the cached prompts, s
 the node after them and pins the upper part (red). Eviction (panel 4) then removes least recently
 used unpinned leaves only; the pinned prefix stays whatever the pressure.
 
-> **Think.** Why must `pin` lock every ancestor of the matched node, not only the node itself?
-> What would go wrong if a split gave the new upper node a lock count of 0 while a running sequence
-> still used it?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+Why must `pin` lock every ancestor of the matched node, not only the node itself?
+What would go wrong if a split gave the new upper node a lock count of 0 while a running sequence
+still used it?
+""", r"""
 A sequence uses its whole matched prefix, root to node. Eviction removes leaves, and a parent left
 childless becomes a leaf: if only the deepest node were locked, evicting its siblings could
 expose an unlocked ancestor, and eviction would free blocks the running sequence is still reading
 (its K/V then gets overwritten by the next allocation). A split creates a new node *above* the old
 one, on every path through it; it must inherit the lock count, or the same thing happens to the
 shared upper part.
-</details>
 """)
 
 code(r"""
@@ -350,17 +344,17 @@ far, so with a large enough cache almost all of it is a hit. When the cache is t
 cyclic access (FIFO does no better: in round-robin order the least recently used leaf is also the
 oldest) — and the token-limit policy caps what is kept regardless of free memory.
 
-> **Think.** Before running the next cell: with 600 blocks, will LRU's hit rate in turn 6 be closer
-> to the 4096-block run's or to 0? Then explain the plot.
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+Before running the next cell: with 600 blocks, will LRU's hit rate in turn 6 be closer
+to the 4096-block run's or to 0? Then explain the plot.
+""", r"""
 Close to 0 once the 16 conversations no longer fit: each round-robin pass needs every chat's
 history, and LRU always evicts the chat that was served longest ago — exactly the next one to
 come back. Every turn then recomputes its whole history. A policy that keeps *some* chats whole
 (and lets others miss) would do better on this pattern; SGLang's scheduler gets a similar effect
 by ordering waiting requests by their cached prefix length.
-</details>
 """)
 
 code(r"""
@@ -453,17 +447,17 @@ only the unused tail of each sequence's last block (under 4%), so about three ti
 requests run at once and the trace finishes in about a third of the steps. Its cost is
 preemption: a request may be evicted and recomputed when the blocks run out mid-generation.
 
-> **Think.** The contiguous schemes never preempt; paging does. When would you still prefer
-> reserving `prompt + max_tokens` up front?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+The contiguous schemes never preempt; paging does. When would you still prefer
+reserving `prompt + max_tokens` up front?
+""", r"""
 When preemption is expensive or unacceptable: a request whose recomputation would take long (a very
 long prompt), strict latency guarantees for a few requests, or outputs that almost always run to
 `max_tokens` (then the reservation is not wasted). Engines get the best of both by reserving
 lazily but admitting conservatively (vLLM checks that a few blocks stay free before admitting) and
 by preempting the newest request, which has the least work to redo.
-</details>
 """)
 
 # ================================================================ 6. measure

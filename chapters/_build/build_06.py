@@ -4,7 +4,7 @@
     jupyter nbconvert --to notebook --execute --inplace chapters/06_deployment.ipynb
 """
 
-from nbbuild import code, md, write
+from nbbuild import code, md, think, write
 
 md(r"""
 # Chapter 06 — Deployment: from engine to service
@@ -27,8 +27,8 @@ in an OpenAI-compatible HTTP server (`mili serve`) that does all of that, and me
 
 Everything here runs on a CPU with the tiny model (`data/mili-tiny-qwen3`): the numbers are this
 machine's, not a GPU's. The server needs the `server` extra: `pip install -e ".[dev,server]"`.
-Questions marked **Think** are for you to answer before reading on; a short discussion is folded
-under each.
+Questions marked **Think** are for you to answer before reading on: write
+down your answer, then check it against what the next cells show; your instructor discusses them.
 """)
 
 code(r"""
@@ -92,17 +92,17 @@ md(r"""
 Every output is **cumulative**: it carries the whole text so far. A streaming response must
 send only what is new — that is exercise 6.1. Two requests started together share steps:
 
-> **Think.** Why not simply call `engine.step()` from the event loop, between two requests'
-> handlers? What would a client notice?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+Why not simply call `engine.step()` from the event loop, between two requests'
+handlers? What would a client notice?
+""", r"""
 A step runs the model: milliseconds to seconds of work that never yields. While it runs inside the
 event loop, no other coroutine can run: no request is parsed, no chunk is sent, `/health` does not
 answer, and a disconnect is not noticed. Every client would see its stream stall for the length of
 each step, and a load balancer might decide the server is dead. With one thread owning the engine,
 the loop only moves bytes and commands, and stays responsive whatever the model does.
-</details>
 """)
 
 code(r"""
@@ -145,17 +145,17 @@ is `stop` (EOS, a stop string or token), `length` (max_tokens or the context win
 (cancelled); with `stream_options.include_usage` every chunk has `"usage": null` and one last
 chunk with no choices carries the token counts.
 
-> **Think.** The engine's text grows by whole tokens, but a token may end in the middle of a
-> multi-byte UTF-8 character (an emoji is 4 bytes, often 2 or more tokens). What must the stream do
-> with such a half character?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+The engine's text grows by whole tokens, but a token may end in the middle of a
+multi-byte UTF-8 character (an emoji is 4 bytes, often 2 or more tokens). What must the stream do
+with such a half character?
+""", r"""
 Hold it back. The detokenizer of chapter 03 emits text only up to the last complete character, so
 a cumulative output never ends in a replacement character `�`; the stream sends the difference
 between two such outputs, and a client that concatenates the deltas gets exactly the final text.
 The grader feeds multi-byte characters for this reason.
-</details>
 """)
 
 md(r"""
@@ -198,18 +198,18 @@ Implement `observe_request` in `mili/server/metrics.py`: given when a request ar
 of its tokens came out and when it finished, observe each figure into its histogram. The
 engine thread calls it once per finished request.
 
-> **Think.** A request's tokens came out at 0.30 s, 0.35 s, 0.40 s and 1.40 s after it arrived (a long
-> prefill of another request joined the batch before the last one). What are its TTFT, its TPOT and
-> its inter-token latencies, and which of them shows the stall?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+A request's tokens came out at 0.30 s, 0.35 s, 0.40 s and 1.40 s after it arrived (a long
+prefill of another request joined the batch before the last one). What are its TTFT, its TPOT and
+its inter-token latencies, and which of them shows the stall?
+""", r"""
 TTFT = 0.30 s. The gaps after the first token are 0.05, 0.05 and 1.00 s: those are the three ITL
 observations, and the 1 s one lands in the histogram's tail. TPOT is their mean, (1.40 − 0.30) / 3
 ≈ 0.37 s: the stall is spread over the request and hidden in an average. That is why servers
 export ITL percentiles as well as TPOT, and why chunked prefill (chapter 03) exists: it caps how long
 one prefill can hold up everyone's next token.
-</details>
 """)
 
 code(r"""
@@ -376,20 +376,22 @@ Read the right end first: with all 24 requests at once, each waits behind the ot
 (TTFT in the hundreds of milliseconds) and every decode step carries the whole batch (TPOT
 several times the single-request figure). At low rates the engine is mostly idle between
 arrivals. This machine has 2 cores shared with other work, so the low-rate points are noisy;
-against a GPU server, `mili bench serve` runs the same sweep.
+the same sweep on an H100 follows the recorded CPU benchmark below.
 
-> **Think.** Predict, before reading the numbers: if the request rate exceeds what the server can
-> finish per second, what happens to TTFT as the run goes on, and what happens to TPOT?
+""")
 
-<details><summary>Discussion</summary>
-
+think(r"""
+Predict, before reading the numbers: if the request rate exceeds what the server can
+finish per second, what happens to TTFT as the run goes on, and what happens to TPOT?
+""", r"""
 TTFT grows without bound: requests arrive faster than they leave, the waiting queue lengthens, and
 each new request waits behind all of it (only `--max-queue` and the 429s stop it). TPOT levels off:
 it is set by the step time of a full batch (`max_num_seqs` sequences), which cannot grow past
 that. Goodput — requests that meet a TTFT and TPOT target — therefore peaks at some rate and then
 falls, even though raw token throughput stays flat.
-</details>
+""")
 
+md(r"""
 The recorded benchmark (`benchmarks/serve-tiny-cpu-c32.json`, made by
 `mili bench serve --num-prompts 200 --max-concurrency 32 --input-len 64 --output-len 32`
 against `mili serve` with the tiny model on a 2-core CPU) for reference:
@@ -400,6 +402,121 @@ code(r"""
 recorded = json.loads((repo_root() / "benchmarks" / "serve-tiny-cpu-c32.json").read_text())
 print(recorded["environment"]["device"], "| commit", recorded["environment"]["git_commit"][:10])
 print_summary(recorded["summary"])
+""")
+
+md(r"""
+### The same sweep on an H100
+
+`benchmarks/record_serve_gpu.sh` runs this study on a GPU: `mili serve` with Qwen3-0.6B's shapes
+(random weights; every request asks for exactly its output length, so the weights do not matter)
+in bfloat16 with the Triton kernels and CUDA graphs, and `mili bench serve` against it. It first
+sends every request at once to find the server's capacity (requests per second at a full batch),
+then Poisson arrivals at fractions of that capacity, and reports for each run the percentiles of
+TTFT, TPOT and ITL and the **goodput**: requests per second that met a TTFT and a TPOT objective
+(`--goodput ttft:MS tpot:MS`, as in vLLM). Throughput counts every token; goodput counts only the
+requests a user would have been happy with. The next cell reads the records from `benchmarks/`
+(`serve-h100-*.json`); every number it shows comes from them.
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+gpu_runs = {}
+for path in sorted((repo_root() / "benchmarks").glob("serve-h100-*.json")):
+    record = json.loads(path.read_text())
+    if "summary" in record:
+        gpu_runs[path.stem.removeprefix("serve-h100-")] = record
+loads = sorted((name for name in gpu_runs if name.startswith("load")),
+               key=lambda name: gpu_runs[name]["setup"]["request_rate"])
+if not loads:
+    print("No H100 serving record in benchmarks/ yet (benchmarks/serve-h100-load*.json): "
+          "`bash benchmarks/record_serve_gpu.sh OUT` on an H100 writes it; copy OUT/serve-h100-* into benchmarks/.")
+else:
+    first = gpu_runs[loads[0]]
+    setup, slo = first["setup"], first["summary"].get("goodput", {}).get("slo_ms", {})
+    print(f"{first['environment']['device']}, model {first['summary']['model']}, {setup['input_len']}-token prompts, "
+          f"{setup['output_len']} output tokens, at most {setup['max_concurrency']} in flight; goodput objectives: "
+          + ", ".join(f"{k[:-3].upper()} <= {v:g} ms" for k, v in slo.items()))
+    header = (f"{'arrivals':>14} {'done':>5} {'out tok/s':>9} | {'TTFT p50':>8} {'p90':>7} {'p99':>7} | "
+              f"{'TPOT p50':>8} {'p90':>6} {'p99':>6} | {'ITL p50':>7} {'p99':>6} | {'goodput':>12}")
+    print(header + "\n" + "-" * len(header))
+    for name in loads:
+        s, rate = gpu_runs[name]["summary"], gpu_runs[name]["setup"]["request_rate"]
+        arrivals = "all at once" if rate == float("inf") else f"{rate:.3g} req/s"
+        g = s.get("goodput", {})
+        print(f"{arrivals:>14} {s['completed']:>5} {s['output_throughput']:>9,.0f} | "
+              f"{s['ttft_ms']['p50']:>8.1f} {s['ttft_ms']['p90']:>7.1f} {s['ttft_ms']['p99']:>7.1f} | "
+              f"{s['tpot_ms']['p50']:>8.2f} {s['tpot_ms']['p90']:>6.2f} {s['tpot_ms']['p99']:>6.2f} | "
+              f"{s['itl_ms']['p50']:>7.2f} {s['itl_ms']['p99']:>6.2f} | "
+              + (f"{g['request_goodput']:>5.2f} ({g['fraction_met']:>4.0%})" if g else f"{'-':>12}"))
+    print("(milliseconds; goodput in requests/s, with the share of requests that met every objective)")
+
+    def offered(name):  # arrival rate; "all at once" plotted at the measured throughput
+        rate = gpu_runs[name]["setup"]["request_rate"]
+        return gpu_runs[name]["summary"]["request_throughput"] if rate == float("inf") else rate
+
+    cpu_rates = [r for r in rates if r != float("inf")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for stat, style in (("median", "o-"), ("p99", "s--")):
+        axes[0].plot(cpu_rates, [sweep[r]["ttft_ms"][stat] for r in cpu_rates], style, color="C0", label=f"TTFT {stat}")
+        axes[0].plot(cpu_rates, [sweep[r]["tpot_ms"][stat] for r in cpu_rates], style, color="C1", label=f"TPOT {stat}")
+        axes[1].plot([offered(n) for n in loads], [gpu_runs[n]["summary"]["ttft_ms"][stat] for n in loads], style,
+                     color="C0", label=f"TTFT {stat}")
+        axes[1].plot([offered(n) for n in loads], [gpu_runs[n]["summary"]["tpot_ms"][stat] for n in loads], style,
+                     color="C1", label=f"TPOT {stat}")
+    axes[0].set_title("tiny model on this CPU (the sweep above)")
+    axes[1].set_title(f"{first['summary']['model']}, {first['environment']['device']}")
+    for ax in axes:
+        ax.set(xlabel="arrival rate (requests/s)", ylabel="milliseconds (log scale)", yscale="log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+""")
+
+md(r"""
+Read the H100 table the way you read the CPU sweep: at low rates TTFT is a prefill and TPOT a
+small batch's decode step; towards capacity the batch fills (TPOT grows with the step time) and
+requests start to queue (TTFT's tail grows first, its median later). In the plot, "all at
+once" is drawn at the rate the server sustained. Goodput falls before
+throughput does: the server still produces tokens, but fewer requests meet their objectives.
+Each request's latencies are kept in the JSON (`per_request`), so you can apply your own
+objectives to the same run.
+""")
+
+think(r"""
+The shared-prefix workload gives every request the same long prefix (a system prompt) and a
+short tail of its own. Predict, before the next cell: which of TTFT, TPOT and output throughput
+should the prefix cache improve most, and why might another barely move?
+""", r"""
+TTFT, most: with the prefix cached, a request's prefill computes only its own tail, so each
+request's prefill is several times shorter and the queue of prefills ahead of a new request
+drains that much faster. Output throughput rises as far as the run was bound by prefill work
+(all requests at once is). TPOT moves least: once decoding, every sequence still reads its whole
+context from the KV cache at every step, shared blocks included (sharing saves memory and
+prefill compute, not decode reads); what improves is only the share of steps that also carry a
+chunk of someone's prefill. Sharing also means the shared blocks are stored once, so more
+sequences fit in the pool, which matters once memory, not `max_num_seqs`, limits the batch.
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+pair = [gpu_runs.get(name) for name in ("shared-prefix", "shared-prefix-nocache")]
+if None in pair:
+    print("No H100 shared-prefix record in benchmarks/ yet (serve-h100-shared-prefix.json and "
+          "serve-h100-shared-prefix-nocache.json, from benchmarks/record_serve_gpu.sh).")
+else:
+    setup = pair[0]["setup"]
+    print(f"{pair[0]['environment']['device']}: {setup['num_prompts']} requests at once, {setup['input_len']}-token "
+          f"prompts of which the first {setup['prefix_len']} are shared, {setup['output_len']} output tokens each")
+    print(f"{'prefix cache':<13} {'hit rate':>8} {'out tok/s':>9} {'TTFT p50':>9} {'p99':>8} {'TPOT p50':>9} "
+          f"{'e2e p50':>8}")
+    for label, record in zip(("on", "off"), pair):
+        s = record["summary"]
+        print(f"{label:<13} {s['prefix_cache_hit_rate']:>8.0%} {s['output_throughput']:>9,.0f} "
+              f"{s['ttft_ms']['p50']:>9.1f} {s['ttft_ms']['p99']:>8.1f} {s['tpot_ms']['p50']:>9.2f} "
+              f"{s['e2el_ms']['p50']:>8.1f}")
+    on, off = (record["summary"] for record in pair)
+    print(f"the cache divides the median TTFT by {off['ttft_ms']['p50'] / on['ttft_ms']['p50']:.1f} and multiplies "
+          f"output throughput by {on['output_throughput'] / off['output_throughput']:.2f}")
 """)
 
 md(r"""

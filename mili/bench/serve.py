@@ -9,6 +9,10 @@ per second (inf: all at once), at most --max-concurrency at a time. Each is stre
 keeps raw timings only (sent, each chunk, end) and `summarize_requests` (exercise 6.3) turns
 them into throughput and TTFT / TPOT / ITL / end-to-end percentiles. The prefix-cache hit rate
 comes from the server's `/metrics`, read before and after.
+
+`--goodput ttft:MS tpot:MS` (vLLM's flag) also counts the requests that met every one of these
+service-level objectives: goodput is their number per second of the run. The JSON keeps each
+request's TTFT, TPOT and end-to-end latency (`per_request`), so other objectives can be applied later.
 """
 
 from __future__ import annotations
@@ -73,10 +77,52 @@ def metric_value(text: str, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+SLO_METRICS = ("ttft", "tpot", "e2el")
+
+
+def parse_goodput(items: list[str] | None) -> dict[str, float]:
+    """['ttft:250', 'tpot:25'] -> {'ttft_ms': 250.0, 'tpot_ms': 25.0}; bad items: ValueError."""
+    slo = {}
+    for item in items or []:
+        name, _, value = item.partition(":")
+        if name not in SLO_METRICS or not value:
+            raise ValueError(f"--goodput takes METRIC:MILLISECONDS with METRIC one of {', '.join(SLO_METRICS)}, "
+                             f"got {item!r}")
+        try:
+            slo[f"{name}_ms"] = float(value)
+        except ValueError:
+            raise ValueError(f"--goodput {item!r}: {value!r} is not a number of milliseconds") from None
+        if not slo[f"{name}_ms"] > 0:
+            raise ValueError(f"--goodput {item!r}: the objective must be > 0 ms")
+    return slo
+
+
+def request_latencies(records: list[RequestRecord]) -> list[dict]:
+    """Per successful request, in milliseconds: ttft, tpot (None with one output token or none), e2el
+    (the definitions of exercise 6.3)."""
+    rows = []
+    for r in records:
+        if r.error is not None:
+            continue
+        ttft = (r.token_times[0] - r.start) * 1e3 if r.token_times else None
+        tpot = ((r.end - r.token_times[0]) * 1e3 / (r.output_tokens - 1)
+                if r.token_times and r.output_tokens > 1 else None)
+        rows.append({"ttft_ms": ttft, "tpot_ms": tpot, "e2el_ms": (r.end - r.start) * 1e3})
+    return rows
+
+
+def goodput(latencies: list[dict], slo: dict[str, float], duration_s: float) -> dict:
+    """Requests per second that met every objective in `slo` (a figure a request lacks counts as met)."""
+    met = sum(all(row[name] is None or row[name] <= limit for name, limit in slo.items()) for row in latencies)
+    return {"slo_ms": dict(slo), "requests_met": met, "fraction_met": met / len(latencies) if latencies else 0.0,
+            "request_goodput": met / duration_s}
+
+
 async def run_load(url: str, prompts: list[list[int]], *, output_len: int, request_rate: float = float("inf"),
                    max_concurrency: int = 32, seed: int = 0, api_key: str | None = None,
-                   timeout_s: float = 600.0) -> dict:
-    """Send every prompt, return the summary (exercise 6.3) plus the server's prefix-cache hit rate."""
+                   timeout_s: float = 600.0, slo: dict[str, float] | None = None) -> dict:
+    """Send every prompt, return the summary (exercise 6.3) plus the server's prefix-cache hit rate,
+    each request's latencies and, with `slo` ({'ttft_ms': 250.0, ...}), the goodput."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=max_concurrency + 4, max_keepalive_connections=max_concurrency + 4)
     async with httpx.AsyncClient(headers=headers, timeout=timeout_s, limits=limits) as client:
@@ -104,6 +150,9 @@ async def run_load(url: str, prompts: list[list[int]], *, output_len: int, reque
     summary["prefix_cache_hit_rate"] = hits / queries if queries else 0.0
     summary["model"] = model
     summary["first_errors"] = [r.error for r in records if r.error][:5]
+    summary["per_request"] = request_latencies(records)
+    if slo:
+        summary["goodput"] = goodput(summary["per_request"], slo, duration)
     return summary
 
 
@@ -126,6 +175,11 @@ def print_summary(summary: dict, out=sys.stdout) -> None:
     for name in ("ttft", "tpot", "itl", "e2el"):
         s = summary[f"{name}_ms"]
         print(f"{name:<8} {s['mean']:>10.1f} {s['median']:>10.1f} {s['p99']:>10.1f}", file=out)
+    if "goodput" in summary:
+        g = summary["goodput"]
+        objectives = ", ".join(f"{k[:-3]} <= {v:g} ms" for k, v in g["slo_ms"].items())
+        print(f"goodput {g['request_goodput']:.2f} req/s ({g['requests_met']} of {summary['completed']} requests met "
+              f"{objectives})", file=out)
 
 
 def plot_summary(summary: dict, path: Path, title: str) -> None:
@@ -164,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None)
     p.add_argument("--json", type=Path, default=None, help="write the summary and the set-up to this file")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of the latency percentiles")
+    p.add_argument("--goodput", nargs="+", metavar="METRIC:MS", default=None,
+                   help="service-level objectives, e.g. --goodput ttft:250 tpot:25: also report the requests per "
+                        "second that met all of them")
     return p
 
 
@@ -174,12 +231,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.request_rate > 0:
         raise ValueError(f"--request-rate must be > 0, got {args.request_rate}")
+    slo = parse_goodput(args.goodput)
     prompts = make_prompts(args.dataset, args.num_prompts, args.input_len, args.vocab_size or 1000, args.seed,
                            args.prefix_len)
     try:
         summary = asyncio.run(run_load(args.url.rstrip("/"), prompts, output_len=args.output_len,
                                        request_rate=args.request_rate, max_concurrency=args.max_concurrency,
-                                       seed=args.seed, api_key=args.api_key))
+                                       seed=args.seed, api_key=args.api_key, slo=slo))
     except httpx.HTTPError as err:
         raise RuntimeError(f"cannot reach the server at {args.url}: {type(err).__name__}: {err}") from None
     print_summary(summary)
