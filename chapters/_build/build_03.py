@@ -5,7 +5,7 @@
 """
 
 
-from nbbuild import code, md, write
+from nbbuild import code, md, think, write
 
 md(r"""
 # Chapter 03 — Python integration: the engine
@@ -26,6 +26,9 @@ and this chapter builds one, in the shape of vLLM and nano-vllm:
 8. Measure: throughput against batch size
 9. Where does the time go? Host against device, step by step
 10. What you built
+
+Questions marked **Think** are for you to answer before reading on: write
+down your answer, then check it against what the next cells show; your instructor discusses them.
 
 Files: `mili/engine/` (`sampler.py`, `detokenizer.py`, `scheduler.py`, `model_runner.py`,
 `input_batch.py`, plus the plumbing `sequence.py`, `engine.py`, `llm.py`). The KV-cache bookkeeping (block manager, prefix
@@ -176,9 +179,18 @@ and do every filter on the sorted row as a mask, then scatter back; top-p keeps 
 ranked *above* it is below `top_p`. The grader checks the penalties and filters against their definitions
 written out in float64, the empirical distribution of 40,000 draws against the filtered softmax, and that
 a seeded row gives the same tokens alone and in a batch of six.
-
-*Question:* why must the generator of a seeded request draw exactly V numbers per step, whatever the
+""")
+think(r"""
+why must the generator of a seeded request draw exactly V numbers per step, whatever the
 other rows do?
+""", r"""
+A seeded request must give the same tokens alone and in any batch. Its generator is its own, so
+the numbers it draws depend only on how many it has drawn before: if every step draws exactly V
+(one exponential per vocabulary entry, the exponential race argmax p / E), step t always uses
+draws t·V … (t + 1)·V − 1 of its stream. Were the number of draws to depend on the batch (one
+`torch.rand` for the whole [B, V] tensor, or drawing only for rows that need it, or only for the
+tokens left after top-k in a batch-wide layout), the same request would see different numbers at
+the same step depending on who else runs, and its output would change with the load.
 """)
 code(r"""mili.grade("3.1");""")
 
@@ -217,9 +229,15 @@ begin it. When `STOP` completes, everything before it is released and the rest i
 with emoji, CJK and accents through a byte-level tokenizer written in the test (each id a byte string),
 split at random points, and checks that no delta holds U+FFFD, that the deltas join to the full text, that
 stop strings (and the text after them) never appear, and that EOS / stop token ids finish generation.
-
-*Question:* a stop string `"\n\n"` and a model that emits `"\n"` then `"\n"`: which call to `add_token`
+""")
+think(r"""
+a stop string `"\n\n"` and a model that emits `"\n"` then `"\n"`: which call to `add_token`
 sets `finished`, and what did the first call release?
+""", r"""
+The second call sets `finished` (with `stop_reason` `"\n\n"`). The first call released nothing
+(`""`): the detokenizer holds back the last `len("\n\n") − 1 = 1` characters, and a lone `"\n"`
+could be the start of the stop string. The second call completes it; the stop string and
+everything after it are dropped, so that call releases `""` too and the final text is empty.
 """)
 code(r"""mili.grade("3.2");""")
 
@@ -283,8 +301,16 @@ slots for a running sequence), `preempt` and `finish`. The grader runs scripted 
 brute-force block manager: requests joining and leaving, the token budget cutting prompts into chunks,
 `max_num_seqs`, no overtaking in the queue, prefix-cache hits, a preemption whose victim keeps its
 tokens, and 30 random workloads where every request must finish and no block may leak.
-
-*Question:* why does the scheduler stop admitting new requests in a step where it had to preempt?
+""")
+think(r"""
+why does the scheduler stop admitting new requests in a step where it had to preempt?
+""", r"""
+A preemption means the KV pool has just run out for sequences already running. Admitting a new
+request in the same step would hand it blocks (among them the victim's, just freed) that the
+running sequences need in the next steps: the next step would preempt again, and the engine would
+thrash, recomputing prompts instead of making progress. It would also break first come, first
+served: the victim waits at the front of the queue, and a newcomer admitted now would overtake it.
+Admission resumes in a step where everything running found room.
 """)
 code(r"""mili.grade("3.3");""")
 
@@ -379,10 +405,19 @@ raise without changing anything.
 """)
 code(r"""mili.grade("3.5");""")
 
-md(r"""
-*Question:* `remove` moves the *last* row into the hole instead of shifting every row after it
+think(r"""
+`remove` moves the *last* row into the hole instead of shifting every row after it
 down by one. What would shifting cost per departure at batch 256, and what does moving the last
 row break that shifting would keep? (Hint: does anything depend on the order of the rows?)
+""", r"""
+Shifting copies every row after the hole, in every row array (block table, number of blocks,
+sampling columns, and any per-row state kept on the device such as the penalties' output counts):
+up to 255 rows per departure, and every moved sequence's row index changes, so with several
+departures per step the host does O(batch²) copying in the step it is trying to keep short.
+Moving the last row copies one row and changes one index. What it gives up is the order: rows no
+longer follow admission order. Nothing depends on it: the runner builds each step in the
+scheduler's order and finds each sequence's row through `rows[seq_id]`, and `remove` returns
+`(last, hole)` so that state kept elsewhere (on the device) moves with the row.
 """)
 
 # ================================================================ 7
@@ -494,9 +529,18 @@ print(f"{eager['environment']['device']}: every kernel launched from Python {eag
       f"decode steps replayed as CUDA graphs {graphs['mili']['tokens_per_s']:,.0f} tok/s")
 """)
 
-md(r"""
-**Question.** Prefill steps are not recorded. Why would a graph per prefill shape be a poor trade,
+think(r"""
+Prefill steps are not recorded. Why would a graph per prefill shape be a poor trade,
 and why does a long prefill lose little by being launched from Python?
+""", r"""
+A graph replays fixed shapes with fixed buffers. A prefill step's shape is its token count (any
+number up to `max_num_batched_tokens`) and its sequences' lengths, so it would need a graph per
+size, or padding to a few sizes that wastes compute in proportion; and every graph keeps its own
+activation memory, large at prefill sizes, taken from the KV pool. In return it would save launch
+time that a long prefill barely pays: its kernels are large matrix products running for tens or
+hundreds of microseconds each, so the host queues the next launch long before the GPU finishes
+the current one, and the GPU never waits. Graphs pay off for decode, where each kernel runs for a
+few microseconds and the launches are the step.
 """)
 
 # ================================================================ 9
@@ -576,16 +620,48 @@ engine is held back by its kernels. At batch 1 the same engine
 is far from its floor: the device step is short, and every fixed cost (launching, copying inputs,
 sampling, reading back one token) is paid for one token.
 
-**Questions.**
-1. Predict, before measuring: which of these stay host-bound after the persistent batch and
-   overlap? (a) batch 1 with a 0.6B model; (b) batch 1 with an 8B model; (c) 256 sequences of
-   2,000-token contexts; (d) a prefill of 8,192 tokens launched eagerly. Check your answers against
-   `benchmarks/latency-h100-*.json` and the per-step profile.
-2. Overlap makes a request that stops at step t occupy a slot of step t+1 for nothing. For which
-   workloads is that waste large? Why does it cost nothing for requests that stop at `max_tokens`?
-3. With overlap, a sampled token can be *pending*: on the GPU, not yet in `seq.token_ids`. Which
-   parts of the engine may look at a sequence's tokens while one is pending, and which must wait?
-   (Look at `Sequence.num_tokens` and `RequestOutput.from_request`.)
+""")
+
+think(r"""
+Predict, before measuring: which of these stay host-bound after the persistent batch and
+overlap? (a) batch 1 with a 0.6B model; (b) batch 1 with an 8B model; (c) 256 sequences of
+2,000-token contexts; (d) a prefill of 8,192 tokens launched eagerly. Check your answers against
+`benchmarks/latency-h100-*.json` and the per-step profile.
+""", r"""
+(a) is the only candidate. Its device step is short (the weights read in a few tenths of a
+millisecond), so host time is of the same order; in the H100 record the replayed decode step
+keeps the host below the device (the profile's `decode_batch_1`: `host_bound` false), but the
+step is still several times its weight-read floor: latency-bound by fixed costs rather than by
+the host. (b) reads thirteen times the bytes per step for about the same host work: device-bound,
+close to its floor (`times_floor` in `latency-h100-qwen3-8b.json`). (c) reads the K/V of 512k
+tokens every step: the device dominates by far. (d) is a few large matrix products per layer;
+launching them eagerly costs microseconds against milliseconds of device work: device-bound.
+""")
+
+think(r"""
+Overlap makes a request that stops at step t occupy a slot of step t+1 for nothing. For which
+workloads is that waste large? Why does it cost nothing for requests that stop at `max_tokens`?
+""", r"""
+The waste is one decode row per request that stops on a sampled token (end of sequence, a stop
+token or a stop string): large when requests are short and stop by themselves (chat turns of a
+few tokens, classification-like answers, many requests finishing in the same step) and at small
+batches, where one wasted row is a large share of the step. A request that reaches `max_tokens`
+(or the context length) is known to be done before its last token is read: the length counts the
+pending token (`Sequence.num_tokens`), so the scheduler does not give it a step t+1.
+""")
+
+think(r"""
+With overlap, a sampled token can be *pending*: on the GPU, not yet in `seq.token_ids`. Which
+parts of the engine may look at a sequence's tokens while one is pending, and which must wait?
+(Look at `Sequence.num_tokens` and `RequestOutput.from_request`.)
+""", r"""
+Everything that needs only the *count* may go ahead: the scheduler (the sequence needs one more
+decode, its KV slot, whether it reaches `max_tokens`), the block manager's slot reservation, and
+the runner, which takes the pending token's id from the previous step's output on the device.
+Everything that needs the token's *value* must wait for the read-back: the detokenizer and the
+stop checks (end of sequence, stop strings), the penalties' counts on the host, the prefix cache
+(hashing full blocks), and the outputs handed to the client (`RequestOutput.from_request` builds
+them from `token_ids`, so a request is reported finished only once it has no pending token).
 """)
 
 # ================================================================ 10
