@@ -96,14 +96,15 @@ async def with_tool_calls(events: AsyncIterator[str]) -> AsyncIterator[str]:
         deltas = []
         for piece in pieces:
             if isinstance(piece, ToolCall):
-                deltas.append({"tool_calls": [{"index": calls.get(index, 0), **piece.as_openai()}]})
-                calls[index] = calls.get(index, 0) + 1
+                deltas.append({"tool_calls": [{"index": calls.setdefault(index, 0), **piece.as_openai()}]})
+                calls[index] += 1
             else:
                 deltas.append({"content": piece})
         if finish_reason is None and not deltas:
             continue  # all of it held back
         if calls.get(index):
             finish_reason = tool_calls_finish_reason(finish_reason)
-        for k, delta in enumerate(deltas or [{}]):
-            last = k == max(len(deltas), 1) - 1
-            yield sse({**chunk, "choices": [{**choice, "delta": delta, "finish_reason": finish_reason if last else None}]})
+        deltas = deltas or [{}]
+        for k, delta in enumerate(deltas, start=1):
+            reason = finish_reason if k == len(deltas) else None
+            yield sse({**chunk, "choices": [{**choice, "delta": delta, "finish_reason": reason}]})
