@@ -266,8 +266,8 @@ md(r"""
 **Bad input never reaches the engine.** Requests are parsed strictly (a string where a number
 belongs is a 400, not FastAPI's default 422), the prompt is tokenized and checked against the
 context window before it is queued (in a worker thread, so a huge prompt delays nobody), fields
-the server cannot honour (tools, structured output, `best_of`, ...) are refused rather than
-ignored, and every error has OpenAI's shape, so the client raises its usual exceptions
+the server cannot honour (structured output, `tool_choice: "required"`, `best_of`, ...) are
+refused rather than ignored, and every error has OpenAI's shape, so the client raises its usual exceptions
 (`docs/running-safely.md` lists every limit and status code):
 """)
 
