@@ -11,6 +11,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
 from mili import LLM, SamplingParams
+from mili.engine.sampling_params import RequestOutputKind
 from mili.server.async_engine import AsyncEngine
 from mili.server.errors import APIError
 from mili.server.metrics import ServerMetrics
@@ -115,3 +116,32 @@ def test_the_gauges_are_set_before_the_first_request(llm):
     AsyncEngine(llm.engine, metrics)
     text = metrics.render().decode()
     assert f'mili:kv_cache_blocks_total{{model_name="m"}} {float(llm.engine.stats()["kv_blocks"])}' in text
+
+
+def test_each_reader_gets_the_outputs_it_asked_for_and_the_metrics_count_every_token(llm):
+    from tests.server_helpers import metric
+
+    metrics = ServerMetrics("m")
+
+    async def collect(engine, kind):
+        params = SamplingParams(n=2, temperature=0, max_tokens=7, ignore_eos=True, output_kind=kind)
+        return [output async for output in engine.generate(kind.value, {"prompt_token_ids": [3, 4, 5, 6]}, params)]
+
+    async def scenario():
+        engine = AsyncEngine(llm.engine, metrics)
+        engine.start()
+        try:
+            return await asyncio.gather(*(collect(engine, kind) for kind in RequestOutputKind))
+        finally:
+            engine.shutdown()
+
+    by_kind = dict(zip(RequestOutputKind, asyncio.run(scenario())))
+    cumulative, delta, final_only = (by_kind[kind] for kind in (
+        RequestOutputKind.CUMULATIVE, RequestOutputKind.DELTA, RequestOutputKind.FINAL_ONLY))
+    assert len(final_only) == 1 and final_only[0].outputs == cumulative[-1].outputs
+    assert len(delta) == len(cumulative) > 1
+    for choice in cumulative[-1].outputs:
+        pieces = [c for output in delta for c in output.outputs if c.index == choice.index]
+        assert [t for c in pieces for t in c.token_ids] == choice.token_ids and len(choice.token_ids) == 7
+        assert "".join(c.text for c in pieces) == choice.text
+    assert metric(metrics.render().decode(), "mili:generation_tokens_total") == 3 * 2 * 7

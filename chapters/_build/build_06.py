@@ -89,8 +89,11 @@ async for output in engine.generate("demo-1", prompt, SamplingParams(temperature
 """)
 
 md(r"""
-Every output is **cumulative**: it carries the whole text so far. A streaming response must
-send only what is new — that is exercise 6.1. Two requests started together share steps:
+These outputs are **cumulative**: each carries the whole text so far, so the step that makes the
+thousandth token copies a thousand. A streaming server asks for **deltas** instead
+(`SamplingParams(output_kind=RequestOutputKind.DELTA)`): each output carries only the tokens and
+text that are new, and costs the same at every step. Turning deltas into OpenAI's chunks is
+exercise 6.1. Two requests started together share steps:
 
 """)
 
@@ -153,23 +156,28 @@ multi-byte UTF-8 character (an emoji is 4 bytes, often 2 or more tokens). What m
 with such a half character?
 """, r"""
 Hold it back. The detokenizer of chapter 03 emits text only up to the last complete character, so
-a cumulative output never ends in a replacement character `�`; the stream sends the difference
-between two such outputs, and a client that concatenates the deltas gets exactly the final text.
-The grader feeds multi-byte characters for this reason.
+no output ends in a replacement character `�`: a delta output may have a new token and no new
+text, and the half character comes with the next one. A client that concatenates the deltas
+gets exactly the final text. The grader feeds multi-byte characters for this reason.
 """)
 
 md(r"""
 ## 3. Exercise 6.1 — streaming chat completions
 
 Open `mili/server/streaming.py` and implement `chat_completion_stream`: an **async generator**
-that reads the request's cumulative `RequestOutput`s and yields the events above, one choice
-per chunk (a request with `n=2` has choices 0 and 1, which may finish at different steps).
-Use `protocol.sse(dict)` to format an event and `protocol.usage(output)` for the usage.
-Keep, per choice, how many characters you already sent, and whether it finished.
+that reads the request's delta `RequestOutput`s and yields the events above, one choice per
+chunk (a request with `n=2` has choices 0 and 1, which may finish at different steps; a choice
+that finished is still listed in later outputs, with no text and its finish reason). Use
+`protocol.sse(dict)` to format an event and `protocol.usage(output, completion_tokens)` for the
+usage. Keep, per choice, whether it started and whether it finished, and count the tokens.
 
-The grader feeds scripted outputs (text growing by random pieces, including multi-byte
-characters, several choices, steps where a choice has nothing new, a request aborted before
-its first token) and rebuilds the stream the way a client would.
+The grader feeds scripted outputs (text in random pieces, including multi-byte characters,
+several choices, steps where a choice has nothing new, a request aborted before its first
+token) and rebuilds the stream the way a client would.
+
+When a request offers `tools`, the server passes your chunks through `with_tool_calls`
+(`mili/server/tool_calls.py` parses Qwen3's `<tool_call>` blocks), which turns the calls in
+the content into `tool_calls` deltas.
 """)
 
 code(r"""
@@ -258,8 +266,8 @@ md(r"""
 **Bad input never reaches the engine.** Requests are parsed strictly (a string where a number
 belongs is a 400, not FastAPI's default 422), the prompt is tokenized and checked against the
 context window before it is queued (in a worker thread, so a huge prompt delays nobody), fields
-the server cannot honour (tools, structured output, `best_of`, ...) are refused rather than
-ignored, and every error has OpenAI's shape, so the client raises its usual exceptions
+the server cannot honour (structured output, `tool_choice: "required"`, `best_of`, ...) are
+refused rather than ignored, and every error has OpenAI's shape, so the client raises its usual exceptions
 (`docs/running-safely.md` lists every limit and status code):
 """)
 

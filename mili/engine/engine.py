@@ -183,7 +183,7 @@ class LLMEngine:
         request.error = error
         request.finish_time = time.monotonic()
         self.requests.pop(request.request_id, None)
-        return RequestOutput.from_request(request)
+        return RequestOutput.from_request(request, request.params.output_kind)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished() or bool(self.requests)  # a request may wait only for its last token

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -49,7 +50,7 @@ from mili.server.protocol import (
     now,
     sse,
 )
-from mili.server.streaming import chat_completion_stream, completion_stream
+from mili.server.streaming import chat_completion_stream, completion_stream, with_tool_calls
 
 log = logging.getLogger("mili.server")
 
@@ -219,6 +220,9 @@ def build_app(load_engine: Callable[[], tuple], config: ServerConfig) -> FastAPI
         except BaseException:
             state.release(body.n)
             raise
+        if body.calls_tools():
+            return await _serve(request, state, engine, prompt, params, body, "chatcmpl", _chat_stream_with_tool_calls,
+                                functools.partial(chat_completion_body, tool_calls=True))
         return await _serve(request, state, engine, prompt, params, body, "chatcmpl",
                             chat_completion_stream, chat_completion_body)
 
@@ -275,7 +279,7 @@ def _chat_prompt(state: ServerState, body: ChatCompletionRequest) -> dict:
     _check_length(state, sum(len(m["content"]) for m in messages), "messages")
     try:
         text = state.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
-                                                   **(body.chat_template_kwargs or {}))
+                                                   tools=body.template_tools(), **(body.chat_template_kwargs or {}))
     except Exception as err:  # noqa: BLE001 - a template that rejects the conversation is the client's input
         raise bad_request(f"the chat template rejected the messages: {err}", "messages") from None
     return {"prompt": text, "prompt_token_ids": _tokenize(state, text, "messages")}
@@ -291,6 +295,10 @@ def _completion_prompt(state: ServerState, engine: AsyncEngine, prompt: str | li
 
 
 # ---------------------------------------------------------------- serving one request
+
+def _chat_stream_with_tool_calls(outputs: AsyncIterator, **options) -> AsyncIterator[str]:
+    return with_tool_calls(chat_completion_stream(outputs, **options))
+
 
 async def _serve(request: Request, state: ServerState, engine: AsyncEngine, prompt: dict, params, body, prefix: str,
                  stream_events: Callable, response_body: Callable):

@@ -9,7 +9,11 @@ engine frees the request's KV blocks at once.
     engine = AsyncEngine(llm_engine, metrics)
     engine.start()                                    # inside the running event loop
     async for output in engine.generate(request_id, {"prompt_token_ids": ids}, params):
-        ...                                           # cumulative RequestOutputs; the last one finished
+        ...                                           # shaped by params.output_kind; the last one finished
+
+The engine thread always asks the engine for DELTA outputs (each step costs the same however
+long the text already is) and records every token's arrival time from them for the latency
+metrics; a reader that asked for CUMULATIVE or FINAL_ONLY outputs gets the deltas joined.
 
 Leaving the `async for` early (a client that disconnects) aborts the request. A request the
 engine fails on (`finish_reason` "error": the engine isolates the failure to it, see
@@ -20,6 +24,7 @@ the error itself goes to the log under that id. The others go on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
@@ -28,8 +33,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from mili.engine.engine import LLMEngine
-from mili.engine.sampling_params import SamplingParams
-from mili.engine.sequence import RequestOutput
+from mili.engine.sampling_params import RequestOutputKind, SamplingParams
+from mili.engine.sequence import CompletionOutput, RequestOutput
 from mili.server.errors import APIError, internal_error
 from mili.server.metrics import ServerMetrics, observe_request
 
@@ -44,9 +49,24 @@ class _Tracked:
 
     stream: asyncio.Queue
     arrival: float
+    kind: RequestOutputKind  # what the reader asked for; the engine makes DELTA outputs
     num_prompt_tokens: int = 0
     token_times: list[float] = field(default_factory=list)  # one per output token of choice 0
-    tokens_counted: int = 0  # output tokens of all choices already counted in the metrics
+    texts: dict[int, list[str]] = field(default_factory=dict)  # per choice, its text pieces (not for DELTA)
+    token_ids: dict[int, list[int]] = field(default_factory=dict)  # per choice, its tokens (not for DELTA)
+
+    def shaped(self, delta: RequestOutput) -> RequestOutput | None:
+        """The engine's DELTA output as the reader asked for it; None while FINAL_ONLY has nothing to send."""
+        if self.kind is RequestOutputKind.DELTA:
+            return delta
+        for choice in delta.outputs:
+            self.texts.setdefault(choice.index, []).append(choice.text)
+            self.token_ids.setdefault(choice.index, []).extend(choice.token_ids)
+        if self.kind is RequestOutputKind.FINAL_ONLY and not delta.finished:
+            return None
+        whole = [CompletionOutput(c.index, "".join(self.texts[c.index]), list(self.token_ids[c.index]), c.finish_reason,
+                                  c.stop_reason) for c in delta.outputs]
+        return dataclasses.replace(delta, outputs=whole)
 
 
 class AsyncEngine:
@@ -151,9 +171,10 @@ class AsyncEngine:
         kind = command[0]
         if kind == "add":
             _, request_id, prompt, params, stream, arrival = command
-            tracked = _Tracked(stream, arrival)
+            tracked = _Tracked(stream, arrival, params.output_kind)
             try:
-                self.engine.add_request(request_id, prompt, params)
+                self.engine.add_request(request_id, prompt,
+                                        dataclasses.replace(params, output_kind=RequestOutputKind.DELTA))
             except (ValueError, TypeError) as err:
                 self._send(tracked, APIError(400, str(err), param="prompt"))
                 return
@@ -175,12 +196,10 @@ class AsyncEngine:
         tracked = self._tracked.get(output.request_id)
         if tracked is None:
             return
-        new_first = len(output.outputs[0].token_ids) - len(tracked.token_times)
-        tracked.token_times.extend([now] * max(new_first, 0))
-        total = sum(len(c.token_ids) for c in output.outputs)
-        if self.metrics is not None and total > tracked.tokens_counted:
-            self.metrics.generation_tokens.inc(total - tracked.tokens_counted)
-        tracked.tokens_counted = total
+        tracked.token_times.extend([now] * len(output.outputs[0].token_ids))
+        new_tokens = sum(len(c.token_ids) for c in output.outputs)
+        if self.metrics is not None and new_tokens:
+            self.metrics.generation_tokens.inc(new_tokens)
         if output.finished:
             del self._tracked[output.request_id]
             self._record_finished(tracked, output, now)
@@ -188,7 +207,9 @@ class AsyncEngine:
             log.error("the engine failed on this request: %s", output.error, extra={"request_id": output.request_id})
             self._send(tracked, internal_error(output.request_id))
         else:
-            self._send(tracked, output)
+            shaped = tracked.shaped(output)
+            if shaped is not None:
+                self._send(tracked, shaped)
 
     def _record_finished(self, tracked: _Tracked, output: RequestOutput, now: float) -> None:
         if self.metrics is None:

@@ -1,8 +1,9 @@
 """Grader for exercise 6.1 (streaming chat completions: engine outputs -> SSE chunks).
 
-Oracle: the OpenAI chunk format, checked field by field on scripted engine outputs (random text
-growing by random pieces, several choices finishing at different steps, steps where a choice
-has nothing new). The stream is parsed here independently and rebuilt into each choice's text.
+Oracle: the OpenAI chunk format, checked field by field on scripted delta outputs (random text
+in random pieces, several choices finishing at different steps and still listed afterwards,
+steps where a choice has nothing new). The stream is parsed here independently and rebuilt into
+each choice's text.
 """
 
 from __future__ import annotations
@@ -25,25 +26,33 @@ PROMPT = [5, 6, 7, 8, 9]
 
 
 def script(name: str, n: int = 1, steps: int = 6, reasons=("stop", "length")) -> list[RequestOutput]:
-    """Cumulative outputs of a request with n choices, each finishing at a random step."""
+    """Delta outputs of a request with n choices, each finishing at a random step (and listed
+    afterwards with no text and its finish reason, as the engine does)."""
     rng = random.Random(seed_from(name))
     ends = [rng.randint(1, steps) for _ in range(n)]
-    texts, ids, done = [""] * n, [[] for _ in range(n)], [None] * n
+    done = [None] * n
     outputs = []
     for step in range(1, steps + 1):
+        completions = []
         for i in range(n):
             if done[i]:
+                completions.append(CompletionOutput(i, "", [], done[i]))
                 continue
-            if rng.random() < 0.75:  # sometimes a token adds no text yet (half a character held back)
-                texts[i] += rng.choice(PIECES)
-            ids[i].append(rng.randrange(1000))
+            # sometimes a token adds no text yet (half a character held back)
+            text = rng.choice(PIECES) if rng.random() < 0.75 else ""
             if step == ends[i]:
                 done[i] = rng.choice(reasons)
-        completions = [CompletionOutput(i, texts[i], list(ids[i]), done[i]) for i in range(n)]
+            completions.append(CompletionOutput(i, text, [rng.randrange(1000)], done[i]))
         outputs.append(RequestOutput("req-1", None, PROMPT, completions, all(done), num_cached_tokens=0))
         if all(done):
             break
     return outputs
+
+
+def whole(outputs: list[RequestOutput], index: int) -> tuple[str, str | None]:
+    """Choice `index`'s whole text and its finish reason."""
+    choices = [c for o in outputs for c in o.outputs if c.index == index]
+    return "".join(c.text for c in choices), choices[-1].finish_reason
 
 
 def run(outputs: list[RequestOutput], include_usage: bool = False) -> list[str]:
@@ -93,16 +102,16 @@ def rebuild(chunks: list[dict]) -> dict[int, dict]:
 def test_joined_deltas_rebuild_each_choice_and_finish_once(n):
     outputs = script(f"rebuild-{n}", n=n, steps=8)
     choices = rebuild(parse(run(outputs)))
-    final = outputs[-1]
     assert sorted(choices) == list(range(n)), f"expected chunks for choices 0..{n - 1}, got {sorted(choices)}"
-    for c in final.outputs:
-        got = choices[c.index]
+    for index in range(n):
+        got, (text, reason) = choices[index], whole(outputs, index)
         assert got["first"] == {"role": "assistant", "content": ""}, (
-            f"choice {c.index}: its first chunk must have delta {{'role': 'assistant', 'content': ''}}, got {got['first']}")
-        assert got["text"] == c.text, (f"choice {c.index}: the deltas join to {got['text']!r}, expected {c.text!r}. "
-                                       "Send only the characters added since the last chunk of that choice.")
-        assert got["reasons"] == [c.finish_reason], (
-            f"choice {c.index}: finish_reason values {got['reasons']}, expected exactly one: [{c.finish_reason!r}]")
+            f"choice {index}: its first chunk must have delta {{'role': 'assistant', 'content': ''}}, got {got['first']}")
+        assert got["text"] == text, (f"choice {index}: the deltas join to {got['text']!r}, expected {text!r}. "
+                                     "Send each output's new text of that choice, once.")
+        assert got["reasons"] == [reason], (
+            f"choice {index}: finish_reason values {got['reasons']}, expected exactly one: [{reason!r}] (a finished "
+            "choice is still listed in later outputs)")
 
 
 def test_every_chunk_has_the_openai_fields():
@@ -119,15 +128,13 @@ def test_no_chunk_without_news():
     outputs = script("no-news", n=2, steps=10)
     chunks = parse(run(outputs))
     expected = 2  # one role chunk per choice
-    seen = {0: "", 1: ""}
     finished = set()
     for output in outputs:
         for c in output.outputs:
             if c.index in finished:
                 continue
-            if c.text != seen[c.index] or c.finish_reason is not None:
+            if c.text or c.finish_reason is not None:
                 expected += 1
-            seen[c.index] = c.text
             if c.finish_reason is not None:
                 finished.add(c.index)
     assert len(chunks) == expected, (f"got {len(chunks)} chunks, expected {expected}: one role chunk per choice, then "
@@ -150,7 +157,8 @@ def test_usage_chunk_only_when_asked():
     chunks = parse(run(outputs, include_usage=True))
     *body, last = chunks
     assert all(c["usage"] is None for c in body), "with include_usage every chunk before the last has 'usage': null"
-    completion = sum(len(c.token_ids) for c in outputs[-1].outputs)
+    completion = sum(len(c.token_ids) for o in outputs for c in o.outputs)
     assert last["choices"] == [] and last["usage"] == {
         "prompt_tokens": len(PROMPT), "completion_tokens": completion, "total_tokens": len(PROMPT) + completion,
-        "prompt_tokens_details": {"cached_tokens": 0}}, f"the usage chunk is {last}"
+        "prompt_tokens_details": {"cached_tokens": 0}}, (
+        f"the usage chunk is {last}; completion_tokens counts the new token ids of every output, every choice")

@@ -4,14 +4,17 @@ from tests.graders.mutants import mutant
 
 MUTANTS = [
     # 6.1 streaming chat completions
-    mutant("6.1", "resends_the_whole_text", "each chunk carries the whole text so far, not only the new characters",
-           "new_text = choice.text[sent[i]:]", "new_text = choice.text", "test_joined_deltas_rebuild_each_choice_and_finish_once[1]"),
+    mutant("6.1", "finish_reported_again", "a finished choice, still listed in later outputs, reports its finish again",
+           "            if i in finished:\n                continue\n", "", "test_joined_deltas_rebuild_each_choice_and_finish_once[3]"),
+    mutant("6.1", "usage_counts_the_last_output", "completion_tokens counts only the last output's new tokens",
+           "usage(last, completion_tokens)", "usage(last, sum(len(c.token_ids) for c in last.outputs))",
+           "test_usage_chunk_only_when_asked"),
     mutant("6.1", "no_role_chunk", "the first chunk of a choice does not announce the assistant role",
            '                yield chunk(i, {"role": "assistant", "content": ""}, None)\n', "", "test_joined_deltas_rebuild_each_choice_and_finish_once[1]"),
     mutant("6.1", "no_done_event", "the stream does not end with data: [DONE]",
            '    yield sse("[DONE]")', "", "test_joined_deltas_rebuild_each_choice_and_finish_once[1]"),
     mutant("6.1", "finish_without_news_is_lost", "a choice that finishes with no new text never reports its finish_reason",
-           "if not new_text and choice.finish_reason is None:", "if not new_text:", "test_a_request_aborted_before_any_text"),
+           "if not choice.text and choice.finish_reason is None:", "if not choice.text:", "test_a_request_aborted_before_any_text"),
     mutant("6.1", "usage_chunk_never_sent", "include_usage is ignored",
            "    if include_usage and last is not None:", "    if False:", "test_usage_chunk_only_when_asked"),
     # 6.2 TTFT and TPOT
