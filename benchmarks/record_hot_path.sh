@@ -2,7 +2,7 @@
 # Records the engine's hot-path figures on one CUDA GPU into the folder given as $1:
 # the GPU tests, the offline workload (256 requests, lengths U[100, 1024]) with its step profile,
 # 256 prompts x 512 -> 256 tokens against HF generate, batch-1 latency at Qwen3-0.6B and 8B
-# shapes (random weights), the ledger of the course's stages and a profiled timeline.
+# shapes (random weights) with the kernels of one batch-1 decode step, the ledger of the course's stages and a profiled timeline.
 #   bash benchmarks/record_hot_path.sh OUT [tests|bench|ledger|all]
 set -uo pipefail
 out=${1:?output folder}; what=${2:-all}
@@ -16,6 +16,8 @@ if [[ $what == tests || $what == all ]]; then
     -k "not design_workload" 2>&1 | tee "$out/gpu-tests-$card.log" | tail -5
 fi
 if [[ $what == bench || $what == all ]]; then
+  python3 benchmarks/probes/decode_kernels.py --model Qwen3-0.6B --json "$out/decode-kernels-$card-qwen3-0.6b.json" \
+    > "$out/decode-kernels-$card-qwen3-0.6b.log" 2>&1
   bench latency --model Qwen3-0.6B --compare hf --profile --json "$out/latency-$card-qwen3-0.6b.json"
   bench latency --model Qwen3-8B --json "$out/latency-$card-qwen3-8b.json"
   bench throughput --model Qwen3-0.6B --profile --json "$out/throughput-$card-s9.json"
