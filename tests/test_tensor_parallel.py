@@ -193,6 +193,28 @@ def test_two_ranks_give_the_tokens_of_one_process(tmp_path, name):
     assert stats["prefix_cache_hit_tokens"] > 0, "the workload must hit the prefix cache"
 
 
+def test_parallel_samples_give_the_tokens_of_one_process(tmp_path):
+    """n = 3 forks the prompt's partial last block: every rank must copy it in its own cache."""
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, **CHECKPOINTS["kv-heads-uneven-untied"])
+    prompts = [{"prompt_token_ids": list(range(5, 19))}, {"prompt_token_ids": [7, 3, 9, 11, 2]}]  # 14, 5: not x4
+    params = [SamplingParams(n=3, temperature=0, max_tokens=12, ignore_eos=True),
+              SamplingParams(n=3, temperature=0.8, seed=11, max_tokens=12, ignore_eos=True)]
+    settings = dict(num_kv_blocks=64, block_size=4)
+
+    def samples(llm):
+        return [[c.token_ids for c in o.outputs] for o in llm.generate(prompts * 2, params * 2, use_tqdm=False)]
+
+    expected = samples(LLM(str(folder), **settings))
+    two = LLM(str(folder), tensor_parallel_size=2, **settings)
+    try:
+        got = samples(two)
+    finally:
+        two.model.shutdown()
+    assert got == expected
+    assert len(set(map(tuple, expected[1]))) > 1, "the seeded samples should differ from one another"
+
+
 def test_what_two_ranks_cannot_do_is_refused_clearly(tmp_path):
     folder = tmp_path / "ckpt"
     write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
@@ -200,8 +222,6 @@ def test_what_two_ranks_cannot_do_is_refused_clearly(tmp_path):
         LLM(str(folder), tensor_parallel_size=0)
     llm = LLM(str(folder), tensor_parallel_size=2, num_kv_blocks=16)
     try:
-        with pytest.raises(ValueError, match="n > 1"):
-            llm.generate([{"prompt_token_ids": [1, 2]}], SamplingParams(n=2), use_tqdm=False)
         with pytest.raises(RuntimeError, match="already initialised"):
             LLM(str(folder), tensor_parallel_size=2)
     finally:

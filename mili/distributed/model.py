@@ -2,7 +2,9 @@
 
 `TensorParallelModel` has what the engine uses of `Qwen3ForCausalLM` (`forward`, `compute_logits`,
 `config`, `device`, `dtype`, `backend`), so the scheduler, the model runner and the sampler run
-on rank 0 unchanged and know nothing of the other ranks. Each call sends the workers the same
+on rank 0 unchanged and know nothing of the other ranks. One addition: `copy_kv_blocks`, which
+the model runner calls when a request with n > 1 forks its samples, copies blocks in every
+rank's cache, not only in rank 0's. Each call sends the workers the same
 call (`step.py`), then runs rank 0's own shard; the shards meet in their all-reduces and in the
 gather of the logits. `config` is rank 0's view (`ModelShard.local_config`): the engine sizes
 the KV cache from it, so each rank's cache holds its own KV heads. Each worker allocates its
@@ -67,9 +69,8 @@ class TensorParallelModel:
         layout, buffer = step.pack_step(input_ids, positions, attn_metadata)
 
         def run():
-            if kv_cache is not None and (self._worker_cache is None or self._worker_cache() is not kv_cache):
-                self.workers.send((step.KV_CACHE, kv_cache.num_blocks, kv_cache.block_size))
-                self._worker_cache = weakref.ref(kv_cache)
+            if kv_cache is not None:
+                self._share_cache(kv_cache)
             self.workers.send((step.FORWARD, layout, kv_cache is not None))
             step.broadcast_from_first(buffer)
             return self.shard_model(input_ids, positions, attn_metadata, kv_cache)
@@ -87,7 +88,27 @@ class TensorParallelModel:
 
         return self._in_step(run)
 
-    def _in_step(self, run: Callable[[], Tensor]) -> Tensor:
+    @torch.inference_mode()
+    def copy_kv_blocks(self, kv_cache: KVCache, pairs: list[tuple[int, int]]) -> None:
+        """Copy the K/V of blocks (src -> dst) in every rank's cache (each holds its own KV heads).
+
+        The workers run commands in the order rank 0 sends them, so the copy falls between the
+        same two forwards on every rank."""
+
+        def run():
+            self._share_cache(kv_cache)
+            self.workers.send((step.COPY_BLOCKS, [(int(src), int(dst)) for src, dst in pairs]))
+            kv_cache.copy_blocks(pairs)
+
+        self._in_step(run)
+
+    def _share_cache(self, kv_cache: KVCache) -> None:
+        """Have the workers allocate their caches like `kv_cache`, unless they already mirror it."""
+        if self._worker_cache is None or self._worker_cache() is not kv_cache:
+            self.workers.send((step.KV_CACHE, kv_cache.num_blocks, kv_cache.block_size))
+            self._worker_cache = weakref.ref(kv_cache)
+
+    def _in_step(self, run: Callable[[], Tensor | None]) -> Tensor | None:
         """Run one call on every rank; any failure half-way ends the group (see the module docstring)."""
         if self._broken is None and self.workers.failure is not None:
             self._broken = self.workers.failure

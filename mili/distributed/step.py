@@ -7,6 +7,8 @@ the CPU), so they go device to device:
     ("kv_cache", num_blocks, block_size)  allocate this rank's paged cache (its own KV heads)
     ("forward", layout, use_cache)        then a broadcast of the step's integer tensors, packed
     ("logits", shape)                     then a broadcast of the hidden rows to turn into logits
+    ("copy_blocks", pairs)                copy the K/V of blocks (src, dst) in this rank's cache: a
+                                          forked sample's partial block (n > 1)
     ("shutdown",)
 
 A step's tensors (input_ids, positions and every tensor of its AttentionMetadata) are all
@@ -26,7 +28,7 @@ from torch import Tensor
 
 from mili.model.metadata import AttentionMetadata
 
-KV_CACHE, FORWARD, LOGITS, SHUTDOWN = "kv_cache", "forward", "logits", "shutdown"
+KV_CACHE, FORWARD, LOGITS, COPY_BLOCKS, SHUTDOWN = "kv_cache", "forward", "logits", "copy_blocks", "shutdown"
 
 
 @dataclass(frozen=True)

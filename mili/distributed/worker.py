@@ -117,6 +117,8 @@ def serve(model, commands) -> None:
             _, shape = message
             hidden = step.broadcast_from_first(torch.empty(shape, dtype=model.dtype, device=model.device))
             model.compute_logits(hidden)  # this rank's part of the vocabulary, gathered on rank 0
+        elif kind == step.COPY_BLOCKS:
+            kv_cache.copy_blocks(message[1])
         else:
             raise ValueError(f"unknown command {kind!r} from rank 0")
 

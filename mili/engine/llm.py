@@ -89,9 +89,6 @@ class LLM:
             params = list(sampling_params)
         else:
             params = [sampling_params or SamplingParams()] * len(prompts)
-        if self.tensor_parallel_size > 1 and any(p.n > 1 for p in params):
-            raise ValueError("n > 1 is not supported with tensor_parallel_size > 1 yet: the engine copies the "
-                             "blocks that parallel samples share on rank 0 only")
         final_only = {}  # offline: one output per request, when it finishes (nothing built per step)
         params = [final_only.setdefault(id(p), _final_only(p)) for p in params]
         ids = []

@@ -206,13 +206,15 @@ class ModelRunner:
 
     @torch.inference_mode()
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
-        """Copy the K/V of whole blocks (src -> dst) in every layer: a forked sample's partial block."""
+        """Copy the K/V of whole blocks (src -> dst) in every layer: a forked sample's partial block.
+        A tensor-parallel model copies them in every rank's cache (`copy_kv_blocks`)."""
         if not pairs:
             return
-        src = torch.tensor([p[0] for p in pairs], device=self.device)
-        dst = torch.tensor([p[1] for p in pairs], device=self.device)
-        self.kv_cache.k[:, dst] = self.kv_cache.k[:, src]
-        self.kv_cache.v[:, dst] = self.kv_cache.v[:, src]
+        copy_on_every_rank = getattr(self.model, "copy_kv_blocks", None)
+        if copy_on_every_rank is not None:
+            copy_on_every_rank(self.kv_cache, pairs)
+        else:
+            self.kv_cache.copy_blocks(pairs)
 
 
 def _decode_row_keys(model_input: ModelInput) -> list:
