@@ -89,10 +89,10 @@ def test_the_autoscaler_scales_the_deployment_on_a_metric_the_server_exports():
 
 
 def test_the_server_is_warm_before_it_says_ready():
-    from mili.server.cli import engine_loader
+    from mili.server.cli import EngineLoader
 
     args = build_parser().parse_args(["--model", str(repo_root() / "data" / "mili-tiny-qwen3"), "--device", "cpu"])
-    engine, _ = engine_loader(args)()  # /health turns 200 only once this returns
+    engine, _ = EngineLoader(args)()  # /health turns 200 only once this returns
     assert engine.num_steps >= 2, "the loader must run a warm-up request (a prefill and a decode) before ready"
     assert engine.block_manager.stats.cached_blocks == 0, "the warm-up prompt must leave nothing in the prefix cache"
 

@@ -230,6 +230,27 @@ def test_what_two_ranks_cannot_do_is_refused_clearly(tmp_path):
         llm.generate([{"prompt_token_ids": [1, 2]}], SamplingParams(max_tokens=2), use_tqdm=False)
 
 
+def test_the_benchmarks_split_the_model_and_hold_it_against_the_group_floor(tmp_path, capsys):
+    from mili.bench import latency, throughput
+    from mili.bench.floors import weight_bytes_per_step
+
+    folder = tmp_path / "ckpt"
+    config = write_checkpoint(folder, **CHECKPOINTS["kv-heads-uneven-untied"])
+    latency_json, throughput_json = tmp_path / "latency.json", tmp_path / "throughput.json"
+    assert latency.main(["--model", str(folder), "--device", "cpu", "--tensor-parallel-size", "2", "--prompt-len", "8",
+                         "--new-tokens", "6", "--repeats", "1", "--json", str(latency_json)]) == 0
+    assert throughput.main(["--model", str(folder), "--device", "cpu", "--tensor-parallel-size", "2", "--num-seqs",
+                            "3", "--min-len", "4", "--max-len", "10", "--json", str(throughput_json)]) == 0
+    assert "× 2 (tensor parallel)" in capsys.readouterr().out
+    one, many = json.loads(latency_json.read_text()), json.loads(throughput_json.read_text())
+    whole_model = weight_bytes_per_step(config, torch.float32)  # the group's floor reads every rank's part
+    assert one["tensor_parallel_size"] == many["tensor_parallel_size"] == 2
+    assert one["weight_bytes_per_step"] == many["bandwidth_floor"]["weight_bytes_per_step"] == whole_model
+    assert many["mili"]["output_tokens"] == many["workload"]["output_tokens"]
+    with pytest.raises(ValueError, match="one device"):
+        latency.run_benchmark(str(folder), compare_hf=True, tensor_parallel_size=2)
+
+
 # ---------------------------------------------------------------- no process left behind
 
 def test_a_worker_killed_mid_run_fails_the_group_at_once(tmp_path):
@@ -331,4 +352,83 @@ def test_a_failing_worker_is_reported_and_the_command_exits_non_zero():
                           check=False)
     assert proc.returncode == 1, proc.stderr
     assert "tensor-parallel rank 1 failed" in proc.stderr and "injected failure on rank 1" in proc.stderr, proc.stderr
+    _assert_all_gone(token)
+
+
+# ---------------------------------------------------------------- serving
+
+def _start_server(token: str, *, module: str = "mili.server.cli", **env) -> tuple[subprocess.Popen, str]:
+    from mili.server.launch import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", module, *(["serve"] if module != "mili.server.cli" else []),
+               "--model", str(TINY_MODEL), "--device", "cpu", "--tensor-parallel-size", "2", "--port", str(port),
+               "--num-kv-blocks", "64", "--log-level", "warning"]
+    proc = subprocess.Popen(command, env=_env(token, OMP_NUM_THREADS="1", **env), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 90.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"mili serve exited with status {proc.returncode}:\n{proc.stdout.read()}"
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("mili serve --tensor-parallel-size 2 was not healthy in time")
+
+
+def _complete(url: str, max_tokens: int) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"prompt": "2 + 3 =", "max_tokens": max_tokens, "temperature": 0}).encode()
+    request = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds processes through /proc")
+def test_a_tensor_parallel_server_answers_then_stops_with_every_process_on_sigterm():
+    pytest.importorskip("fastapi")
+    token = uuid.uuid4().hex
+    proc, url = _start_server(token)
+    try:
+        _wait_healthy(proc, url)
+        status, answer = _complete(url, max_tokens=6)
+        assert status == 200 and answer["usage"]["completion_tokens"] == 6, answer
+        proc.send_signal(signal.SIGTERM)  # what Kubernetes sends the container's main process
+        assert proc.wait(timeout=60) == 0, proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _assert_all_gone(token)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds processes through /proc")
+def test_a_tensor_parallel_server_whose_worker_fails_exits_non_zero():
+    pytest.importorskip("fastapi")
+    token = uuid.uuid4().hex
+    # the warm-up's two forwards (8 layers, 2 row-parallel layers each) pass; the request's first fails on rank 1
+    proc, url = _start_server(token, module="tests.faulty_tp", MILI_FAULT_AFTER="40")
+    try:
+        _wait_healthy(proc, url)
+        status, _ = _complete(url, max_tokens=6)
+        assert status >= 500
+        assert proc.wait(timeout=60) == 1
+        assert "injected failure on rank 1" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     _assert_all_gone(token)

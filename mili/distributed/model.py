@@ -43,6 +43,11 @@ class TensorParallelModel:
         self._finalizer = weakref.finalize(self, _stop_group, workers)
 
     @property
+    def whole_config(self):
+        """The whole model's config (`config` is rank 0's part)."""
+        return self.shard_model.shard.config
+
+    @property
     def device(self) -> torch.device:
         return self.shard_model.device
 
