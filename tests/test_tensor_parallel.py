@@ -215,6 +215,26 @@ def test_parallel_samples_give_the_tokens_of_one_process(tmp_path):
     assert len(set(map(tuple, expected[1]))) > 1, "the seeded samples should differ from one another"
 
 
+def test_every_rank_replays_its_own_graphs_where_a_decode_batch_fits(tmp_path):
+    """The CUDA-graph protocol on the CPU, with stand-in graphs (tests/stand_in_graphs_tp.py):
+    rank 0 records and replays with the workers; prefills and forks run eagerly in between."""
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
+    spec = {"prompts": [{"prompt_token_ids": list(range(3, 3 + 4 * i + 5))} for i in range(4)],
+            "params": [dict(n=1 + i % 2, temperature=0, max_tokens=8 + i, ignore_eos=True) for i in range(4)],
+            "settings": dict(num_kv_blocks=64, block_size=4, max_num_seqs=3)}
+    one = LLM(str(folder), **spec["settings"])
+    params = [SamplingParams(**p) for p in spec["params"]]
+    expected = [[c.token_ids for c in o.outputs] for o in one.generate(spec["prompts"], params, use_tqdm=False)]
+    proc = subprocess.run([sys.executable, "-m", "tests.stand_in_graphs_tp", str(folder), json.dumps(spec)],
+                          env=_env(uuid.uuid4().hex), cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["token_ids"] == expected
+    assert got["replays"] > 8, "the decode steps should have replayed"
+
+
 def test_what_two_ranks_cannot_do_is_refused_clearly(tmp_path):
     folder = tmp_path / "ckpt"
     write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])

@@ -9,6 +9,8 @@ the CPU), so they go device to device:
     ("logits", shape)                     then a broadcast of the hidden rows to turn into logits
     ("copy_blocks", pairs)                copy the K/V of blocks (src, dst) in this rank's cache: a
                                           forked sample's partial block (n > 1)
+    ("record_graphs", max_num_seqs, max_model_len)  record this rank's decode CUDA graphs
+    ("graph_forward", layout)             as "forward", replaying this rank's graph where one fits
     ("shutdown",)
 
 A step's tensors (input_ids, positions and every tensor of its AttentionMetadata) are all
@@ -29,6 +31,7 @@ from torch import Tensor
 from mili.model.metadata import AttentionMetadata
 
 KV_CACHE, FORWARD, LOGITS, COPY_BLOCKS, SHUTDOWN = "kv_cache", "forward", "logits", "copy_blocks", "shutdown"
+RECORD_GRAPHS, GRAPH_FORWARD = "record_graphs", "graph_forward"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class LLM:
     dtype: 'auto' (bfloat16 on CUDA, float32 elsewhere), a name or a torch.dtype.
     device: None picks CUDA when present. The engine settings are those of `EngineConfig`.
     tensor_parallel_size: split the model over this many processes (GPUs device, device+1, ...;
-    or CPU ranks over gloo); see mili/distributed. The engine then runs eagerly (no CUDA graphs).
+    or CPU ranks over gloo); see mili/distributed. On CUDA every rank records its own decode graphs.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, tokenizer=None, dtype: str | torch.dtype = "auto",
@@ -63,7 +63,6 @@ class LLM:
                                  "every rank makes its own")
             self.model = load_tensor_parallel(model, tensor_parallel_size, dtype=_resolve_dtype(dtype), device=device,
                                               make_backend=partial(engine_backend, backend), seed=seed)
-            enforce_eager = True  # the engine's CUDA graphs would replay rank 0 alone
         self.tokenizer = _load_tokenizer(tokenizer if tokenizer is not None else model)
         config = EngineConfig(block_size=block_size, num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs,
                               max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,

@@ -81,8 +81,14 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
 
     def capture_cuda_graphs(self, *, max_num_seqs: int, max_model_len: int) -> None:
-        """Record decode steps as CUDA graphs where the model allows it (CUDA, triton backend)."""
-        if can_record(self.model):
+        """Record decode steps as CUDA graphs where the model allows it (CUDA, triton backend).
+        A tensor-parallel model records them on every rank (`record_decode_graphs`)."""
+        if not can_record(self.model):
+            return
+        if hasattr(self.model, "record_decode_graphs"):
+            self.graphs = self.model.record_decode_graphs(self.kv_cache, max_num_seqs=max_num_seqs,
+                                                          max_model_len=max_model_len)
+        else:
             self.graphs = DecodeGraphs(self.model, self.kv_cache, max_num_seqs=max_num_seqs,
                                        max_model_len=max_model_len)
 
