@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from mili import LLM, SamplingParams
+from mili.bench import tensor_parallel_summary
 from mili.checkpoint import load_model, random_model
 from mili.config import Qwen3Config
 from mili.distributed.step import pack_step, unpack_step
@@ -256,7 +257,7 @@ def test_the_benchmarks_split_the_model_and_hold_it_against_the_group_floor(tmp_
 
     folder = tmp_path / "ckpt"
     config = write_checkpoint(folder, **CHECKPOINTS["kv-heads-uneven-untied"])
-    latency_json, throughput_json = tmp_path / "latency.json", tmp_path / "throughput.json"
+    latency_json, throughput_json = tmp_path / "tp-latency-tp2.json", tmp_path / "tp-throughput-tp2.json"
     assert latency.main(["--model", str(folder), "--device", "cpu", "--tensor-parallel-size", "2", "--prompt-len", "8",
                          "--new-tokens", "6", "--repeats", "1", "--json", str(latency_json)]) == 0
     assert throughput.main(["--model", str(folder), "--device", "cpu", "--tensor-parallel-size", "2", "--num-seqs",
@@ -269,6 +270,24 @@ def test_the_benchmarks_split_the_model_and_hold_it_against_the_group_floor(tmp_
     assert many["mili"]["output_tokens"] == many["workload"]["output_tokens"]
     with pytest.raises(ValueError, match="one device"):
         latency.run_benchmark(str(folder), compare_hf=True, tensor_parallel_size=2)
+    pytest.importorskip("matplotlib")
+    assert tensor_parallel_summary.main([str(tmp_path)]) == 0
+    card = tensor_parallel_summary.card_slug(one["environment"]["device"])
+    summary = json.loads((tmp_path / f"tp-summary-{card}.json").read_text())
+    assert [row["tensor_parallel_size"] for row in summary["latency"] + summary["throughput"]] == [2, 2]
+    assert (tmp_path / f"tp-{card}.png").stat().st_size > 5_000
+
+
+def test_the_summary_sets_each_speed_up_against_the_floors():
+    def row(model, size, tpot, floor):
+        return {"model": model, "tensor_parallel_size": size, "tpot_ms": tpot, "floor_ms_per_token": floor}
+
+    result = tensor_parallel_summary.speedups([row("Qwen3-8B", 2, 5.0, 2.5), row("Qwen3-8B", 1, 10.0, 5.0),
+                                               row("Qwen3-8B", 4, 4.0, 1.25), row("Qwen3-32B", 2, 9.0, 8.0)])
+    assert result == {"Qwen3-8B": {"tp2_over_tp1": {"time_ratio": 0.5, "ideal_time_ratio": 0.5, "target_at_most": 0.6,
+                                                     "target_met": True},
+                                    "tp4_over_tp1": {"time_ratio": 0.4, "ideal_time_ratio": 0.25}}}
+    assert tensor_parallel_summary.card_slug("NVIDIA H100 80GB HBM3") == "h100"
 
 
 # ---------------------------------------------------------------- no process left behind
@@ -335,6 +354,7 @@ GENERATE_FOREVER = """
 import sys, torch
 torch.set_num_threads(1)
 from mili import LLM, SamplingParams
+from mili.bench import tensor_parallel_summary
 llm = LLM(sys.argv[1], tensor_parallel_size=2, num_kv_blocks=64)
 print("ready", flush=True)
 while True:
