@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import threading
+import time
 from importlib import resources
 
 import pytest
@@ -45,7 +47,8 @@ def test_the_deployment_serves_on_a_gpu_with_probes_and_a_graceful_drain():
     assert args.host == "0.0.0.0"
     port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
     assert port == args.port
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    gpus = str(args.tensor_parallel_size)  # one GPU per rank of the model
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"] == gpus
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
@@ -56,6 +59,8 @@ def test_the_deployment_serves_on_a_gpu_with_probes_and_a_graceful_drain():
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert args.model.startswith(mounts["models"] + "/")
     assert {v["name"] for v in pod["volumes"]} == set(mounts)
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert mounts["shm"] == "/dev/shm" and shm["emptyDir"]["medium"] == "Memory", "NCCL between ranks needs shared memory"
     assert pod["securityContext"]["runAsNonRoot"] is True
 
 
@@ -89,12 +94,43 @@ def test_the_autoscaler_scales_the_deployment_on_a_metric_the_server_exports():
 
 
 def test_the_server_is_warm_before_it_says_ready():
-    from mili.server.cli import engine_loader
+    from mili.server.cli import EngineLoader
 
-    args = build_parser().parse_args(["--model", str(repo_root() / "data" / "mili-tiny-qwen3"), "--device", "cpu"])
-    engine, _ = engine_loader(args)()  # /health turns 200 only once this returns
+    args = build_parser().parse_args(["--model", str(repo_root() / "data" / "mili-tiny-qwen3"), "--device", "cpu",
+                                      "--num-kv-blocks", "64"])
+    engine, _ = EngineLoader(args)()  # /health turns 200 only once this returns
     assert engine.num_steps >= 2, "the loader must run a warm-up request (a prefill and a decode) before ready"
     assert engine.block_manager.stats.cached_blocks == 0, "the warm-up prompt must leave nothing in the prefix cache"
+
+
+def test_the_readiness_probe_fails_until_the_warm_up_has_run(monkeypatch):
+    """The manifests' readiness probe reads /health: 503 while the model loads and warms up, then 200."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mili.server import cli
+    from mili.server.app import ServerConfig, build_app
+
+    warming, release = threading.Event(), threading.Event()
+    real_warm_up = cli.warm_up
+
+    def slow_warm_up(llm):
+        warming.set()
+        assert release.wait(30)
+        real_warm_up(llm)
+
+    monkeypatch.setattr(cli, "warm_up", slow_warm_up)
+    args = build_parser().parse_args(["--model", str(repo_root() / "data" / "mili-tiny-qwen3"), "--device", "cpu",
+                                      "--num-kv-blocks", "64"])
+    with TestClient(build_app(cli.EngineLoader(args), ServerConfig(model_name="tiny"))) as client:
+        assert warming.wait(60), "the loader never reached the warm-up"
+        response = client.get("/health")
+        assert (response.status_code, response.json()) == (503, {"status": "starting"})
+        release.set()
+        deadline = time.monotonic() + 30
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, "/health never said 200 after the warm-up"
+            time.sleep(0.05)
 
 
 def _compose() -> dict:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from mili import LLM, SamplingParams
+from mili.bench import tensor_parallel_summary
 from mili.checkpoint import load_model, random_model
 from mili.config import Qwen3Config
 from mili.distributed.step import pack_step, unpack_step
@@ -193,6 +194,48 @@ def test_two_ranks_give_the_tokens_of_one_process(tmp_path, name):
     assert stats["prefix_cache_hit_tokens"] > 0, "the workload must hit the prefix cache"
 
 
+def test_parallel_samples_give_the_tokens_of_one_process(tmp_path):
+    """n = 3 forks the prompt's partial last block: every rank must copy it in its own cache."""
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, **CHECKPOINTS["kv-heads-uneven-untied"])
+    prompts = [{"prompt_token_ids": list(range(5, 19))}, {"prompt_token_ids": [7, 3, 9, 11, 2]}]  # 14, 5: not x4
+    params = [SamplingParams(n=3, temperature=0, max_tokens=12, ignore_eos=True),
+              SamplingParams(n=3, temperature=0.8, seed=11, max_tokens=12, ignore_eos=True)]
+    settings = dict(num_kv_blocks=64, block_size=4)
+
+    def samples(llm):
+        return [[c.token_ids for c in o.outputs] for o in llm.generate(prompts * 2, params * 2, use_tqdm=False)]
+
+    expected = samples(LLM(str(folder), **settings))
+    two = LLM(str(folder), tensor_parallel_size=2, **settings)
+    try:
+        got = samples(two)
+    finally:
+        two.model.shutdown()
+    assert got == expected
+    assert len(set(map(tuple, expected[1]))) > 1, "the seeded samples should differ from one another"
+
+
+def test_every_rank_replays_its_own_graphs_where_a_decode_batch_fits(tmp_path):
+    """The CUDA-graph protocol on the CPU, with stand-in graphs (tests/stand_in_graphs_tp.py):
+    rank 0 records and replays with the workers; prefills and forks run eagerly in between."""
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
+    spec = {"prompts": [{"prompt_token_ids": list(range(3, 3 + 4 * i + 5))} for i in range(4)],
+            "params": [dict(n=1 + i % 2, temperature=0, max_tokens=8 + i, ignore_eos=True) for i in range(4)],
+            "settings": dict(num_kv_blocks=64, block_size=4, max_num_seqs=3)}
+    one = LLM(str(folder), **spec["settings"])
+    params = [SamplingParams(**p) for p in spec["params"]]
+    expected = [[c.token_ids for c in o.outputs] for o in one.generate(spec["prompts"], params, use_tqdm=False)]
+    proc = subprocess.run([sys.executable, "-m", "tests.stand_in_graphs_tp", str(folder), json.dumps(spec)],
+                          env=_env(uuid.uuid4().hex), cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["token_ids"] == expected
+    assert got["replays"] > 8, "the decode steps should have replayed"
+
+
 def test_what_two_ranks_cannot_do_is_refused_clearly(tmp_path):
     folder = tmp_path / "ckpt"
     write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
@@ -200,14 +243,51 @@ def test_what_two_ranks_cannot_do_is_refused_clearly(tmp_path):
         LLM(str(folder), tensor_parallel_size=0)
     llm = LLM(str(folder), tensor_parallel_size=2, num_kv_blocks=16)
     try:
-        with pytest.raises(ValueError, match="n > 1"):
-            llm.generate([{"prompt_token_ids": [1, 2]}], SamplingParams(n=2), use_tqdm=False)
         with pytest.raises(RuntimeError, match="already initialised"):
             LLM(str(folder), tensor_parallel_size=2)
     finally:
         llm.model.shutdown()
     with pytest.raises(BaseException, match="shut down"):
         llm.generate([{"prompt_token_ids": [1, 2]}], SamplingParams(max_tokens=2), use_tqdm=False)
+
+
+def test_the_benchmarks_split_the_model_and_hold_it_against_the_group_floor(tmp_path, capsys):
+    from mili.bench import latency, throughput
+    from mili.bench.floors import weight_bytes_per_step
+
+    folder = tmp_path / "ckpt"
+    config = write_checkpoint(folder, **CHECKPOINTS["kv-heads-uneven-untied"])
+    latency_json, throughput_json = tmp_path / "tp-latency-tp2.json", tmp_path / "tp-throughput-tp2.json"
+    assert latency.main(["--model", str(folder), "--device", "cpu", "--tensor-parallel-size", "2", "--prompt-len", "8",
+                         "--new-tokens", "6", "--repeats", "1", "--json", str(latency_json)]) == 0
+    assert throughput.main(["--model", str(folder), "--device", "cpu", "--tensor-parallel-size", "2", "--num-seqs",
+                            "3", "--min-len", "4", "--max-len", "10", "--json", str(throughput_json)]) == 0
+    assert "× 2 (tensor parallel)" in capsys.readouterr().out
+    one, many = json.loads(latency_json.read_text()), json.loads(throughput_json.read_text())
+    whole_model = weight_bytes_per_step(config, torch.float32)  # the group's floor reads every rank's part
+    assert one["tensor_parallel_size"] == many["tensor_parallel_size"] == 2
+    assert one["weight_bytes_per_step"] == many["bandwidth_floor"]["weight_bytes_per_step"] == whole_model
+    assert many["mili"]["output_tokens"] == many["workload"]["output_tokens"]
+    with pytest.raises(ValueError, match="one device"):
+        latency.run_benchmark(str(folder), compare_hf=True, tensor_parallel_size=2)
+    pytest.importorskip("matplotlib")
+    assert tensor_parallel_summary.main([str(tmp_path)]) == 0
+    card = tensor_parallel_summary.card_slug(one["environment"]["device"])
+    summary = json.loads((tmp_path / f"tp-summary-{card}.json").read_text())
+    assert [row["tensor_parallel_size"] for row in summary["latency"] + summary["throughput"]] == [2, 2]
+    assert (tmp_path / f"tp-{card}.png").stat().st_size > 5_000
+
+
+def test_the_summary_sets_each_speed_up_against_the_floors():
+    def row(model, size, tpot, floor):
+        return {"model": model, "tensor_parallel_size": size, "tpot_ms": tpot, "floor_ms_per_token": floor}
+
+    result = tensor_parallel_summary.speedups([row("Qwen3-8B", 2, 5.0, 2.5), row("Qwen3-8B", 1, 10.0, 5.0),
+                                               row("Qwen3-8B", 4, 4.0, 1.25), row("Qwen3-32B", 2, 9.0, 8.0)])
+    assert result == {"Qwen3-8B": {"tp2_over_tp1": {"time_ratio": 0.5, "ideal_time_ratio": 0.5, "target_at_most": 0.6,
+                                                     "target_met": True},
+                                    "tp4_over_tp1": {"time_ratio": 0.4, "ideal_time_ratio": 0.25}}}
+    assert tensor_parallel_summary.card_slug("NVIDIA H100 80GB HBM3") == "h100"
 
 
 # ---------------------------------------------------------------- no process left behind
@@ -274,6 +354,7 @@ GENERATE_FOREVER = """
 import sys, torch
 torch.set_num_threads(1)
 from mili import LLM, SamplingParams
+from mili.bench import tensor_parallel_summary
 llm = LLM(sys.argv[1], tensor_parallel_size=2, num_kv_blocks=64)
 print("ready", flush=True)
 while True:
@@ -311,4 +392,83 @@ def test_a_failing_worker_is_reported_and_the_command_exits_non_zero():
                           check=False)
     assert proc.returncode == 1, proc.stderr
     assert "tensor-parallel rank 1 failed" in proc.stderr and "injected failure on rank 1" in proc.stderr, proc.stderr
+    _assert_all_gone(token)
+
+
+# ---------------------------------------------------------------- serving
+
+def _start_server(token: str, *, module: str = "mili.server.cli", **env) -> tuple[subprocess.Popen, str]:
+    from mili.server.launch import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", module, *(["serve"] if module != "mili.server.cli" else []),
+               "--model", str(TINY_MODEL), "--device", "cpu", "--tensor-parallel-size", "2", "--port", str(port),
+               "--num-kv-blocks", "64", "--log-level", "warning"]
+    proc = subprocess.Popen(command, env=_env(token, OMP_NUM_THREADS="1", **env), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 90.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"mili serve exited with status {proc.returncode}:\n{proc.stdout.read()}"
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("mili serve --tensor-parallel-size 2 was not healthy in time")
+
+
+def _complete(url: str, max_tokens: int) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"prompt": "2 + 3 =", "max_tokens": max_tokens, "temperature": 0}).encode()
+    request = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds processes through /proc")
+def test_a_tensor_parallel_server_answers_then_stops_with_every_process_on_sigterm():
+    pytest.importorskip("fastapi")
+    token = uuid.uuid4().hex
+    proc, url = _start_server(token)
+    try:
+        _wait_healthy(proc, url)
+        status, answer = _complete(url, max_tokens=6)
+        assert status == 200 and answer["usage"]["completion_tokens"] == 6, answer
+        proc.send_signal(signal.SIGTERM)  # what Kubernetes sends the container's main process
+        assert proc.wait(timeout=60) == 0, proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _assert_all_gone(token)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds processes through /proc")
+def test_a_tensor_parallel_server_whose_worker_fails_exits_non_zero():
+    pytest.importorskip("fastapi")
+    token = uuid.uuid4().hex
+    # the warm-up's two forwards (8 layers, 2 row-parallel layers each) pass; the request's first fails on rank 1
+    proc, url = _start_server(token, module="tests.faulty_tp", MILI_FAULT_AFTER="40")
+    try:
+        _wait_healthy(proc, url)
+        status, _ = _complete(url, max_tokens=6)
+        assert status >= 500
+        assert proc.wait(timeout=60) == 1
+        assert "injected failure on rank 1" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     _assert_all_gone(token)

@@ -4,6 +4,8 @@ Decode reads every weight once per step and, for each sequence, the K/V of its w
 it does almost no arithmetic per byte, so its floor is bytes over the copy bandwidth measured in
 the same run (a device-to-device copy, bytes read plus written, as `mili bench kernels` counts
 it). Prefill is matmuls over many tokens at once, so its floor is FLOPs over the matmul rate.
+A tensor-parallel group's devices each read and multiply their part at the same time: its
+floor is the whole model's bytes and FLOPs over the group's summed rates (`group_of`).
 
     bandwidth_floor(config, dtype, work, max_num_seqs, copy_bytes_per_s, flops_per_s)
         -> {"seconds": ..., "weight_bytes": ..., "kv_bytes": ..., "prefill_flops": ..., ...}
@@ -48,6 +50,15 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype) -> float:
         a @ b
     sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def group_of(model) -> tuple:
+    """(the whole model's config, how many devices share it): one, or a tensor-parallel group's
+    ranks (one device each, all alike). The group's rates are that many times one device's; the
+    few weights every rank holds a copy of (norms, KV heads replicated when fewer than ranks)
+    are counted once, so the group's floor is a little low."""
+    size = getattr(model, "tensor_parallel_size", 1)
+    return (model.whole_config if size > 1 else model.config), size
 
 
 def weight_bytes_per_step(config, dtype: torch.dtype) -> int:

@@ -9,9 +9,11 @@ Measured: time to the first token (the prefill), then ms per output token after 
 median of `--repeats` runs of a `--prompt-len` random prompt with `--new-tokens` greedy tokens.
 `--compare hf` times Hugging Face `generate` in the same run (greedy, same prompt; its TPOT is
 the time of `--hf-new-tokens` tokens minus the time of one, over the difference).
+`--tensor-parallel-size N` splits the model over N devices; the floor is then the group's (the
+whole model's bytes over N devices' bandwidth, `floors.group_of`).
 
     mili bench latency [--model PRESET|DIR] [--prompt-len 128] [--new-tokens 512] [--compare hf]
-                       [--profile] [--json FILE] [--plot FILE]
+                       [--tensor-parallel-size N] [--profile] [--json FILE] [--plot FILE]
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ from pathlib import Path
 
 import torch
 
-from mili.bench.floors import copy_bytes_per_s, kv_bytes_per_token, sync, weight_bytes_per_step
+from mili.argtypes import positive_int
+from mili.bench.floors import (
+    copy_bytes_per_s,
+    group_of,
+    kv_bytes_per_token,
+    sync,
+    weight_bytes_per_step,
+)
 from mili.bench.throughput import environment, hf_model_for
 
 
@@ -69,14 +78,18 @@ def time_hf(hf_model, prompt: list[int], new_tokens: int) -> float:
 
 def run_benchmark(model: str, *, prompt_len: int = 128, new_tokens: int = 512, repeats: int = 3,
                   compare_hf: bool = False, hf_new_tokens: int = 64, device=None, dtype="auto",
-                  enforce_eager: bool = False, overlap: bool = True, profile: bool = False) -> dict:
+                  enforce_eager: bool = False, overlap: bool = True, profile: bool = False,
+                  tensor_parallel_size: int = 1) -> dict:
     from mili.engine.llm import LLM
 
+    if compare_hf and tensor_parallel_size > 1:
+        raise ValueError("--compare hf runs Hugging Face on one device: leave out --tensor-parallel-size")
     llm = LLM(model, dtype=dtype, device=device, max_num_seqs=8, enable_prefix_caching=False,
-              max_model_len=prompt_len + new_tokens + 1, enforce_eager=enforce_eager, overlap=overlap)
-    config, device = llm.model.config, llm.model.device
+              max_model_len=prompt_len + new_tokens + 1, enforce_eager=enforce_eager, overlap=overlap,
+              tensor_parallel_size=tensor_parallel_size)
+    (config, devices), device = group_of(llm.model), llm.model.device
     prompt = [random.Random(0).randrange(config.vocab_size) for _ in range(prompt_len)]
-    copy_rate = copy_bytes_per_s(device)
+    copy_rate = devices * copy_bytes_per_s(device)
     weights = weight_bytes_per_step(config, llm.model.dtype)
     mean_context = prompt_len + new_tokens / 2
     floor_s = (weights + mean_context * kv_bytes_per_token(config, llm.model.dtype)) / copy_rate
@@ -85,7 +98,7 @@ def run_benchmark(model: str, *, prompt_len: int = 128, new_tokens: int = 512, r
     tpot = statistics.median(r["tpot_s"] for r in runs)
     report = {"environment": environment(device), "model": model, "dtype": str(llm.model.dtype),
               "cuda_graphs": llm.engine.runner.graphs is not None, "overlap": llm.engine.config.overlap,
-              "prompt_len": prompt_len, "new_tokens": new_tokens, "repeats": repeats,
+              "tensor_parallel_size": devices, "prompt_len": prompt_len, "new_tokens": new_tokens, "repeats": repeats,
               "copy_bytes_per_s": copy_rate, "weight_bytes_per_step": weights, "floor_ms_per_token": 1e3 * floor_s,
               "mili": {"tpot_ms": 1e3 * tpot, "ttft_ms": 1e3 * statistics.median(r["ttft_s"] for r in runs),
                        "runs": runs, "times_floor": tpot / floor_s}}
@@ -95,6 +108,8 @@ def run_benchmark(model: str, *, prompt_len: int = 128, new_tokens: int = 512, r
         steps = StepProfile(llm.engine)
         time_mili(llm, prompt, new_tokens)
         report["mili"]["profile"] = steps.summary()
+    if devices > 1:
+        llm.model.shutdown()  # its workers and process group; the engine's reference outlives this call
     if compare_hf:
         del llm.engine
         gc.collect()
@@ -108,7 +123,9 @@ def run_benchmark(model: str, *, prompt_len: int = 128, new_tokens: int = 512, r
 
 def print_report(report: dict, stream=None) -> None:
     stream = stream or sys.stdout
-    print(f"{report['environment']['device']} · {report['model']} · {report['dtype']} · batch 1, prompt "
+    devices = report.get("tensor_parallel_size", 1)
+    group = f" × {devices} (tensor parallel)" if devices > 1 else ""
+    print(f"{report['environment']['device']}{group} · {report['model']} · {report['dtype']} · batch 1, prompt "
           f"{report['prompt_len']}, {report['new_tokens']} new tokens · floor {report['floor_ms_per_token']:.3f} ms/token "
           f"({report['weight_bytes_per_step'] / 1e9:.2f} GB of weights at {report['copy_bytes_per_s'] / 1e9:.0f} GB/s)",
           file=stream)
@@ -161,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--enforce-eager", action="store_true", help="CUDA: no CUDA graphs")
     parser.add_argument("--no-overlap", action="store_true", help="complete each step before scheduling the next")
+    parser.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="N",
+                        help="split the model over N devices (GPUs device, device+1, ...; or CPU ranks)")
     parser.add_argument("--profile", action="store_true", help="host and device time per step (one more run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", help="write the results as JSON here")
@@ -173,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_benchmark(args.model, prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats,
                            compare_hf=args.compare == "hf", hf_new_tokens=args.hf_new_tokens, device=args.device,
                            dtype=args.dtype, enforce_eager=args.enforce_eager, overlap=not args.no_overlap,
-                           profile=args.profile)
+                           profile=args.profile, tensor_parallel_size=args.tensor_parallel_size)
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

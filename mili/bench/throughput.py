@@ -15,9 +15,12 @@ at the matmul rate measured here; `fraction_of_bandwidth_floor` is floor time / 
 `--profile` adds host and device time per step (`step_profile.py`). `--no-overlap` and
 `--no-persistent-batch` turn the engine's host-side optimisations off, to measure what each buys.
 On a shared CPU, wall time includes waiting for a core; the process's CPU time is reported too.
+`--tensor-parallel-size N` splits the model over N devices; the floor is then the group's
+(`floors.group_of`).
 
     mili bench throughput [--model DIR|PRESET] [--num-seqs 256] [--min-len 100] [--max-len 1024]
-                          [--prompt-len N --output-len N] [--compare hf] [--profile] [--json FILE] [--plot FILE]
+                          [--prompt-len N --output-len N] [--compare hf] [--tensor-parallel-size N]
+                          [--profile] [--json FILE] [--plot FILE]
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, matmul_flops_per_s, sync
+from mili.argtypes import positive_int
+from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, group_of, matmul_flops_per_s, sync
 
 TEMPERATURE = 0.6
 GPU_WORKLOAD = {"num_seqs": 256, "min_len": 100, "max_len": 1024}  # nano-vllm's
@@ -165,27 +169,33 @@ def run_benchmark(model: str, *, num_seqs: int, min_len: int, max_len: int, comp
                   dtype="auto", hf_batch_size: int | None = None, max_num_seqs: int = 256,
                   max_num_batched_tokens: int | None = None, seed: int = 0, enforce_eager: bool = False,
                   prompt_len: int | None = None, output_len: int | None = None, profile: bool = False,
-                  overlap: bool = True, persistent_batch: bool = True, backend="auto") -> dict:
+                  overlap: bool = True, persistent_batch: bool = True, backend="auto",
+                  tensor_parallel_size: int = 1) -> dict:
     from mili.engine.llm import LLM
 
+    if compare_hf and tensor_parallel_size > 1:
+        raise ValueError("--compare hf runs Hugging Face on one device: leave out --tensor-parallel-size")
     longest = max(prompt_len or max_len, min_len) + max(output_len or max_len, min_len)
     llm = LLM(model, dtype=dtype, device=device, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
               enable_prefix_caching=False, max_model_len=longest + 1, enforce_eager=enforce_eager,
-              overlap=overlap and persistent_batch, persistent_batch=persistent_batch, backend=backend)
-    config = llm.model.config
+              overlap=overlap and persistent_batch, persistent_batch=persistent_batch, backend=backend,
+              tensor_parallel_size=tensor_parallel_size)
+    config, devices = group_of(llm.model)
     work = workload(num_seqs, min_len, max_len, config.vocab_size, seed, prompt_len, output_len)
     device = llm.model.device
-    floor = bandwidth_floor(config, llm.model.dtype, work, max_num_seqs, copy_bytes_per_s(device),
-                            matmul_flops_per_s(device, llm.model.dtype))
+    floor = bandwidth_floor(config, llm.model.dtype, work, max_num_seqs, devices * copy_bytes_per_s(device),
+                            devices * matmul_flops_per_s(device, llm.model.dtype))
     flop_floor_s = 2 * config.num_parameters() * sum(len(p) + n for p, n in work) / floor["matmul_flops_per_s"]
     warmup = None
     if device.type == "cuda":
         warmup = workload(num_seqs, min_len, max_len, config.vocab_size, seed + 1, prompt_len, output_len)
     mili = run_mili(llm, work, warmup, profile)
+    if devices > 1:
+        llm.model.shutdown()  # its workers and process group; the engine's reference outlives this call
     report = {"environment": environment(device), "model": model, "dtype": str(llm.model.dtype),
               "backend": llm.model.backend.name, "cuda_graphs": llm.engine.runner.graphs is not None,
               "overlap": llm.engine.config.overlap, "persistent_batch": llm.engine.config.persistent_batch,
-              "workload": {"num_seqs": num_seqs, "min_len": min_len, "max_len": max_len, "seed": seed,
+              "tensor_parallel_size": devices, "workload": {"num_seqs": num_seqs, "min_len": min_len, "max_len": max_len, "seed": seed,
                            "prompt_len": prompt_len, "output_len": output_len, "temperature": TEMPERATURE,
                            "prompt_tokens": sum(len(p) for p, _ in work), "output_tokens": sum(n for _, n in work)},
               "bandwidth_floor": floor, "floor_seconds": floor["seconds"],
@@ -208,7 +218,9 @@ def print_report(report: dict, stream=None) -> None:
     w, floor = report["workload"], report["bandwidth_floor"]
     lengths = (f"prompts {w['prompt_len']}, outputs {w['output_len']}" if w.get("prompt_len") else
                f"lengths [{w['min_len']}, {w['max_len']}]")
-    print(f"{report['environment']['device']} · {report['model']} · {report['dtype']} · {w['num_seqs']} seqs, {lengths}"
+    devices = report.get("tensor_parallel_size", 1)
+    group = f" × {devices} (tensor parallel)" if devices > 1 else ""
+    print(f"{report['environment']['device']}{group} · {report['model']} · {report['dtype']} · {w['num_seqs']} seqs, {lengths}"
           f" · bandwidth floor {floor['seconds']:.2f} s ({floor['copy_bytes_per_s'] / 1e9:.0f} GB/s copy, "
           f"{floor['matmul_flops_per_s'] / 1e12:.1f} TFLOP/s matmul)", file=stream)
     print(f"{'engine':<8} {'seconds':>9} {'out tok/s':>11} {'of floor':>9} {'ratio':>7}   "
@@ -270,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-persistent-batch", action="store_true",
                         help="build each step from Python lists (exercise 3.4's build_batch); implies --no-overlap")
     parser.add_argument("--backend", default="auto", help="torch or triton (default: triton on CUDA)")
+    parser.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="N",
+                        help="split the model over N devices (GPUs device, device+1, ...; or CPU ranks)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", help="write the results as JSON here")
     parser.add_argument("--plot", help="write a bar chart (PNG) here")
@@ -290,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                            max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.enforce_eager,
                            prompt_len=args.prompt_len, output_len=args.output_len, profile=args.profile,
                            overlap=not args.no_overlap, persistent_batch=not args.no_persistent_batch,
-                           backend=args.backend)
+                           backend=args.backend, tensor_parallel_size=args.tensor_parallel_size)
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -2,7 +2,10 @@
 
 `TensorParallelModel` has what the engine uses of `Qwen3ForCausalLM` (`forward`, `compute_logits`,
 `config`, `device`, `dtype`, `backend`), so the scheduler, the model runner and the sampler run
-on rank 0 unchanged and know nothing of the other ranks. Each call sends the workers the same
+on rank 0 unchanged and know nothing of the other ranks. Two additions, which the model runner
+calls where a model has them: `copy_kv_blocks` (a request with n > 1 forks its samples) copies
+blocks in every rank's cache, not only in rank 0's; `record_decode_graphs` records CUDA graphs
+on every rank (`TensorParallelGraphs`). Each call sends the workers the same
 call (`step.py`), then runs rank 0's own shard; the shards meet in their all-reduces and in the
 gather of the logits. `config` is rank 0's view (`ModelShard.local_config`): the engine sizes
 the KV cache from it, so each rank's cache holds its own KV heads. Each worker allocates its
@@ -10,8 +13,11 @@ cache, with the same number of blocks, the first time rank 0 passes a new one.
 
 Failures: a worker that fails, or a step that stops half-way on rank 0 (an exception, Ctrl-C),
 leaves the ranks out of step, so the workers are stopped and every later call raises
-`TensorParallelFailure`. The engine's CUDA graphs cannot record this model (the workers would
-not replay with rank 0): an engine on it runs eagerly.
+`TensorParallelFailure`.
+
+CUDA graphs: a graph of this model recorded on rank 0 would replay rank 0's kernels alone, so
+each rank records its own shard's decode graphs (`worker.py` says how they stay in step), and
+the model runner holds `TensorParallelGraphs`, whose `run` is one step on every rank.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from torch import Tensor
 from mili.distributed import step
 from mili.distributed.failure import TensorParallelFailure
 from mili.distributed.launch import WorkerGroup, check_devices, start_store
-from mili.distributed.worker import WorkerSpec, join_group, load_shard
+from mili.distributed.worker import WorkerSpec, forward_from_graphs, join_group, load_shard
 from mili.model.metadata import AttentionMetadata, KVCache
 
 
@@ -39,6 +45,11 @@ class TensorParallelModel:
         self._worker_cache: weakref.ref | None = None  # the KV cache the workers mirror
         self._broken: str | None = None
         self._finalizer = weakref.finalize(self, _stop_group, workers)
+
+    @property
+    def whole_config(self):
+        """The whole model's config (`config` is rank 0's part)."""
+        return self.shard_model.shard.config
 
     @property
     def device(self) -> torch.device:
@@ -60,16 +71,15 @@ class TensorParallelModel:
                              f"and {tuple(positions.shape)}")
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("a tensor-parallel model cannot be recorded into a CUDA graph by its caller: the "
-                               "workers would not replay with it (run the engine with enforce_eager=True)")
+                               "workers would not replay with it (record_decode_graphs records every rank's)")
         if kv_cache is not None and kv_cache.k.shape[3] != self.config.num_key_value_heads:
             raise ValueError(f"the KV cache holds {kv_cache.k.shape[3]} KV heads but rank 0 holds "
                              f"{self.config.num_key_value_heads}: size it from this model's config")
         layout, buffer = step.pack_step(input_ids, positions, attn_metadata)
 
         def run():
-            if kv_cache is not None and (self._worker_cache is None or self._worker_cache() is not kv_cache):
-                self.workers.send((step.KV_CACHE, kv_cache.num_blocks, kv_cache.block_size))
-                self._worker_cache = weakref.ref(kv_cache)
+            if kv_cache is not None:
+                self._share_cache(kv_cache)
             self.workers.send((step.FORWARD, layout, kv_cache is not None))
             step.broadcast_from_first(buffer)
             return self.shard_model(input_ids, positions, attn_metadata, kv_cache)
@@ -87,7 +97,39 @@ class TensorParallelModel:
 
         return self._in_step(run)
 
-    def _in_step(self, run: Callable[[], Tensor]) -> Tensor:
+    @torch.inference_mode()
+    def copy_kv_blocks(self, kv_cache: KVCache, pairs: list[tuple[int, int]]) -> None:
+        """Copy the K/V of blocks (src -> dst) in every rank's cache (each holds its own KV heads).
+
+        The workers run commands in the order rank 0 sends them, so the copy falls between the
+        same two forwards on every rank."""
+
+        def run():
+            self._share_cache(kv_cache)
+            self.workers.send((step.COPY_BLOCKS, [(int(src), int(dst)) for src, dst in pairs]))
+            kv_cache.copy_blocks(pairs)
+
+        self._in_step(run)
+
+    def record_decode_graphs(self, kv_cache: KVCache, *, max_num_seqs: int,
+                             max_model_len: int) -> TensorParallelGraphs:
+        """Every rank records its own decode graphs over its cache (CUDA, triton backend)."""
+        from mili.engine.cuda_graphs import DecodeGraphs
+
+        def run():
+            self._share_cache(kv_cache)
+            self.workers.send((step.RECORD_GRAPHS, max_num_seqs, max_model_len))
+            return DecodeGraphs(self.shard_model, kv_cache, max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+
+        return TensorParallelGraphs(self, self._in_step(run), kv_cache)
+
+    def _share_cache(self, kv_cache: KVCache) -> None:
+        """Have the workers allocate their caches like `kv_cache`, unless they already mirror it."""
+        if self._worker_cache is None or self._worker_cache() is not kv_cache:
+            self.workers.send((step.KV_CACHE, kv_cache.num_blocks, kv_cache.block_size))
+            self._worker_cache = weakref.ref(kv_cache)
+
+    def _in_step(self, run: Callable[[], Tensor | None]) -> Tensor | None:
         """Run one call on every rank; any failure half-way ends the group (see the module docstring)."""
         if self._broken is None and self.workers.failure is not None:
             self._broken = self.workers.failure
@@ -110,6 +152,28 @@ class TensorParallelModel:
         self._finalizer()
         if self._broken is None:
             self._broken = "this tensor-parallel model was shut down"
+
+
+class TensorParallelGraphs:
+    """What the model runner holds as its CUDA graphs: `run` is one step on every rank, each
+    replaying its own graph where one fits the batch and running eagerly where none does."""
+
+    def __init__(self, model: TensorParallelModel, graphs, kv_cache: KVCache):
+        self.model, self.graphs, self.kv_cache = model, graphs, kv_cache  # graphs: rank 0's DecodeGraphs
+
+    @torch.inference_mode()
+    def run(self, model_input) -> Tensor:
+        """Hidden states [T, H] of the step (never None: no step falls back to the caller)."""
+        model, md = self.model, model_input.attn_metadata
+        layout, buffer = step.pack_step(model_input.input_ids, model_input.positions, md)
+
+        def run():
+            model.workers.send((step.GRAPH_FORWARD, layout))
+            step.broadcast_from_first(buffer)
+            return forward_from_graphs(model.shard_model, self.graphs, model_input.input_ids, model_input.positions,
+                                       md, self.kv_cache)
+
+        return model._in_step(run)
 
 
 def _stop_group(workers: WorkerGroup) -> None:

@@ -7,6 +7,10 @@ the CPU), so they go device to device:
     ("kv_cache", num_blocks, block_size)  allocate this rank's paged cache (its own KV heads)
     ("forward", layout, use_cache)        then a broadcast of the step's integer tensors, packed
     ("logits", shape)                     then a broadcast of the hidden rows to turn into logits
+    ("copy_blocks", pairs)                copy the K/V of blocks (src, dst) in this rank's cache: a
+                                          forked sample's partial block (n > 1)
+    ("record_graphs", max_num_seqs, max_model_len)  record this rank's decode CUDA graphs
+    ("graph_forward", layout)             as "forward", replaying this rank's graph where one fits
     ("shutdown",)
 
 A step's tensors (input_ids, positions and every tensor of its AttentionMetadata) are all
@@ -26,7 +30,8 @@ from torch import Tensor
 
 from mili.model.metadata import AttentionMetadata
 
-KV_CACHE, FORWARD, LOGITS, SHUTDOWN = "kv_cache", "forward", "logits", "shutdown"
+KV_CACHE, FORWARD, LOGITS, COPY_BLOCKS, SHUTDOWN = "kv_cache", "forward", "logits", "copy_blocks", "shutdown"
+RECORD_GRAPHS, GRAPH_FORWARD = "record_graphs", "graph_forward"
 
 
 @dataclass(frozen=True)

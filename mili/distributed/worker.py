@@ -10,6 +10,12 @@ told to stop (`step.py` lists the commands). It never outlives rank 0:
   a collective sees gloo's "connection closed" error, or (NCCL, whose collectives wait on the
   GPU) a watchdog thread sees the parent process change and exits.
 - its own failure: the traceback goes to rank 0 through the report pipe, then exit status 1.
+
+CUDA graphs: every rank records its own decode graphs at once (their NCCL all-reduces are
+recorded too, and must meet while recording), and for a step sent as "graph_forward" each rank
+replays its graph for the step's batch size, or runs eagerly where none fits (a prefill, a batch
+larger than the largest graph): every rank decides alike from the same step
+(`forward_from_graphs`), so their all-reduces keep meeting.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from mili.distributed import step
-from mili.model.metadata import KVCache
+from mili.model.metadata import AttentionMetadata, KVCache
 from mili.model.parallel import TensorParallelGroup
 
 PARENT_POLL_S = 0.5
@@ -93,9 +99,19 @@ def main(rank: int, spec: WorkerSpec, commands, reports) -> None:
     dist.destroy_process_group()
 
 
+def forward_from_graphs(model, graphs, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata,
+                        kv_cache: KVCache) -> torch.Tensor:
+    """This rank's hidden states for a step: its decode graph's replay where one fits, else eagerly."""
+    from mili.engine.batch import ModelInput
+
+    model_input = ModelInput(input_ids, positions, md, logits_indices=input_ids.new_empty(0), sampled_seqs=[])
+    hidden = graphs.run(model_input)
+    return hidden if hidden is not None else model(input_ids, positions, md, kv_cache)
+
+
 def serve(model, commands) -> None:
     """Run rank 0's commands on this rank's shard until "shutdown" or end-of-file."""
-    kv_cache = None
+    kv_cache = graphs = None
     while True:
         try:
             message = commands.recv()
@@ -106,7 +122,7 @@ def serve(model, commands) -> None:
             return
         if kind == step.KV_CACHE:
             _, num_blocks, block_size = message
-            kv_cache = None  # free the old one first
+            kv_cache = graphs = None  # free the old ones first (the graphs read the old cache)
             kv_cache = KVCache.for_config(model.config, num_blocks, block_size, dtype=model.dtype, device=model.device)
         elif kind == step.FORWARD:
             _, layout, use_cache = message
@@ -117,6 +133,18 @@ def serve(model, commands) -> None:
             _, shape = message
             hidden = step.broadcast_from_first(torch.empty(shape, dtype=model.dtype, device=model.device))
             model.compute_logits(hidden)  # this rank's part of the vocabulary, gathered on rank 0
+        elif kind == step.COPY_BLOCKS:
+            kv_cache.copy_blocks(message[1])
+        elif kind == step.RECORD_GRAPHS:
+            from mili.engine.cuda_graphs import DecodeGraphs
+
+            _, max_num_seqs, max_model_len = message
+            graphs = None
+            graphs = DecodeGraphs(model, kv_cache, max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+        elif kind == step.GRAPH_FORWARD:
+            _, layout = message
+            buffer = step.broadcast_from_first(torch.empty(layout.numel, dtype=torch.int64, device=model.device))
+            forward_from_graphs(model, graphs, *step.unpack_step(layout, buffer), kv_cache)
         else:
             raise ValueError(f"unknown command {kind!r} from rank 0")
 

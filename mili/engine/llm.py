@@ -35,7 +35,7 @@ class LLM:
     dtype: 'auto' (bfloat16 on CUDA, float32 elsewhere), a name or a torch.dtype.
     device: None picks CUDA when present. The engine settings are those of `EngineConfig`.
     tensor_parallel_size: split the model over this many processes (GPUs device, device+1, ...;
-    or CPU ranks over gloo); see mili/distributed. The engine then runs eagerly (no CUDA graphs).
+    or CPU ranks over gloo); see mili/distributed. On CUDA every rank records its own decode graphs.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, tokenizer=None, dtype: str | torch.dtype = "auto",
@@ -63,7 +63,6 @@ class LLM:
                                  "every rank makes its own")
             self.model = load_tensor_parallel(model, tensor_parallel_size, dtype=_resolve_dtype(dtype), device=device,
                                               make_backend=partial(engine_backend, backend), seed=seed)
-            enforce_eager = True  # the engine's CUDA graphs would replay rank 0 alone
         self.tokenizer = _load_tokenizer(tokenizer if tokenizer is not None else model)
         config = EngineConfig(block_size=block_size, num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs,
                               max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
@@ -89,9 +88,6 @@ class LLM:
             params = list(sampling_params)
         else:
             params = [sampling_params or SamplingParams()] * len(prompts)
-        if self.tensor_parallel_size > 1 and any(p.n > 1 for p in params):
-            raise ValueError("n > 1 is not supported with tensor_parallel_size > 1 yet: the engine copies the "
-                             "blocks that parallel samples share on rank 0 only")
         final_only = {}  # offline: one output per request, when it finishes (nothing built per step)
         params = [final_only.setdefault(id(p), _final_only(p)) for p in params]
         ids = []

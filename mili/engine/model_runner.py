@@ -81,8 +81,14 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
 
     def capture_cuda_graphs(self, *, max_num_seqs: int, max_model_len: int) -> None:
-        """Record decode steps as CUDA graphs where the model allows it (CUDA, triton backend)."""
-        if can_record(self.model):
+        """Record decode steps as CUDA graphs where the model allows it (CUDA, triton backend).
+        A tensor-parallel model records them on every rank (`record_decode_graphs`)."""
+        if not can_record(self.model):
+            return
+        if hasattr(self.model, "record_decode_graphs"):
+            self.graphs = self.model.record_decode_graphs(self.kv_cache, max_num_seqs=max_num_seqs,
+                                                          max_model_len=max_model_len)
+        else:
             self.graphs = DecodeGraphs(self.model, self.kv_cache, max_num_seqs=max_num_seqs,
                                        max_model_len=max_model_len)
 
@@ -206,13 +212,15 @@ class ModelRunner:
 
     @torch.inference_mode()
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
-        """Copy the K/V of whole blocks (src -> dst) in every layer: a forked sample's partial block."""
+        """Copy the K/V of whole blocks (src -> dst) in every layer: a forked sample's partial block.
+        A tensor-parallel model copies them in every rank's cache (`copy_kv_blocks`)."""
         if not pairs:
             return
-        src = torch.tensor([p[0] for p in pairs], device=self.device)
-        dst = torch.tensor([p[1] for p in pairs], device=self.device)
-        self.kv_cache.k[:, dst] = self.kv_cache.k[:, src]
-        self.kv_cache.v[:, dst] = self.kv_cache.v[:, src]
+        copy_on_every_rank = getattr(self.model, "copy_kv_blocks", None)
+        if copy_on_every_rank is not None:
+            copy_on_every_rank(self.kv_cache, pairs)
+        else:
+            self.kv_cache.copy_blocks(pairs)
 
 
 def _decode_row_keys(model_input: ModelInput) -> list:

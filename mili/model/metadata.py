@@ -121,6 +121,13 @@ class KVCache:
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[index], self.v[index]
 
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy the K/V of whole blocks (src -> dst) in every layer."""
+        src = torch.tensor([p[0] for p in pairs], device=self.k.device)
+        dst = torch.tensor([p[1] for p in pairs], device=self.k.device)
+        self.k[:, dst] = self.k[:, src]
+        self.v[:, dst] = self.v[:, src]
+
     @staticmethod
     def bytes_per_token(config, dtype: torch.dtype) -> int:
         elem = torch.empty((), dtype=dtype).element_size()

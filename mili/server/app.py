@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
+from mili.distributed.failure import TensorParallelFailure
 from mili.server.async_engine import AsyncEngine
 from mili.server.errors import APIError, bad_request, from_validation_errors, internal_error
 from mili.server.logs import REQUEST_ID
@@ -249,7 +250,7 @@ async def _load(state: ServerState, load_engine: Callable[[], tuple]) -> None:
         log.error("loading the model failed: %s", err)
         state.load_error = err
         return
-    except Exception as err:
+    except (Exception, TensorParallelFailure) as err:
         log.exception("loading the model failed")
         state.load_error = err
         return

@@ -10,7 +10,10 @@ address other than loopback without a key logs a warning; --require-api-key (set
 manifests of deployment/) refuses to start without one.
 
 The socket opens at once and `/health` says 503 until the model is loaded and warmed up (one short
-request compiles the kernels). On SIGTERM (or Ctrl+C) the server drains: new requests get 503,
+request compiles the kernels). With --tensor-parallel-size N the model is split over N processes
+(GPUs device .. device+N-1, or CPU ranks): this process runs the server and the engine (rank 0),
+the others only their part of the model; they stop when the server stops, and a failed rank
+ends the server with status 1 (nothing can be served without it). On SIGTERM (or Ctrl+C) the server drains: new requests get 503,
 `/health` 503 (a load balancer stops sending),
 requests in flight may finish for up to --shutdown-timeout seconds, then the rest are aborted
 (their streams end with finish_reason "abort") and the process exits with status 0. A second
@@ -31,6 +34,7 @@ from pathlib import Path
 import uvicorn
 
 from mili.argtypes import device, non_negative_int, port, positive_int, seed, triton_problem
+from mili.distributed.failure import TensorParallelFailure
 from mili.exercise import repo_root
 from mili.server.app import ServerConfig, ServerState, build_app
 from mili.server.logs import LOG_FORMATS, configure_logging
@@ -74,8 +78,14 @@ class DrainingServer(uvicorn.Server):
         if self.force_exit:  # uvicorn skips the app's shutdown then; it stops the engine thread
             await self.lifespan.shutdown()
 
+    @property
+    def group_failure(self) -> TensorParallelFailure | None:
+        """Why the tensor-parallel group failed, if it did (the engine thread died of it)."""
+        error = self.state.engine.error if self.state.engine is not None else None
+        return error if isinstance(error, TensorParallelFailure) else None
+
     async def on_tick(self, counter: int) -> bool:
-        if self.state.load_error is not None:
+        if self.state.load_error is not None or self.group_failure is not None:
             self.should_exit = True
         if self.drain_deadline is not None and not self.should_exit:
             clock = time.monotonic()
@@ -127,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"],
                    help="the ops: plain PyTorch or Triton kernels (default: triton on CUDA, torch on a CPU)")
     p.add_argument("--seed", type=seed, default=0, help="weights seed for a preset (default 0)")
+    p.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="N",
+                   help="split the model over N processes: GPUs device, device+1, ... (NCCL) or CPU ranks (gloo)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="default info; debug also logs every HTTP request")
     p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
@@ -207,13 +219,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def engine_loader(args):
-    """A function that builds (LLMEngine, tokenizer) from the parsed arguments (run off the event loop)."""
+class EngineLoader:
+    """Builds (LLMEngine, tokenizer) from the parsed arguments when called (off the event loop);
+    `close()` stops a tensor-parallel model's worker processes once the server has stopped."""
 
-    def load():
+    def __init__(self, args):
+        self.args = args
+        self.llm = None
+
+    def __call__(self):
         from mili.engine.llm import LLM
 
-        tokenizer = None
+        args, tokenizer = self.args, None
         if not (Path(args.model) / "tokenizer.json").exists():
             from mili.qwen3_tokenizer import (
                 qwen3_tokenizer,  # presets use the real Qwen3 vocabulary
@@ -221,13 +238,17 @@ def engine_loader(args):
 
             tokenizer = qwen3_tokenizer()
         device = None if args.device == "auto" else args.device
-        llm = LLM(args.model, tokenizer=tokenizer, dtype=args.dtype, device=device, backend=args.backend,
-                  seed=args.seed, block_size=args.block_size, num_kv_blocks=args.num_kv_blocks, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
-                  enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager)
-        warm_up(llm)
-        return llm.engine, llm.tokenizer
+        self.llm = LLM(args.model, tokenizer=tokenizer, dtype=args.dtype, device=device, backend=args.backend,
+                       seed=args.seed, block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
+                       max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+                       enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
+                       tensor_parallel_size=args.tensor_parallel_size)
+        warm_up(self.llm)
+        return self.llm.engine, self.llm.tokenizer
 
-    return load
+    def close(self) -> None:
+        if self.llm is not None and self.llm.tensor_parallel_size > 1:
+            self.llm.model.shutdown()
 
 
 def warm_up(llm) -> None:
@@ -254,13 +275,20 @@ def main(argv: list[str] | None = None) -> int:
     name = args.served_model_name or Path(args.model).name
     config = ServerConfig(model_name=name, api_key=args.api_key, max_queue=args.max_queue, max_n=args.max_n,
                           max_body_bytes=args.max_body_bytes)
-    app = build_app(engine_loader(args), config)
+    loader = EngineLoader(args)
+    app = build_app(loader, config)
     uv_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, log_config=None,
                                timeout_graceful_shutdown=int(_ABORT_GRACE_S), access_log=args.log_level == "debug")
     server = DrainingServer(uv_config, app.state.mili, args.shutdown_timeout)
-    server.run()
+    try:
+        server.run()
+    finally:
+        loader.close()
     if app.state.mili.load_error is not None:
         print(f"mili serve: error: {app.state.mili.load_error}", file=sys.stderr)
+        return 1
+    if server.group_failure is not None:
+        print(f"mili serve: error: {server.group_failure}", file=sys.stderr)
         return 1
     if server.force_exit:  # a second signal: skip the interpreter's teardown of the model (seconds on a busy CPU)
         logging.shutdown()

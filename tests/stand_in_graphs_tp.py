@@ -1,0 +1,54 @@
+"""Tensor parallelism on the CPU with stand-in CUDA graphs, for tests/test_tensor_parallel.py
+(run as `python -m tests.stand_in_graphs_tp MODEL_DIR REQUESTS_JSON`; prints JSON).
+
+CUDA graphs need a GPU, but the way every rank records and replays its own can be followed on
+the CPU: here `DecodeGraphs` is replaced, on every rank (a worker process imports the main module
+of rank 0's process), by `EagerGraphs`, which "replays" the decode batches that fit its largest
+size by running the model, and the engine records graphs on any device. Prints the generated
+token ids and how many steps rank 0 replayed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from mili.engine import cuda_graphs, model_runner
+
+
+class EagerGraphs:
+    def __init__(self, model, kv_cache, *, max_num_seqs: int, max_model_len: int):
+        self.model, self.kv_cache = model, kv_cache
+        self.largest = cuda_graphs.graph_batch_sizes(max_num_seqs)[-1]
+        self.replays = 0
+
+    def run(self, model_input):
+        md = model_input.attn_metadata
+        if md.is_prefill or md.num_seqs > self.largest:
+            return None
+        self.replays += 1
+        return self.model(model_input.input_ids, model_input.positions, md, self.kv_cache)
+
+
+cuda_graphs.DecodeGraphs = EagerGraphs
+model_runner.can_record = lambda model: True
+
+
+def main(model: str, requests: str) -> None:
+    from mili import LLM, SamplingParams
+
+    torch.set_num_threads(1)
+    spec = json.loads(requests)
+    llm = LLM(model, tensor_parallel_size=2, **spec["settings"])
+    try:
+        outputs = llm.generate(spec["prompts"], [SamplingParams(**p) for p in spec["params"]], use_tqdm=False)
+        print(json.dumps({"token_ids": [[c.token_ids for c in o.outputs] for o in outputs],
+                          "replays": llm.engine.runner.graphs.graphs.replays}))
+    finally:
+        llm.model.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,43 @@
+"""Tensor parallelism on 2 GPUs (NCCL): every rank replays its own decode CUDA graphs, and the
+tokens are those of the eager group and of one GPU. Skipped without 2 GPUs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from mili import LLM, SamplingParams
+from tests.test_tensor_parallel import CHECKPOINTS, write_checkpoint
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")]
+
+
+def _generate(folder, **settings) -> tuple[list, bool]:
+    prompts = [{"prompt_token_ids": list(range(3, 3 + 5 * i + 7))} for i in range(11)]
+    params = [SamplingParams(n=1 + i % 3, temperature=0, max_tokens=6 + 2 * i, ignore_eos=True) for i in range(11)]
+    llm = LLM(str(folder), dtype="float32", device="cuda", backend="triton", num_kv_blocks=256, block_size=16,
+              max_num_seqs=16, **settings)
+    try:
+        tokens = [[c.token_ids for c in o.outputs] for o in llm.generate(prompts, params, use_tqdm=False)]
+        return tokens, llm.engine.runner.graphs is not None
+    finally:
+        if llm.tensor_parallel_size > 1:
+            llm.model.shutdown()
+        del llm
+        torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("name", ["kv-heads-divide-tied", "kv-heads-uneven-untied"])
+def test_each_rank_replays_its_graphs_and_gives_the_eager_and_one_gpu_tokens(tmp_path, name):
+    folder = tmp_path / name
+    write_checkpoint(folder, **CHECKPOINTS[name])
+    one_gpu, _ = _generate(folder)
+    eager, eager_graphs = _generate(folder, tensor_parallel_size=2, enforce_eager=True)
+    replayed, graphs = _generate(folder, tensor_parallel_size=2)
+    assert graphs and not eager_graphs
+    assert os.environ.get("NCCL_NVLS_ENABLE") == "0"
+    assert replayed == eager, "2 ranks replaying CUDA graphs must give the eager group's tokens"
+    assert replayed == one_gpu, "2 ranks must give one GPU's greedy tokens"
