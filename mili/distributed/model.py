@@ -31,7 +31,7 @@ from torch import Tensor
 from mili.distributed import step
 from mili.distributed.failure import TensorParallelFailure
 from mili.distributed.launch import WorkerGroup, check_devices, start_store
-from mili.distributed.worker import WorkerSpec, forward_from_graphs, join_group, load_shard
+from mili.distributed.worker import WorkerSpec, forward_from_graphs, join_group, leave_group, load_shard
 from mili.model.metadata import AttentionMetadata, KVCache
 
 
@@ -177,11 +177,8 @@ class TensorParallelGraphs:
 
 
 def _stop_group(workers: WorkerGroup) -> None:
-    import torch.distributed as dist
-
     workers.stop()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_group()
 
 
 def load_tensor_parallel(model: str, size: int, *, dtype: torch.dtype | None, device: torch.device,

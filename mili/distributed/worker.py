@@ -96,7 +96,19 @@ def main(rank: int, spec: WorkerSpec, commands, reports) -> None:
         except OSError:
             pass  # rank 0 is gone
         os._exit(1)  # no interpreter teardown: a broken communicator may hang in it
-    dist.destroy_process_group()
+    leave_group()
+
+
+def leave_group() -> None:
+    """Leave the process group at shutdown. An NCCL communicator is aborted, not destroyed:
+    destroying it waits on the other ranks, which are leaving too (or gone), and it hung on
+    two H200s once each rank had recorded CUDA graphs with collectives in them."""
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "nccl":
+        dist.distributed_c10d._abort_process_group()
+    else:
+        dist.destroy_process_group()
 
 
 def forward_from_graphs(model, graphs, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata,
