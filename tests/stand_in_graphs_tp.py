@@ -24,6 +24,9 @@ class EagerGraphs:
         self.largest = cuda_graphs.graph_batch_sizes(max_num_seqs)[-1]
         self.replays = 0
 
+    def release(self):
+        self.largest = 0
+
     def run(self, model_input):
         md = model_input.attn_metadata
         if md.is_prefill or md.num_seqs > self.largest:

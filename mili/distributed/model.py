@@ -31,7 +31,9 @@ from torch import Tensor
 from mili.distributed import step
 from mili.distributed.failure import TensorParallelFailure
 from mili.distributed.launch import WorkerGroup, check_devices, start_store
-from mili.distributed.worker import WorkerSpec, forward_from_graphs, join_group, leave_group, load_shard
+from mili.distributed.worker import (
+    WorkerSpec, forward_from_graphs, join_group, leave_group, load_shard, release_graphs,
+)
 from mili.model.metadata import AttentionMetadata, KVCache
 
 
@@ -44,7 +46,8 @@ class TensorParallelModel:
         self.tensor_parallel_size = shard_model.shard.group.size
         self._worker_cache: weakref.ref | None = None  # the KV cache the workers mirror
         self._broken: str | None = None
-        self._finalizer = weakref.finalize(self, _stop_group, workers)
+        self._recorded: list = []  # rank 0's DecodeGraphs, released before the group is left
+        self._finalizer = weakref.finalize(self, _stop_group, workers, self._recorded)
 
     @property
     def whole_config(self):
@@ -121,7 +124,9 @@ class TensorParallelModel:
             self.workers.send((step.RECORD_GRAPHS, max_num_seqs, max_model_len))
             return DecodeGraphs(self.shard_model, kv_cache, max_num_seqs=max_num_seqs, max_model_len=max_model_len)
 
-        return TensorParallelGraphs(self, self._in_step(run), kv_cache)
+        graphs = self._in_step(run)
+        self._recorded.append(graphs)
+        return TensorParallelGraphs(self, graphs, kv_cache)
 
     def _share_cache(self, kv_cache: KVCache) -> None:
         """Have the workers allocate their caches like `kv_cache`, unless they already mirror it."""
@@ -176,7 +181,12 @@ class TensorParallelGraphs:
         return model._in_step(run)
 
 
-def _stop_group(workers: WorkerGroup) -> None:
+def _stop_group(workers: WorkerGroup, recorded: list) -> None:
+    """Release rank 0's graphs, stop the workers (each releases its own), then leave the group:
+    on two H200s, leaving while graphs that captured NCCL collectives were alive hung."""
+    for graphs in recorded:
+        release_graphs(graphs)
+    recorded.clear()
     workers.stop()
     leave_group()
 

@@ -99,6 +99,14 @@ def main(rank: int, spec: WorkerSpec, commands, reports) -> None:
     leave_group()
 
 
+def release_graphs(graphs) -> None:
+    """Free this rank's CUDA graphs and let their work finish before the group is left."""
+    if graphs is not None:
+        graphs.release()
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+
 def leave_group() -> None:
     """Leave the process group at shutdown. An NCCL communicator is aborted, not destroyed:
     destroying it waits on the other ranks, which are leaving too (or gone), and it hung on
@@ -131,6 +139,7 @@ def serve(model, commands) -> None:
             return  # rank 0 is gone
         kind = message[0]
         if kind == step.SHUTDOWN:
+            release_graphs(graphs)
             return
         if kind == step.KV_CACHE:
             _, num_blocks, block_size = message

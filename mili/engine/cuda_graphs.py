@@ -81,6 +81,14 @@ class DecodeGraphs:
                                  slot_mapping=self.slot_mapping[:size], context_lens=self.context_lens[:size],
                                  block_tables=self.block_tables[:size])
 
+    def release(self) -> None:
+        """Free the recorded graphs (their memory pool goes with the last one); every later step
+        runs eagerly. Under tensor parallelism this comes before the ranks leave their NCCL group,
+        whose collectives the graphs hold."""
+        self.graphs.clear()
+        self.outputs.clear()
+        self.sizes = []
+
     def run(self, model_input: ModelInput) -> Tensor | None:
         """Hidden states [B, H] of a decode batch from its graph; None when it must run eagerly."""
         md = model_input.attn_metadata
