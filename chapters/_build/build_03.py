@@ -620,6 +620,43 @@ engine is held back by its kernels. At batch 1 the same engine
 is far from its floor: the device step is short, and every fixed cost (launching, copying inputs,
 sampling, reading back one token) is paid for one token.
 
+**What a batch-1 step runs.** `benchmarks/probes/decode_kernels.py` profiles replayed decode steps
+and lists every kernel with its time. Below, the step of Qwen3-0.6B shapes on an H100 before and
+after three changes: the attention layer normalises and rotates q and k in one launch (exercise
+2.4's fused kernel instead of three), decode attention divides each sequence's *own* context among
+its splits (the graph recorded for `max_model_len` had given a 200-token context four tiles per
+program), and a one-row projection is a Triton matrix-vector kernel
+(`mili/kernels/linear.py`) where cuBLAS's matrix kernels split K and add a reduction kernel:
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+bench = repo_root() / "benchmarks"
+steps = {"before": json.loads((bench / "decode-kernels-h100-qwen3-0.6b-175f4b1.json").read_text()),
+         "after": json.loads((bench / "decode-kernels-h100-qwen3-0.6b.json").read_text())}
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharex=True)
+for ax, (label, run) in zip(axes, steps.items()):
+    top = run["kernels"][:8]
+    ax.barh([k["name"][:48] for k in top][::-1], [k["us_per_step"] for k in top][::-1])
+    ax.set_title(f"{label}: {run['kernels_per_step']:.0f} kernels, {run['busy_us_per_step']:.0f} µs busy per step",
+                 fontsize=9)
+    ax.set_xlabel("µs per decode step (batch 1)")
+    ax.tick_params(axis="y", labelsize=7)
+fig.suptitle(f"The kernels of one batch-1 decode step, Qwen3-0.6B shapes, {steps['after']['device']}", fontsize=10)
+fig.tight_layout()
+plt.show()
+latency = json.loads((bench / "latency-h100-qwen3-0.6b.json").read_text())
+layers = 28  # Qwen3-0.6B
+print(f"after: {steps['after']['kernels_per_step'] / layers:.1f} launches per layer; "
+      f"{latency['mili']['tpot_ms']:.2f} ms per token = {latency['mili']['times_floor']:.2f}x the weight-read floor")
+""")
+
+md(r"""
+The floor at batch 1 is the weights' bytes over the copy bandwidth, and the step is still well
+above it: every launch has a fixed cost of a microsecond or two whatever it reads, and the
+matrix-vector products do not yet stream their small weights at the full rate. Fusing further
+(the K/V write into the q/k kernel, SiLU into the down projection, the norms into the
+projections that follow them) is how the faster engines close the rest of the gap.
 """)
 
 think(r"""
