@@ -142,26 +142,19 @@ def print_report(report: dict, stream=None) -> None:
 
 
 def plot_report(report: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mili.bench.plots import labelled_bars, pyplot, save
 
     names = [n for n in ("mili", "hf") if n in report]
-    values = [report[n]["tpot_ms"] for n in names]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(["mili engine" if n == "mili" else "HF generate" for n in names], values, color=["C0", "C1"][:len(names)])
+    fig, ax = pyplot().subplots(figsize=(5, 3.2))
+    labelled_bars(ax, ["mili engine" if n == "mili" else "HF generate" for n in names],
+                  [report[n]["tpot_ms"] for n in names], "{:.2f}", color=["C0", "C1"][:len(names)])
     ax.axhline(report["floor_ms_per_token"], color="k", linestyle="--", label="weight-read floor")
     ax.set_yscale("log")
     ax.set_ylabel("ms per output token (log)")
     ax.set_title(f"{Path(report['model']).name}, batch 1, prompt {report['prompt_len']}\n"
                  f"{report['environment']['device']}", fontsize=9)
-    for i, v in enumerate(values):
-        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

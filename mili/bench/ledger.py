@@ -22,6 +22,7 @@ kernels against time; on the CPU, of every stage) as JSON for a timeline picture
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -109,6 +110,7 @@ def record_timeline(llm, work, decode_steps: int = 3) -> dict:
     {"host": [[phase, start_us, end_us]], "gpu": [[kernel, start_us, end_us]], "batch": B}."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from mili.bench.step_profile import wrap_method
     from mili.engine.sampling_params import SamplingParams
 
     engine = llm.engine
@@ -119,32 +121,26 @@ def record_timeline(llm, work, decode_steps: int = 3) -> dict:
         engine.step()
     for _ in range(2):
         engine.step()
+    def labelled(label, inner, *args, **kwargs):
+        with record_function(label):
+            return inner(*args, **kwargs)
+
     owners = {"scheduler": engine.scheduler, "runner": engine.runner}
     originals = []
     for owner_name, methods in HOST_PHASES.items():
+        owner = owners[owner_name]
         for method in methods:
-            owner = owners[owner_name]
-            inner = getattr(owner, method, None)
-            if inner is None:
-                continue
-            originals.append((owner, method))
-
-            def labelled(*args, _inner=inner, _label=f"mili: {method}", **kwargs):
-                with record_function(_label):
-                    return _inner(*args, **kwargs)
-
-            setattr(owner, method, labelled)
-    step = engine.step
-
-    def labelled_step():
-        with record_function("mili: step"):
-            return step()
+            if hasattr(owner, method):
+                wrap_method(owner, method, functools.partial(labelled, f"mili: {method}"))
+                originals.append((owner, method))
+    wrap_method(engine, "step", functools.partial(labelled, "mili: step"))
+    originals.append((engine, "step"))
 
     cuda = llm.model.device.type == "cuda"
     sync(llm.model.device)
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(decode_steps):
-            labelled_step()
+            engine.step()
         sync(llm.model.device)
     for owner, method in originals:
         delattr(owner, method)

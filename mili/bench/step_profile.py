@@ -29,14 +29,10 @@ class StepProfile:
         self._cuda = engine.runner.device.type == "cuda"
         self._wait = 0.0
         self._current: dict | None = None
-        self._wrap(engine, "step", self._timed_step)
-        self._wrap(engine.runner, "run", self._timed_run)
-        self._wrap(engine.runner, "sample", self._timed_sample)
+        wrap_method(engine, "step", self._timed_step)
+        wrap_method(engine.runner, "run", self._timed_run)
+        wrap_method(engine.runner, "sample", self._timed_sample)
 
-    @staticmethod
-    def _wrap(owner, name: str, wrapper) -> None:
-        inner = getattr(owner, name)
-        setattr(owner, name, lambda *args, **kwargs: wrapper(inner, *args, **kwargs))
 
     def _timed_step(self, inner, *args, **kwargs):
         self._wait, self._current = 0.0, {"launched": False}
@@ -123,3 +119,10 @@ def print_summary(summary: dict, stream) -> None:
             bound = {True: "yes", False: "no"}.get(row.get("host_bound"), "-")
             print(f"{name:<22} {row['steps']:>6} {row['host_ms']:>9.3f} {device} {row['wall_ms']:>9.3f}  {bound}",
                   file=stream)
+
+
+def wrap_method(owner, name: str, wrapper) -> None:
+    """Replace owner.name by a call of wrapper(inner, *args, **kwargs) on this instance only
+    (`delattr(owner, name)` restores the class's method)."""
+    inner = getattr(owner, name)
+    setattr(owner, name, lambda *args, **kwargs: wrapper(inner, *args, **kwargs))

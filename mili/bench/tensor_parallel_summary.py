@@ -65,14 +65,11 @@ def summarize(folder: Path) -> dict:
 
 
 def plot_summary(summary: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mili.bench.plots import labelled_bars, pyplot, save
 
     panels = [(name, rows) for name, rows in (("latency", summary["latency"]), ("throughput", summary["throughput"]))
               if rows]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
     for ax, (name, rows) in zip(axes[0], panels):
         labels = [f"{Path(r['model']).name}\nTP={r['tensor_parallel_size']}" for r in rows]
         if name == "latency":
@@ -83,17 +80,13 @@ def plot_summary(summary: dict, path) -> None:
             values, floors = [r["tokens_per_s"] for r in rows], [r["floor_tokens_per_s"] for r in rows]
             ax.set_ylabel("output tokens / s")
             text = "{:.0f}"
-        ax.bar(range(len(rows)), values, color="C0", label="mili")
+        labelled_bars(ax, labels, values, text, color="C0", label="mili")
         ax.scatter(range(len(rows)), floors, marker="_", s=900, color="k", zorder=3,
                    label="group's weight-read floor" if name == "latency" else "bound from the group's floor")
-        for i, v in enumerate(values):
-            ax.text(i, v, text.format(v), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(rows)), labels, fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
         ax.legend(fontsize=7, markerscale=0.3)
     fig.suptitle(f"Tensor parallelism on {summary['environment']['device']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def card_slug(device_name: str) -> str:

@@ -240,24 +240,17 @@ def print_report(report: dict, stream=None) -> None:
 
 
 def plot_report(report: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mili.bench.plots import labelled_bars, pyplot, save
 
     names = [n for n in ("mili", "hf") if n in report]
-    values = [report[n]["tokens_per_s"] for n in names]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(["mili engine" if n == "mili" else "HF generate (batched)" for n in names], values, color=["C0", "C1"][:len(names)])
+    fig, ax = pyplot().subplots(figsize=(5, 3.2))
+    labelled_bars(ax, ["mili engine" if n == "mili" else "HF generate (batched)" for n in names],
+                  [report[n]["tokens_per_s"] for n in names], "{:.0f}", color=["C0", "C1"][:len(names)])
     w = report["workload"]
     ax.set_ylabel("output tokens / s")
     ax.set_title(f"{Path(report['model']).name}, {w['num_seqs']} seqs, lengths [{w['min_len']}, {w['max_len']}]\n"
                  f"{report['environment']['device']}", fontsize=9)
-    for i, v in enumerate(values):
-        ax.text(i, v, f"{v:.0f}", ha="center", va="bottom")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

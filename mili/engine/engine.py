@@ -181,7 +181,11 @@ class LLMEngine:
             seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
             request.seqs.append(seq)
         request.error = error
-        request.finish_time = time.monotonic()
+        return self._retire(request, time.monotonic())
+
+    def _retire(self, request: Request, now: float) -> RequestOutput:
+        """A request whose sequences are all finished leaves the engine; its last output."""
+        request.finish_time = now
         self.requests.pop(request.request_id, None)
         return RequestOutput.from_request(request, request.params.output_kind)
 
@@ -304,12 +308,10 @@ class LLMEngine:
                 self.scheduler.finish(seq, reason)
         outputs = []
         for request in {id(s.request): s.request for s in seqs}.values():
-            finished_now = request.is_finished and request.request_id in self.requests
-            if finished_now:
-                request.finish_time = now
-                self.requests.pop(request.request_id)
             kind = request.params.output_kind
-            if finished_now or (kind is not RequestOutputKind.FINAL_ONLY and not request.is_finished):
+            if request.is_finished and request.request_id in self.requests:
+                outputs.append(self._retire(request, now))
+            elif kind is not RequestOutputKind.FINAL_ONLY and not request.is_finished:
                 outputs.append(RequestOutput.from_request(request, kind))
         return outputs
 

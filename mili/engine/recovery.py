@@ -170,12 +170,9 @@ class FailureIsolation:
     def _report_finished(self) -> list[RequestOutput]:
         """Requests the undone steps leave with every sequence finished (a stop seen in an earlier
         step, whose later token was dropped) are over: report them now."""
-        engine, outputs = self.engine, []
-        for request in [r for r in engine.requests.values() if r.is_finished]:
-            del engine.requests[request.request_id]
-            request.finish_time = time.monotonic()
-            outputs.append(RequestOutput.from_request(request, request.params.output_kind))
-        return outputs
+        engine = self.engine
+        now = time.monotonic()
+        return [engine._retire(request, now) for request in [r for r in engine.requests.values() if r.is_finished]]
 
     def step_alone(self, request: Request) -> list[RequestOutput]:
         """One step of one suspect while every other request waits (holding no blocks)."""
