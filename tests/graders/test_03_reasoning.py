@@ -57,12 +57,15 @@ def feed_all(deltas: list[str]) -> tuple[list[tuple[str, str]], tuple[str, str]]
     return steps, final
 
 
-def hints_for(text: str, expected: tuple[str, str], got: tuple[str, str]) -> list[str]:
+def hints_for(text: str, expected: tuple[str, str], got: tuple[str, str], steps: list[tuple[str, str]]) -> list[str]:
     hints = []
-    for tag in (OPEN, CLOSE):  # "<t" or "</" more often than the right split has it, but no whole tag more
-        more = ["".join(got).count(part) - "".join(expected).count(part) for part in (tag[:2], tag)]
-        if tag in text and more[0] > 0 and more[1] <= 0:
-            hints.append(f"a cut inside {tag!r} must be held back until the next delta says whether it is the tag")
+    for tag in (OPEN, CLOSE):
+        cut_tag = any(field.endswith(tag[:k]) for step in steps for field in step for k in range(1, len(tag)))
+        if tag in text and cut_tag:
+            hints.append(f"a delta that ends in part of {tag!r} must be held back until the next one says "
+                         "whether it is the tag")
+        elif sum(field.count(tag) for field in got) > sum(field.count(tag) for field in expected):
+            hints.append(f"{tag!r} marks where the reasoning begins or ends; it is part of neither")
     if not text.startswith(OPEN) and CLOSE in text and expected[0] not in got[0]:
         hints.append("without an opening tag, the text before '</think>' is reasoning: hold it back until "
                      "'</think>' or the end decides")
@@ -82,7 +85,7 @@ def check(name: str, deltas: list[str]) -> None:
         return
     trace = [f"    feed({d!r}) -> {s!r}" for d, s in zip(deltas, steps)]
     trace = "\n".join(trace[:30] + ["    ..."] * (len(trace) > 30) + [f"    flush() -> {final!r}"])
-    hints = hints_for(text, expected, (reasoning, content))
+    hints = hints_for(text, expected, (reasoning, content), steps)
     pytest.fail(f"{name}: {text!r} cut into {len(deltas)} deltas should split into reasoning {expected[0]!r} and "
                 f"content {expected[1]!r}, got reasoning {reasoning!r} and content {content!r}.\n{trace}\n"
                 + "hint: " + "; ".join(hints or ["compare the trace with whole_split's rules"]))
