@@ -38,6 +38,12 @@ class ReasoningParser:
     (('\\n7 + 5 = 1', ''), ('2\\n', ''), ('', '12'))
     >>> parser.flush()
     ('', '')
+    >>> parser = ReasoningParser()  # the prompt opened the block: no tag until the end of the thought
+    >>> parser.feed("12 it is.\\n</th"), parser.feed("ink>\\n\\n12"), parser.flush()
+    (('', ''), ('12 it is.\\n', '12'), ('', ''))
+    >>> parser = ReasoningParser()  # no tags at all: content, known only at the end
+    >>> parser.feed("Paris."), parser.flush()
+    (('', ''), ('', 'Paris.'))
     """
 
     def __init__(self) -> None:
