@@ -94,7 +94,9 @@ async def with_reasoning(events: AsyncIterator[str]) -> AsyncIterator[str]:
         if choice["finish_reason"] is not None:
             held_reasoning, held_content = parser.flush()
             reasoning, content = reasoning + held_reasoning, content + held_content
-        deltas = [{"reasoning_content": reasoning}] * bool(reasoning) + [{"content": content}] * bool(content)
+        deltas = [{"reasoning_content": reasoning}] if reasoning else []
+        if content:
+            deltas.append({"content": content})
         for out in _chunk_events(chunk, deltas, choice["finish_reason"]):
             yield out
 
