@@ -20,7 +20,7 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from mili.engine.sequence import CompletionOutput, RequestOutput
-from mili.server.app import _chat_prompt, _chat_stream_with_tool_calls
+from mili.server.app import _chat_prompt, _chat_stream
 from mili.server.protocol import ChatCompletionRequest, chat_completion_body
 from mili.server.tool_calls import ToolCall, ToolCallParser, parse_tool_calls
 
@@ -167,7 +167,7 @@ def _stream(outputs: list[RequestOutput]) -> list[dict]:
             yield output
 
     async def collect():
-        events = _chat_stream_with_tool_calls(source(), completion_id="chatcmpl-x", model="tiny", created=1,
+        events = _chat_stream(source(), tool_calls=True, completion_id="chatcmpl-x", model="tiny", created=1,
                                               include_usage=True)
         return [event async for event in events]
 

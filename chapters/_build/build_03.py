@@ -19,18 +19,19 @@ and this chapter builds one, in the shape of vLLM and nano-vllm:
 1. The life of a request
 2. Exercise 3.1 — the sampler: from logits to a token, for a whole batch at once
 3. Exercise 3.2 — the incremental detokenizer: streaming text, stop strings
-4. Exercise 3.3 — the scheduler: continuous batching, chunked prefill, preemption
-5. Exercise 3.4 — the engine step: building the flat batch
-6. Exercise 3.5 — the persistent batch: rows that join, grow and leave
-7. The offline API: `LLM.generate`, `LLM.chat`, `llm.stats()`
-8. Measure: throughput against batch size
-9. Where does the time go? Host against device, step by step
-10. What you built
+4. Exercise 3.6 — reasoning and answer: Qwen3's `<think>` block, split as the text streams
+5. Exercise 3.3 — the scheduler: continuous batching, chunked prefill, preemption
+6. Exercise 3.4 — the engine step: building the flat batch
+7. Exercise 3.5 — the persistent batch: rows that join, grow and leave
+8. The offline API: `LLM.generate`, `LLM.chat`, `llm.stats()`
+9. Measure: throughput against batch size
+10. Where does the time go? Host against device, step by step
+11. What you built
 
 Questions marked **Think** are for you to answer before reading on: write
 down your answer, then check it against what the next cells show; your instructor discusses them.
 
-Files: `mili/engine/` (`sampler.py`, `detokenizer.py`, `scheduler.py`, `model_runner.py`,
+Files: `mili/engine/` (`sampler.py`, `detokenizer.py`, `reasoning.py`, `scheduler.py`, `model_runner.py`,
 `input_batch.py`, plus the plumbing `sequence.py`, `engine.py`, `llm.py`). The KV-cache bookkeeping (block manager, prefix
 cache) is chapter 05's; the engine only calls it.
 """)
@@ -243,7 +244,83 @@ code(r"""mili.grade("3.2");""")
 
 # ================================================================ 4
 md(r"""
-## 4. Exercise 3.3 — the scheduler
+## 4. Exercise 3.6 — reasoning and answer
+
+Chapter 01 showed Qwen3's thinking mode: the model first reasons inside `<think> … </think>`, then
+answers. A chat client wants the two apart: OpenAI's API (and vLLM's, with a *reasoning parser*)
+puts the thought in `reasoning_content` and only the answer in `content`. Streaming makes this a
+problem of the same kind as 3.2's: the text arrives in deltas cut anywhere, and a delta may end in
+the middle of a tag. `<think>` is one token in Qwen3's vocabulary, but the detokenizer's hold-back
+for stop strings, or a tokenizer that spells the tag in several tokens, releases `"</th"` in one
+delta and `"ink>"` in the next.
+
+The rules, for the whole text; your parser must give the same split however the text is cut:
+
+| the text | reasoning | content |
+|---|---|---|
+| `<think>` R `</think>` A | R | A, without the newlines it starts with |
+| R `</think>` A (the prompt opened the block) | R | A, same |
+| `<think>` R, never closed (cut off while thinking) | R | — |
+| A, no tags at all (`enable_thinking=False`) | — | A |
+
+Qwen3 writes `"\n\n"` after `</think>`; its chat template strips those newlines when it puts the
+answer back into a later prompt, and so does the parser. The reasoning is kept exactly as written.
+Only a `<think>` at the very start and the first `</think>` are tags; later ones are ordinary text.
+
+Below, a thinking answer and a closing-tag-only answer cut into 6-character deltas:
+""")
+
+code(r"""
+from mili.engine.reasoning import ReasoningParser
+
+def show_split(text: str, width: int = 6) -> None:
+    parser = ReasoningParser()
+    print(f"{'delta':<16}{'reasoning released':<22}content released")
+    for start in range(0, len(text), width):
+        delta = text[start:start + width]
+        reasoning, content = parser.feed(delta)
+        print(f"{delta!r:<16}{reasoning!r:<22}{content!r}")
+    print(f"{'flush()':<16}{parser.flush()!r}\n")
+
+show_split("<think>\nOkay, 7 + 5 = 12.\n</think>\n\nThe answer is 12.")
+show_split("7 + 5 = 12.\n</think>\n\n12")
+""")
+
+md(r"""
+In the first stream, `'<think'` could be the tag or text that happens to start the same way, so it
+waits; `'.\n</th'` releases `'.\n'` and holds `'</th'`; the delta that completes `</think>` releases
+nothing (the tag and the newlines are dropped) and the answer then flows delta by delta. In the
+second, no tag opens the text, so the parser cannot tell reasoning from answer until `</think>`
+arrives: everything waits, then comes out at once.
+
+**Your turn.** Implement `ReasoningParser` in `mili/engine/reasoning.py`: `feed(delta)` returns the
+`(reasoning, content)` that delta releases, `flush()` what is still held when the text ends. The
+grader compares your parser with a split of the whole text, feeding each test text whole, cut in two
+at every position, cut at random, and one character at a time, and checks that a thinking answer
+streams (at most 7 characters held inside the reasoning).
+
+The server uses it: `mili serve --reasoning-parser qwen3` (off by default, as in vLLM) fills
+`message.reasoning_content`, or `delta.reasoning_content` in a stream, and looks for tool calls in
+the answer only.
+""")
+think(r"""
+a request with `enable_thinking=False`: the prompt already holds an empty `<think></think>`, so the
+model answers with no tags at all. If the server ran your parser on that stream, when would the
+client see the first character of the answer? What should the server do instead?
+""", r"""
+Only at the end. A text that does not open with `<think>` may still be reasoning (the
+closing-tag-only case), so the parser holds everything back until a `</think>` or the end decides;
+with no tags the end decides, and the whole answer arrives in the last chunk: time to first token
+becomes the whole generation time. The server knows the prompt closed the think block, so it
+does not parse at all then (mili checks `enable_thinking=False` in `chat_template_kwargs`);
+likewise a server whose template *opens* `<think>` in the prompt could feed the parser that tag
+first, so the reasoning streams.
+""")
+code(r"""mili.grade("3.6");""")
+
+# ================================================================ 5
+md(r"""
+## 5. Exercise 3.3 — the scheduler
 
 Continuous batching (Orca, vLLM): the batch is rebuilt every step. Requests join as soon as there is
 room and leave the moment they finish, instead of waiting for the slowest member of a fixed batch.
@@ -314,9 +391,9 @@ Admission resumes in a step where everything running found room.
 """)
 code(r"""mili.grade("3.3");""")
 
-# ================================================================ 5
+# ================================================================ 6
 md(r"""
-## 5. Exercise 3.4 — the engine step
+## 6. Exercise 3.4 — the engine step
 
 `build_batch` turns the scheduler's list into the flat batch (`docs/architecture.md`, the batch contract): each sequence's new tokens
 back to back, their positions, the cache slots their K/V are written to (`block_manager.slot_mapping`),
@@ -354,9 +431,9 @@ a fresh-prefill step without block tables, and the three ways a sequence finishe
 """)
 code(r"""mili.grade("3.4");""")
 
-# ================================================================ 6
+# ================================================================ 7
 md(r"""
-## 6. Exercise 3.5 — the persistent batch
+## 7. Exercise 3.5 — the persistent batch
 
 `build_batch` rebuilds every step from Python lists: each sequence's block table is copied out
 of the block manager, each list becomes a tensor with `torch.tensor(list)`, and each tensor is
@@ -420,9 +497,9 @@ scheduler's order and finds each sequence's row through `rows[seq_id]`, and `rem
 `(last, hole)` so that state kept elsewhere (on the device) moves with the row.
 """)
 
-# ================================================================ 7
+# ================================================================ 8
 md(r"""
-## 7. The offline API
+## 8. The offline API
 
 The engine assembled, with vLLM's API so that habits carry over: `LLM(model, ...)`,
 `llm.generate(prompts, sampling_params)` (one `SamplingParams` for all, or one per prompt; a prompt is
@@ -457,9 +534,9 @@ print("system prompt tokens:", len(tok.encode(system)),
       "· cached tokens per later request:", [o.num_cached_tokens for o in later])
 """)
 
-# ================================================================ 8
+# ================================================================ 9
 md(r"""
-## 8. Measure: throughput against batch size
+## 9. Measure: throughput against batch size
 
 Output tokens per second on this machine's CPU (one thread) for 32 requests (prompts of 16–48 tokens, 16–48 new tokens),
 with the engine allowed to run at most `max_num_seqs` sequences at once. With one sequence the engine is
@@ -543,9 +620,9 @@ the current one, and the GPU never waits. Graphs pay off for decode, where each 
 few microseconds and the launches are the step.
 """)
 
-# ================================================================ 9
+# ================================================================ 10
 md(r"""
-## 9. Where does the time go?
+## 10. Where does the time go?
 
 A step has two sides. The **host** (Python) schedules it, builds its inputs, launches its kernels
 (or replays a graph) and, at the end, reads back the sampled ids. The **device** runs the kernels.
@@ -701,12 +778,13 @@ stop checks (end of sequence, stop strings), the penalties' counts on the host, 
 them from `token_ids`, so a request is reported finished only once it has no pending token).
 """)
 
-# ================================================================ 10
+# ================================================================ 11
 md(r"""
-## 10. What you built
+## 11. What you built
 
-A sampler, a streaming detokenizer, a scheduler, the step that ties them to the model and the
-persistent batch that keeps the host off the GPU's critical path: an engine that keeps many
+A sampler, a streaming detokenizer, a parser that keeps the model's reasoning apart from its
+answer, a scheduler, the step that ties them to the model and the persistent batch that keeps
+the host off the GPU's critical path: an engine that keeps many
 requests in flight, shares their weight reads and KV memory, and gives each one exactly the
 tokens it would get alone. Its attention still loops or pads in PyTorch; chapter 04 replaces it with
 FlashAttention and paged decode kernels, and chapter 05 opens up the block manager and prefix cache it calls.

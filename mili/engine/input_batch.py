@@ -84,7 +84,7 @@ class InputBatch:
         ValueError (and nothing changes) when the sequence already has a row, no row is free, or
         block_ids is longer than a row of block_tables.
         """
-        raise NotImplementedError("Exercise 3.5: see chapters/03_python_integration.ipynb, section 6")
+        raise NotImplementedError("Exercise 3.5: see chapters/03_python_integration.ipynb, section 7")
 
     @exercise("3.5", "Persistent batch: rows that join, grow and leave")
     def append_blocks(self, seq: Sequence, block_ids: list[int]) -> None:
@@ -92,7 +92,7 @@ class InputBatch:
 
         ValueError (and nothing changes) when the sequence has no row or the table would
         overflow its row."""
-        raise NotImplementedError("Exercise 3.5: see chapters/03_python_integration.ipynb, section 6")
+        raise NotImplementedError("Exercise 3.5: see chapters/03_python_integration.ipynb, section 7")
 
     @exercise("3.5", "Persistent batch: rows that join, grow and leave")
     def remove(self, seq: Sequence) -> tuple[int, int] | None:
@@ -103,7 +103,7 @@ class InputBatch:
         (the caller moves state kept elsewhere, e.g. on the device), None when the removed row
         was the last one. ValueError when the sequence has no row.
         """
-        raise NotImplementedError("Exercise 3.5: see chapters/03_python_integration.ipynb, section 6")
+        raise NotImplementedError("Exercise 3.5: see chapters/03_python_integration.ipynb, section 7")
 
     # ------------------------------------------------------------------ keeping the rows in step
 

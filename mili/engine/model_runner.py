@@ -50,7 +50,7 @@ def build_batch(scheduled: list[ScheduledSeq], block_manager, device: torch.devi
     all computed after this step (c + n == seq.num_tokens), and sampled_seqs those S sequences,
     in batch order. A prompt chunk that leaves tokens for later is not sampled.
     """
-    raise NotImplementedError("Exercise 3.4: see chapters/03_python_integration.ipynb, section 5")
+    raise NotImplementedError("Exercise 3.4: see chapters/03_python_integration.ipynb, section 6")
 
 
 @exercise("3.4", "Engine step: batch building and finishing")
@@ -65,7 +65,7 @@ def append_tokens(seqs: list[Sequence], token_ids: list[int], max_model_len: int
             max_model_len tokens in all: add seq.detokenizer.flush() to seq.text.
     Returns [(seq, reason)] in input order; does not change seq.status (the scheduler does).
     """
-    raise NotImplementedError("Exercise 3.4: see chapters/03_python_integration.ipynb, section 5")
+    raise NotImplementedError("Exercise 3.4: see chapters/03_python_integration.ipynb, section 6")
 
 
 class ModelRunner:

@@ -106,4 +106,4 @@ class Scheduler:
         The total of scheduled tokens never exceeds self.max_num_batched_tokens. Does not change
         num_computed_tokens of scheduled sequences (the engine does, after the step runs).
         """
-        raise NotImplementedError("Exercise 3.3: see chapters/03_python_integration.ipynb, section 4")
+        raise NotImplementedError("Exercise 3.3: see chapters/03_python_integration.ipynb, section 5")

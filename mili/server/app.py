@@ -51,7 +51,12 @@ from mili.server.protocol import (
     now,
     sse,
 )
-from mili.server.streaming import chat_completion_stream, completion_stream, with_tool_calls
+from mili.server.streaming import (
+    chat_completion_stream,
+    completion_stream,
+    with_reasoning,
+    with_tool_calls,
+)
 
 log = logging.getLogger("mili.server")
 
@@ -68,6 +73,7 @@ class ServerConfig:
     max_n: int = 8  # the most completions one request may ask for
     max_body_bytes: int = 4 * 2**20
     retry_after_s: int = 1
+    reasoning_parser: str | None = None  # "qwen3": a chat answer's <think> block becomes reasoning_content
 
 
 class ServerState:
@@ -221,11 +227,11 @@ def build_app(load_engine: Callable[[], tuple], config: ServerConfig) -> FastAPI
         except BaseException:
             state.release(body.n)
             raise
-        if body.calls_tools():
-            return await _serve(request, state, engine, prompt, params, body, "chatcmpl", _chat_stream_with_tool_calls,
-                                functools.partial(chat_completion_body, tool_calls=True))
+        parsing = {"tool_calls": body.calls_tools(),
+                   "reasoning": state.config.reasoning_parser is not None and body.leaves_room_to_think()}
         return await _serve(request, state, engine, prompt, params, body, "chatcmpl",
-                            chat_completion_stream, chat_completion_body)
+                            functools.partial(_chat_stream, **parsing),
+                            functools.partial(chat_completion_body, **parsing))
 
     @app.post("/v1/completions", openapi_extra=_json_body(CompletionRequest), responses=_COMPLETION_RESPONSES)
     async def completions(request: Request):
@@ -297,8 +303,13 @@ def _completion_prompt(state: ServerState, engine: AsyncEngine, prompt: str | li
 
 # ---------------------------------------------------------------- serving one request
 
-def _chat_stream_with_tool_calls(outputs: AsyncIterator, **options) -> AsyncIterator[str]:
-    return with_tool_calls(chat_completion_stream(outputs, **options))
+def _chat_stream(outputs: AsyncIterator, *, tool_calls: bool = False, reasoning: bool = False,
+                 **options) -> AsyncIterator[str]:
+    """The chat chunks, with the reasoning taken out first: tool calls are looked for in the answer only."""
+    events = chat_completion_stream(outputs, **options)
+    if reasoning:
+        events = with_reasoning(events)
+    return with_tool_calls(events) if tool_calls else events
 
 
 async def _serve(request: Request, state: ServerState, engine: AsyncEngine, prompt: dict, params, body, prefix: str,

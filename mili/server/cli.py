@@ -1,7 +1,8 @@
 """`mili serve`: the OpenAI-compatible server under uvicorn, with a graceful drain on SIGTERM.
 
     mili serve --model data/mili-tiny-qwen3 [--host 127.0.0.1] [--port 8000] [--config server_config.yaml]
-               [--api-key-file FILE] [--max-queue N] [--max-n N] [--max-body-bytes B] [--log-format json] ...
+               [--api-key-file FILE] [--max-queue N] [--max-n N] [--max-body-bytes B] [--log-format json]
+               [--reasoning-parser qwen3] ...
 
 Every flag can also be a key of the YAML file given to --config (`max-queue: 64`); flags on the
 command line override the file. The API key comes from --api-key-file, $MILI_API_KEY or
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-api-key", action="store_true",
                    help="refuse to start without a key (the container images and manifests set this)")
     p.add_argument("--served-model-name", default=None, help="the model id clients use (default: folder name)")
+    p.add_argument("--reasoning-parser", default=None, choices=["qwen3"],
+                   help="split what the model thinks (<think> ... </think>) from its chat answer into "
+                        "reasoning_content (default: off, the answer is the whole text)")
     p.add_argument("--max-queue", type=non_negative_int, default=256,
                    help="sequences admitted beyond the running batch before new requests get 429 (default 256)")
     p.add_argument("--max-n", type=positive_int, default=8, help="the most completions (n) one request may ask "
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                     "set $%s or --api-key-file", args.host, API_KEY_ENV)
     name = args.served_model_name or Path(args.model).name
     config = ServerConfig(model_name=name, api_key=args.api_key, max_queue=args.max_queue, max_n=args.max_n,
-                          max_body_bytes=args.max_body_bytes)
+                          max_body_bytes=args.max_body_bytes, reasoning_parser=args.reasoning_parser)
     loader = EngineLoader(args)
     app = build_app(loader, config)
     uv_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, log_config=None,

@@ -11,6 +11,8 @@ tool_choice "required" or a named function, logit_bias, best_of, suffix, ...) ar
 
 Tools are OpenAI function tools: Qwen3's chat template lists them in the prompt, and the
 `<tool_call>` blocks the model writes come back as `message.tool_calls` (see tool_calls.py).
+With `mili serve --reasoning-parser qwen3`, what the model thinks inside `<think>` ... `</think>`
+comes back as `message.reasoning_content`, apart from the answer (see mili/engine/reasoning.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mili.engine.reasoning import split_reasoning
 from mili.engine.sampling_params import SEED_RANGE, RequestOutputKind, SamplingParams
 from mili.engine.sequence import CompletionOutput, RequestOutput
 from mili.server.errors import bad_request
@@ -197,6 +200,11 @@ class ChatCompletionRequest(SamplingFields):
         """Whether the prompt lists the tools and the answer is parsed for tool calls."""
         return bool(self.tools) and self.tool_choice != "none"
 
+    def leaves_room_to_think(self) -> bool:
+        """False when the prompt closes the think block itself (Qwen3's enable_thinking=False): the
+        whole output is then the answer."""
+        return (self.chat_template_kwargs or {}).get("enable_thinking") is not False
+
     def template_tools(self) -> list[dict] | None:
         return [tool.model_dump(exclude_none=True) for tool in self.tools] if self.calls_tools() else None
 
@@ -280,21 +288,24 @@ def _all_tokens(output: RequestOutput) -> int:
 
 
 def chat_completion_body(output: RequestOutput, *, completion_id: str, model: str, created: int,
-                         tool_calls: bool = False) -> dict:
-    """The answer to a chat request from its final output; with tool_calls, each choice's
-    `<tool_call>` blocks become `message.tool_calls`."""
-    choices = [_chat_choice(c, tool_calls) for c in output.outputs]
+                         tool_calls: bool = False, reasoning: bool = False) -> dict:
+    """The answer to a chat request from its final output; with reasoning, each choice's
+    `<think>` block becomes `message.reasoning_content`; with tool_calls, the `<tool_call>` blocks
+    of the rest become `message.tool_calls`."""
+    choices = [_chat_choice(c, tool_calls, reasoning) for c in output.outputs]
     return {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
             "choices": choices, "usage": usage(output, _all_tokens(output))}
 
 
-def _chat_choice(choice: CompletionOutput, tool_calls: bool) -> dict:
+def _chat_choice(choice: CompletionOutput, tool_calls: bool, reasoning: bool) -> dict:
     message, finish_reason = {"role": "assistant", "content": choice.text}, choice.finish_reason
+    if reasoning:
+        thought, answer = split_reasoning(choice.text)
+        message = {"role": "assistant", "reasoning_content": thought or None, "content": answer or None}
     if tool_calls:
-        content, calls = parse_tool_calls(choice.text)
+        content, calls = parse_tool_calls(message["content"] or "")
         if calls:
-            message = {"role": "assistant", "content": content.strip() or None,
-                       "tool_calls": [call.as_openai() for call in calls]}
+            message = {**message, "content": content.strip() or None, "tool_calls": [call.as_openai() for call in calls]}
             finish_reason = tool_calls_finish_reason(finish_reason)
     return {"index": choice.index, "message": message, "logprobs": None, "finish_reason": finish_reason}
 

@@ -5,7 +5,9 @@ the request made progress, carrying only what is new, so a step costs the same a
 token and at the ten-thousandth. A streaming response sends it as `data: {json}\\n\\n` events in
 OpenAI's chunk format, and ends with `data: [DONE]`. When the request offered tools,
 `with_tool_calls` takes the model's `<tool_call>` blocks out of the content chunks and sends them
-as `tool_calls` deltas. Reads nothing but what it is given; writes nothing.
+as `tool_calls` deltas; with a reasoning parser, `with_reasoning` sends what the model thinks
+inside `<think>` ... `</think>` as `reasoning_content` deltas. Reads nothing but what it is given;
+writes nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+from mili.engine.reasoning import ReasoningParser
 from mili.engine.sequence import RequestOutput
 from mili.exercise import exercise
 from mili.server.protocol import sse, usage
@@ -75,17 +78,40 @@ async def completion_stream(outputs: AsyncIterator[RequestOutput], *, completion
     yield sse("[DONE]")
 
 
+async def with_reasoning(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Chat chunks (from `chat_completion_stream`) with each choice's reasoning taken out of its
+    content and sent as `delta.reasoning_content`, in chunks of their own. Text that may be part
+    of a tag, or that may turn out to be reasoning, waits for the next chunk."""
+    parsers: dict[int, ReasoningParser] = {}
+    async for event in events:
+        chunk = _content_chunk(event)
+        if chunk is None:
+            yield event
+            continue
+        choice = chunk["choices"][0]
+        parser = parsers.setdefault(choice["index"], ReasoningParser())
+        reasoning, content = parser.feed(choice["delta"].get("content") or "")
+        if choice["finish_reason"] is not None:
+            held_reasoning, held_content = parser.flush()
+            reasoning, content = reasoning + held_reasoning, content + held_content
+        deltas = [{"reasoning_content": reasoning}] if reasoning else []
+        if content:
+            deltas.append({"content": content})
+        for out in _chunk_events(chunk, deltas, choice["finish_reason"]):
+            yield out
+
+
 async def with_tool_calls(events: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Chat chunks (from `chat_completion_stream`) with each choice's `<tool_call>` blocks taken out
-    of its content and sent as `delta.tool_calls` ([{index, id, type, function: {name,
-    arguments}}], one call per chunk, whole), and "tool_calls" as the finish reason of a choice
-    that called any. Content that may begin a block waits for the next chunk."""
+    """Chat chunks (from `chat_completion_stream`, or `with_reasoning`) with each choice's
+    `<tool_call>` blocks taken out of its content and sent as `delta.tool_calls` ([{index, id, type,
+    function: {name, arguments}}], one call per chunk, whole), and "tool_calls" as the finish reason
+    of a choice that called any. Content that may begin a block waits for the next chunk."""
     parsers: dict[int, ToolCallParser] = {}
     calls: dict[int, int] = {}  # choice index -> tool calls sent
     async for event in events:
-        chunk = json.loads(event[len("data: "):]) if event != "data: [DONE]\n\n" else None
-        if chunk is None or not chunk["choices"] or "role" in chunk["choices"][0]["delta"]:
-            yield event  # [DONE], the usage chunk, a role chunk
+        chunk = _content_chunk(event)
+        if chunk is None:
+            yield event
             continue
         choice = chunk["choices"][0]
         index, finish_reason = choice["index"], choice["finish_reason"]
@@ -100,11 +126,30 @@ async def with_tool_calls(events: AsyncIterator[str]) -> AsyncIterator[str]:
                 calls[index] += 1
             else:
                 deltas.append({"content": piece})
-        if finish_reason is None and not deltas:
-            continue  # all of it held back
         if calls.get(index):
             finish_reason = tool_calls_finish_reason(finish_reason)
-        deltas = deltas or [{}]
-        for k, delta in enumerate(deltas, start=1):
-            reason = finish_reason if k == len(deltas) else None
-            yield sse({**chunk, "choices": [{**choice, "delta": delta, "finish_reason": reason}]})
+        for out in _chunk_events(chunk, deltas, finish_reason):
+            yield out
+
+
+def _content_chunk(event: str) -> dict | None:
+    """The chunk an event carries if it is a choice's content or finish; None for [DONE], the usage
+    chunk, a role chunk and a reasoning chunk, which pass through unchanged."""
+    if event == "data: [DONE]\n\n":
+        return None
+    chunk = json.loads(event[len("data: "):])
+    if not chunk["choices"] or {"role", "reasoning_content"} & chunk["choices"][0]["delta"].keys():
+        return None
+    return chunk
+
+
+def _chunk_events(chunk: dict, deltas: list[dict], finish_reason: str | None) -> list[str]:
+    """`chunk` again, once per delta, the last one with the finish reason: nothing if all was held
+    back, a chunk with delta {} if the choice finished with nothing more to say."""
+    if finish_reason is None and not deltas:
+        return []
+    deltas = deltas or [{}]
+    choice = chunk["choices"][0]
+    return [sse({**chunk, "choices": [{**choice, "delta": delta,
+                                       "finish_reason": finish_reason if k == len(deltas) else None}]})
+            for k, delta in enumerate(deltas, start=1)]

@@ -1,4 +1,4 @@
-"""Mutants of chapter 03's references: sampler, detokenizer, scheduler, engine step (3.5's, and more of
+"""Mutants of chapter 03's references: sampler, detokenizer, scheduler, engine step, reasoning parser (3.5's, and more of
 3.1's, are in tests/test_grader_mutants_03.py)."""
 
 from tests.graders.mutants import mutant
@@ -40,4 +40,17 @@ MUTANTS = [
            "        if end == seq.num_tokens:\n", "        if True:\n", "test_mixed_step_builds_the_flat_batch"),
     mutant("3.4", "ignores_the_context_limit", "a sequence that fills max_model_len is not finished",
            " or seq.num_tokens >= max_model_len:", ":", "test_append_tokens_finishes_for_the_right_reason"),
+    # 3.6 reasoning parser
+    mutant("3.6", "split_opening_tag_leaks", "a delta that ends in part of <think> is not held back, so '<thi' leaks",
+           "            if len(text) < len(OPEN_TAG) and OPEN_TAG.startswith(text):", "            if False:",
+           "test_every_cut_in_two[thinking]"),
+    mutant("3.6", "split_closing_tag_leaks", "inside the reasoning, a delta that ends in part of </think> is released",
+           "cut = len(text) - _partial_tag_length(text, CLOSE_TAG)", "cut = len(text)",
+           "test_every_cut_in_two[thinking]"),
+    mutant("3.6", "answer_counted_as_reasoning", "the text after </think> in the delta that closes the block is reasoning",
+           "return text[:end], self._answer(text[end + len(CLOSE_TAG):])",
+           "return text[:end] + text[end + len(CLOSE_TAG):], \"\"", "test_whole_text_in_one_delta[thinking]"),
+    mutant("3.6", "closing_tag_only_is_content", "a text that does not open with <think> is content at once, even "
+           "when a </think> follows", 'self._state, delta = "undecided", text', 'self._state, delta = "content", text',
+           "test_whole_text_in_one_delta[closing tag only]"),
 ]
