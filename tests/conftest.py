@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; run on the device machine")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; run it on a machine with a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)

@@ -1,4 +1,4 @@
-"""Chapter 04 attention kernels at real Qwen3 shapes in bfloat16, on CUDA (run on the device machine).
+"""Chapter 04 attention kernels at real Qwen3 shapes in bfloat16, on CUDA (run it on a machine with a CUDA GPU).
 
 Oracle: per-sequence float32 attention with an explicit causal mask, computed on the GPU.
 """

@@ -1,6 +1,6 @@
 """Chapter 02 kernels on CUDA at real Qwen3 sizes (0.6B and 8B), against float32 PyTorch math.
 
-Marked gpu: skipped without CUDA; run on the device machine. bf16, the engine's dtype (the CPU
+Marked gpu: skipped without CUDA; run it on a machine with a CUDA GPU. bf16, the engine's dtype (the CPU
 graders cover all three dtypes, and the same graders also run on CUDA). Outputs are checked
 element by element against float32 math, so an unwritten or NaN element fails.
 """
