@@ -25,5 +25,6 @@ if [[ $what == bench || $what == all ]]; then
     --json "$out/throughput-$card-256x512.json"
 fi
 if [[ $what == ledger || $what == all ]]; then
-  bench ledger --model Qwen3-0.6B --json "$out/ledger-$card.json" --timeline "$out/timeline-$card.json"
+  bench ledger --model Qwen3-0.6B --json "$out/ledger-$card.json" --plot "$out/ledger-$card.png" \
+    --timeline "$out/timeline-$card.json" --timeline-plot "$out/timeline-$card.png"
 fi

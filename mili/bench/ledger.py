@@ -16,7 +16,7 @@ records, with `torch.profiler`, a few decode steps of stages 3, 4 and 6 (host ph
 kernels against time; on the CPU, of every stage) as JSON for a timeline picture.
 
     mili bench ledger [--model PRESET|DIR] [--num-seqs 64] [--min-len 100] [--max-len 512]
-                      [--json FILE] [--plot FILE] [--timeline FILE]
+                      [--json FILE] [--plot FILE] [--timeline FILE [--timeline-plot PNG]]
 """
 
 from __future__ import annotations
@@ -161,17 +161,14 @@ def record_timeline(llm, work, decode_steps: int = 3) -> dict:
             gpu.append(span)
     start = min(s[1] for s in host + gpu) if host or gpu else 0.0
     shift = lambda spans: [[n, round(a - start, 1), round(b - start, 1)] for n, a, b in spans]  # noqa: E731
-    return {"host": shift(host), "gpu": shift(gpu), "batch": 64, "steps": decode_steps}
+    return {"host": shift(host), "gpu": shift(gpu), "batch": len(work[:64]), "steps": decode_steps}
 
 
 def plot_ledger(report: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mili.bench.plots import pyplot, save
 
     rows = report["stages"]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = pyplot().subplots(figsize=(7, 3.6))
     values = [r["tokens_per_s"] for r in rows]
     ax.barh(range(len(rows)), values, color="C0")
     ax.set_yticks(range(len(rows)), [r["stage"] for r in rows])
@@ -186,9 +183,32 @@ def plot_ledger(report: dict, path) -> None:
     ax.set_title(f"{Path(report['model']).name}: {w['num_seqs']} requests, lengths [{w['min_len']}, {w['max_len']}]"
                  f"\n{report['environment']['device']}", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
+
+
+def plot_timelines(recorded: dict, path) -> None:
+    """One panel per stage: the host's phases (a row each, `mili: step` around them) and the
+    device's kernels (one row) against time, from a `--timeline` JSON."""
+    from mili.bench.plots import pyplot, save
+
+    stages = list(recorded["timelines"].items())
+    fig, axes = pyplot().subplots(len(stages), 1, figsize=(11, 1.6 + 1.3 * len(stages)), squeeze=False)
+    for ax, (stage, timeline) in zip(axes[:, 0], stages):
+        phases = list(dict.fromkeys(name for name, _, _ in timeline["host"]))
+        rows = phases + (["device kernels"] if timeline["gpu"] else [])
+        for name, start, end in timeline["host"]:
+            row = phases.index(name)
+            ax.broken_barh([(start / 1e3, max(end - start, 1.0) / 1e3)], (row - 0.4, 0.8), color=f"C{row}")
+        if timeline["gpu"]:
+            ax.broken_barh([(start / 1e3, max(end - start, 1.0) / 1e3) for _, start, end in timeline["gpu"]],
+                           (len(phases) - 0.4, 0.8), color="k")
+        ax.set_yticks(range(len(rows)), [r.removeprefix("mili: ") for r in rows], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"{stage}: {timeline['steps']} decode steps of {timeline['batch']} sequences", fontsize=9)
+    axes[-1, 0].set_xlabel("ms")
+    fig.suptitle(f"Host and device over time, {Path(recorded['model']).name}, {recorded['environment']['device']}",
+                 fontsize=10)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results as JSON here")
     parser.add_argument("--plot", help="write a bar chart (PNG) here")
     parser.add_argument("--timeline", help="write profiled decode steps of three stages (JSON) here")
+    parser.add_argument("--timeline-plot", help="and draw them (PNG) here")
     args = parser.parse_args(argv)
     report = run_ledger(args.model, num_seqs=args.num_seqs, min_len=args.min_len, max_len=args.max_len,
                         device=args.device, dtype=args.dtype, timeline_path=args.timeline)
@@ -211,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(report, indent=1))
     if args.plot:
         plot_ledger(report, args.plot)
+    if args.timeline and args.timeline_plot:
+        plot_timelines(json.loads(Path(args.timeline).read_text()), args.timeline_plot)
     print(f"{len(report['stages'])} stages on {report['environment']['device']}", file=sys.stdout)
     return 0
 
