@@ -121,6 +121,7 @@ def record_timeline(llm, work, decode_steps: int = 3) -> dict:
         engine.step()
     for _ in range(2):
         engine.step()
+
     def labelled(label, inner, *args, **kwargs):
         with record_function(label):
             return inner(*args, **kwargs)

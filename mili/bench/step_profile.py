@@ -33,7 +33,6 @@ class StepProfile:
         wrap_method(engine.runner, "run", self._timed_run)
         wrap_method(engine.runner, "sample", self._timed_sample)
 
-
     def _timed_step(self, inner, *args, **kwargs):
         self._wait, self._current = 0.0, {"launched": False}
         start = time.perf_counter()

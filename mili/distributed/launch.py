@@ -85,7 +85,7 @@ class WorkerGroup:
             message = _receive(self.reports[rank - 1]) if self.reports[rank - 1] in ready else None
             self._fail(rank, message)
             self._terminate_all()
-            _abort_collectives()
+            worker.abort_nccl_group()
             return
 
     def _fail(self, rank: int, message) -> None:
@@ -163,18 +163,6 @@ def _exit_reason(code: int | None) -> str:
     if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
     return f"exited with status {code}"
-
-
-def _abort_collectives() -> None:
-    """Make rank 0's pending NCCL collectives fail instead of waiting for ranks that are gone.
-
-    gloo needs nothing: its connections to the dead ranks close and its collectives raise.
-    """
-    if dist.is_initialized() and dist.get_backend() == "nccl":
-        try:
-            dist.distributed_c10d._abort_process_group()
-        except Exception:  # noqa: BLE001 - best effort; NCCL's watchdog timeout remains the last resort
-            pass
 
 
 def start_store(size: int) -> dist.TCPStore:

@@ -35,6 +35,7 @@ from mili.distributed.worker import (
     WorkerSpec, forward_from_graphs, join_group, leave_group, load_shard, release_graphs,
 )
 from mili.model.metadata import AttentionMetadata, KVCache
+from mili.model.qwen3 import check_flat_inputs
 
 
 class TensorParallelModel:
@@ -69,9 +70,7 @@ class TensorParallelModel:
     @torch.inference_mode()
     def forward(self, input_ids: Tensor, positions: Tensor, attn_metadata: AttentionMetadata,
                 kv_cache: KVCache | None = None) -> Tensor:
-        if input_ids.dim() != 1 or positions.shape != input_ids.shape:
-            raise ValueError(f"input_ids and positions must both be flat [T], got {tuple(input_ids.shape)} "
-                             f"and {tuple(positions.shape)}")
+        check_flat_inputs(input_ids, positions)
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("a tensor-parallel model cannot be recorded into a CUDA graph by its caller: the "
                                "workers would not replay with it (record_decode_graphs records every rank's)")

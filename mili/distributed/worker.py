@@ -111,12 +111,20 @@ def leave_group() -> None:
     """Leave the process group at shutdown. An NCCL communicator is aborted, not destroyed:
     destroying it waits on the other ranks, which are leaving too (or gone), and it hung on
     two H200s once each rank had recorded CUDA graphs with collectives in them."""
-    if not dist.is_initialized():
-        return
-    if dist.get_backend() == "nccl":
-        dist.distributed_c10d._abort_process_group()
-    else:
+    abort_nccl_group()
+    if dist.is_initialized():  # gloo
         dist.destroy_process_group()
+
+
+def abort_nccl_group() -> None:
+    """Abort this process's NCCL group (if it has one): its pending collectives fail instead of
+    waiting for ranks that are gone, and the group is left. gloo needs nothing: its connections
+    to dead ranks close and its collectives raise."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        try:
+            dist.distributed_c10d._abort_process_group()
+        except Exception:  # noqa: BLE001 - best effort; NCCL's watchdog timeout remains the last resort
+            pass
 
 
 def forward_from_graphs(model, graphs, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata,

@@ -69,9 +69,7 @@ class Qwen3ForCausalLM(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: Tensor, positions: Tensor, attn_metadata: AttentionMetadata,
                 kv_cache: KVCache | None = None) -> Tensor:
-        if input_ids.dim() != 1 or positions.shape != input_ids.shape:
-            raise ValueError(f"input_ids and positions must both be flat [T], got {tuple(input_ids.shape)} "
-                             f"and {tuple(positions.shape)}")
+        check_flat_inputs(input_ids, positions)
         return self.model(input_ids, positions, attn_metadata, kv_cache)
 
     @torch.inference_mode()
@@ -86,3 +84,10 @@ class Qwen3ForCausalLM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
+
+
+def check_flat_inputs(input_ids: Tensor, positions: Tensor) -> None:
+    """The batch contract's token inputs: both flat [T], of the same shape."""
+    if input_ids.dim() != 1 or positions.shape != input_ids.shape:
+        raise ValueError(f"input_ids and positions must both be flat [T], got {tuple(input_ids.shape)} "
+                         f"and {tuple(positions.shape)}")
