@@ -36,7 +36,8 @@ def main():
     model = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "data/mili-tiny-qwen3"
     tp = int(sys.argv[sys.argv.index("--tp") + 1]) if "--tp" in sys.argv else 2
     say(f"{torch.cuda.device_count()} GPUs; building LLM({model}, tensor_parallel_size={tp})")
-    llm = LLM(model, tensor_parallel_size=tp, device="cuda", max_model_len=512, enforce_eager="--eager" in sys.argv)
+    llm = LLM(model, tensor_parallel_size=tp, device="cuda", max_model_len=512, enforce_eager="--eager" in sys.argv,
+              gpu_memory_utilization=0.3)  # leaves room for the one-process run below
     say("built; generating")
     parallel = tokens(llm)
     say(f"generated {parallel}")
