@@ -18,7 +18,7 @@ set -uo pipefail
 budget_end=$(( $(date +%s) + 450 ))  # the last measurement ends by then; the summary follows
 out=${1:?output folder}
 mkdir -p "$out"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MILI_IMPL=reference NCCL_NVLS_ENABLE=0
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MILI_IMPL=reference NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 card=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())" 2>/dev/null || echo gpu)
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)

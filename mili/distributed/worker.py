@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mili.distributed import step
+from mili.distributed import one_shot, step
 from mili.model.metadata import AttentionMetadata, KVCache
 from mili.model.parallel import TensorParallelGroup
 
@@ -59,12 +59,15 @@ def device_of(rank: int, first: torch.device) -> torch.device:
 
 
 def join_group(rank: int, spec: WorkerSpec, store: dist.Store) -> None:
-    """Join the group: NCCL between GPUs (NVLink multicast off unless set), gloo on the CPU."""
+    """Join the group: NCCL between GPUs (NVLink multicast off unless set) with the one-shot
+    all-reduce of small tensors (`one_shot.py`), gloo on the CPU."""
     device = device_of(rank, spec.device)
     if device.type == "cuda":
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # multicast needs fabric support and gains nothing here
+        os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", store=store, rank=rank, world_size=spec.size, device_id=device)
+        one_shot.install(device)
     else:
         dist.init_process_group("gloo", store=store, rank=rank, world_size=spec.size)
 
@@ -111,6 +114,7 @@ def leave_group() -> None:
     """Leave the process group at shutdown. An NCCL communicator is aborted, not destroyed:
     destroying it waits on the other ranks, which are leaving too (or gone), and it hung on
     two H200s once each rank had recorded CUDA graphs with collectives in them."""
+    one_shot.uninstall()
     abort_nccl_group()
     if dist.is_initialized():  # gloo
         dist.destroy_process_group()

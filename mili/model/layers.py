@@ -71,7 +71,7 @@ class Qwen3Attention(nn.Module):
             self.o_proj = Linear(self.q_size, config.hidden_size, ops)
         else:
             self.o_proj = RowParallelLinear(shard.config.q_size, config.hidden_size, group=shard.group,
-                                            cols=shard.q_columns)
+                                            cols=shard.q_columns, ops=ops)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ops)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ops)
         self.rotary = rotary
@@ -117,7 +117,7 @@ class Qwen3MLP(nn.Module):
             self.down_proj = Linear(config.intermediate_size, config.hidden_size, ops)
         else:
             self.down_proj = RowParallelLinear(shard.config.intermediate_size, config.hidden_size, group=shard.group,
-                                               cols=shard.intermediate)
+                                               cols=shard.intermediate, ops=ops)
         self.ops = ops
 
     @exercise("1.4", "SwiGLU MLP")

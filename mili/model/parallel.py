@@ -18,6 +18,7 @@ that do not divide by the number of ranks still split.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,15 @@ from torch import Tensor, nn
 
 from mili.exercise import exercise
 
+# A faster all-reduce for the tensors it takes (`mili.distributed.one_shot` installs one on GPUs):
+# returns their sum over the ranks, or None for a tensor it does not take.
+_fast_all_reduce: Callable[[Tensor], Tensor | None] | None = None
+
+
+def set_fast_all_reduce(all_reduce: Callable[[Tensor], Tensor | None] | None) -> None:
+    global _fast_all_reduce
+    _fast_all_reduce = all_reduce
+
 
 @dataclass(frozen=True)
 class TensorParallelGroup:
@@ -35,6 +45,17 @@ class TensorParallelGroup:
     rank: int
     size: int
     process_group: dist.ProcessGroup | None = None  # None: torch.distributed's default group
+
+    def all_reduce(self, t: Tensor) -> Tensor:
+        """The sum of `t` over the ranks, on every rank: `dist.all_reduce(t)` (in place), or on
+        GPUs for a small tensor (a decode step's) the one-shot kernel of `mili.distributed.one_shot`,
+        which returns a new tensor. Use the tensor it returns."""
+        if _fast_all_reduce is not None and self.process_group is None:
+            summed = _fast_all_reduce(t)
+            if summed is not None:
+                return summed
+        dist.all_reduce(t, group=self.process_group)
+        return t
 
 
 def shard_range(n: int, rank: int, size: int) -> range:
@@ -75,13 +96,19 @@ class RowParallelLinear(nn.Linear):
 
     Rank r holds columns `self.cols` of the full W [out_features, in_features] and receives
     x[:, self.cols] (the output of a column-parallel layer); every rank holds all of b.
+    Given a backend (`ops`), the product is its `linear` op (a matrix-vector kernel at one row).
     """
 
     def __init__(self, in_features: int, out_features: int, *, group: TensorParallelGroup, bias: bool = False,
-                 cols: range | None = None):
+                 cols: range | None = None, ops=None):
         self.cols = cols if cols is not None else shard_range(in_features, group.rank, group.size)
         super().__init__(len(self.cols), out_features, bias=bias)
         self.group = group
+        self.ops = ops
+
+    def partial_product(self, x: Tensor) -> Tensor:
+        """x @ W_r.T with this rank's weight W_r (no bias): this rank's partial sum of y."""
+        return F.linear(x, self.weight) if self.ops is None else self.ops.linear(x, self.weight)
 
     @exercise("6.4")
     def load(self, weight, bias=None) -> None:
@@ -100,8 +127,9 @@ class RowParallelLinear(nn.Linear):
         """x: [T, len(self.cols)], this rank's input features -> y: [T, out_features], the full
         output, the same on every rank.
 
-        Multiply by this rank's weight (a partial sum of y), sum the partial sums of all ranks
-        with dist.all_reduce(y, group=self.group.process_group) (in place), and add the bias
+        Multiply by this rank's weight (self.partial_product(x): a partial sum of y), sum the
+        partial sums of all ranks with y = self.group.all_reduce(y) (dist.all_reduce over the
+        group, or a faster kernel on GPUs: use the tensor it returns), and add the bias
         (self.bias may be None) so that it counts once.
         """
         raise NotImplementedError("Exercise 6.4: see chapters/06_deployment.ipynb, section 9")
@@ -127,8 +155,7 @@ class VocabParallelEmbedding(nn.Module):
         local = input_ids - self.rows.start
         outside = (local < 0) | (local >= len(self.rows))
         out = F.embedding(local.masked_fill(outside, 0), self.weight).masked_fill_(outside.unsqueeze(-1), 0)
-        dist.all_reduce(out, group=self.group.process_group)
-        return out
+        return self.group.all_reduce(out)
 
 
 class ParallelLMHead(ColumnParallelLinear):

@@ -5,8 +5,6 @@ Each class holds only the exercise methods; `mili.exercise` installs them on mil
 
 from __future__ import annotations
 
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -44,10 +42,10 @@ class RowParallelLinear:
         """x: [T, len(self.cols)], this rank's input features -> y: [T, out_features], the full
         output, the same on every rank.
 
-        Multiply by this rank's weight (a partial sum of y), sum the partial sums of all ranks
-        with dist.all_reduce(y, group=self.group.process_group) (in place), and add the bias
+        Multiply by this rank's weight (self.partial_product(x): a partial sum of y), sum the
+        partial sums of all ranks with y = self.group.all_reduce(y) (dist.all_reduce over the
+        group, or a faster kernel on GPUs: use the tensor it returns), and add the bias
         (self.bias may be None) so that it counts once.
         """
-        y = F.linear(x, self.weight)
-        dist.all_reduce(y, group=self.group.process_group)
+        y = self.group.all_reduce(self.partial_product(x))
         return y if self.bias is None else y + self.bias
