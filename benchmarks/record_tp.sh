@@ -65,7 +65,7 @@ latency Qwen3-8B 1 90
 if (( gpus >= 2 )); then
   latency Qwen3-8B 2 100
   latency Qwen3-32B 2 120
-  stage "GPU tensor-parallel tests" 120 python3 -m pytest -o addopts="" -p no:cacheprovider -q -m gpu \
+  stage "GPU tensor-parallel tests" 120 python3 -m pytest -o addopts="" -o faulthandler_timeout=100 -p no:cacheprovider -q -m gpu \
     tests/test_tensor_parallel_gpu.py
 fi
 throughput Qwen3-8B 1 120

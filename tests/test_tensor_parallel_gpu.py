@@ -35,8 +35,8 @@ def test_each_rank_replays_its_graphs_and_gives_the_eager_and_one_gpu_tokens(tmp
     folder = tmp_path / name
     write_checkpoint(folder, **CHECKPOINTS[name])
     one_gpu, _ = _generate(folder)
-    eager, eager_graphs = _generate(folder, tensor_parallel_size=2, enforce_eager=True)
-    replayed, graphs = _generate(folder, tensor_parallel_size=2)
+    replayed, graphs = _generate(folder, tensor_parallel_size=2)  # the process's first group: one-shot all-reduces
+    eager, eager_graphs = _generate(folder, tensor_parallel_size=2, enforce_eager=True)  # NCCL's (one_shot.py)
     assert graphs and not eager_graphs
     assert os.environ.get("NCCL_NVLS_ENABLE") == "0"
     assert replayed == eager, "2 ranks replaying CUDA graphs must give the eager group's tokens"

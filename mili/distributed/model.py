@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mili.distributed import step
+from mili.distributed import one_shot, step
 from mili.distributed.failure import TensorParallelFailure
 from mili.distributed.launch import WorkerGroup, check_devices, start_store
 from mili.distributed.worker import (
@@ -207,7 +207,8 @@ def load_tensor_parallel(model: str, size: int, *, dtype: torch.dtype | None, de
         raise RuntimeError("torch.distributed is already initialised in this process (another tensor-parallel "
                            "model?): shut it down first (llm.model.shutdown())")
     store = start_store(size)
-    spec = WorkerSpec(str(model), dtype, device, make_backend, seed, size, store.port, torch.get_num_threads())
+    spec = WorkerSpec(str(model), dtype, device, make_backend, seed, size, store.port, torch.get_num_threads(),
+                      one_shot_all_reduce=one_shot.usable(device))
     workers = WorkerGroup(spec)
     try:
         shard_model = load_shard(0, spec)  # while the workers start

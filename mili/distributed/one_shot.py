@@ -10,8 +10,12 @@ second barrier so that no buffer is overwritten while a peer still reads it
 (`torch.ops.symm_mem.one_shot_all_reduce_copy`). It reads world_size × the bytes, so it only pays
 for small tensors; larger ones (a prefill's) stay on NCCL. No NVLink multicast is used.
 
-Every rank installs it after joining the group (`install`, from `worker.join_group`), and
-`TensorParallelGroup.all_reduce` uses it for the tensors it takes. MILI_ALL_REDUCE=nccl turns it off.
+Rank 0 decides whether the group uses it (`usable`) and every rank installs it after joining the
+group (`install`, from `worker.join_group`); `TensorParallelGroup.all_reduce` then uses it for the
+tensors it takes, and every rank takes or leaves a tensor alike (by its dtype and size only).
+MILI_ALL_REDUCE=nccl turns it off. A process uses it for its first group only: PyTorch ties a
+process's symmetric memory to the process group it first met, so a second tensor-parallel model
+in one process (after the first shut down) sums with NCCL.
 """
 
 from __future__ import annotations
@@ -33,29 +37,36 @@ class OneShotAllReduce:
         import torch.distributed._symmetric_memory as symm_mem
 
         self.group_name = dist.group.WORLD.group_name
-        if hasattr(symm_mem, "enable_symm_mem_for_group"):  # needed before PyTorch 2.9, harmless after
-            symm_mem.enable_symm_mem_for_group(self.group_name)
         self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
         symm_mem.rendezvous(self.buffer, self.group_name)  # collective: every rank, in the same order
         self.max_bytes = max_bytes
 
     def __call__(self, t: Tensor) -> Tensor | None:
         """The sum of `t` over the ranks (a new tensor), or None where `t` is too large or not a float
-        tensor on this GPU."""
+        tensor on this GPU. The choice depends on nothing that may differ between ranks."""
         nbytes = t.numel() * t.element_size()
-        if (t.device != self.buffer.device or t.dtype not in DTYPES or not t.is_contiguous()
-                or nbytes == 0 or nbytes > self.max_bytes or nbytes % 16 or t.data_ptr() % 16):
+        if (t.device != self.buffer.device or t.dtype not in DTYPES or nbytes == 0 or nbytes > self.max_bytes
+                or nbytes % 16):
             return None
+        if not t.is_contiguous() or t.data_ptr() % 16:
+            t = t.clone(memory_format=torch.contiguous_format)  # a fresh allocation is aligned
         symm = self.buffer[:nbytes].view(t.dtype)
         return torch.ops.symm_mem.one_shot_all_reduce_copy(symm, t.view(-1), "sum", self.group_name).view(t.shape)
 
 
-def install(device: torch.device) -> bool:
-    """Set up the one-shot all-reduce on every rank (collective); False where it cannot be used."""
-    if device.type != "cuda" or os.environ.get("MILI_ALL_REDUCE", "one_shot") == "nccl":
-        return False
+_installed_once = False
+
+
+def usable(device: torch.device) -> bool:
+    """Whether a group that rank 0 starts now on `device` should use the one-shot all-reduce."""
+    return device.type == "cuda" and not _installed_once and os.environ.get("MILI_ALL_REDUCE") != "nccl"
+
+
+def install(device: torch.device) -> None:
+    """Set up the one-shot all-reduce on this rank (collective: every rank of the group calls it)."""
+    global _installed_once
+    _installed_once = True
     set_fast_all_reduce(OneShotAllReduce(device))
-    return True
 
 
 def uninstall() -> None:

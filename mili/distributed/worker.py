@@ -50,6 +50,7 @@ class WorkerSpec:
     size: int
     store_port: int
     num_threads: int
+    one_shot_all_reduce: bool = False  # rank 0 decides for all (`one_shot.usable`): every rank must agree
 
 
 def device_of(rank: int, first: torch.device) -> torch.device:
@@ -67,7 +68,8 @@ def join_group(rank: int, spec: WorkerSpec, store: dist.Store) -> None:
         os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", store=store, rank=rank, world_size=spec.size, device_id=device)
-        one_shot.install(device)
+        if spec.one_shot_all_reduce:
+            one_shot.install(device)
     else:
         dist.init_process_group("gloo", store=store, rank=rank, world_size=spec.size)
 
