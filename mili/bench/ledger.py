@@ -82,8 +82,7 @@ def run_ledger(model: str, *, num_seqs: int, min_len: int, max_len: int, device=
         if floor is None:
             floor = bandwidth_floor(config, llm.model.dtype, work, llm.engine.config.max_num_seqs,
                                     copy_bytes_per_s(device), matmul_flops_per_s(device, llm.model.dtype))
-        # Triton compiles each kernel specialisation on first use: a short pass of the same shapes first
-        warmup = workload(8, min_len, max_len, config.vocab_size, seed=1) if device.type == "cuda" else None
+        warmup = warmup_work(num_seqs, min_len, max_len, config.vocab_size) if device.type == "cuda" else None
         result = run_mili(llm, work, warmup)
         rows.append({"stage": name, "backend": llm.model.backend.name, **settings,
                      "cuda_graphs": llm.engine.runner.graphs is not None, **result,
@@ -103,6 +102,17 @@ def run_ledger(model: str, *, num_seqs: int, min_len: int, max_len: int, device=
         Path(timeline_path).write_text(json.dumps({"environment": report["environment"], "model": model,
                                                    "timelines": timelines}))
     return report
+
+
+def warmup_work(num_seqs: int, min_len: int, max_len: int, vocab_size: int) -> list[tuple[list[int], int]]:
+    """An untimed pass before a stage's run. Triton compiles a kernel again for each new
+    specialisation of its integer arguments (equal to 1, a multiple of 16, or neither), on first
+    use: with 8 warm-up requests, a stage's kernels outside the CUDA graphs compiled during the
+    timed run at batch sizes 16, 32, ... So: as many requests as the workload, with short outputs
+    of different lengths, and one longer, so the decode batch shrinks through every kind of size
+    down to 1."""
+    work = workload(num_seqs, min_len, max_len, vocab_size, seed=1)
+    return [(prompt, 32 if i == len(work) - 1 else 1 + i % 24) for i, (prompt, _) in enumerate(work)]
 
 
 def record_timeline(llm, work, decode_steps: int = 3) -> dict:
