@@ -44,7 +44,7 @@ STAGES = [  # name, backend, engine settings
     ("+ persistent batch", "triton", dict(enforce_eager=False, persistent_batch=True, overlap=False)),
     ("+ overlap", "triton", dict(enforce_eager=False, persistent_batch=True, overlap=True)),
 ]
-TIMELINE_STAGES = ("+ chapter 04 attention", "+ CUDA graphs", "+ overlap")
+TIMELINE_STAGES = ("+ chapter 04 attention", "+ CUDA graphs", "+ persistent batch", "+ overlap")
 HOST_PHASES = {"scheduler": ("schedule",), "runner": ("prepare", "run", "sample")}
 
 
