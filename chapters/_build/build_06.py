@@ -531,14 +531,19 @@ md(r"""
 **Compare this with your prediction — it is not what the cache should do.** In this H100 record
 the cache hits as it should (most prompt tokens come from it), yet the requests wait *longer* for
 their first token and the server produces fewer tokens per second than with the cache off. On
-this CPU the same kind of workload goes the other way (the next cell measures it). Two things differ between the
-two H100 runs besides the cache, and a careful reader should name them before trusting the
-comparison: the cache-on run came on a server that had already served the four load runs above
-(its pool was full of their cached prompts, so every admission evicted some), while the
-cache-off run had a fresh server; and with the cache on, every prefill after the first reads its
-prefix from the paged cache through the block-table path of chapter 04's prefill kernel, not
-the contiguous path. Which of the two costs the time is not yet measured: this record is a
-known open problem of the engine, shown as it came out rather than left out.
+this CPU the same kind of workload goes the other way (the next cell measures it). Two things
+differ between the two H100 runs besides the cache, and a careful reader names them before
+trusting the comparison. The cache-on run came on a server that had already served the four load
+runs above (its pool full of their cached prompts), while the cache-off run had a fresh one. And
+the cache-on run was the first on its server to prefill over a cached prefix, which is chapter
+04's *other* prefill kernel (exercise 4.3, reading K/V through the block table) — and Triton
+compiles a kernel on its first use, which takes seconds. Look at the TTFT columns of the cache-on
+row: median and p99 are almost equal, every request waited about as long as every other, which is
+what one stall before the first prefill would give. So the server now runs that kernel once
+before it says ready (`mili.server.cli.warm_up` sends the same short prompt twice, then empties
+the cache), and `benchmarks/record_serve_gpu.sh` gives each run of the pair a fresh server. Until
+that record is made again on an H100, this comparison stands as measured, and the explanation
+above is a hypothesis, not a measurement.
 """)
 
 code(r"""

@@ -189,6 +189,11 @@ class LLMEngine:
         self.requests.pop(request.request_id, None)
         return RequestOutput.from_request(request, request.params.output_kind)
 
+    def reset_prefix_cache(self) -> int:
+        """Drop every cached prefix block that no running sequence holds; returns how many."""
+        cache = self.block_manager.prefix_cache
+        return len(cache.clear()) if cache is not None else 0
+
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished() or bool(self.requests)  # a request may wait only for its last token
 

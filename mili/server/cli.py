@@ -256,14 +256,21 @@ class EngineLoader:
 
 
 def warm_up(llm) -> None:
-    """One short request before /health says ready (a Kubernetes readiness probe waits for it): the
-    first prefill and decode compile their kernels, seconds on a GPU that would fall on the first
-    users. Prompt and output fill no whole KV block, so nothing of them stays in the prefix cache."""
+    """Requests before /health says ready (a Kubernetes readiness probe waits for them): each kind of
+    step compiles its kernels on first use, seconds on a GPU that would fall on the first users. A
+    prompt one KV block long and a little more, twice: the first runs a prefill and decodes; with
+    the prefix cache on, the second reads its first block from the cache, which is a prefill
+    over the paged cache (chapter 04's other prefill kernel). Then the prefix cache is emptied, so
+    nothing of the warm-up stays in it."""
     from mili.engine.sampling_params import SamplingParams
 
     new_tokens = 2
-    prompt = {"prompt_token_ids": [0] * max(1, llm.engine.config.block_size - new_tokens - 1)}
-    llm.generate([prompt], SamplingParams(max_tokens=new_tokens, ignore_eos=True), use_tqdm=False)
+    length = max(1, min(llm.engine.config.block_size + 3, llm.engine.max_model_len - new_tokens))
+    prompt = {"prompt_token_ids": [0] * length}
+    params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
+    for _ in range(2 if llm.engine.config.enable_prefix_caching else 1):
+        llm.generate([prompt], params, use_tqdm=False)
+    llm.engine.reset_prefix_cache()
 
 
 def main(argv: list[str] | None = None) -> int:
