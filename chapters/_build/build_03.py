@@ -712,8 +712,9 @@ One row does not fit that story: **the persistent batch without overlap is slowe
 before it**. Its steps are not compiling kernels (each stage first runs an untimed pass with as
 many requests as the workload), and adding only overlap to it makes it the fastest stage. Why
 the persistent batch alone costs more per step on this GPU is an open question of this engine,
-not yet measured; the next run of `mili bench ledger --timeline` draws that stage's timeline too,
-which is where to look first.
+not yet measured. One suspect: in this record its timed run came right after the previous
+stage's profiled timeline, in the same process. `mili bench ledger` now times every stage before
+it profiles any, and draws this stage's timeline too: its next record will say.
 """)
 
 md(r"""

@@ -12,8 +12,9 @@ The same offline workload runs through the engine as the course assembles it:
 6. `+ overlap`: step t+1 scheduled and prepared while step t runs.
 
 Stages 2 to 4 need a CUDA GPU; on the CPU the ledger runs 1, 5 and 6. `--timeline FILE` also
-records, with `torch.profiler`, a few decode steps of stages 3, 4 and 6 (host phases and GPU
-kernels against time; on the CPU, of every stage) as JSON for a timeline picture.
+records, with `torch.profiler`, a few decode steps of stages 3 to 6 (host phases and GPU kernels
+against time; on the CPU, of every stage) as JSON for a timeline picture, after every stage
+has been timed.
 
     mili bench ledger [--model PRESET|DIR] [--num-seqs 64] [--min-len 100] [--max-len 512]
                       [--json FILE] [--plot FILE] [--timeline FILE [--timeline-plot PNG]]
@@ -70,13 +71,14 @@ def make_llm(model: str, backend, settings: dict, max_model_len: int, max_num_se
 
 def run_ledger(model: str, *, num_seqs: int, min_len: int, max_len: int, device=None, dtype="auto",
                timeline_path=None) -> dict:
+    """Time every stage, then (with timeline_path) profile the timeline stages in a second pass:
+    no timed run follows a profiler in this process (on an H100 the stage timed right after a
+    profiled one was the one that came out slow)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     stages = [s for s in STAGES if device.type == "cuda" or s[1] == "torch" or s[2]["persistent_batch"]]
-    rows, timelines, floor = [], {}, None
+    rows, floor = [], None
     for name, backend, settings in stages:
-        if device.type != "cuda":
-            settings = {**settings, "enforce_eager": True}
-        llm = make_llm(model, stage_backend(backend, device), settings, 2 * max_len + 1, num_seqs, device, dtype)
+        llm = stage_llm(model, backend, settings, device, dtype, num_seqs, max_len)
         config = llm.model.config
         work = workload(num_seqs, min_len, max_len, config.vocab_size)
         if floor is None:
@@ -89,19 +91,34 @@ def run_ledger(model: str, *, num_seqs: int, min_len: int, max_len: int, device=
                      "fraction_of_bandwidth_floor": floor["seconds"] / result["seconds"]})
         print(f"{name:<24} {result['tokens_per_s']:>9.0f} tok/s  {rows[-1]['fraction_of_bandwidth_floor']:>6.1%} of floor",
               flush=True)
-        if timeline_path is not None and (name in TIMELINE_STAGES or device.type != "cuda"):
-            timelines[name] = record_timeline(llm, work)
-        del llm
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        del llm  # its KV pool and graphs go before the next stage's are made
+        free_memory(device)
     report = {"environment": environment(device), "model": model,
               "workload": {"num_seqs": num_seqs, "min_len": min_len, "max_len": max_len, "seed": 0},
               "bandwidth_floor": floor, "stages": rows}
     if timeline_path is not None:
+        timelines = {}
+        for name, backend, settings in stages:
+            if name in TIMELINE_STAGES or device.type != "cuda":
+                llm = stage_llm(model, backend, settings, device, dtype, num_seqs, max_len)
+                timelines[name] = record_timeline(llm, workload(num_seqs, min_len, max_len, llm.model.config.vocab_size))
+                del llm
+                free_memory(device)
         Path(timeline_path).write_text(json.dumps({"environment": report["environment"], "model": model,
                                                    "timelines": timelines}))
     return report
+
+
+def stage_llm(model: str, backend: str, settings: dict, device: torch.device, dtype, num_seqs: int, max_len: int):
+    if device.type != "cuda":
+        settings = {**settings, "enforce_eager": True}
+    return make_llm(model, stage_backend(backend, device), settings, 2 * max_len + 1, num_seqs, device, dtype)
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def warmup_work(num_seqs: int, min_len: int, max_len: int, vocab_size: int) -> list[tuple[list[int], int]]:
