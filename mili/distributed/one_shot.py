@@ -13,9 +13,10 @@ for small tensors; larger ones (a prefill's) stay on NCCL. No NVLink multicast i
 Rank 0 decides whether the group uses it (`usable`) and every rank installs it after joining the
 group (`install`, from `worker.join_group`); `TensorParallelGroup.all_reduce` then uses it for the
 tensors it takes, and every rank takes or leaves a tensor alike (by its dtype and size only).
-MILI_ALL_REDUCE=nccl turns it off. A process uses it for its first group only: PyTorch ties a
-process's symmetric memory to the process group it first met, so a second tensor-parallel model
-in one process (after the first shut down) sums with NCCL.
+MILI_ALL_REDUCE=nccl turns it off. A process uses it for its first group only: on two H200s a
+second group in the same process (after the first shut down) hung with it, most likely because
+PyTorch keeps a process's symmetric memory tied to the first process group it met; so a second
+tensor-parallel model in one process sums with NCCL.
 """
 
 from __future__ import annotations
