@@ -460,8 +460,9 @@ def test_a_tensor_parallel_server_answers_then_stops_with_every_process_on_sigte
 def test_a_tensor_parallel_server_whose_worker_fails_exits_non_zero():
     pytest.importorskip("fastapi")
     token = uuid.uuid4().hex
-    # the warm-up's two forwards (8 layers, 2 row-parallel layers each) pass; the request's first fails on rank 1
-    proc, url = _start_server(token, module="tests.faulty_tp", MILI_FAULT_AFTER="40")
+    # the warm-up's four forwards (two requests of a prefill and a decode; 8 layers, 2 row-parallel layers
+    # each) pass; the request's first fails on rank 1
+    proc, url = _start_server(token, module="tests.faulty_tp", MILI_FAULT_AFTER="64")
     try:
         _wait_healthy(proc, url)
         status, _ = _complete(url, max_tokens=6)
