@@ -3,8 +3,11 @@
 Runs one request alone through the engine (random weights at a preset's shapes), profiles
 `--steps` decode steps with torch.profiler and prints, per kernel name, the launches per step,
 the mean duration and the time per step; then the step's GPU busy time against its span.
+With `--tensor-parallel-size N` it profiles rank 0 (each rank runs the same kernels on its
+shard): an all-reduce kernel's time there includes waiting for the other ranks to arrive.
 
-    python benchmarks/probes/decode_kernels.py --model Qwen3-0.6B [--trace OUT.json] [--json OUT.json]
+    python benchmarks/probes/decode_kernels.py --model Qwen3-0.6B [--tensor-parallel-size N]
+                                              [--trace OUT.json] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from mili.engine.llm import LLM
 from mili.engine.sampling_params import RequestOutputKind, SamplingParams
 
 
-def decode_kernels(model: str, steps: int, prompt_len: int, trace: str | None) -> dict:
-    llm = LLM(model, max_num_seqs=8, enable_prefix_caching=False, max_model_len=prompt_len + 640)
+def decode_kernels(model: str, steps: int, prompt_len: int, trace: str | None, tensor_parallel_size: int = 1) -> dict:
+    llm = LLM(model, max_num_seqs=8, enable_prefix_caching=False, max_model_len=prompt_len + 640,
+              tensor_parallel_size=tensor_parallel_size)
     engine = llm.engine
     prompt = [random.Random(0).randrange(llm.model.config.vocab_size) for _ in range(prompt_len)]
     params = SamplingParams(temperature=0.0, max_tokens=10 * steps, ignore_eos=True,
@@ -49,10 +53,14 @@ def decode_kernels(model: str, steps: int, prompt_len: int, trace: str | None) -
     busy = sum(r["us_per_step"] for r in rows)
     span = (ends[-1] - starts[0]) / steps
     host = cprofile_steps(engine, 5 * steps)
-    linears = {name: _time_linear(module.weight) for name, module in llm.model.model.layers[0].named_modules()
+    shard = getattr(llm.model, "shard_model", llm.model)  # rank 0's part under tensor parallelism
+    linears = {name: _time_linear(module.weight) for name, module in shard.model.layers[0].named_modules()
                if isinstance(module, torch.nn.Linear)}
-    linears["lm_head"] = _time_linear(llm.model.lm_head.weight)
-    return {"device": torch.cuda.get_device_name(), "model": model, "steps": steps,
+    linears["lm_head"] = _time_linear(shard.lm_head.weight)
+    if tensor_parallel_size > 1:
+        llm.model.shutdown()
+    return {"device": torch.cuda.get_device_name(), "model": model, "tensor_parallel_size": tensor_parallel_size,
+            "steps": steps,
             "kernels_per_step": len(kernels) / steps, "busy_us_per_step": busy, "span_us_per_step": span,
             "kernels": rows, "linears_batch1": linears, "host_profile": host}
 
@@ -96,10 +104,11 @@ def main() -> None:
     parser.add_argument("--model", default="Qwen3-0.6B")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--trace")
     parser.add_argument("--json")
     args = parser.parse_args()
-    report = decode_kernels(args.model, args.steps, args.prompt_len, args.trace)
+    report = decode_kernels(args.model, args.steps, args.prompt_len, args.trace, args.tensor_parallel_size)
     print(f"{report['device']} · {report['model']} · {report['kernels_per_step']:.0f} kernels per step · "
           f"busy {report['busy_us_per_step']:.0f} us, span {report['span_us_per_step']:.0f} us per step")
     for r in report["kernels"][:40]:
