@@ -721,7 +721,7 @@ md(r"""
 Qwen3-8B shapes with one GPU and with two, Qwen3-32B (which does not fit one 80 GB card with a
 KV cache) on two, and the throughput workload at 8B shapes, each against the weight-read floor of
 its *whole group* (every GPU reads its share at the copy bandwidth measured in the run). The
-record below is from two H200s joined by NVLink (no pair of H100s was available for it):
+record below is from two H200s joined by NVLink:
 """)
 
 code(r"""
