@@ -13,6 +13,7 @@ floor is the whole model's bytes and FLOPs over the group's summed rates (`group
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 
@@ -22,6 +23,13 @@ import torch
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def free_memory(device: torch.device) -> None:
+    """Return the memory of objects just dropped (an engine's KV pool and CUDA graphs) to the device."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def copy_bytes_per_s(device: torch.device, num_bytes: int | None = None) -> float:

@@ -19,7 +19,6 @@ whole model's bytes over N devices' bandwidth, `floors.group_of`).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import random
 import statistics
@@ -32,6 +31,7 @@ import torch
 from mili.argtypes import positive_int
 from mili.bench.floors import (
     copy_bytes_per_s,
+    free_memory,
     group_of,
     kv_bytes_per_token,
     sync,
@@ -112,9 +112,7 @@ def run_benchmark(model: str, *, prompt_len: int = 128, new_tokens: int = 512, r
         llm.model.shutdown()  # its workers and process group; the engine's reference outlives this call
     if compare_hf:
         del llm.engine
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory(device)
         hf_tpot = time_hf(hf_model_for(llm, model), prompt, hf_new_tokens)
         report["hf"] = {"tpot_ms": 1e3 * hf_tpot, "new_tokens": hf_new_tokens, "times_floor": hf_tpot / floor_s}
         report["speedup_vs_hf"] = hf_tpot / tpot

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import json
 import os
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, matmul_flops_per_s, sync
+from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, free_memory, matmul_flops_per_s, sync
 from mili.bench.throughput import environment, run_mili, workload
 
 STAGES = [  # name, backend, engine settings
@@ -113,12 +112,6 @@ def stage_llm(model: str, backend: str, settings: dict, device: torch.device, dt
     if device.type != "cuda":
         settings = {**settings, "enforce_eager": True}
     return make_llm(model, stage_backend(backend, device), settings, 2 * max_len + 1, num_seqs, device, dtype)
-
-
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def warmup_work(num_seqs: int, min_len: int, max_len: int, vocab_size: int) -> list[tuple[list[int], int]]:

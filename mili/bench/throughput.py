@@ -26,7 +26,6 @@ On a shared CPU, wall time includes waiting for a core; the process's CPU time i
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -39,7 +38,7 @@ from pathlib import Path
 import torch
 
 from mili.argtypes import positive_int
-from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, group_of, matmul_flops_per_s, sync
+from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, free_memory, group_of, matmul_flops_per_s, sync
 
 TEMPERATURE = 0.6
 GPU_WORKLOAD = {"num_seqs": 256, "min_len": 100, "max_len": 1024}  # nano-vllm's
@@ -203,9 +202,7 @@ def run_benchmark(model: str, *, num_seqs: int, min_len: int, max_len: int, comp
               "mili": {**mili, "fraction_of_bandwidth_floor": floor["seconds"] / mili["seconds"]}}
     if compare_hf:
         del llm.engine  # its KV pool (most of a GPU's memory) and CUDA graphs would leave HF no room
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory(device)
         hf = run_hf(hf_model_for(llm, model), work, hf_batch_size or num_seqs)
         report["hf"] = {**hf, "fraction_of_bandwidth_floor": floor["seconds"] / hf["seconds"]}
         report["speedup_vs_hf"] = mili["tokens_per_s"] / hf["tokens_per_s"]
