@@ -2,7 +2,10 @@
 
 Runs one request alone through the engine (random weights at a preset's shapes), profiles
 `--steps` decode steps with torch.profiler and prints, per kernel name, the launches per step,
-the mean duration and the time per step; then the step's GPU busy time against its span.
+the mean duration and the time per step; then the step's GPU busy time (the union of the
+kernels' intervals) against its span. Under dependent launch (Hopper, `MILI_PDL`) a kernel's
+interval starts when it is launched, before the previous kernel ends, so its duration includes
+its wait: run with `MILI_PDL=0` to see what each kernel costs alone.
 With `--tensor-parallel-size N` it profiles rank 0 (each rank runs the same kernels on its
 shard): an all-reduce kernel's time there includes waiting for the other ranks to arrive.
 
@@ -48,10 +51,13 @@ def decode_kernels(model: str, steps: int, prompt_len: int, trace: str | None, t
     rows = sorted(({"name": name[:110], "per_step": len(t) / steps, "mean_us": sum(t) / len(t),
                     "us_per_step": sum(t) / steps} for name, t in table.items()),
                   key=lambda r: -r["us_per_step"])
-    starts = sorted(e.time_range.start for e in kernels)
-    ends = sorted(e.time_range.end for e in kernels)
-    busy = sum(r["us_per_step"] for r in rows)
-    span = (ends[-1] - starts[0]) / steps
+    intervals = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+    busy, covered_to = 0.0, intervals[0][0]
+    for start, end in intervals:  # the union: under dependent launch a kernel starts before the last one ends
+        busy += max(0.0, end - max(start, covered_to))
+        covered_to = max(covered_to, end)
+    busy /= steps
+    span = (intervals[-1][1] - intervals[0][0]) / steps
     host = cprofile_steps(engine, 5 * steps)
     shard = getattr(llm.model, "shard_model", llm.model)  # rank 0's part under tensor parallelism
     linears = {name: _time_linear(module.weight) for name, module in shard.model.layers[0].named_modules()

@@ -6,6 +6,11 @@ exercise) on machines without Triton, such as macOS. Launching a kernel there ra
 
 from __future__ import annotations
 
+import functools
+import os
+
+import torch
+
 try:
     import triton
     import triton.language as tl
@@ -33,3 +38,35 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
 def require_triton() -> None:
     if not HAVE_TRITON:
         _missing()
+
+
+@functools.cache
+def _dependent_launch_on(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9 and os.environ.get("MILI_PDL", "1") != "0"
+
+
+def dependent_launch(device: torch.device) -> bool:
+    """Whether kernels on `device` use programmatic dependent launch (Hopper and later GPUs).
+
+    A kernel launched with `launch_pdl=True` may start while the kernel before it in the stream
+    still runs, once every program of that kernel has called `tl.extra.cuda.gdc_launch_dependents()`
+    (or exited). It must call `tl.extra.cuda.gdc_wait()` before it reads anything the earlier kernel
+    writes, or writes anything at all: the wait returns when that kernel has finished and its writes
+    are visible. Before the wait it may read what no kernel writes, such as weights. So each
+    kernel of a decode step launches while its predecessor runs, and its launch latency is hidden.
+    The kernels take both calls through `wait_for_previous_kernel(DEPENDENT_LAUNCH)`, a constexpr
+    flag set from this function (the interpreter knows neither call). `MILI_PDL=0` turns it off.
+    """
+    if not HAVE_TRITON or device.type != "cuda":
+        return False
+    return _dependent_launch_on(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@triton.jit
+def wait_for_previous_kernel(DEPENDENT_LAUNCH: tl.constexpr):
+    """Under a dependent launch: wait until the previous kernel has finished and its writes are
+    visible, then let the next kernel launch (it waits the same way before it touches our output).
+    Call it before the kernel's first store and before any load of what an earlier kernel writes."""
+    if DEPENDENT_LAUNCH:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()

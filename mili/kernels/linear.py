@@ -20,22 +20,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mili.kernels._triton import tl, triton
+from mili.kernels._triton import dependent_launch, tl, triton, wait_for_previous_kernel
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with x in float32."""
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 DEPENDENT_LAUNCH: tl.constexpr):
+    """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with x in float32.
+
+    The loads of W run one tile ahead of the products. Under a dependent launch the first tile is
+    requested before waiting for the kernel that writes x: W is read-only, so the first reads of
+    the weights overlap the previous kernel (a norm, the activation, attention's combine).
+    """
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
+    w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_w
+    cols = tl.arange(0, BLOCK_K)
+    w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for start in range(0, K, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K)
-        col_ok = cols < K
-        x = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + cols[None, :],
-                    mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
+        cols += BLOCK_K
+        w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
     tl.store(y_ptr + rows, tl.sum(acc, 1).to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
@@ -56,7 +64,10 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     n, k = weight.shape
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     if x.device.type == "cuda":
-        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](x, weight, y, n, k, weight.stride(0))
+        pdl = dependent_launch(x.device)
+        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](x, weight, y, n, k, weight.stride(0),
+                                                                   DEPENDENT_LAUNCH=pdl, launch_pdl=pdl)
     else:  # the interpreter: one small configuration (tuning means timing, and there is no GPU to time)
-        _gemv_kernel[(triton.cdiv(n, 2),)](x, weight, y, n, k, weight.stride(0), BLOCK_N=2, BLOCK_K=64)
+        _gemv_kernel[(triton.cdiv(n, 2),)](x, weight, y, n, k, weight.stride(0), BLOCK_N=2, BLOCK_K=64,
+                                           DEPENDENT_LAUNCH=False)
     return y

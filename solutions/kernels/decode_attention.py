@@ -5,7 +5,7 @@ import functools
 import torch
 from torch import Tensor
 
-from mili.kernels._triton import tl, triton
+from mili.kernels._triton import dependent_launch, tl, triton, wait_for_previous_kernel
 from mili.kernels.attention_checks import check_decode_args
 
 LOG2E = 1.4426950408889634
@@ -23,7 +23,7 @@ def _paged_decode_split_kernel(
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_bt, page_size, qk_scale,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr,
 ):
     """One program: one sequence, one KV head, one split of its context, all GROUP query heads.
 
@@ -33,6 +33,7 @@ def _paged_decode_split_kernel(
     the normalised output directly when there is one split, else a float32 partial output and its
     log-sum-exp (base 2).
     """
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -84,12 +85,14 @@ def _paged_decode_split_kernel(
 
 @triton.jit
 def _combine_splits_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, num_q_heads, stride_ob, stride_oh,
-                           NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+                           NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                           DEPENDENT_LAUNCH: tl.constexpr):
     """One program per (sequence, query head): reads its NUM_SPLITS partials, writes one output row.
 
     Each split's output is already normalised by its own sum; weighting it by 2^(lse - max lse)
     and dividing by the weights' sum gives the softmax over the whole context.
     """
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     row = tl.program_id(0)
     s = tl.arange(0, SPLITS_PAD)
     d = tl.arange(0, HEAD_DIM)
@@ -148,6 +151,7 @@ def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, context_
     config = _decode_launch_config(q, num_kv_heads, block_tables.shape[1] * page_size)
     num_splits = config.pop("num_splits")
     group = num_q_heads // num_kv_heads
+    pdl = dependent_launch(q.device)
     partial_out = partial_lse = out  # unused when there is a single split
     if num_splits > 1:
         partial_out = torch.empty(batch, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
@@ -159,11 +163,13 @@ def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, context_
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), page_size, scale * LOG2E,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        NUM_SPLITS=num_splits, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **config,
+        NUM_SPLITS=num_splits, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DEPENDENT_LAUNCH=pdl, launch_pdl=pdl, **config,
     )
     if num_splits > 1:
         _combine_splits_kernel[(batch * num_q_heads,)](
             partial_out, partial_lse, out, num_q_heads, out.stride(0), out.stride(1),
             NUM_SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits), HEAD_DIM=head_dim,
+            DEPENDENT_LAUNCH=pdl, launch_pdl=pdl,
         )
     return out

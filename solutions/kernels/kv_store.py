@@ -2,7 +2,7 @@
 
 from torch import Tensor
 
-from mili.kernels._triton import tl, triton
+from mili.kernels._triton import dependent_launch, tl, triton, wait_for_previous_kernel
 from mili.kernels.attention_checks import check_store_args
 
 
@@ -10,8 +10,9 @@ from mili.kernels.attention_checks import check_store_args
 def _store_kvcache_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
                           stride_kt, stride_kh, stride_vt, stride_vh,
                           stride_cache_slot, stride_cache_h, num_kv_heads, head_dim,
-                          HEADS_BLOCK: tl.constexpr, DIM_BLOCK: tl.constexpr):
+                          HEADS_BLOCK: tl.constexpr, DIM_BLOCK: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr):
     """One program per token: reads its [Hkv, D] k and v rows, writes them to its cache slot."""
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     token = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     if slot < 0:
@@ -41,9 +42,11 @@ def store_kvcache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_m
     num_tokens, num_kv_heads, head_dim = k.shape
     if num_tokens == 0:
         return
+    pdl = dependent_launch(k.device)
     _store_kvcache_kernel[(num_tokens,)](
         k, v, k_cache, v_cache, slot_mapping,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(1), k_cache.stride(2), num_kv_heads, head_dim,
         HEADS_BLOCK=triton.next_power_of_2(num_kv_heads), DIM_BLOCK=triton.next_power_of_2(head_dim),
+        DEPENDENT_LAUNCH=pdl, launch_pdl=pdl,
     )

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from mili.kernels._checks import as_rows, check_block, check_same_device, check_same_dtype, check_shape, check_tensor
-from mili.kernels._triton import tl, triton
+from mili.kernels._triton import dependent_launch, tl, triton, wait_for_previous_kernel
 
 # Launch shape (see _norm_launch): the best of a sweep on an H200 (benchmarks/rmsnorm-h200-sweep.json),
 # within 2% of each swept shape's fastest (rows, warps) at hidden 1024 and 4096, 64 to 16384 rows
@@ -22,8 +22,9 @@ def _rms_norm_kernel(
     weight_ptr,                         # reads weight [H]
     out_ptr, res_out_ptr,               # writes out [T, H] and, when HAS_RESIDUAL, residual_out [T, H] (contiguous)
     num_rows, hidden, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_H: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr,
 ):
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     # one program normalises BLOCK_ROWS whole rows: the row sum needs the row in registers
     rows = (tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
@@ -77,11 +78,13 @@ def _launch_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor, eps: fl
         return out, (res_out if residual is not None else None)
 
     block_h = triton.next_power_of_2(hidden)
+    pdl = dependent_launch(x.device)
     block_rows, num_warps = _norm_launch(block_h, num_rows)
     _rms_norm_kernel[(triton.cdiv(num_rows, block_rows),)](
         rows, rows.stride(0), res_rows, res_rows.stride(0), weight, out, res_out,
         num_rows, hidden, eps,
         HAS_RESIDUAL=residual is not None, BLOCK_ROWS=block_rows, BLOCK_H=block_h, num_warps=num_warps,
+        DEPENDENT_LAUNCH=pdl, launch_pdl=pdl,
     )
     return out, (res_out if residual is not None else None)
 
