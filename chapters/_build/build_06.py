@@ -530,20 +530,25 @@ else:
 md(r"""
 **Compare this with your prediction — it is not what the cache should do.** In this H100 record
 the cache hits as it should (most prompt tokens come from it), yet the requests wait *longer* for
-their first token and the server produces fewer tokens per second than with the cache off. On
-this CPU the same kind of workload goes the other way (the next cell measures it). Two things
-differ between the two H100 runs besides the cache, and a careful reader names them before
-trusting the comparison. The cache-on run came on a server that had already served the four load
-runs above (its pool full of their cached prompts), while the cache-off run had a fresh one. And
-the cache-on run was the first on its server to prefill over a cached prefix, which is chapter
-04's *other* prefill kernel (exercise 4.3, reading K/V through the block table) — and Triton
-compiles a kernel on its first use, which takes seconds. Look at the TTFT columns of the cache-on
-row: median and p99 are almost equal, every request waited about as long as every other, which is
-what one stall before the first prefill would give. So the server now runs that kernel once
-before it says ready (`mili.server.cli.warm_up` sends the same short prompt twice, then empties
-the cache), and `benchmarks/record_serve_gpu.sh` gives each run of the pair a fresh server. Until
-that record is made again on an H100, this comparison stands as measured, and the explanation
-above is a hypothesis, not a measurement.
+their first token, each decode step is slower, and the server produces fewer tokens per second
+than with the cache off. On this CPU the same kind of workload goes the other way (the next cell
+measures it).
+
+This is the second record of the pair. The first came out worse still: every request of the
+cache-on run waited about 3 seconds for its first token (median and p99 almost equal: one stall
+before the first prefill). That run was the first on its server to prefill over a cached prefix,
+which is chapter 04's *other* prefill kernel (exercise 4.3, reading K/V through the block table),
+and Triton compiles a kernel on its first use. So the server now runs that kernel once before it
+says ready (`mili.server.cli.warm_up` sends the same short prompt twice, then empties the cache),
+and `benchmarks/record_serve_gpu.sh` gives each run of the pair a fresh server. The stall is gone
+in the record above (its TTFT spreads from median to p99 like the cache-off run's): that part of
+the explanation held. The rest of the gap did not close. What is left to explain is a cost per
+step: steps that prefill over a cached prefix run the paged prefill kernel, whose tiles gather
+K/V block by block through the table, where the cache-off steps run the contiguous kernel over
+freshly computed K/V. At Qwen3-0.6B's size the prefill compute the cache saves is cheap on an
+H100, so a slower kernel can cost more than the hits save. That is a hypothesis: timing both
+prefill kernels on this workload's shapes (896 cached tokens, 128 new) is the measurement that
+would confirm or refute it.
 """)
 
 code(r"""
@@ -721,7 +726,9 @@ md(r"""
 Qwen3-8B shapes with one GPU and with two, Qwen3-32B (which does not fit one 80 GB card with a
 KV cache) on two, and the throughput workload at 8B shapes, each against the weight-read floor of
 its *whole group* (every GPU reads its share at the copy bandwidth measured in the run). The
-record below is from two H200s joined by NVLink:
+record below is from H200s joined by NVLink: batch-1 decode on a host of four (TP=1, 2 and 4), the
+throughput workload on a host of two, at an earlier commit (each JSON in `benchmarks/tp-*.json`
+names its own):
 """)
 
 code(r"""
@@ -729,7 +736,7 @@ code(r"""
 from IPython.display import Image, display
 
 tp = json.loads((repo_root() / "benchmarks" / "tp-summary-h200.json").read_text())
-print(f"{tp['environment']['device']} x 2, commit {tp['environment']['git_commit']}")
+print(f"{tp['environment']['device']}s, batch-1 decode at commit {tp['environment']['git_commit'][:7]}")
 for row in sorted(tp["latency"], key=lambda r: (r["model"], r["tensor_parallel_size"])):
     print(f"batch 1  {row['model']:<10} TP={row['tensor_parallel_size']}  {row['tpot_ms']:6.2f} ms/token  "
           f"floor {row['floor_ms_per_token']:5.2f} ms  ({row['times_floor']:.2f}x)")
@@ -739,6 +746,8 @@ for row in tp["throughput"]:
 ratio = tp["decode_speedup"]["Qwen3-8B"]["tp2_over_tp1"]
 print(f"Qwen3-8B at batch 1: TP=2 takes {ratio['time_ratio']:.2f} of TP=1's time per token; "
       f"the ideal (half the bytes per GPU) is {ratio['ideal_time_ratio']:.2f}")
+ratio4 = tp["decode_speedup"]["Qwen3-8B"]["tp4_over_tp1"]
+print(f"                     TP=4 takes {ratio4['time_ratio']:.2f} of it; the ideal is {ratio4['ideal_time_ratio']:.2f}")
 display(Image(filename=str(repo_root() / "benchmarks" / "tp-h200.png")))
 """)
 
