@@ -125,21 +125,25 @@ class ModelRunner:
         slots = batch.block_tables[np.repeat(rows, counts), positions // bs].astype(np.int64) * bs + positions % bs
         width = int(batch.num_blocks[rows].max())
 
-        longs_buffer = self._host(torch.int64, 3 * num_tokens + len(sampled_at) + 2 * len(pending_at))
+        # Each array starts at a multiple of 16 bytes of its buffer. Triton compiles a kernel
+        # separately for pointers that are and are not 16-byte aligned: unaligned views would
+        # make it compile again in the middle of a run, the first time a step's sizes misalign them.
+        t, s = _aligned(num_tokens, 2), _aligned(num_seqs + 1, 4)
+        longs_buffer = self._host(torch.int64, 3 * t + len(sampled_at) + 2 * len(pending_at))
         longs = longs_buffer.numpy()
         longs[:num_tokens] = token_ids
-        longs[num_tokens:2 * num_tokens] = positions
-        longs[2 * num_tokens:3 * num_tokens] = slots
-        at = 3 * num_tokens
+        longs[t:t + num_tokens] = positions
+        longs[2 * t:2 * t + num_tokens] = slots
+        at = 3 * t
         longs[at:at + len(sampled_at)] = cu_seqlens[1:][sampled_at] - 1
         longs[at + len(sampled_at):] = pending_at + pending_from
-        ints_buffer = self._host(torch.int32, 3 * num_seqs + 2 + num_seqs * width)
+        ints_buffer = self._host(torch.int32, 3 * s + num_seqs * width)
         ints = ints_buffer.numpy()
         ints[:num_seqs] = ends
-        ints[num_seqs:2 * num_seqs + 1] = cu_seqlens
-        ints[2 * num_seqs + 1:3 * num_seqs + 2] = 0
-        np.cumsum(ends, out=ints[2 * num_seqs + 2:3 * num_seqs + 2])
-        ints[3 * num_seqs + 2:] = batch.block_tables[rows, :width].reshape(-1)
+        ints[s:s + num_seqs + 1] = cu_seqlens
+        ints[2 * s] = 0
+        np.cumsum(ends, out=ints[2 * s + 1:2 * s + 1 + num_seqs])
+        ints[3 * s:] = batch.block_tables[rows, :width].reshape(-1)
 
         longs, ints = self._to_device(longs_buffer), self._to_device(ints_buffer)
         input_ids = longs[:num_tokens]
@@ -149,14 +153,14 @@ class ModelRunner:
         decode = bool((counts == 1).all())
         metadata = AttentionMetadata(
             is_prefill=not decode,
-            cu_seqlens_q=None if decode else ints[num_seqs:2 * num_seqs + 1],
-            cu_seqlens_k=None if decode else ints[2 * num_seqs + 1:3 * num_seqs + 2],
+            cu_seqlens_q=None if decode else ints[s:s + num_seqs + 1],
+            cu_seqlens_k=None if decode else ints[2 * s:2 * s + num_seqs + 1],
             max_seqlen_q=int(counts.max()), max_seqlen_k=int(ends.max()),
-            slot_mapping=longs[2 * num_tokens:3 * num_tokens],
+            slot_mapping=longs[2 * t:2 * t + num_tokens],
             context_lens=ints[:num_seqs],
-            block_tables=ints[3 * num_seqs + 2:].view(num_seqs, width) if decode or (starts > 0).any() else None,
+            block_tables=ints[3 * s:].view(num_seqs, width) if decode or (starts > 0).any() else None,
         )
-        return ModelInput(input_ids=input_ids, positions=longs[num_tokens:2 * num_tokens], attn_metadata=metadata,
+        return ModelInput(input_ids=input_ids, positions=longs[t:t + num_tokens], attn_metadata=metadata,
                           logits_indices=longs[at:at + len(sampled_at)], sampled_seqs=sampled_seqs,
                           row_keys=row_keys)
 
@@ -221,6 +225,11 @@ class ModelRunner:
             copy_on_every_rank(self.kv_cache, pairs)
         else:
             self.kv_cache.copy_blocks(pairs)
+
+
+def _aligned(count: int, per_16_bytes: int) -> int:
+    """count rounded up to a whole number of 16-byte units of per_16_bytes elements."""
+    return -(-count // per_16_bytes) * per_16_bytes
 
 
 def _decode_row_keys(model_input: ModelInput) -> list:
