@@ -708,15 +708,23 @@ of the step: the GPU waits while the host schedules, builds the batch and reads 
 With overlap the next step's kernels queue up while the host prepares the step after, and the
 gaps between the blocks shrink.
 
-One row does not fit that story: **the persistent batch without overlap is slower than the stage
-before it**. Its steps are not compiling kernels (each stage first runs an untimed pass with as
-many requests as the workload), and every stage is timed before any is profiled, so no profiler
-runs beside it. Yet in the profiled timeline its decode steps take as long as the CUDA-graph
-stage's, and the gap is in the timed run's CPU seconds (`cpu_seconds` in the ledger JSON): the
-process computes about twice as long as in the CUDA-graph stage. Adding only overlap to the same
-code makes it the fastest stage. Which host work grows in that one configuration is an open
-question of this engine: a profile of the host (cProfile) over that stage's timed run is the
-next measurement.
+The first records of this ledger had one row that did not fit that story: **the persistent
+batch without overlap came out slower than the stage before it** (about 4,400 against 11,000
+tok/s on an H100), and overlap added to the same code made it the fastest. It was not the
+profiler, nor a slower step: in the profiled timeline its steps took as long as the CUDA-graph
+stage's, and run a second time in the same process the stage was as fast as it should be. Its
+first timed run spent seconds more CPU time than the steps explain. That is the signature of
+**Triton compiling a kernel during the run**. Triton compiles a kernel again for each new
+*specialisation* of its arguments, and one of them is whether a pointer is 16-byte aligned. The
+persistent batch's `prepare` packed the step's arrays back to back into one buffer (positions
+right after the token ids, `cu_seqlens` right after the context lengths), so an array started
+16-byte aligned or not depending on the step's sizes. The first step whose sizes misaligned a
+view made every prefill kernel compile its other variant, in the middle of the timed run. The
+overlap stage came after it in the same process and found those variants compiled. Now every
+array starts at a multiple of 16 bytes (`_aligned` in `mili/engine/model_runner.py`), and the
+ledger above is monotonic again. The lesson outlasts the bug: on a GPU, *warm-up must cover
+every specialisation a run will meet*, and "slow only the first time" is the first thing to rule
+out when one configuration is inexplicably slower.
 """)
 
 md(r"""

@@ -70,9 +70,8 @@ def make_llm(model: str, backend, settings: dict, max_model_len: int, max_num_se
 
 def run_ledger(model: str, *, num_seqs: int, min_len: int, max_len: int, device=None, dtype="auto",
                timeline_path=None) -> dict:
-    """Time every stage, then (with timeline_path) profile the timeline stages in a second pass:
-    no timed run follows a profiler in this process (on an H100 the stage timed right after a
-    profiled one was the one that came out slow)."""
+    """Time every stage, then (with timeline_path) profile the timeline stages in a second pass,
+    so that no timed run follows a profiler in this process."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     stages = [s for s in STAGES if device.type == "cuda" or s[1] == "torch" or s[2]["persistent_batch"]]
     rows, floor = [], None
