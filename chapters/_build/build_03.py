@@ -709,11 +709,12 @@ With overlap the next step's kernels queue up while the host prepares the step a
 gaps between the blocks shrink.
 
 The first records of this ledger had one row that did not fit that story: **the persistent
-batch without overlap came out slower than the stage before it** (about 4,400 against 11,000
-tok/s on an H100), and overlap added to the same code made it the fastest. It was not the
-profiler, nor a slower step: in the profiled timeline its steps took as long as the CUDA-graph
-stage's, and run a second time in the same process the stage was as fast as it should be. Its
-first timed run spent seconds more CPU time than the steps explain. That is the signature of
+batch without overlap came out slower than the stage before it** (4,373 against 11,102 tok/s on
+an H100, `benchmarks/ledger-h100-f6dd945.json`), and overlap added to the same code made it the
+fastest. It was not the profiler, nor a slower step: in the profiled timeline its steps took as
+long as the CUDA-graph stage's, and run a second time in the same process the stage was as fast
+as it should be. Its timed run spent 3.73 s of CPU time where the CUDA-graph stage spent 1.79 s
+(`cpu_seconds` in that file), more than its steps explain. That is the signature of
 **Triton compiling a kernel during the run**. Triton compiles a kernel again for each new
 *specialisation* of its arguments, and one of them is whether a pointer is 16-byte aligned. The
 persistent batch's `prepare` packed the step's arrays back to back into one buffer (positions
