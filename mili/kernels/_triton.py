@@ -52,11 +52,8 @@ def dependent_launch(device: torch.device) -> bool:
     still runs, once every program of that kernel has called `tl.extra.cuda.gdc_launch_dependents()`
     (or exited). It must call `tl.extra.cuda.gdc_wait()` before it reads anything the earlier kernel
     writes, or writes anything at all: the wait returns when that kernel has finished and its writes
-    are visible. Before the wait it may read what no kernel of the forward writes: the weights, the
-    cos/sin table, and the step's inputs (positions, slots, context lengths, block tables), which
-    are copied in before the forward's first kernel, a kernel that launches in the ordinary way.
-    So each kernel of a decode step launches while its predecessor runs: its launch latency is
-    hidden, and so are its first reads.
+    are visible. Before the wait it may read what no kernel writes, such as weights. So each
+    kernel of a decode step launches while its predecessor runs, and its launch latency is hidden.
     The kernels take both calls through `wait_for_previous_kernel(DEPENDENT_LAUNCH)`, a constexpr
     flag set from this function (the interpreter knows neither call). `MILI_PDL=0` turns it off.
     """

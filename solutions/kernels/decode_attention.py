@@ -33,19 +33,14 @@ def _paged_decode_split_kernel(
     the normalised output directly when there is one split, else a float32 partial output and its
     log-sum-exp (base 2).
     """
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    # the step's inputs (context lengths, block tables) are written before the forward's first
-    # kernel: read them before waiting for the kernel before us (the K/V store)
     context_len = tl.load(context_lens_ptr + seq)
     tokens_per_split = tl.cdiv(tl.cdiv(context_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
     lo = split * tokens_per_split
     hi = tl.minimum(lo + tokens_per_split, context_len)
-    table = block_tables_ptr + seq * stride_bt
-    n = lo + tl.arange(0, BLOCK_N)
-    page = tl.load(table + n // page_size, mask=n < hi, other=0).to(tl.int64)  # the first tile's pages
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
 
     r = tl.arange(0, GROUP_PAD)  # rows: the query heads of this KV head (padded for tl.dot)
     d = tl.arange(0, HEAD_DIM)
@@ -56,8 +51,12 @@ def _paged_decode_split_kernel(
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+    table = block_tables_ptr + seq * stride_bt
     for start in range(lo, hi, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
         in_ctx = n < hi
+        n = tl.where(in_ctx, n, lo)  # keep block-table reads in range
+        page = tl.load(table + n // page_size).to(tl.int64)
         slot = n % page_size
         k = tl.load(k_cache_ptr + (page * stride_kb + slot * stride_kt + kv_head * stride_kh)[:, None] + d[None, :],
                     mask=in_ctx[:, None], other=0.0)
@@ -71,8 +70,6 @@ def _paged_decode_split_kernel(
                     mask=in_ctx[:, None], other=0.0)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
-        n += BLOCK_N
-        page = tl.load(table + n // page_size, mask=n < hi, other=0).to(tl.int64)  # the next tile's pages
 
     nonempty = l_i > 0
     out = acc / tl.where(nonempty, l_i, 1.0)[:, None]

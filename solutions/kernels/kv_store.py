@@ -12,9 +12,9 @@ def _store_kvcache_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_p
                           stride_cache_slot, stride_cache_h, num_kv_heads, head_dim,
                           HEADS_BLOCK: tl.constexpr, DIM_BLOCK: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr):
     """One program per token: reads its [Hkv, D] k and v rows, writes them to its cache slot."""
-    token = tl.program_id(0)
-    slot = tl.load(slot_mapping_ptr + token).to(tl.int64)  # a step input: no kernel of the forward writes it
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
+    token = tl.program_id(0)
+    slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     if slot < 0:
         return
     h = tl.arange(0, HEADS_BLOCK)[:, None]

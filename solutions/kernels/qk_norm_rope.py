@@ -38,17 +38,10 @@ def _qk_norm_rope_kernel(
     BLOCK_Q_HEADS: tl.constexpr, BLOCK_KV_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr,
 ):
     # one program per token, as in apply_rope; every load is issued before the first store
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     token = tl.program_id(0).to(tl.int64)
     half = tl.arange(0, BLOCK_HALF)
     half_mask = half < half_dim
-    # positions (a step input) and the cos/sin table: no kernel of the forward writes them, so
-    # they are read before waiting for the projection that writes q and k
-    position = tl.load(positions_ptr + token).to(tl.int64)
-    in_table = (position >= 0) & (position < max_position)  # outside: read row 0, and give NaN
-    row = cache_ptr + tl.where(in_table, position, 0) * cache_stride
-    cos = tl.where(in_table, tl.load(row + half, mask=half_mask, other=0.0), float("nan"))[None, :]
-    sin = tl.where(in_table, tl.load(row + half_dim + half, mask=half_mask, other=0.0), float("nan"))[None, :]
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     q_ptr += token * q_token_stride
     k_ptr += token * k_token_stride
     q_offs, q_mask = _head_offsets(q_head_stride, num_q_heads, half, half_mask, BLOCK_Q_HEADS)
@@ -57,6 +50,11 @@ def _qk_norm_rope_kernel(
     q2 = tl.load(q_ptr + q_offs + half_dim, mask=q_mask, other=0.0).to(tl.float32)
     k1 = tl.load(k_ptr + k_offs, mask=k_mask, other=0.0).to(tl.float32)
     k2 = tl.load(k_ptr + k_offs + half_dim, mask=k_mask, other=0.0).to(tl.float32)
+    position = tl.load(positions_ptr + token).to(tl.int64)
+    in_table = (position >= 0) & (position < max_position)  # outside: read row 0, and give NaN
+    row = cache_ptr + tl.where(in_table, position, 0) * cache_stride
+    cos = tl.where(in_table, tl.load(row + half, mask=half_mask, other=0.0), float("nan"))[None, :]
+    sin = tl.where(in_table, tl.load(row + half_dim + half, mask=half_mask, other=0.0), float("nan"))[None, :]
     dtype = q_ptr.dtype.element_ty
     q1, q2 = _rms_norm_halves(q1, q2, q_weight_ptr, half, half_mask, half_dim, eps)
     k1, k2 = _rms_norm_halves(k1, k2, k_weight_ptr, half, half_mask, half_dim, eps)
