@@ -777,7 +777,7 @@ hidden behind the predecessor's work. What it reads before the wait must be some
 kernel writes: the matrix-vector kernel requests its first tile of weights there, so the weight
 stream starts during the norm or the activation before it. Every kernel of the decode step takes
 part: each calls `wait_for_previous_kernel` (`mili/kernels/_triton.py`) before its first
-dependent access, and the reference kernels of exercises 2.1–2.4, 4.2 and 4.4 pass the flag.
+dependent access, and the reference kernels of exercises 2.1, 2.3, 2.4, 4.2 and 4.4 pass the flag.
 Your own kernels work without it: a kernel that does not take part is simply waited for in full.
 `MILI_PDL=0` turns it off. Measured with it off and on, in one run on an H100:
 """)
