@@ -39,7 +39,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLO
     w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for start in range(0, K, BLOCK_K):
+    for _ in range(0, K, BLOCK_K):  # cols walks along K
         x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
         cols += BLOCK_K
