@@ -548,7 +548,8 @@ K/V block by block through the table, where the cache-off steps run the contiguo
 freshly computed K/V. At Qwen3-0.6B's size the prefill compute the cache saves is cheap on an
 H100, so a slower kernel can cost more than the hits save. That is a hypothesis: timing both
 prefill kernels on this workload's shapes (896 cached tokens, 128 new) is the measurement that
-would confirm or refute it.
+would confirm or refute it, and `benchmarks/probes/prefill_kernels.py` makes it (its defaults are
+these shapes; run it on a GPU and compare the time per query token of the two kernels).
 """)
 
 code(r"""
