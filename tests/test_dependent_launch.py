@@ -28,7 +28,10 @@ def test_needs_hopper_and_honours_mili_pdl(monkeypatch, capability, mili_pdl, ex
     _triton._dependent_launch_on.cache_clear()
     try:
         got = _triton.dependent_launch(torch.device("cuda", 0))
+        options = _triton.dependent_launch_options(torch.device("cuda", 0))
     finally:
         _triton._dependent_launch_on.cache_clear()
     assert got is expected, (f"compute capability {capability} with MILI_PDL={mili_pdl!r}: dependent launch "
                              f"should be {'on' if expected else 'off'}")
+    assert options == {"DEPENDENT_LAUNCH": expected, "launch_pdl": expected}, \
+        "a kernel launched early (launch_pdl) must also wait (DEPENDENT_LAUNCH), and only then"

@@ -55,11 +55,19 @@ def dependent_launch(device: torch.device) -> bool:
     are visible. Before the wait it may read what no kernel writes, such as weights. So each
     kernel of a decode step launches while its predecessor runs, and its launch latency is hidden.
     The kernels take both calls through `wait_for_previous_kernel(DEPENDENT_LAUNCH)`, a constexpr
-    flag set from this function (the interpreter knows neither call). `MILI_PDL=0` turns it off.
+    flag that their launchers set, with `launch_pdl`, from `dependent_launch_options` (the
+    interpreter knows neither call). `MILI_PDL=0` turns it off.
     """
     if not HAVE_TRITON or device.type != "cuda":
         return False
     return _dependent_launch_on(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def dependent_launch_options(device: torch.device) -> dict:
+    """The launch options of a kernel that calls `wait_for_previous_kernel(DEPENDENT_LAUNCH)`: the
+    constexpr flag and `launch_pdl` together, since a kernel launched early must also wait."""
+    pdl = dependent_launch(device)
+    return {"DEPENDENT_LAUNCH": pdl, "launch_pdl": pdl}
 
 
 @triton.jit

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mili.kernels._triton import dependent_launch, tl, triton, wait_for_previous_kernel
+from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
 
 
 @triton.jit
@@ -64,9 +64,8 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     n, k = weight.shape
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     if x.device.type == "cuda":
-        pdl = dependent_launch(x.device)
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](x, weight, y, n, k, weight.stride(0),
-                                                                   DEPENDENT_LAUNCH=pdl, launch_pdl=pdl)
+                                                                   **dependent_launch_options(x.device))
     else:  # the interpreter: one small configuration (tuning means timing, and there is no GPU to time)
         _gemv_kernel[(triton.cdiv(n, 2),)](x, weight, y, n, k, weight.stride(0), BLOCK_N=2, BLOCK_K=64,
                                            DEPENDENT_LAUNCH=False)

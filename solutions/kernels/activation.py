@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from mili.kernels._checks import check_same_device, check_tensor
-from mili.kernels._triton import dependent_launch, tl, triton, wait_for_previous_kernel
+from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
 
 SILU_BLOCK = 1024  # columns per program: one 16-byte vector per thread with 4 warps in bf16
 
@@ -48,9 +48,8 @@ def silu_and_mul(x: Tensor) -> Tensor:
     out = torch.empty((num_tokens, inter), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
-    pdl = dependent_launch(x.device)
     block = min(SILU_BLOCK, triton.next_power_of_2(inter))
     blocks_per_row = triton.cdiv(inter, block)
     _silu_and_mul_kernel[(num_tokens * blocks_per_row,)](x, x.stride(0), out, inter, blocks_per_row, BLOCK=block,
-                                                         num_warps=4, DEPENDENT_LAUNCH=pdl, launch_pdl=pdl)
+                                                         num_warps=4, **dependent_launch_options(x.device))
     return out

@@ -5,7 +5,7 @@ import functools
 import torch
 from torch import Tensor
 
-from mili.kernels._triton import dependent_launch, tl, triton, wait_for_previous_kernel
+from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
 from mili.kernels.attention_checks import check_decode_args
 
 LOG2E = 1.4426950408889634
@@ -151,7 +151,7 @@ def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, context_
     config = _decode_launch_config(q, num_kv_heads, block_tables.shape[1] * page_size)
     num_splits = config.pop("num_splits")
     group = num_q_heads // num_kv_heads
-    pdl = dependent_launch(q.device)
+    launch = dependent_launch_options(q.device)
     partial_out = partial_lse = out  # unused when there is a single split
     if num_splits > 1:
         partial_out = torch.empty(batch, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
@@ -164,12 +164,12 @@ def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, context_
         block_tables.stride(0), page_size, scale * LOG2E,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         NUM_SPLITS=num_splits, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        DEPENDENT_LAUNCH=pdl, launch_pdl=pdl, **config,
+        **launch, **config,
     )
     if num_splits > 1:
         _combine_splits_kernel[(batch * num_q_heads,)](
             partial_out, partial_lse, out, num_q_heads, out.stride(0), out.stride(1),
             NUM_SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits), HEAD_DIM=head_dim,
-            DEPENDENT_LAUNCH=pdl, launch_pdl=pdl,
+            **launch,
         )
     return out

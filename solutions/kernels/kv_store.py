@@ -2,7 +2,7 @@
 
 from torch import Tensor
 
-from mili.kernels._triton import dependent_launch, tl, triton, wait_for_previous_kernel
+from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
 from mili.kernels.attention_checks import check_store_args
 
 
@@ -42,11 +42,10 @@ def store_kvcache(k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, slot_m
     num_tokens, num_kv_heads, head_dim = k.shape
     if num_tokens == 0:
         return
-    pdl = dependent_launch(k.device)
     _store_kvcache_kernel[(num_tokens,)](
         k, v, k_cache, v_cache, slot_mapping,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(1), k_cache.stride(2), num_kv_heads, head_dim,
         HEADS_BLOCK=triton.next_power_of_2(num_kv_heads), DIM_BLOCK=triton.next_power_of_2(head_dim),
-        DEPENDENT_LAUNCH=pdl, launch_pdl=pdl,
+        **dependent_launch_options(k.device),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from mili.kernels._checks import check_rope_args, check_same_device, check_same_dtype, check_shape, check_tensor
-from mili.kernels._triton import dependent_launch, tl, triton, wait_for_previous_kernel
+from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
 
 
 @triton.jit
@@ -86,7 +86,6 @@ def qk_norm_rope(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, eps: 
     if num_tokens == 0:
         return q, k
     half_dim = head_dim // 2
-    pdl = dependent_launch(q.device)
     block_q, block_kv = triton.next_power_of_2(q.shape[1]), triton.next_power_of_2(k.shape[1])
     num_warps = 4 if (block_q + block_kv) * half_dim <= 2048 else 8
     _qk_norm_rope_kernel[(num_tokens,)](
@@ -94,6 +93,6 @@ def qk_norm_rope(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, eps: 
         k, k.stride(0), k.stride(1), k.shape[1], k_weight,
         positions, cos_sin_cache, cos_sin_cache.stride(0), max_position, half_dim, eps,
         BLOCK_Q_HEADS=block_q, BLOCK_KV_HEADS=block_kv, BLOCK_HALF=triton.next_power_of_2(half_dim),
-        num_warps=num_warps, DEPENDENT_LAUNCH=pdl, launch_pdl=pdl,
+        num_warps=num_warps, **dependent_launch_options(q.device),
     )
     return q, k

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from mili.kernels._checks import as_rows, check_block, check_same_device, check_same_dtype, check_shape, check_tensor
-from mili.kernels._triton import dependent_launch, tl, triton, wait_for_previous_kernel
+from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
 
 # Launch shape (see _norm_launch): the best of a sweep on an H200 (benchmarks/rmsnorm-h200-sweep.json),
 # within 2% of each swept shape's fastest (rows, warps) at hidden 1024 and 4096, 64 to 16384 rows
@@ -78,13 +78,12 @@ def _launch_rms_norm(x: Tensor, residual: Tensor | None, weight: Tensor, eps: fl
         return out, (res_out if residual is not None else None)
 
     block_h = triton.next_power_of_2(hidden)
-    pdl = dependent_launch(x.device)
     block_rows, num_warps = _norm_launch(block_h, num_rows)
     _rms_norm_kernel[(triton.cdiv(num_rows, block_rows),)](
         rows, rows.stride(0), res_rows, res_rows.stride(0), weight, out, res_out,
         num_rows, hidden, eps,
         HAS_RESIDUAL=residual is not None, BLOCK_ROWS=block_rows, BLOCK_H=block_h, num_warps=num_warps,
-        DEPENDENT_LAUNCH=pdl, launch_pdl=pdl,
+        **dependent_launch_options(x.device),
     )
     return out, (res_out if residual is not None else None)
 
