@@ -57,3 +57,36 @@ def test_design_workload_throughput_on_qwen3_0_6b_shapes():
     (out_dir / f"throughput-gpu-{name}.json").write_text(json.dumps(report, indent=1))
     assert report["mili"]["output_tokens"] == report["workload"]["output_tokens"]
     assert report["mili"]["tokens_per_s"] > 100
+
+
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_nothing_compiles_after_the_servers_warm_up(prefix_caching):
+    """After `mili serve`'s warm-up, a mixed workload compiles no Triton kernel: a compile in the
+    middle of serving stalls every request of that step for a fraction of a second or more.
+    Prompts of many lengths, many sharing a prefix (cache hits of every length), a token budget
+    that chunks them, and decode batches of every size, so the block table's width, the count of
+    query tiles and the batch change from step to step."""
+    pytest.importorskip("uvicorn")
+    from mili import LLM, SamplingParams
+    from mili.bench.floors import free_memory
+    from mili.kernels._triton import watch_compiles
+    from mili.server.cli import warm_up
+
+    llm = LLM("Qwen3-0.6B", dtype="bfloat16", device="cuda", max_num_seqs=64, max_num_batched_tokens=1024,
+              max_model_len=2048, enable_prefix_caching=prefix_caching)
+    warm_up(llm)
+    compiled = []
+    stop = watch_compiles(compiled.append)
+    try:
+        shared = [(3 * j) % 1000 for j in range(700)]
+        prompts = [shared[: 17 * i + 1] + [i] * (i % 37 + 1) for i in range(40)]
+        prompts += [[(i * j) % 997 for j in range(i * 29 % 900 + 1)] for i in range(1, 40)]
+        params = [SamplingParams(temperature=0, max_tokens=1 + i % 24, ignore_eos=True) for i in range(len(prompts))]
+        llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    finally:
+        stop()
+        del llm
+        free_memory(torch.device("cuda"))  # the KV pool takes most of the GPU; the next case needs it
+    assert not compiled, (f"compiled after the warm-up: {compiled}. A step met a specialisation the warm-up did not "
+                          "cover: an integer argument that changes from step to step (mark it do_not_specialize), "
+                          "a pointer that is not 16-byte aligned, or a constexpr the warm-up never used")

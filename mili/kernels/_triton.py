@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -78,3 +79,33 @@ def wait_for_previous_kernel(DEPENDENT_LAUNCH: tl.constexpr):
     if DEPENDENT_LAUNCH:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+def watch_compiles(callback: Callable[[str], None]) -> Callable[[], None]:
+    """Call `callback(kernel_name)` each time this process compiles a Triton kernel (or loads it
+    from Triton's disk cache) until the returned function is called.
+
+    Triton compiles a kernel once for each specialisation: each set of constexpr values, and for
+    each plain argument whether a pointer is 16-byte aligned and whether an integer is 1 or a
+    multiple of 16. A compile takes a fraction of a second to seconds; one in the middle of a run
+    stalls every request in that step. After a warm-up this should never be called; when it is,
+    a step needed a specialisation the warm-up did not cover (mark an integer that changes from
+    step to step with `@triton.jit(do_not_specialize=[...])`). Without Triton's hooks (Triton
+    older than 3.4, or none) nothing is watched.
+    """
+    knobs = getattr(triton, "knobs", None)
+    if knobs is None or not hasattr(knobs.runtime, "jit_cache_hook"):
+        return lambda: None
+    previous = knobs.runtime.jit_cache_hook
+
+    def hook(*args, **kwargs):
+        info = kwargs.get("fn")
+        callback(getattr(info, "name", None) or str(kwargs.get("repr", "a Triton kernel")))
+        return previous(*args, **kwargs) if previous is not None else False  # False: go on and compile
+
+    knobs.runtime.jit_cache_hook = hook
+
+    def stop() -> None:
+        knobs.runtime.jit_cache_hook = previous
+
+    return stop

@@ -248,6 +248,7 @@ class EngineLoader:
                        enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
                        tensor_parallel_size=args.tensor_parallel_size)
         warm_up(self.llm)
+        report_compiles_while_serving()
         return self.llm.engine, self.llm.tokenizer
 
     def close(self) -> None:
@@ -260,17 +261,33 @@ def warm_up(llm) -> None:
     step compiles its kernels on first use, seconds on a GPU that would fall on the first users. A
     prompt one KV block long and a little more, twice: the first runs a prefill and decodes; with
     the prefix cache on, the second reads its first block from the cache, which is a prefill
-    over the paged cache (chapter 04's other prefill kernel). Then the prefix cache is emptied, so
-    nothing of the warm-up stays in it."""
+    over the paged cache (chapter 04's other prefill kernel). On a GPU, then a batch one prompt
+    longer than a step's token budget: prefills of many tokens, whose kernels take other tile
+    sizes, and a prompt that runs in chunks (or, with the cache, hits it), each later chunk
+    reading the earlier ones from the paged cache. Then the prefix cache is emptied, so nothing of
+    the warm-up stays in it."""
     from mili.engine.sampling_params import SamplingParams
 
-    new_tokens = 2
-    length = max(1, min(llm.engine.config.block_size + 3, llm.engine.max_model_len - new_tokens))
+    engine, new_tokens = llm.engine, 2
+    length = max(1, min(engine.config.block_size + 3, engine.max_model_len - new_tokens))
     prompt = {"prompt_token_ids": [0] * length}
     params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
-    for _ in range(2 if llm.engine.config.enable_prefix_caching else 1):
+    for _ in range(2 if engine.config.enable_prefix_caching else 1):
         llm.generate([prompt], params, use_tqdm=False)
-    llm.engine.reset_prefix_cache()
+    if llm.model.device.type == "cuda":
+        budget = engine.scheduler.max_num_batched_tokens
+        length = max(1, min(engine.max_model_len - new_tokens, budget))
+        llm.generate([{"prompt_token_ids": [0] * length}] * (budget // length + 1), params, use_tqdm=False)
+    engine.reset_prefix_cache()
+
+
+def report_compiles_while_serving() -> None:
+    """From now on, log every Triton compile: after the warm-up each one stalls a step."""
+    from mili.kernels._triton import watch_compiles
+
+    watch_compiles(lambda kernel: log.warning(
+        "compiled the Triton kernel %s while serving: a step needed a specialisation that the warm-up did not "
+        "cover, and its requests waited for the compiler", kernel))
 
 
 def main(argv: list[str] | None = None) -> int:

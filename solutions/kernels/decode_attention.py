@@ -15,7 +15,7 @@ DECODE_TILE = dict(BLOCK_N=64, num_warps=4, num_stages=2)  # per program: BLOCK_
 # num_stages=2 beat 3 on every decode shape swept on an H200 (benchmarks/attention-h200-tuning.json)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])  # the block table's width changes from step to step
 def _paged_decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, context_lens_ptr, block_tables_ptr,
     out_ptr, partial_out_ptr, partial_lse_ptr,

@@ -63,7 +63,10 @@ def _attend(acc, m_i, l_i, q, k_ptr, v_ptr, seq, kv_head, k_start, seqlen_k, shi
     return acc, m_i, l_i
 
 
-@triton.jit
+# the block table's width and the count of query tiles change from step to step: without
+# do_not_specialize Triton would compile the kernel again mid-run the first time either is 1 or
+# a multiple of 16 (mili.kernels._triton.watch_compiles)
+@triton.jit(do_not_specialize=["stride_bt", "num_m_blocks"])
 def _flash_attn_varlen_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, block_table_ptr,
     stride_qt, stride_qh, stride_ot, stride_oh,
