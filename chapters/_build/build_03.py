@@ -725,7 +725,11 @@ overlap stage came after it in the same process and found those variants compile
 array starts at a multiple of 16 bytes (`_aligned` in `mili/engine/model_runner.py`), and the
 ledger above is monotonic again. The lesson outlasts the bug: on a GPU, *warm-up must cover
 every specialisation a run will meet*, and "slow only the first time" is the first thing to rule
-out when one configuration is inexplicably slower.
+out when one configuration is inexplicably slower. Integers are specialised too (on being 1 or a
+multiple of 16), and an integer that changes with every step's sizes, such as the width of a
+step's block table, cannot be covered by any warm-up: chapter 06 met exactly that in its serving
+benchmark, and marks such arguments `do_not_specialize`. `mili.kernels._triton.watch_compiles`
+reports every compile, so you can check a run for them.
 """)
 
 md(r"""

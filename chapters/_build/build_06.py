@@ -528,28 +528,88 @@ else:
 """)
 
 md(r"""
-**Compare this with your prediction — it is not what the cache should do.** In this H100 record
-the cache hits as it should (most prompt tokens come from it), yet the requests wait *longer* for
-their first token, each decode step is slower, and the server produces fewer tokens per second
-than with the cache off. On this CPU the same kind of workload goes the other way (the next cell
-measures it).
+**Compare this with your prediction.** The cache hits as it should (most prompt tokens come from
+it), and every figure moves the right way: the first token comes sooner, and the server produces
+more tokens per second. It did not always. Until the fix this section tells about, the H100
+record of this pair went the other way: with the cache on, requests waited *longer* for their
+first token, decode steps were slower, and throughput fell. How that was tracked down is a
+lesson in measuring before believing.
 
-This is the second record of the pair. The first came out worse still: every request of the
-cache-on run waited about 3 seconds for its first token (median and p99 almost equal: one stall
-before the first prefill). That run was the first on its server to prefill over a cached prefix,
-which is chapter 04's *other* prefill kernel (exercise 4.3, reading K/V through the block table),
-and Triton compiles a kernel on its first use. So the server now runs that kernel once before it
-says ready (`mili.server.cli.warm_up` sends the same short prompt twice, then empties the cache),
-and `benchmarks/record_serve_gpu.sh` gives each run of the pair a fresh server. The stall is gone
-in the record above (its TTFT spreads from median to p99 like the cache-off run's): that part of
-the explanation held. The rest of the gap did not close. What is left to explain is a cost per
-step: steps that prefill over a cached prefix run the paged prefill kernel, whose tiles gather
-K/V block by block through the table, where the cache-off steps run the contiguous kernel over
-freshly computed K/V. At Qwen3-0.6B's size the prefill compute the cache saves is cheap on an
-H100, so a slower kernel can cost more than the hits save. That is a hypothesis: timing both
-prefill kernels on this workload's shapes (896 cached tokens, 128 new) is the measurement that
-would confirm or refute it, and `benchmarks/probes/prefill_kernels.py` makes it (its defaults are
-these shapes; run it on a GPU and compare the time per query token of the two kernels).
+The first guess was a kernel. A prefill over a cached prefix runs chapter 04's *other* prefill
+kernel (exercise 4.3: K/V gathered block by block through the block table), where a whole
+prefill runs the contiguous one (4.1). If the paged kernel were much slower per query token, the
+hits could cost more than they save. `benchmarks/probes/prefill_kernels.py` times both on this
+workload's shapes (16 prompts of 1,024 tokens, the first 896 cached), after checking that they
+agree; the next cell reads its record. The paged kernel *is* slower per query token, about three
+times, but it has only an eighth of the query tokens, so the cache-on prefill still takes a
+fraction of the cache-off one's time. The guess was wrong: attention could not explain the gap.
+
+The clue was in the percentiles. In the same-call comparison below, the old code's first run on
+each fresh server has a median TTFT almost equal to its p99: every request waited for one and
+the same stall, a second or so long, which is about what Triton takes to compile a kernel.
+Triton compiles a kernel once for each *specialisation*, and besides the constexprs and the
+alignment of each pointer (chapter 03's ledger met those), it specialises every integer argument
+on whether it is 1 or a multiple of 16.
+Three integers of our kernels change from step to step: the width of the block table (the most
+blocks any sequence of the step holds), the count of query tiles of a prefill, and the count of
+rows of a norm. The first step whose block table was, say, 64 blocks wide, compiled the paged
+prefill kernel again, in the middle of the run, and every request in that step waited. The
+server's warm-up could never cover every value; the fix is not to specialise on them:
+`@triton.jit(do_not_specialize=["stride_bt", "num_m_blocks"])` (and `["num_rows"]` for the norm).
+The warm-up on a GPU now also runs a batch longer than a step's token budget, which covers the
+norm's larger tiles and the chunked prefill, and after it the server logs every compile
+(`mili.kernels._triton.watch_compiles`). `tests/test_engine_gpu.py` runs a workload of prompts of
+every length, shared prefixes and chunks after the warm-up and fails if anything compiles.
+
+The cell after the probe shows the old code against the new, each run on a fresh server, in two
+calls on fresh machines. Each machine starts with Triton's disk cache cold, as a new deployment
+does; in a tree's second round, the old code finds its mid-run specialisations already on disk
+and loads them quickly, which is why a stall like this hides on a developer's warm machine. The
+second call adds "short": the new kernels with the old, short warm-up, to tell the two changes apart.
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+probe_path = repo_root() / "benchmarks" / "prefill-kernels-h100.json"
+if probe_path.exists():
+    probe = json.loads(probe_path.read_text())
+    print(f"{probe['device']}: {probe['seqs']} prompts of {probe['prompt_len']} tokens, the first {probe['prefix_len']} "
+          f"cached ({probe['heads']} query heads, {probe['kv_heads']} KV heads, head_dim {probe['head_dim']}, {probe['dtype']})")
+    for name in ("cache_off", "cache_on"):
+        r = probe[name]
+        print(f"  {name:<9} {r['kernel']:<17} {r['query_tokens']:>6} query tokens {r['us']:>8.1f} us "
+              f"({r['us_per_query_token'] * 1e3:.1f} ns per query token)")
+    print(f"  the cache-on prefill takes {probe['cache_on']['us'] / probe['cache_off']['us']:.2f} of the cache-off one's "
+          f"time, at {probe['cache_on']['us_per_query_token'] / probe['cache_off']['us_per_query_token']:.1f}x the time "
+          "per query token")
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+ab_path = repo_root() / "benchmarks" / "serve-h100-warmup-ab.json"
+if ab_path.exists():
+    ab = json.loads(ab_path.read_text())
+    print(f"{ab['environment']['device']}, the shared-prefix workload, one fresh server per run, in the order they ran:")
+    for number, call in enumerate(ab["calls"], 1):
+        print(f"\ncall {number} (a fresh machine: Triton's disk cache starts cold)")
+        print(f"{'run':<16} {'out tok/s':>9} {'TTFT p50':>9} {'p99':>8} {'TPOT p50':>9} {'ITL p99':>8}")
+        for name, s in call["runs"].items():
+            print(f"{name:<16} {s['output_throughput']:>9,.0f} {s['ttft_ms']['p50']:>9.1f} {s['ttft_ms']['p99']:>8.1f} "
+                  f"{s['tpot_ms']['p50']:>9.2f} {s['itl_ms']['p99']:>8.1f}")
+    print("\nold: integers specialised, short warm-up; short: do_not_specialize, short warm-up; "
+          "new: do_not_specialize and the long warm-up (milliseconds)")
+""")
+
+md(r"""
+Read the runs in order. Each call's first old-code run stalls: its median TTFT is about twice the
+new code's or more, and close to its own p99, with the cache on and (in the first call) with it off;
+the cache-off runs compile mid-run too, since the query-tile count and the norm's row count
+change with every step's sizes. The old code's second runs are much closer, their extra
+specialisations loaded from disk. "short" shows that the kernels' change alone removes the stall.
+Throughput and TPOT are another matter: the same code varies from run to run by as much as the
+codes differ from each other (compare each tree's two runs, and the two calls), so these runs
+show no difference there. One run of 256 requests is one sample of a noisy process, and a
+difference smaller than the spread between its own repeats is not a finding.
 """)
 
 code(r"""
