@@ -805,6 +805,30 @@ own fixed costs (each small kernel is a chain of a few dependent memory reads, a
 alone takes about 6 µs per layer to read at most a couple of megabytes of K/V).
 Fusing further (the K/V write into the q/k kernel, SiLU into the down projection, the norms into
 the projections that follow them) is how the faster engines close the rest of the gap.
+
+How much could a fusion save here? An upper bound is cheap to measure before writing one:
+`benchmarks/probes/kernel_removal.py` times the step with some ops replaced by stand-ins that do
+no work (the tokens are garbage; the timing is what counts). Read its H100 record:
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+removal = json.loads((bench / "kernel-removal-h100-qwen3-0.6b.json").read_text())
+full = removal["tpot_ms"]["full"]
+print(f"{removal['environment']['device']}, {removal['model']}, batch 1: each variant's step against the full one")
+for variant, ms in removal["tpot_ms"].items():
+    print(f"  {variant:<10} {1e3 * ms:7.1f} µs per token   {1e3 * (full - ms):+7.1f} µs saved")
+""")
+
+md(r"""
+Two results are plain. All of decode attention costs about a hundred-odd microseconds of the
+step, and its second pass, the combine of the splits, only a little: a single-pass decode
+kernel would not pay for itself here. The others are a warning: taking the norms or the
+activation *out* made the step slower. The probe changes more than the kernel count: it puts
+two matrix-vector kernels back to back (under dependent launch the second one's early start then
+overlaps the first one's tail differently), and without the norms the values may overflow. So it
+bounds nothing for those two, and a fusion there has to be measured as itself, against the
+unfused step in the same run. Which effect slows the step is still open.
 """)
 
 think(r"""
