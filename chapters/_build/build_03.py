@@ -821,14 +821,15 @@ for variant, ms in removal["tpot_ms"].items():
 """)
 
 md(r"""
-Two results are plain. All of decode attention costs about a hundred-odd microseconds of the
-step, and its second pass, the combine of the splits, only a little: a single-pass decode
-kernel would not pay for itself here. The others are a warning: taking the norms or the
-activation *out* made the step slower. The probe changes more than the kernel count: it puts
-two matrix-vector kernels back to back (under dependent launch the second one's early start then
-overlaps the first one's tail differently), and without the norms the values may overflow. So it
-bounds nothing for those two, and a fusion there has to be measured as itself, against the
-unfused step in the same run. Which effect slows the step is still open.
+Two results are plain. All of decode attention costs about 130 µs of the step; its second pass
+alone, the combine of the splits, saves nothing when taken out (the step came out slightly
+slower, within this probe's noise), so a single-pass decode kernel would not pay for itself
+here. The others are a warning: taking out the norms, the activation or the K/V write made the
+step *slower*. The probe changes more than the kernel count: it puts two matrix-vector kernels
+back to back (under dependent launch the second one's early start then overlaps the first one's
+tail differently), and without the norms the values may overflow. So it bounds nothing for
+those, and a fusion there has to be measured as itself, against the unfused step in the same
+run. Which effect slows the step is still open.
 """)
 
 think(r"""
