@@ -832,6 +832,39 @@ those, and a fusion there has to be measured as itself, against the unfused step
 run. Which effect slows the step is still open.
 """)
 
+md(r"""
+So measure the fusions as themselves. `benchmarks/probes/fusion_probe.py` builds them: a GEMV
+whose prologue adds the residual and computes the row's RMS (every program reads the 1,024-number
+row from L2) and normalises each tile as it multiplies it, and a GEMV whose tiles are
+`silu(gate) * up`. It times 28 layers of the projections, unfused (norm, GEMV, GEMV, norm, GEMV,
+SiLU, GEMV) against fused (three kernels fewer per layer), each in one CUDA graph, after checking
+that one fused layer equals one unfused layer. It also tries a second stream that reads the next
+layer's weights into L2 while a layer runs, so that DRAM never idles between kernels:
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+fusion = json.loads((bench / "fusion-probe-h100-qwen3-0.6b.json").read_text())
+chains = fusion["us_per_chain"]
+print(f"{fusion['device']}: {fusion['layers']} layers of Qwen3-0.6B's projections, "
+      f"{fusion['weight_bytes'] / 1e6:.0f} MB of weights")
+for name, us in chains.items():
+    print(f"  {name:<26} {us:7.1f} µs   {fusion['weight_bytes'] / us / 1e3:6.0f} GB/s of weights")
+print(f"fusing saves {chains['unfused'] - chains['fused']:.0f} µs without dependent launch, "
+      f"{chains['unfused-pdl'] - chains['fused-pdl']:.0f} µs with it")
+""")
+
+md(r"""
+Dependent launch already hides most of what these fusions would save: with it on, three kernels
+fewer per layer gain about a microsecond per layer, a few percent of the step. Prefetching into
+L2 from a second stream made the chain slower at every size tried: its loads and the projections'
+compete for the same DRAM and the same SMs. What is left is in the matrix-vector kernels
+themselves: read one after another, each waiting for the last, the projections stream their
+weights well below the copy bandwidth. Closing that gap takes a different structure (one
+persistent kernel for a whole layer or the whole step, as the fastest batch-1 engines do), not
+more of the same fusions.
+""")
+
 think(r"""
 Predict, before measuring: which of these stay host-bound after the persistent batch and
 overlap? (a) batch 1 with a 0.6B model; (b) batch 1 with an 8B model; (c) 256 sequences of
