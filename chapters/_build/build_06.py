@@ -788,8 +788,8 @@ Qwen3-8B shapes with one GPU and with two, Qwen3-32B (which does not fit one 80 
 KV cache) on two, and the throughput workload at 8B shapes, each against the weight-read floor of
 its *whole group* (every GPU reads its share at the copy bandwidth measured in the run). The
 record below is from H200s joined by NVLink: batch-1 decode on a host of four (TP=1, 2 and 4), the
-throughput workload on a host of two, at an earlier commit (each JSON in `benchmarks/tp-*.json`
-names its own):
+throughput workload later on a host of two (each JSON in `benchmarks/tp-*.json` names its own
+commit):
 """)
 
 code(r"""
