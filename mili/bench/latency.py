@@ -37,7 +37,7 @@ from mili.bench.floors import (
     sync,
     weight_bytes_per_step,
 )
-from mili.bench.throughput import environment, hf_model_for
+from mili.bench.throughput import environment, hf_model_for, print_compile_warning
 
 
 def time_mili(llm, prompt: list[int], new_tokens: int) -> dict:
@@ -81,6 +81,7 @@ def run_benchmark(model: str, *, prompt_len: int = 128, new_tokens: int = 512, r
                   enforce_eager: bool = False, overlap: bool = True, profile: bool = False,
                   tensor_parallel_size: int = 1) -> dict:
     from mili.engine.llm import LLM
+    from mili.kernels._triton import recorded_compiles
 
     if compare_hf and tensor_parallel_size > 1:
         raise ValueError("--compare hf runs Hugging Face on one device: leave out --tensor-parallel-size")
@@ -94,14 +95,15 @@ def run_benchmark(model: str, *, prompt_len: int = 128, new_tokens: int = 512, r
     mean_context = prompt_len + new_tokens / 2
     floor_s = (weights + mean_context * kv_bytes_per_token(config, llm.model.dtype)) / copy_rate
     time_mili(llm, prompt, 16)  # warm-up: kernels compile for these shapes
-    runs = [time_mili(llm, prompt, new_tokens) for _ in range(repeats)]
+    with recorded_compiles() as compiled:
+        runs = [time_mili(llm, prompt, new_tokens) for _ in range(repeats)]
     tpot = statistics.median(r["tpot_s"] for r in runs)
     report = {"environment": environment(device), "model": model, "dtype": str(llm.model.dtype),
               "cuda_graphs": llm.engine.runner.graphs is not None, "overlap": llm.engine.config.overlap,
               "tensor_parallel_size": devices, "prompt_len": prompt_len, "new_tokens": new_tokens, "repeats": repeats,
               "copy_bytes_per_s": copy_rate, "weight_bytes_per_step": weights, "floor_ms_per_token": 1e3 * floor_s,
               "mili": {"tpot_ms": 1e3 * tpot, "ttft_ms": 1e3 * statistics.median(r["ttft_s"] for r in runs),
-                       "runs": runs, "times_floor": tpot / floor_s}}
+                       "runs": runs, "times_floor": tpot / floor_s, "triton_compiles": compiled}}
     if profile:
         from mili.bench.step_profile import StepProfile
 
@@ -133,6 +135,7 @@ def print_report(report: dict, stream=None) -> None:
             r = report[name]
             ttft = f"{r['ttft_ms']:>8.2f}" if "ttft_ms" in r else f"{'-':>8}"
             print(f"{name:<8} {r['tpot_ms']:>9.3f} {r['times_floor']:>7.2f}x {ttft}", file=stream)
+    print_compile_warning(report["mili"], stream)
     if "profile" in report["mili"]:
         from mili.bench.step_profile import print_summary
 

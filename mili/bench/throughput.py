@@ -61,6 +61,7 @@ def run_mili(llm, work, warmup=None, profile: bool = False) -> dict:
     """Time llm.generate over `work`, after an untimed pass over `warmup` (default: 2 short requests).
     With profile, a second timed pass records host and device time per step."""
     from mili.engine.sampling_params import SamplingParams
+    from mili.kernels._triton import recorded_compiles
 
     def requests(pairs):
         return ([{"prompt_token_ids": p} for p, _ in pairs],
@@ -70,15 +71,17 @@ def run_mili(llm, work, warmup=None, profile: bool = False) -> dict:
     prompts, params = requests(work)
     before = llm.stats()
     sync(llm.model.device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
-    sync(llm.model.device)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    with recorded_compiles() as compiled:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        sync(llm.model.device)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
     after = llm.stats()
     result = {"seconds": seconds, "cpu_seconds": cpu_seconds, "output_tokens": tokens, "tokens_per_s": tokens / seconds,
               "tokens_per_cpu_s": tokens / cpu_seconds,
-              "preemptions": after["preemptions"] - before["preemptions"], "steps": after["steps"] - before["steps"]}
+              "preemptions": after["preemptions"] - before["preemptions"], "steps": after["steps"] - before["steps"],
+              "triton_compiles": compiled}
     if profile:
         from mili.bench.step_profile import StepProfile
 
@@ -230,10 +233,18 @@ def print_report(report: dict, stream=None) -> None:
             print(f"{name:<8} {r['seconds']:>9.2f} {r['tokens_per_s']:>11.1f} {r['fraction_of_bandwidth_floor']:>8.1%} "
                   f"{ratio:>6.2f}x   {r['cpu_seconds']:>8.2f} {r['tokens_per_cpu_s']:>10.1f} {cpu_ratio:>6.2f}x",
                   file=stream)
+    print_compile_warning(report["mili"], stream)
     if "profile" in report["mili"]:
         from mili.bench.step_profile import print_summary
 
         print_summary(report["mili"]["profile"], stream)
+
+
+def print_compile_warning(run: dict, stream) -> None:
+    """A timed run that compiled Triton kernels (`triton_compiles`) timed the compiler too: say so."""
+    if run.get("triton_compiles"):
+        print(f"warning: the timed runs compiled Triton kernels ({', '.join(sorted(set(run['triton_compiles'])))}): "
+              "part of their time is the compiler's; warm up with the same kinds of steps", file=stream)
 
 
 def plot_report(report: dict, path) -> None:

@@ -6,9 +6,10 @@ exercise) on machines without Triton, such as macOS. Launching a kernel there ra
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -109,3 +110,15 @@ def watch_compiles(callback: Callable[[str], None]) -> Callable[[], None]:
         knobs.runtime.jit_cache_hook = previous
 
     return stop
+
+
+@contextlib.contextmanager
+def recorded_compiles() -> Iterator[list[str]]:
+    """The names of the Triton kernels compiled inside the block (see watch_compiles): a timed run
+    that compiles is partly timing the compiler."""
+    names: list[str] = []
+    stop = watch_compiles(names.append)
+    try:
+        yield names
+    finally:
+        stop()
