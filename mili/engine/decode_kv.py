@@ -31,28 +31,36 @@ from torch import Tensor
 from mili.backends.torch_ops import gather_paged
 
 
-def attend_one(rows: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """One decode query over keys/values k, v [L, Hkv, D] -> [Hkv, group, D].
+def attend_one(rows: Tensor, keys_t: Tensor, values: Tensor, out: Tensor) -> None:
+    """One decode query over L keys and values, written into out [Hkv, group, D].
 
     rows [Hkv, group, D]: the query heads that share a key/value head, already multiplied by the
-    softmax scale; they are the rows of one matmul with that head's keys.
+    softmax scale; they are the rows of one matmul with that head's keys. keys_t [Hkv, D, L] and
+    values [Hkv, L, D] are views of [L, Hkv, D] storage (the matmuls read them strided, no copy).
     """
-    scores = torch.matmul(rows, k.permute(1, 2, 0))  # [Hkv, group, L]
-    return torch.matmul(scores.softmax(-1), v.transpose(0, 1))
+    scores = torch.matmul(rows, keys_t)  # [Hkv, group, L]
+    torch.matmul(scores.softmax(-1), values, out=out)
 
 
 class _Copy:
-    """One sequence's contiguous float32 keys and values in one layer: positions [0, length)."""
+    """One sequence's contiguous float32 keys and values in one layer: positions [0, length).
+    keys_t and values are the views attention reads ([Hkv, D, capacity] and [Hkv, capacity, D]),
+    made once per growth rather than at every step."""
 
     def __init__(self, like: Tensor):
-        self.k = self.v = like.new_empty((0, *like.shape[2:]), dtype=torch.float32)
+        self._set(like.new_empty((0, *like.shape[2:]), dtype=torch.float32),
+                  like.new_empty((0, *like.shape[2:]), dtype=torch.float32))
         self.length = 0
+
+    def _set(self, k: Tensor, v: Tensor) -> None:
+        self.k, self.v = k, v
+        self.keys_t, self.values = k.permute(1, 2, 0), v.transpose(0, 1)
 
     def extend(self, k_cache: Tensor, v_cache: Tensor, blocks: list[int], length: int) -> None:
         """Copy positions [self.length, length) from the paged caches."""
         if length > self.k.shape[0]:
             capacity = length + max(64, length // 4)  # geometric growth: O(1) copying per token
-            self.k, self.v = self._grown(self.k, capacity), self._grown(self.v, capacity)
+            self._set(self._grown(self.k, capacity), self._grown(self.v, capacity))
         if self.length == 0 and length > 1:
             table = torch.tensor(blocks, device=k_cache.device)
             self.k[:length] = gather_paged(k_cache, table, length)
@@ -136,11 +144,12 @@ class DecodeKV:
             entry = self._rows[row] if row < len(self._rows) else None
             if entry is None:
                 keys = gather_paged(k_cache, block_tables[i], length).float()
-                out[i] = attend_one(queries[i], keys, gather_paged(v_cache, block_tables[i], length).float())
+                values = gather_paged(v_cache, block_tables[i], length).float()
+                attend_one(queries[i], keys.permute(1, 2, 0), values.transpose(0, 1), out[i])
                 continue
             copy = entry.layers.get(layer)
             if copy is None or copy.length > length:
                 copy = entry.layers[layer] = _Copy(k_cache)
             copy.extend(k_cache, v_cache, entry.blocks, length)
-            out[i] = attend_one(queries[i], copy.k[:length], copy.v[:length])
+            attend_one(queries[i], copy.keys_t[..., :length], copy.values[:, :length], out[i])
         return out.view(batch, heads, head_dim)
