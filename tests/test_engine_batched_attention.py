@@ -36,6 +36,19 @@ def test_decode_matches_the_per_sequence_loop(lengths, decode):
     assert_close(got, torch_ops.paged_decode_attention(q, k_cache, v_cache, context, tables), what=f"{decode} decode")
 
 
+def test_decode_kv_answers_in_the_querys_dtype():
+    """A bfloat16 model on the CPU: the copies and matmuls are float32, the answer is q's dtype."""
+    lengths = [1, 6, 11]
+    k_cache, v_cache, tables = paged("bf16", lengths)
+    k_cache, v_cache = k_cache.bfloat16(), v_cache.bfloat16()
+    q = randn(len(lengths), HEADS, DIM).bfloat16()
+    context = torch.tensor(lengths, dtype=torch.int32)
+    got = DecodeKV().paged_decode_attention(q, k_cache, v_cache, context, tables)
+    assert got.dtype == torch.bfloat16
+    assert_close(got, torch_ops.paged_decode_attention(q, k_cache, v_cache, context, tables), dtype=torch.bfloat16,
+                 what="DecodeKV on bfloat16 caches")
+
+
 def _write_next_token(cache, table: list[int], position: int, name: str) -> None:
     cache[table[position // BLOCK], position % BLOCK] = randn(KV_HEADS, DIM, name=name)
 

@@ -139,7 +139,7 @@ class DecodeKV:
         lengths = context_lens.tolist()
         batch_rows = batch_rows if batch_rows is not None else range(batch)
         layer = self._layers.setdefault(k_cache.data_ptr(), len(self._layers))
-        out = torch.empty_like(q).view(batch, kv_heads, heads // kv_heads, head_dim)
+        out = q.new_empty((batch, kv_heads, heads // kv_heads, head_dim), dtype=torch.float32)  # matmuls write into it
         for i, (row, length) in enumerate(zip(batch_rows, lengths)):
             entry = self._rows[row] if row < len(self._rows) else None
             if entry is None:
@@ -152,4 +152,4 @@ class DecodeKV:
                 copy = entry.layers[layer] = _Copy(k_cache)
             copy.extend(k_cache, v_cache, entry.blocks, length)
             attend_one(queries[i], copy.keys_t[..., :length], copy.values[:, :length], out[i])
-        return out.view(batch, heads, head_dim)
+        return out.view(batch, heads, head_dim).to(q.dtype)
