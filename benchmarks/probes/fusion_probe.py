@@ -42,65 +42,51 @@ CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s
 
 
 @triton.jit
-def _norm_gemv_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, y_ptr, res_out_ptr, N, K, stride_w, eps,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
-                      DEPENDENT_LAUNCH: tl.constexpr):
-    """y = W · rms_norm(x + res) · norm_w, with the rounding of fused_add_rms_norm then the GEMV;
-    program 0 writes res_out = x + res."""
+def _fused_gemv_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, y_ptr, res_out_ptr, N, K, stride_w, eps,
+                       NORM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+                       DEPENDENT_LAUNCH: tl.constexpr):
+    """The GEMV of mili/kernels/linear.py with its neighbour's work in the tiles of x:
+    NORM:     y = W · rms_norm(x + res) · norm_w, with the rounding of fused_add_rms_norm then the
+              GEMV; program 0 writes res_out = x + res.
+    not NORM: y = W · (silu(gate) * up) where x = [gate | up], each K long, with silu_and_mul's rounding."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_w
     cols = tl.arange(0, BLOCK_K)
     w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
-    h = tl.arange(0, BLOCK_H)
-    h_ok = h < K
-    summed = (tl.load(x_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
-              + tl.load(res_ptr + h, mask=h_ok, other=0.0).to(tl.float32)).to(res_out_ptr.dtype.element_ty)
-    if tl.program_id(0) == 0:
-        tl.store(res_out_ptr + h, summed, mask=h_ok)
-    s = summed.to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(s * s, 0) / K + eps)
+    if NORM:  # the row's rms, from the whole row (a few KB, read from L2 by every program)
+        h = tl.arange(0, BLOCK_H)
+        h_ok = h < K
+        summed = (tl.load(x_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
+                  + tl.load(res_ptr + h, mask=h_ok, other=0.0).to(tl.float32)).to(res_out_ptr.dtype.element_ty)
+        if tl.program_id(0) == 0:
+            tl.store(res_out_ptr + h, summed, mask=h_ok)
+        s = summed.to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(s * s, 0) / K + eps)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for _ in range(0, K, BLOCK_K):
         ok = cols < K
-        tile = (tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-                + tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(y_ptr.dtype.element_ty)
-        normed = (tile.to(tl.float32) * rstd).to(y_ptr.dtype.element_ty).to(tl.float32)
-        xn = (normed * tl.load(norm_w_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(y_ptr.dtype.element_ty)
-        acc += w.to(tl.float32) * xn.to(tl.float32)[None, :]
-        cols += BLOCK_K
-        w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
-    tl.store(y_ptr + rows, tl.sum(acc, 1).to(y_ptr.dtype.element_ty), mask=row_ok)
-
-
-@triton.jit
-def _silu_gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      DEPENDENT_LAUNCH: tl.constexpr):
-    """y = W · (silu(gate) * up) where x = [gate | up], each K long, with silu_and_mul's rounding."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_w
-    cols = tl.arange(0, BLOCK_K)
-    w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for _ in range(0, K, BLOCK_K):
-        ok = cols < K
-        gate = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        up = tl.load(x_ptr + K + cols, mask=ok, other=0.0).to(tl.float32)
-        x = (gate * tl.sigmoid(gate) * up).to(y_ptr.dtype.element_ty)
+        if NORM:
+            tile = (tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+                    + tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(y_ptr.dtype.element_ty)
+            normed = (tile.to(tl.float32) * rstd).to(y_ptr.dtype.element_ty).to(tl.float32)
+            x = (normed * tl.load(norm_w_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(y_ptr.dtype.element_ty)
+        else:
+            gate = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            up = tl.load(x_ptr + K + cols, mask=ok, other=0.0).to(tl.float32)
+            x = (gate * tl.sigmoid(gate) * up).to(y_ptr.dtype.element_ty)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
         cols += BLOCK_K
         w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
     tl.store(y_ptr + rows, tl.sum(acc, 1).to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
-def _tuned(kernel):
-    return triton.autotune(configs=CONFIGS, key=["N", "K"])(kernel) if torch.cuda.is_available() else kernel
+def _tuned(kernel, key):
+    return triton.autotune(configs=CONFIGS, key=key)(kernel) if torch.cuda.is_available() else kernel
 
 
-gemv_tuned, norm_gemv_tuned, silu_gemv_tuned = (_tuned(k) for k in (_gemv_kernel, _norm_gemv_kernel, _silu_gemv_kernel))
+gemv_tuned, fused_gemv_tuned = _tuned(_gemv_kernel, ["N", "K"]), _tuned(_fused_gemv_kernel, ["N", "K", "NORM"])
 SMALL = dict(BLOCK_N=2, BLOCK_K=64)  # the interpreter: one small configuration
 
 
@@ -125,15 +111,16 @@ def norm_gemv(x, res, norm_w, w, pdl, eps=1e-6):
     n, k = w.shape
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(x)
-    norm_gemv_tuned[_grid(n)](x, res, norm_w, w, y, res_out, n, k, w.stride(0), eps,
-                              BLOCK_H=triton.next_power_of_2(k), **_options(pdl))
+    fused_gemv_tuned[_grid(n)](x, res, norm_w, w, y, res_out, n, k, w.stride(0), eps,
+                               NORM=True, BLOCK_H=triton.next_power_of_2(k), **_options(pdl))
     return y, res_out
 
 
 def silu_gemv(x, w, pdl):
     n, k = w.shape
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    silu_gemv_tuned[_grid(n)](x, w, y, n, k, w.stride(0), **_options(pdl))
+    fused_gemv_tuned[_grid(n)](x, x, x, w, y, y, n, k, w.stride(0), 0.0,  # no residual, norm weight or eps
+                               NORM=False, BLOCK_H=1, **_options(pdl))
     return y
 
 
