@@ -100,11 +100,10 @@ def _options(pdl):
                                                                                              **SMALL)
 
 
-def gemv(x, w, pdl, l2_prefetch=0):
-    """The engine's GEMV; l2_prefetch: how many programs prefetch the weight into L2 (see linear.py)."""
+def gemv(x, w, pdl):
     n, k = w.shape
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    gemv_tuned[_grid(n)](x, w, y, n, k, w.stride(0), PREFETCH_PROGRAMS=l2_prefetch, **_options(pdl))
+    gemv_tuned[_grid(n)](x, w, y, n, k, w.stride(0), **_options(pdl))
     return y
 
 
@@ -139,12 +138,12 @@ class Layer:
         self.norm1 = (1 + 0.1 * torch.randn(hidden, device=device)).to(dtype)
         self.norm2 = (1 + 0.1 * torch.randn(hidden, device=device)).to(dtype)
 
-    def unfused(self, h, res, pdl, l2_prefetch=0):
+    def unfused(self, h, res, pdl):
         x, res = fused_add_rms_norm(h, res, self.norm1, 1e-6)
-        qkv = gemv(x, self.qkv, pdl, l2_prefetch)
-        h = gemv(qkv[:, :self.q_size], self.o, pdl, l2_prefetch)
+        qkv = gemv(x, self.qkv, pdl)
+        h = gemv(qkv[:, :self.q_size], self.o, pdl)
         x, res = fused_add_rms_norm(h, res, self.norm2, 1e-6)
-        return gemv(silu_and_mul(gemv(x, self.gate_up, pdl, l2_prefetch)), self.down, pdl, l2_prefetch), res
+        return gemv(silu_and_mul(gemv(x, self.gate_up, pdl)), self.down, pdl), res
 
     def fused(self, h, res, pdl):
         qkv, res = norm_gemv(h, res, self.norm1, self.qkv, pdl)

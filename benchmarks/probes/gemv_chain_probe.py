@@ -7,8 +7,6 @@ the projections, and the wait itself. It times the same 112 matrix-vector produc
 qkv, o, gate_up, down; 881 MB of bfloat16 weights), each in one CUDA graph:
 
     dependent chain      the layers as the engine runs them (fusion_probe's "unfused", dependent launch)
-    ..., L2 prefetch     the same, the first P programs of each GEMV asking for its whole weight to
-                         be brought into L2 before they wait (linear.py's PREFETCH_PROGRAMS)
     independent, plain   every product reads a fixed input, launched one after another
     independent, wait    the same, with dependent launch: each waits for the one before (gdc_wait)
     independent, no wait the same, but no product waits: each lets the next start at once and
@@ -81,18 +79,10 @@ def main() -> None:
     weight_bytes = sum(w.numel() * w.element_size() for w in weights)
     report = {"device": torch.cuda.get_device_name(), "layers": len(layers), "products": len(weights),
               "weight_bytes": weight_bytes, "us": {}}
-    def chain(l2_prefetch):
-        x, r = h, res
-        for layer in layers:
-            x, r = layer.unfused(x, r, True, l2_prefetch)
-
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    variants = [("dependent chain", lambda: chain(0))]
-    variants += [(f"dependent chain, L2 prefetch by {p} programs", lambda p=p: chain(p)) for p in (sms, 4 * sms, 16 * sms)]
-    variants += [("independent, plain", lambda: independent("plain")),
-                 ("independent, wait", lambda: independent("wait")),
-                 ("independent, no wait", lambda: independent("no wait"))]
-    for name, fn in variants:
+    for name, fn in (("dependent chain", lambda: fp.run(layers, "unfused", h, res, True)),
+                     ("independent, plain", lambda: independent("plain")),
+                     ("independent, wait", lambda: independent("wait")),
+                     ("independent, no wait", lambda: independent("no wait"))):
         us = fp.replay_us(fn)
         report["us"][name] = us
         print(f"{name:<22} {us:7.1f} us  {weight_bytes / us / 1e3:6.0f} GB/s of weights", flush=True)

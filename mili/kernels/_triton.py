@@ -74,28 +74,12 @@ def dependent_launch_options(device: torch.device) -> dict:
 
 @triton.jit
 def wait_for_previous_kernel(DEPENDENT_LAUNCH: tl.constexpr):
-    """Under a dependent launch: let the next kernel launch, then wait until the previous kernel
-    has finished and its writes are visible. Call it before the kernel's first store and before any
-    load of what an earlier kernel writes.
-
-    The next kernel may launch before this one has waited: it waits the same way before it touches
-    our output, and its wait returns only once we have finished, so after ours. Letting it launch
-    first means its programs can request their weights while the kernel two back still runs,
-    instead of only once it has finished."""
+    """Under a dependent launch: wait until the previous kernel has finished and its writes are
+    visible, then let the next kernel launch (it waits the same way before it touches our output).
+    Call it before the kernel's first store and before any load of what an earlier kernel writes."""
     if DEPENDENT_LAUNCH:
-        tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
-
-
-@triton.jit
-def prefetch_to_l2(ptr, num_bytes):
-    """Ask the GPU to bring `num_bytes` (a multiple of 16) from `ptr` (16-byte aligned) into L2,
-    without waiting for them and without holding a register: one bulk prefetch by the program's
-    first thread (Hopper's `cp.async.bulk.prefetch.L2`). Needs a Hopper GPU, not the interpreter."""
-    tl.inline_asm_elementwise(
-        "{ .reg .pred first; .reg .b32 tid; mov.u32 tid, %tid.x; setp.eq.u32 first, tid, 0;\n"
-        "@first cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-        "=r,l,r", [ptr, num_bytes], dtype=tl.int32, is_pure=False, pack=1)
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 def watch_compiles(callback: Callable[[str], None]) -> Callable[[], None]:

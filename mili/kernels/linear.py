@@ -16,36 +16,22 @@ Memory: reads N·K elements of W and K of x, writes N.
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mili.kernels._triton import dependent_launch_options, prefetch_to_l2, tl, triton, wait_for_previous_kernel
+from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 DEPENDENT_LAUNCH: tl.constexpr, PREFETCH_PROGRAMS: tl.constexpr = 0):
+                 DEPENDENT_LAUNCH: tl.constexpr):
     """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with x in float32.
 
     The loads of W run one tile ahead of the products. Under a dependent launch the first tile is
     requested before waiting for the kernel that writes x: W is read-only, so the first reads of
-    the weights overlap the previous kernel (a norm, the activation, attention's combine). With
-    PREFETCH_PROGRAMS = P > 0 (W contiguous and 16-byte aligned), the first P programs also ask
-    for all of W to be brought into L2 before they wait, a P-th each: the programs that start
-    early then prefetch for those that cannot be resident yet, and DRAM keeps streaming while
-    the kernels before this one finish.
+    the weights overlap the previous kernel (a norm, the activation, attention's combine).
     """
-    if PREFETCH_PROGRAMS > 0:
-        if tl.program_id(0) < PREFETCH_PROGRAMS:
-            total = N.to(tl.int64) * K * 2  # bytes of bfloat16 (the launcher checks the dtype)
-            share = tl.cdiv(tl.cdiv(total, PREFETCH_PROGRAMS), 16) * 16
-            start = tl.program_id(0) * share
-            if start < total:
-                prefetch_to_l2(w_ptr + start // 2, tl.minimum(share, total - start).to(tl.int32))
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_w
@@ -69,25 +55,6 @@ _gemv_tuned = triton.autotune(
 )(_gemv_kernel)
 
 
-# a weight larger than this is not prefetched whole: it would not stay in L2 (50 MB on an H100)
-_L2_PREFETCH_MAX_BYTES = 24 << 20
-
-
-def l2_prefetch_programs(weight: Tensor, options: dict) -> int:
-    """How many programs of the GEMV prefetch `weight` into L2 before they wait (0: none): one per
-    SM, under a dependent launch (otherwise no program starts early), for a contiguous, aligned
-    bfloat16 weight that fits in L2 with room to spare."""
-    eligible = (options["DEPENDENT_LAUNCH"] and weight.dtype == torch.bfloat16 and weight.is_contiguous()
-                and weight.data_ptr() % 16 == 0 and weight.numel() * 2 <= _L2_PREFETCH_MAX_BYTES
-                and os.environ.get("MILI_L2_PREFETCH", "1") != "0")
-    return _sm_count(weight.device.index) if eligible else 0
-
-
-@functools.cache
-def _sm_count(device_index: int | None) -> int:
-    return torch.cuda.get_device_properties(device_index if device_index is not None else 0).multi_processor_count
-
-
 def linear(x: Tensor, weight: Tensor) -> Tensor:
     """x [T, K] · weight [N, K]ᵀ -> [T, N] (no bias): the GEMV kernel for one row, F.linear otherwise."""
     single_row = (x.dim() == 2 and x.shape[0] == 1 and x.stride(-1) == 1 and weight.stride(-1) == 1
@@ -97,9 +64,8 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     n, k = weight.shape
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     if x.device.type == "cuda":
-        options = dependent_launch_options(x.device)
-        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
-            x, weight, y, n, k, weight.stride(0), PREFETCH_PROGRAMS=l2_prefetch_programs(weight, options), **options)
+        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](x, weight, y, n, k, weight.stride(0),
+                                                                   **dependent_launch_options(x.device))
     else:  # the interpreter: one small configuration (tuning means timing, and there is no GPU to time)
         _gemv_kernel[(triton.cdiv(n, 2),)](x, weight, y, n, k, weight.stride(0), BLOCK_N=2, BLOCK_K=64,
                                            DEPENDENT_LAUNCH=False)
