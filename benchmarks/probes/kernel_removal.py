@@ -18,7 +18,9 @@ fusing those kernels into their neighbours could save at most.
     all_small   norms, silu, kv_store and combine together
 
 Each variant builds its own engine (CUDA graphs, random weights at the preset's shapes) and times
-batch-1 decode like `mili bench latency`. Run on a GPU; on a CPU it says nothing about a GPU.
+batch-1 decode like `mili bench latency`, whose figure includes the host's work per step and
+moves with the host's load. So it also times the GPU alone: the recorded forward replayed back
+to back, with and without the LM head and argmax after it. Run on a GPU.
 
     python benchmarks/probes/kernel_removal.py [--model Qwen3-0.6B] [--new-tokens 256] [--json OUT.json]
 """
@@ -28,12 +30,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import random
+import statistics
 
 import torch
 
-import mili.kernels as kernels
+from mili import kernels
 from mili.bench.floors import free_memory
-from mili.bench.latency import run_benchmark
+from mili.bench.latency import time_mili
+from mili.bench.throughput import environment
+from mili.engine.llm import LLM
 
 
 class _NoLaunch:
@@ -74,6 +80,37 @@ def replaced(stand_ins: dict):
 VARIANTS = ("full", "norms", "silu", "qk_norm", "kv_store", "combine", "attention", "all_small")
 
 
+def replay_us(fn, repeats: int = 200) -> float:
+    """Microseconds per call of fn, called back to back with no host work in between (the GPU's time)."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(5):
+        start.record()
+        for _ in range(repeats):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(1e3 * start.elapsed_time(end) / repeats)
+    return min(times)
+
+
+def measure(model: str, new_tokens: int) -> dict:
+    """A variant's batch-1 figures: the token time as `mili bench latency` sees it (the host's work
+    included), and the GPU's time alone: the recorded batch-1 forward replayed back to back, and
+    that forward with the LM head and the greedy argmax after it (the rest of a step's GPU work)."""
+    llm = LLM(model, max_num_seqs=8, enable_prefix_caching=False, max_model_len=128 + new_tokens + 1)
+    prompt = [random.Random(0).randrange(llm.model.config.vocab_size) for _ in range(128)]
+    time_mili(llm, prompt, 16)
+    tpot = statistics.median(time_mili(llm, prompt, new_tokens)["tpot_s"] for _ in range(3))
+    graphs = llm.engine.runner.graphs
+    graph, hidden = graphs.graphs[1], graphs.outputs[1]  # its inputs: the last step of the last request
+    row = {"tpot_ms": 1e3 * tpot, "forward_replay_us": replay_us(graph.replay),
+           "forward_logits_argmax_us": replay_us(lambda: (graph.replay(), llm.model.compute_logits(hidden).argmax(-1)))}
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="Qwen3-0.6B")
@@ -81,16 +118,22 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this probe needs a CUDA GPU")
     rows = {}
     for variant in args.variants.split(","):
         with replaced(_stand_ins(variant)):
-            report = run_benchmark(args.model, new_tokens=args.new_tokens, repeats=3)
-        free_memory(torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # the engine's KV pool and graphs
-        rows[variant] = report["mili"]["tpot_ms"]
-        print(f"{variant:<10} {rows[variant] * 1e3:8.1f} us/token  "
-              f"{(rows.get('full', rows[variant]) - rows[variant]) * 1e3:+8.1f} us against full", flush=True)
-    result = {"environment": report["environment"], "model": args.model, "new_tokens": args.new_tokens,
-              "floor_ms_per_token": report["floor_ms_per_token"], "tpot_ms": rows}
+            rows[variant] = measure(args.model, args.new_tokens)
+        free_memory(torch.device("cuda"))  # the engine's KV pool and graphs
+        full = rows.get("full", rows[variant])
+        print(f"{variant:<10} " + "  ".join(
+            f"{name} {value * (1e3 if name == 'tpot_ms' else 1):7.1f} us ({(full[name] - value) * (1e3 if name == 'tpot_ms' else 1):+6.1f})"
+            for name, value in rows[variant].items()), flush=True)
+    result = {"environment": environment(torch.device("cuda")), "model": args.model, "new_tokens": args.new_tokens,
+              "columns": {"tpot_ms": "ms per token, as mili bench latency measures it (median of 3 requests)",
+                          "forward_replay_us": "the recorded batch-1 forward replayed back to back: GPU time",
+                          "forward_logits_argmax_us": "the same with the LM head and the greedy argmax"},
+              "variants": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
