@@ -102,10 +102,11 @@ class DecodeGraphs:
         self.input_ids[:batch].copy_(model_input.input_ids)
         self.positions[:batch].copy_(model_input.positions)
         self.slot_mapping[:batch].copy_(md.slot_mapping)
-        self.slot_mapping[batch:size].fill_(-1)
         self.context_lens[:batch].copy_(md.context_lens)
-        self.context_lens[batch:size].fill_(1)
         self.block_tables[:batch, :width].copy_(md.block_tables)  # past a row's context: never read
-        self.block_tables[batch:size, 0].fill_(0)
+        if batch < size:  # the padding rows
+            self.slot_mapping[batch:size].fill_(-1)
+            self.context_lens[batch:size].fill_(1)
+            self.block_tables[batch:size, 0].fill_(0)
         self.graphs[size].replay()
         return self.outputs[size][:batch]

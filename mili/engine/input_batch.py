@@ -21,6 +21,7 @@ Sampling state that must stay on the device (the penalty counts) follows the row
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 
@@ -65,6 +66,7 @@ class InputBatch:
                            self.admitted_after]
         self._prompt_mask: torch.Tensor | None = None  # [max_num_seqs, V] bool on the device, once needed
         self._output_counts: torch.Tensor | None = None  # [max_num_seqs, V] int32 on the device, once needed
+        self._last_sampling: tuple[bytes, SamplingTensors] | None = None  # (parameter rows, their tensors)
 
     @property
     def num_rows(self) -> int:
@@ -142,15 +144,23 @@ class InputBatch:
     # ------------------------------------------------------------------ sampling state
 
     def sampling_tensors(self, rows: np.ndarray, seqs: list[Sequence], rows_on_device: torch.Tensor) -> SamplingTensors:
-        """The sampler's view of rows (host indices, and the same on the device) of sequences seqs."""
-        columns = torch.from_numpy(self.sampling[rows])
-        tensors = SamplingTensors.from_columns(columns, self.vocab_size, self.device)
-        if self.seeded[rows].any():
-            tensors.generators = [s.generator for s in seqs]
-        if self.uses_penalties[rows].any():
-            tensors.prompt_mask = self._prompt_mask[rows_on_device]
-            tensors.output_counts = self._output_counts[rows_on_device]
-        return tensors
+        """The sampler's view of rows (host indices, and the same on the device) of sequences seqs.
+
+        A step whose rows hold the same parameters as the last step's (most decode steps) reuses
+        the last step's tensors: packing them is a dozen small ops, a sizeable part of a batch-1
+        step's host time. The cache is keyed by the parameters themselves, so it cannot go stale."""
+        table = self.sampling[rows]
+        key = table.tobytes()
+        if self._last_sampling is None or self._last_sampling[0] != key:
+            self._last_sampling = key, SamplingTensors.from_columns(torch.from_numpy(table), self.vocab_size, self.device)
+        tensors = self._last_sampling[1]
+        seeded, penalised = self.seeded[rows].any(), self.uses_penalties[rows].any()
+        if not (seeded or penalised):
+            return tensors
+        per_step = {"generators": [s.generator for s in seqs]} if seeded else {}
+        if penalised:
+            per_step.update(prompt_mask=self._prompt_mask[rows_on_device], output_counts=self._output_counts[rows_on_device])
+        return dataclasses.replace(tensors, **per_step)
 
     @property
     def has_device_state(self) -> bool:

@@ -3,7 +3,7 @@
 `ModelRunner` owns the model, the paged KV cache and the CUDA graphs. Each step it
 1. builds the flat batch (`docs/architecture.md`, "The batch contract") from the persistent
    batch's rows with array operations, into pinned host memory, and copies it to the device in
-   two copies that do not wait (`prepare`);
+   one copy that does not wait (`prepare`);
 2. takes the id of a token sampled by the previous step, not yet read by the host, straight
    from the device (overlap: the host never waits for it to build the next step);
 3. launches the forward (or replays a CUDA graph), the logits of the sampled rows and the
@@ -120,37 +120,45 @@ class ModelRunner:
         cu_seqlens = np.zeros(num_seqs + 1, dtype=np.int64)
         np.cumsum(counts, out=cu_seqlens[1:])
         num_tokens = int(cu_seqlens[-1])
-        positions = np.arange(num_tokens) - np.repeat(cu_seqlens[:-1] - starts, counts)
+        decode = num_tokens == num_seqs  # every sequence runs one token: flat row i is sequence i
+        if decode:
+            positions, token_rows = starts, rows
+        else:
+            positions, token_rows = np.arange(num_tokens) - np.repeat(cu_seqlens[:-1] - starts, counts), np.repeat(rows, counts)
         bs = batch.block_size
-        slots = batch.block_tables[np.repeat(rows, counts), positions // bs].astype(np.int64) * bs + positions % bs
+        slots = batch.block_tables[token_rows, positions // bs].astype(np.int64) * bs + positions % bs
         width = int(batch.num_blocks[rows].max())
 
         # Each array starts at a multiple of 16 bytes of its buffer. Triton compiles a kernel
         # separately for pointers that are and are not 16-byte aligned: unaligned views would
         # make it compile again in the middle of a run, the first time a step's sizes misalign them.
+        # Both go to the device in one copy: the int64 arrays, then the int32 ones.
         t, s = _aligned(num_tokens, 2), _aligned(num_seqs + 1, 4)
-        longs_buffer = self._host(torch.int64, 3 * t + len(sampled_at) + 2 * len(pending_at))
-        longs = longs_buffer.numpy()
+        num_longs = _aligned(3 * t + len(sampled_at) + 2 * len(pending_at), 2)
+        num_ints = 3 * s + num_seqs * width
+        host = self._host(torch.int64, num_longs + -(-num_ints // 2))
+        longs, ints = host[:num_longs].numpy(), host[num_longs:].view(torch.int32).numpy()
         longs[:num_tokens] = token_ids
         longs[t:t + num_tokens] = positions
         longs[2 * t:2 * t + num_tokens] = slots
         at = 3 * t
         longs[at:at + len(sampled_at)] = cu_seqlens[1:][sampled_at] - 1
-        longs[at + len(sampled_at):] = pending_at + pending_from
-        ints_buffer = self._host(torch.int32, 3 * s + num_seqs * width)
-        ints = ints_buffer.numpy()
+        pending = slice(at + len(sampled_at), at + len(sampled_at) + 2 * len(pending_at))
+        longs[pending] = pending_at + pending_from
         ints[:num_seqs] = ends
         ints[s:s + num_seqs + 1] = cu_seqlens
         ints[2 * s] = 0
         np.cumsum(ends, out=ints[2 * s + 1:2 * s + 1 + num_seqs])
-        ints[3 * s:] = batch.block_tables[rows, :width].reshape(-1)
+        ints[3 * s:num_ints] = batch.block_tables[rows, :width].reshape(-1)
 
-        longs, ints = self._to_device(longs_buffer), self._to_device(ints_buffer)
+        on_device = self._to_device(host)
+        longs, ints = on_device[:num_longs], on_device[num_longs:].view(torch.int32)
         input_ids = longs[:num_tokens]
-        if pending_at:
-            where = longs[at + len(sampled_at):]
+        if decode and pending_from == list(range(num_tokens)) == pending_at and len(previous.token_ids) == num_tokens:
+            input_ids = previous.token_ids  # the previous step's ids, row for row (a steady decode batch)
+        elif pending_at:
+            where = longs[pending]
             input_ids[where[:len(pending_at)]] = previous.token_ids[where[len(pending_at):]]
-        decode = bool((counts == 1).all())
         metadata = AttentionMetadata(
             is_prefill=not decode,
             cu_seqlens_q=None if decode else ints[s:s + num_seqs + 1],
@@ -158,7 +166,7 @@ class ModelRunner:
             max_seqlen_q=int(counts.max()), max_seqlen_k=int(ends.max()),
             slot_mapping=longs[2 * t:2 * t + num_tokens],
             context_lens=ints[:num_seqs],
-            block_tables=ints[3 * s:].view(num_seqs, width) if decode or (starts > 0).any() else None,
+            block_tables=ints[3 * s:num_ints].view(num_seqs, width) if decode or (starts > 0).any() else None,
         )
         return ModelInput(input_ids=input_ids, positions=longs[t:t + num_tokens], attn_metadata=metadata,
                           logits_indices=longs[at:at + len(sampled_at)], sampled_seqs=sampled_seqs,
@@ -183,7 +191,8 @@ class ModelRunner:
         hidden = self.graphs.run(model_input) if self.graphs is not None else None
         if hidden is None:
             hidden = self._forward(model_input)
-        return self.model.compute_logits(hidden[model_input.logits_indices])
+        rows = model_input.logits_indices  # increasing flat rows: as many as hidden's are all of them, in order
+        return self.model.compute_logits(hidden if len(rows) == len(hidden) else hidden[rows])
 
     def _forward(self, model_input: ModelInput) -> Tensor:
         md = model_input.attn_metadata
