@@ -140,13 +140,14 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("path,body,status,param", BAD_INPUTS, ids=[f"{i}-{b[2]}" for i, b in enumerate(BAD_INPUTS)])
 def test_bad_input_gets_an_openai_error_and_the_server_keeps_serving(server, path, body, status, param):
     response = _post(server, path, body)
-    assert response.status_code == status, response.text
+    assert response.status_code == status, f"{response.text}\nthe server's log ends:\n{server.log()[-3000:]}"
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     if param is not None:
         assert error["param"] == param, error
     ok = _post(server, "/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 2})
-    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
+    assert ok.status_code == 200, f"{ok.text}\nthe server's log ends:\n{server.log()[-3000:]}"
+    assert ok.json()["usage"]["completion_tokens"] >= 1
 
 
 def test_context_window_error_states_both_numbers(client):

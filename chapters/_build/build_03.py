@@ -820,33 +820,58 @@ Fusing further (the K/V write into the q/k kernel, SiLU into the down projection
 the projections that follow them) is how the faster engines close the rest of the gap.
 
 How much could a fusion save here? An upper bound is cheap to measure before writing one:
-`benchmarks/probes/kernel_removal.py` times the step with some ops replaced by stand-ins that do
-no work (the tokens are garbage; the timing is what counts). Read its H100 record:
+`benchmarks/probes/kernel_removal.py` builds the engine with some ops replaced by stand-ins that
+do no work (the tokens are garbage; the timing is what counts). It times each variant twice: the
+token time as `mili bench latency` sees it, and the GPU alone, the recorded batch-1 forward
+replayed back to back with nothing for the host to do (with and without the LM head and argmax
+after it). Read its H100 record:
 """)
 
 code(r"""
 # NBVAL_IGNORE_OUTPUT
 removal = json.loads((bench / "kernel-removal-h100-qwen3-0.6b.json").read_text())
-full = removal["tpot_ms"]["full"]
-print(f"{removal['environment']['device']}, {removal['model']}, batch 1: each variant's step against the full one")
-for variant, ms in removal["tpot_ms"].items():
-    print(f"  {variant:<10} {1e3 * ms:7.1f} µs per token   {1e3 * (full - ms):+7.1f} µs saved")
+full = removal["variants"]["full"]
+print(f"{removal['environment']['device']}, {removal['model']}, batch 1: µs, and µs saved against the full step")
+print(f"  {'variant':<10} {'token':>8} {'saved':>7}   {'GPU: forward':>13} {'saved':>7}   {'+ LM head':>10} {'saved':>7}")
+for variant, row in removal["variants"].items():
+    token, forward, step = 1e3 * row["tpot_ms"], row["forward_replay_us"], row["forward_logits_argmax_us"]
+    print(f"  {variant:<10} {token:8.1f} {1e3 * full['tpot_ms'] - token:+7.1f}   {forward:13.1f} "
+          f"{full['forward_replay_us'] - forward:+7.1f}   {step:10.1f} {full['forward_logits_argmax_us'] - step:+7.1f}")
 """)
 
 md(r"""
-Two results are plain. All of decode attention costs about 130 µs of the step; its second pass
-alone, the combine of the splits, saves nothing when taken out (the step came out slightly
-slower, within this probe's noise), so a single-pass decode kernel would not pay for itself
-here. The others are a warning: taking out the norms, the activation or the K/V write made the
-step *slower*. The probe changes more than the kernel count: it puts two matrix-vector kernels
-back to back (under dependent launch the second one's early start then overlaps the first one's
-tail differently), and without the norms the values may overflow. So it bounds nothing for
-those, and a fusion there has to be measured as itself, against the unfused step in the same
-run. Which effect slows the step is still open.
+The two columns disagree, and the second is the one to trust. The full step's GPU work is the
+forward plus the LM head and argmax, about 0.9 ms, yet a token took over 1 ms: the rest was the
+host, whose work per step on that machine (scheduling, building the inputs, launching, reading
+the token back) was about as long as the GPU's. When the host is the slower of the two, taking
+kernels off the GPU changes the token time by noise, which is why an earlier version of this
+probe, timing tokens only, found the step *slower* without the norms. Timed alone, the GPU shows
+each op's true bound: all of decode attention about 150 µs, the norms about 65, the q/k-norm
+about 50, SiLU about 40, the K/V write and the combine of the splits about 30 each.
+
+The host's share was cut next (commit 0708e1e): a step whose sequences keep their sampling
+parameters reuses last step's sampling tensors, a steady decode batch takes its input ids
+straight from the previous step's sampled ids, and the inputs go to the device in one copy.
+Same call, same H100, old and new trees alternating:
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+host_ab = json.loads((bench / "latency-h100-qwen3-0.6b-host-ab.json").read_text())
+for name, run in host_ab["runs"].items():
+    p = run["profile_decode_batch_1"]
+    print(f"  {name:<6} {run['tpot_ms']:.3f} ms/token ({run['times_floor']:.2f}x the floor)   host {p['host_ms']:.2f} ms, "
+          f"GPU {p['device_ms']:.2f} ms per step, host waits {p['wait_ms']:.2f} ms: "
+          f"{'host-bound' if p['host_bound'] else 'device-bound'}")
 """)
 
 md(r"""
-So measure the fusions as themselves. `benchmarks/probes/fusion_probe.py` builds them: a GEMV
+Now the host waits for the GPU at every step, and what is left is the GPU's own time.
+""")
+
+md(r"""
+Would fusing the small kernels into their neighbours recover those bounds? Measure the fusions
+as themselves. `benchmarks/probes/fusion_probe.py` builds them: a GEMV
 whose prologue adds the residual and computes the row's RMS (every program reads the 1,024-number
 row from L2) and normalises each tile as it multiplies it, and a GEMV whose tiles are
 `silu(gate) * up`. It times 28 layers of the projections, unfused (norm, GEMV, GEMV, norm, GEMV,
@@ -879,9 +904,13 @@ print(f"fusing saves {chains['unfused'] - chains['fused']:.0f} µs without depen
 
 md(r"""
 Dependent launch already hides more than half of what these fusions would save: with it on, three kernels
-fewer per layer gain about a microsecond per layer, a few percent of the step. Prefetching into
+fewer per layer gain about a microsecond per layer, a few percent of the step, and about a third
+of the bound the removal probe gave for the norms and SiLU together. Prefetching into
 L2 from a second stream made the chain slower at every size tried: its loads and the projections'
-compete for the same DRAM and the same SMs. What is left is in the matrix-vector kernels
+compete for the same DRAM and the same SMs. So did two other ways of keeping DRAM busy across
+kernel boundaries (`benchmarks/gemv-chain-prefetch-ab-h100.json`): letting each kernel launch the
+next one before it waits, and having the first programs of each matrix-vector kernel ask for
+their whole weight to be brought into L2 (Hopper's bulk prefetch) before they wait. What is left is in the matrix-vector kernels
 themselves: read one after another, each waiting for the last, the projections stream their
 weights well below the copy bandwidth. Closing that gap takes a different structure (one
 persistent kernel for a whole layer or the whole step, as the fastest batch-1 engines do), not
