@@ -786,30 +786,31 @@ md(r"""
 `benchmarks/record_tp.sh` measures the same code on the GPUs of one host: batch-1 decode at
 Qwen3-8B shapes with one GPU and with two, Qwen3-32B (which does not fit one 80 GB card with a
 KV cache) on two, and the throughput workload at 8B shapes, each against the weight-read floor of
-its *whole group* (every GPU reads its share at the copy bandwidth measured in the run). The
-record below is from H200s joined by NVLink: batch-1 decode on a host of four (TP=1, 2 and 4), the
-throughput workload later on a host of two (each JSON in `benchmarks/tp-*.json` names its own
-commit):
+its *whole group* (every GPU reads its share at the copy bandwidth measured in the run). Two
+records follow, each from GPUs joined by NVLink: two H100s, everything in one run; and H200s,
+batch-1 decode on a host of four (TP=1, 2 and 4), the throughput workload later on a host of two
+(each JSON in `benchmarks/tp-*.json` names its own commit):
 """)
 
 code(r"""
 # NBVAL_IGNORE_OUTPUT
 from IPython.display import Image, display
 
-tp = json.loads((repo_root() / "benchmarks" / "tp-summary-h200.json").read_text())
-print(f"{tp['environment']['device']}s, batch-1 decode at commit {tp['environment']['git_commit'][:7]}")
-for row in sorted(tp["latency"], key=lambda r: (r["model"], r["tensor_parallel_size"])):
-    print(f"batch 1  {row['model']:<10} TP={row['tensor_parallel_size']}  {row['tpot_ms']:6.2f} ms/token  "
-          f"floor {row['floor_ms_per_token']:5.2f} ms  ({row['times_floor']:.2f}x)")
-for row in tp["throughput"]:
-    print(f"offline  {row['model']:<10} TP={row['tensor_parallel_size']}  {row['tokens_per_s']:8,.0f} tok/s   "
-          f"{row['fraction_of_bandwidth_floor']:.0%} of its floor")
-ratio = tp["decode_speedup"]["Qwen3-8B"]["tp2_over_tp1"]
-print(f"Qwen3-8B at batch 1: TP=2 takes {ratio['time_ratio']:.2f} of TP=1's time per token; "
-      f"the ideal (half the bytes per GPU) is {ratio['ideal_time_ratio']:.2f}")
-ratio4 = tp["decode_speedup"]["Qwen3-8B"]["tp4_over_tp1"]
-print(f"                     TP=4 takes {ratio4['time_ratio']:.2f} of it; the ideal is {ratio4['ideal_time_ratio']:.2f}")
-display(Image(filename=str(repo_root() / "benchmarks" / "tp-h200.png")))
+for card in ("h100", "h200"):
+    tp = json.loads((repo_root() / "benchmarks" / f"tp-summary-{card}.json").read_text())
+    print(f"{tp['environment']['device']}s, batch-1 decode at commit {tp['environment']['git_commit'][:7]}")
+    for row in sorted(tp["latency"], key=lambda r: (r["model"], r["tensor_parallel_size"])):
+        print(f"batch 1  {row['model']:<10} TP={row['tensor_parallel_size']}  {row['tpot_ms']:6.2f} ms/token  "
+              f"floor {row['floor_ms_per_token']:5.2f} ms  ({row['times_floor']:.2f}x)")
+    for row in tp["throughput"]:
+        print(f"offline  {row['model']:<10} TP={row['tensor_parallel_size']}  {row['tokens_per_s']:8,.0f} tok/s   "
+              f"{row['fraction_of_bandwidth_floor']:.0%} of its floor")
+    for name, ratio in sorted(tp["decode_speedup"]["Qwen3-8B"].items()):  # "tp2_over_tp1", ...
+        ranks = name.split("_")[0].removeprefix("tp")
+        print(f"Qwen3-8B at batch 1: TP={ranks} takes {ratio['time_ratio']:.2f} of TP=1's time per token; "
+              f"the ideal (1/{ranks} of the bytes per GPU) is {ratio['ideal_time_ratio']:.2f}")
+    print()
+display(Image(filename=str(repo_root() / "benchmarks" / "tp-h100.png")))
 """)
 
 md(r"""
