@@ -155,3 +155,14 @@ def test_the_sampler_grader_catches_filtering_rows_that_asked_for_none():
 def test_the_sampler_grader_catches_a_full_vocabulary_sort(monkeypatch):
     with pytest.raises(GRADER_FAILURES):
         sampler_grader.check_no_full_vocabulary_sort_when_top_k_bounds_it(sample_sorting_the_vocabulary, monkeypatch)
+
+
+def sample_clamping_the_temperature_in_place(logits, params):
+    """Keeps greedy rows from dividing by zero by clamping the parameters' own temperatures."""
+    params.temperature.clamp_min_(1e-5)
+    return reference_sampler.sample(logits, params)
+
+
+def test_the_sampler_grader_catches_a_sampler_that_changes_its_parameters():
+    with pytest.raises(GRADER_FAILURES):
+        sampler_grader.check_parameters_untouched(sample_clamping_the_temperature_in_place)

@@ -52,7 +52,8 @@ def apply_top_k_top_p_min_p(logits: Tensor, top_k: Tensor, top_p: Tensor, min_p:
 def sample(logits: Tensor, params: SamplingTensors) -> Tensor:
     """One token id per row: returns [B] int64 on logits' device.
 
-    logits: [B, V] float32 (not modified). Steps:
+    logits: [B, V] float32; neither it nor params is modified (the engine reuses one step's params
+    at the next step when its rows keep their parameters). Steps:
       1. if params.prompt_mask is not None, apply the penalties (apply_penalties);
       2. rows with params.temperature == 0 take the argmax of the (penalised) logits; when
          params.all_greedy (a host bool) that is all: return it;

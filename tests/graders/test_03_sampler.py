@@ -184,6 +184,27 @@ def test_sample_leaves_logits_untouched_and_uses_penalties():
                               "now. hint: apply the penalties before the argmax when params.prompt_mask is set")
 
 
+def test_sample_leaves_its_parameters_untouched():
+    check_parameters_untouched()
+
+
+def check_parameters_untouched(sample_fn=None) -> None:
+    sample_fn = sample_fn or sample
+    vocab = 30
+    logits = randn(4, vocab, scale=1.0, name="parameters-untouched")
+    params = [SamplingParams(temperature=0.0, presence_penalty=0.5), SamplingParams(temperature=0.7, top_k=5),
+              SamplingParams(temperature=1.3, top_p=0.8, min_p=0.05), SamplingParams(temperature=0.5, seed=3)]
+    tensors = SamplingTensors.from_params(params, vocab, prompt_token_ids=[[1, 2]] * 4, output_token_ids=[[5]] * 4,
+                                          generators=[None, None, None, make_generator(3, "cpu")])
+    before = {name: value.clone() for name, value in vars(tensors).items() if isinstance(value, torch.Tensor)}
+    sample_fn(logits, tensors)
+    for name, value in before.items():
+        assert torch.equal(getattr(tensors, name), value), (
+            f"sample modified params.{name}: the engine reuses a step's SamplingTensors at the next step when "
+            "its rows keep their parameters, so an in-place change there leaks into later tokens. "
+            "hint: compute into new tensors (x / t, not x.div_(t); clamp, not clamp_)")
+
+
 def check_unfiltered_rows_keep_every_token(sample_fn=None) -> None:
     """A row without filters shares its batch with top-k rows: it must still draw from all tokens."""
     sample_fn = sample_fn or sample
