@@ -815,7 +815,7 @@ That is 0.21 ms per token at Qwen3-0.6B shapes, about 0.6 µs for each of the st
 launches, and 0.28 ms at Qwen3-8B's (36 layers against 28). At Qwen3-8B shapes the step comes
 within 8% of its floor. Qwen3-0.6B's stays above twice its floor: what is left is the kernels'
 own fixed costs (each small kernel is a chain of a few dependent memory reads, and attention
-alone takes about 6 µs per layer to read at most a couple of megabytes of K/V).
+alone takes about 5 µs per layer to read at most a couple of megabytes of K/V).
 Fusing further (the K/V write into the q/k kernel, SiLU into the down projection, the norms into
 the projections that follow them) is how the faster engines close the rest of the gap.
 
