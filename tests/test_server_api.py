@@ -116,6 +116,11 @@ def _post(server, path, body, **kwargs):
     return httpx.post(server.url + path, content=content, headers={"content-type": "application/json"}, **kwargs)
 
 
+def _with_log(server, response) -> str:
+    """A failure message: the response, and the end of the server's log (a 500 names only a request id)."""
+    return f"{response.text}\nthe server's log ends:\n{server.log()[-3000:]}"
+
+
 CHAT = "/v1/chat/completions"
 BAD_INPUTS = [
     (CHAT, "{not json", 400, None),
@@ -140,13 +145,13 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("path,body,status,param", BAD_INPUTS, ids=[f"{i}-{b[2]}" for i, b in enumerate(BAD_INPUTS)])
 def test_bad_input_gets_an_openai_error_and_the_server_keeps_serving(server, path, body, status, param):
     response = _post(server, path, body)
-    assert response.status_code == status, f"{response.text}\nthe server's log ends:\n{server.log()[-3000:]}"
+    assert response.status_code == status, _with_log(server, response)
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     if param is not None:
         assert error["param"] == param, error
     ok = _post(server, "/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 2})
-    assert ok.status_code == 200, f"{ok.text}\nthe server's log ends:\n{server.log()[-3000:]}"
+    assert ok.status_code == 200, _with_log(server, ok)
     assert ok.json()["usage"]["completion_tokens"] >= 1
 
 

@@ -33,12 +33,10 @@ import torch
 
 from mili.kernels import fused_add_rms_norm, silu_and_mul
 from mili.kernels._triton import dependent_launch, tl, triton, wait_for_previous_kernel
-from mili.kernels.linear import _gemv_kernel
+from mili.kernels.linear import GEMV_CONFIGS, _gemv_kernel, first_weight_tile
 from mili.testing import assert_close
 
 QWEN3_0_6B = dict(hidden=1024, q_size=2048, kv_size=1024, inter=3072)
-CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-           for n, k, w, s in ((2, 512, 2, 1), (2, 512, 2, 2), (2, 1024, 4, 1), (2, 1024, 4, 3), (8, 1024, 2, 3))]
 
 
 @triton.jit
@@ -49,11 +47,7 @@ def _fused_gemv_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, y_ptr, res_out_ptr, N,
     NORM:     y = W · rms_norm(x + res) · norm_w, with the rounding of fused_add_rms_norm then the
               GEMV; program 0 writes res_out = x + res.
     not NORM: y = W · (silu(gate) * up) where x = [gate | up], each K long, with silu_and_mul's rounding."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_w
-    cols = tl.arange(0, BLOCK_K)
-    w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
+    rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     if NORM:  # the row's rms, from the whole row (a few KB, read from L2 by every program)
         h = tl.arange(0, BLOCK_H)
@@ -83,7 +77,7 @@ def _fused_gemv_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, y_ptr, res_out_ptr, N,
 
 
 def _tuned(kernel, key):
-    return triton.autotune(configs=CONFIGS, key=key)(kernel) if torch.cuda.is_available() else kernel
+    return triton.autotune(configs=GEMV_CONFIGS, key=key)(kernel) if torch.cuda.is_available() else kernel
 
 
 gemv_tuned, fused_gemv_tuned = _tuned(_gemv_kernel, ["N", "K"]), _tuned(_fused_gemv_kernel, ["N", "K", "NORM"])
@@ -196,23 +190,31 @@ def run(layers, variant, h, res, pdl, prefetch_programs=0):
     return h, res
 
 
-def replay_us(fn, repeats=50):
+def back_to_back_us(fn, repeats: int = 50) -> float:
+    """Microseconds per call of fn, called back to back with no host work in between (the GPU's
+    time when fn only launches work): the best of five timings of `repeats` calls."""
     fn()
     torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(5):
         start.record()
         for _ in range(repeats):
-            graph.replay()
+            fn()
         end.record()
         torch.cuda.synchronize()
         times.append(1e3 * start.elapsed_time(end) / repeats)
     return min(times)
+
+
+def replay_us(fn, repeats=50):
+    """fn recorded once as a CUDA graph, its replays timed back to back."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return back_to_back_us(graph.replay, repeats)
 
 
 def main() -> None:

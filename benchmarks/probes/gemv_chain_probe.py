@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available() or not dependent_launch(torch.device("cuda")):
         raise SystemExit("this probe needs a GPU with dependent launch (Hopper or later)")
-    no_wait = triton.autotune(configs=fp.CONFIGS, key=["N", "K"])(_gemv_no_wait_kernel)
+    no_wait = triton.autotune(configs=fp.GEMV_CONFIGS, key=["N", "K"])(_gemv_no_wait_kernel)
     torch.manual_seed(0)
     layers = [fp.Layer("cuda", torch.bfloat16, **fp.QWEN3_0_6B) for _ in range(28)]
     weights = [w for layer in layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]

@@ -32,6 +32,8 @@ import contextlib
 import json
 import random
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
@@ -40,6 +42,9 @@ from mili.bench.floors import free_memory
 from mili.bench.latency import time_mili
 from mili.bench.throughput import environment
 from mili.engine.llm import LLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fusion_probe import back_to_back_us  # noqa: E402  (the probes time the GPU the same way)
 
 
 class _NoLaunch:
@@ -80,22 +85,6 @@ def replaced(stand_ins: dict):
 VARIANTS = ("full", "norms", "silu", "qk_norm", "kv_store", "combine", "attention", "all_small")
 
 
-def replay_us(fn, repeats: int = 200) -> float:
-    """Microseconds per call of fn, called back to back with no host work in between (the GPU's time)."""
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(5):
-        start.record()
-        for _ in range(repeats):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(1e3 * start.elapsed_time(end) / repeats)
-    return min(times)
-
-
 def measure(model: str, new_tokens: int) -> dict:
     """A variant's batch-1 figures: the token time as `mili bench latency` sees it (the host's work
     included), and the GPU's time alone: the recorded batch-1 forward replayed back to back, and
@@ -106,8 +95,9 @@ def measure(model: str, new_tokens: int) -> dict:
     tpot = statistics.median(time_mili(llm, prompt, new_tokens)["tpot_s"] for _ in range(3))
     graphs = llm.engine.runner.graphs
     graph, hidden = graphs.graphs[1], graphs.outputs[1]  # its inputs: the last step of the last request
-    row = {"tpot_ms": 1e3 * tpot, "forward_replay_us": replay_us(graph.replay),
-           "forward_logits_argmax_us": replay_us(lambda: (graph.replay(), llm.model.compute_logits(hidden).argmax(-1)))}
+    row = {"tpot_ms": 1e3 * tpot, "forward_replay_us": back_to_back_us(graph.replay, 200),
+           "forward_logits_argmax_us": back_to_back_us(
+               lambda: (graph.replay(), llm.model.compute_logits(hidden).argmax(-1)), 200)}
     return row
 
 

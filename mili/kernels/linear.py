@@ -24,6 +24,18 @@ from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_
 
 
 @triton.jit
+def first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """This program's rows of W [N, K]: (rows, which are < N, their pointers, the columns of the
+    first K tile, that tile loaded). W is read-only, so it may be loaded before a dependent wait."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_w
+    cols = tl.arange(0, BLOCK_K)
+    w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
+    return rows, row_ok, w_rows, cols, w
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  DEPENDENT_LAUNCH: tl.constexpr):
     """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with x in float32.
@@ -32,11 +44,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLO
     requested before waiting for the kernel that writes x: W is read-only, so the first reads of
     the weights overlap the previous kernel (a norm, the activation, attention's combine).
     """
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_w
-    cols = tl.arange(0, BLOCK_K)
-    w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
+    rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for _ in range(0, K, BLOCK_K):  # cols walks along K
@@ -48,11 +56,9 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLO
 
 
 # the configurations that won on the Qwen3 0.6B and 8B shapes on an H100 (gemv_probe.py)
-_gemv_tuned = triton.autotune(
-    configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-             for n, k, w, s in ((2, 512, 2, 1), (2, 512, 2, 2), (2, 1024, 4, 1), (2, 1024, 4, 3), (8, 1024, 2, 3))],
-    key=["N", "K"],
-)(_gemv_kernel)
+GEMV_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+                for n, k, w, s in ((2, 512, 2, 1), (2, 512, 2, 2), (2, 1024, 4, 1), (2, 1024, 4, 3), (8, 1024, 2, 3))]
+_gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K"])(_gemv_kernel)
 
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:
