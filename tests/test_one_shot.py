@@ -48,24 +48,6 @@ def test_a_group_of_its_own_never_takes_the_fast_path(fast, monkeypatch):
     assert fast == [] and sent == [own]
 
 
-def _one_shot_on(device: str, max_bytes: int) -> one_shot.OneShotAllReduce:
-    """A OneShotAllReduce without symmetric memory, to check which tensors it takes."""
-    kernel = one_shot.OneShotAllReduce.__new__(one_shot.OneShotAllReduce)
-    kernel.buffer, kernel.max_bytes, kernel.group_name = torch.empty(max_bytes, dtype=torch.uint8, device=device), \
-        max_bytes, "0"
-    return kernel
-
-
-@pytest.mark.parametrize("tensor, why", [
-    (torch.ones(4, dtype=torch.int64), "an integer tensor"),
-    (torch.ones(1024, dtype=torch.float32), "larger than the buffer"),
-    (torch.ones(3, dtype=torch.bfloat16), "6 bytes: not a multiple of 16"),
-    (torch.ones(0, dtype=torch.float32), "empty"),
-])
-def test_one_shot_leaves_what_it_cannot_sum(tensor, why):
-    assert _one_shot_on("cpu", 512)(tensor) is None, why
-
-
 def test_one_shot_is_for_gpus_once_per_process_and_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(one_shot, "_installed_once", False)
     assert not one_shot.usable(torch.device("cpu"))
@@ -75,3 +57,60 @@ def test_one_shot_is_for_gpus_once_per_process_and_can_be_turned_off(monkeypatch
     monkeypatch.delenv("MILI_ALL_REDUCE")
     monkeypatch.setattr(one_shot, "_installed_once", True)
     assert not one_shot.usable(torch.device("cuda", 0)), "a second group in one process sums with NCCL"
+
+
+def _simulated_group(world: int, region: int) -> list[one_shot.OneShotAllReduce]:
+    """`world` ranks in one process, on the CPU: their buffers are plain tensors, each rank's kernel
+    writes into the others' through their addresses, as on GPUs through symmetric memory."""
+    buffers = [torch.full((one_shot.SLOTS * world * region,), one_shot.EMPTY_BITS, dtype=torch.int16)
+               for _ in range(world)]
+    addresses = [b.data_ptr() for b in buffers]
+    return [one_shot.OneShotAllReduce(rank, world, buffers[rank], addresses) for rank in range(world)]
+
+
+def _all_reduce(group, tensors):
+    """One call on every rank: every rank sends, then every rank receives (on GPUs one kernel does
+    both, each rank waiting for the others' data; the interpreter runs one program at a time)."""
+    outs = [torch.empty_like(t) for t in tensors]
+    for phase in (one_shot.SEND, one_shot.RECEIVE):
+        for rank, t in enumerate(tensors):
+            group[rank].launch(t, outs[rank], phase)
+    return outs
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_one_shot_kernel_sums_over_the_ranks_call_after_call(world, monkeypatch):
+    """The kernel's sum is the float32 sum rounded once, the same on every rank, over calls of
+    changing sizes (one chunk, several chunks per program, a ragged tail, fewer programs than before); -0.0 (the empty
+    marker) arrives as 0; after every call the buffers are empty again and each slot bit flipped."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(one_shot, "MAX_PROGRAMS", 4)
+    monkeypatch.setattr(one_shot, "BLOCK", 16)
+    group = _simulated_group(world, region=80)
+    generator = torch.Generator().manual_seed(0)
+    for call, n in enumerate([5, 16, 80, 37, 1, 64]):  # programs: 1, 1, 4 (two chunks each for some), 3, 1, 4
+        dtype = torch.bfloat16 if call % 2 == 0 else torch.float16
+        tensors = [torch.randn(n, generator=generator).to(dtype) for _ in range(world)]
+        tensors[0][0] = -0.0
+        outs = _all_reduce(group, tensors)
+        expected = torch.stack([t.float() for t in tensors]).sum(0).to(dtype)
+        for rank, out in enumerate(outs):
+            assert torch.equal(out, outs[0]), f"call {call}: rank {rank}'s sum differs from rank 0's"
+            if dtype == torch.float16:
+                assert torch.equal(out, expected), f"call {call} (n={n}): rank {rank} got {out}, expected {expected}"
+            else:  # the interpreter truncates float32 to bfloat16 (a GPU rounds): one bfloat16 step apart at most
+                torch.testing.assert_close(out, expected, rtol=2 ** -7, atol=0)
+        for member in group:
+            assert member.buffer.eq(one_shot.EMPTY_BITS).all(), "a receiver empties what it read"
+            assert member.slot_bits.tolist() == [(call + 1) % 2] * 4, \
+                "each call flips every program's slot, those of programs it did not launch included"
+
+
+@pytest.mark.parametrize("tensor, why", [
+    (torch.ones(4, dtype=torch.float32), "float32: only 2-byte floats have the empty marker"),
+    (torch.ones(4, dtype=torch.int16), "an integer tensor"),
+    (torch.ones(81, dtype=torch.bfloat16), "larger than a region"),
+    (torch.ones(0, dtype=torch.bfloat16), "empty"),
+])
+def test_one_shot_leaves_what_it_cannot_sum(tensor, why):
+    assert _simulated_group(2, region=80)[0](tensor) is None, why

@@ -1,5 +1,7 @@
 """Tensor parallelism on 2 GPUs (NCCL): every rank replays its own decode CUDA graphs, and the
-tokens are those of the eager group and of one GPU. Skipped without 2 GPUs."""
+tokens are those of the eager group and of one GPU; in bfloat16 the replayed decode steps sum
+with the one-shot kernel (float32 goes to NCCL) and still give the eager group's tokens.
+Skipped without 2 GPUs."""
 
 from __future__ import annotations
 
@@ -9,16 +11,17 @@ import pytest
 import torch
 
 from mili import LLM, SamplingParams
+from mili.distributed import one_shot
 from tests.test_tensor_parallel import CHECKPOINTS, write_checkpoint
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")]
 
 
-def _generate(folder, **settings) -> tuple[list, bool]:
+def _generate(folder, dtype="float32", **settings) -> tuple[list, bool]:
     prompts = [{"prompt_token_ids": list(range(3, 3 + 5 * i + 7))} for i in range(11)]
     params = [SamplingParams(n=1 + i % 3, temperature=0, max_tokens=6 + 2 * i, ignore_eos=True) for i in range(11)]
-    llm = LLM(str(folder), dtype="float32", device="cuda", backend="triton", num_kv_blocks=256, block_size=16,
+    llm = LLM(str(folder), dtype=dtype, device="cuda", backend="triton", num_kv_blocks=256, block_size=16,
               max_num_seqs=16, **settings)
     try:
         tokens = [[c.token_ids for c in o.outputs] for o in llm.generate(prompts, params, use_tqdm=False)]
@@ -30,14 +33,28 @@ def _generate(folder, **settings) -> tuple[list, bool]:
         torch.cuda.empty_cache()
 
 
+def test_bfloat16_steps_summed_by_the_one_shot_kernel_give_the_nccl_groups_tokens(tmp_path):
+    """The one-shot kernel takes 2-byte floats only: in bfloat16 the replayed decode steps of the
+    process's first group sum with it, the eager group (the second) with NCCL. Two ranks' sums are
+    rounded once either way, so the greedy tokens must be identical."""
+    assert not one_shot._installed_once, "this test needs the process's first group: keep it first in the file"
+    folder = tmp_path / "kv-heads-divide-tied"
+    write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
+    replayed, graphs = _generate(folder, dtype="bfloat16", tensor_parallel_size=2)
+    eager, _ = _generate(folder, dtype="bfloat16", tensor_parallel_size=2, enforce_eager=True)
+    assert graphs
+    assert replayed == eager, "the one-shot kernel's sums must equal NCCL's"
+
+
 @pytest.mark.parametrize("name", ["kv-heads-divide-tied", "kv-heads-uneven-untied"])
 def test_each_rank_replays_its_graphs_and_gives_the_eager_and_one_gpu_tokens(tmp_path, name):
     folder = tmp_path / name
     write_checkpoint(folder, **CHECKPOINTS[name])
     one_gpu, _ = _generate(folder)
-    replayed, graphs = _generate(folder, tensor_parallel_size=2)  # the process's first group: one-shot all-reduces
-    eager, eager_graphs = _generate(folder, tensor_parallel_size=2, enforce_eager=True)  # NCCL's (one_shot.py)
+    replayed, graphs = _generate(folder, tensor_parallel_size=2)
+    eager, eager_graphs = _generate(folder, tensor_parallel_size=2, enforce_eager=True)
     assert graphs and not eager_graphs
     assert os.environ.get("NCCL_NVLS_ENABLE") == "0"
     assert replayed == eager, "2 ranks replaying CUDA graphs must give the eager group's tokens"
     assert replayed == one_gpu, "2 ranks must give one GPU's greedy tokens"
+

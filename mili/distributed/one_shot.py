@@ -1,22 +1,44 @@
-"""The all-reduce of a decode step, in one kernel that reads the other GPUs' memory directly.
+"""The all-reduce of a decode step, in one kernel that writes into the other GPUs' memory directly.
 
-A tensor-parallel decode step at batch 1 all-reduces a few kilobytes twice per layer (72 times
-per token at Qwen3-8B shapes). At that size an all-reduce costs its latency, not its bytes: NCCL's
-ring passes the data through several steps and kernels. PyTorch's symmetric memory maps one buffer
-of every GPU into the address space of each, so one kernel can do it all: each rank copies its
-part into its own buffer, waits at a barrier for the others (a flag in each GPU's signal pad),
-reads every rank's buffer over NVLink, sums and writes the result, then meets the others at a
-second barrier so that no buffer is overwritten while a peer still reads it
-(`torch.ops.symm_mem.one_shot_all_reduce_copy`). It reads world_size × the bytes, so it only pays
-for small tensors; larger ones (a prefill's) stay on NCCL. No NVLink multicast is used.
+A tensor-parallel decode step at batch 1 all-reduces a few kilobytes twice per layer (73 times
+per token at Qwen3-8B shapes, with the embedding's). At that size an all-reduce costs its
+latency, not its bytes: NCCL's ring passes the data through several steps (17 us on two H200s,
+all-reduce-probe-h200.json). PyTorch's symmetric memory maps one buffer of every GPU into the
+address space of each, so one kernel can do it all.
+
+The kernel pushes and polls; it has no barrier. Each rank's buffer holds, for each of two slots,
+one region per sender, every element of it set to a sentinel bit pattern (-0.0) while empty:
+
+    rank r, call c (slot s = c mod 2):
+      1. write x, its -0.0 made +0.0, into region [s][r] of every rank's buffer (its own included)
+      2. read its own regions [s][0..W-1], each element again until it is no longer the sentinel,
+         sum them in rank order in float32 (so every rank gets the same bits) and write the sum
+      3. set what it read back to the sentinel
+
+No rank writes a region that is still being read: a peer writes region [s][peer] of our
+buffer again at call c+2, after it has read our data of call c+1, which we send after our
+call c has finished reading and clearing. So two slots suffice, and every element that has
+arrived is complete (a 2-byte store is never torn). The slot is a bit each program keeps in
+device memory and flips at every call, so the kernel needs no host-side count and replays
+correctly inside CUDA graphs; every rank must make the same sequence of calls, and does
+(`TensorParallelGroup.all_reduce` chooses by dtype and size only). Under a dependent launch
+(Hopper) the kernel launches while the product before it runs, and the kernel after it launches
+while it runs: PyTorch's `one_shot_all_reduce` (two barriers, no dependent launch) took 6.6 us
+per call on two H200s.
+
+It reads world_size × the bytes, so it only pays for small tensors; larger ones (a prefill's)
+stay on NCCL, and so do float32 tensors (only 2-byte types have the sentinel). No NVLink
+multicast is used.
 
 Rank 0 decides whether the group uses it (`usable`) and every rank installs it after joining the
 group (`install`, from `worker.join_group`); `TensorParallelGroup.all_reduce` then uses it for the
-tensors it takes, and every rank takes or leaves a tensor alike (by its dtype and size only).
-MILI_ALL_REDUCE=nccl turns it off. A process uses it for its first group only: on two H200s a
-second group in the same process (after the first shut down) hung with it, most likely because
-PyTorch keeps a process's symmetric memory tied to the first process group it met; so a second
-tensor-parallel model in one process sums with NCCL.
+tensors it takes. MILI_ALL_REDUCE=nccl turns it off. A process uses it for its first group only:
+on two H200s a second group in the same process (after the first shut down) hung with
+symmetric memory, most likely because PyTorch keeps a process's symmetric memory tied to the
+first process group it met; so a second tensor-parallel model in one process sums with NCCL.
+
+Memory: reads x once and world_size regions of its own buffer, writes world_size regions (one
+on each GPU), the output, and the cleared regions.
 """
 
 from __future__ import annotations
@@ -27,34 +49,106 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
 from mili.model.parallel import set_fast_all_reduce
 
-# A decode step of up to 256 sequences at hidden size 4096 in bfloat16: on two H200s the one-shot
-# kernel beat NCCL at every size up to this one, the largest measured (all-reduce-probe-h200.json).
+# A decode step of up to 256 sequences at hidden size 4096 in bfloat16: on two H200s a one-shot
+# all-reduce beat NCCL at every size up to this one, the largest measured (all-reduce-probe-h200.json).
 MAX_BYTES = 2 << 20
-DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+DTYPES = (torch.bfloat16, torch.float16)
+EMPTY_BITS = -32768  # 0x8000 as int16: the bits of -0.0, which no element sent carries
+EMPTY = tl.constexpr(EMPTY_BITS)
+SLOTS = 2
+BLOCK = 1024  # elements per chunk: 2 KiB
+MAX_PROGRAMS = 256  # one chunk per program up to 256 chunks (512 KiB), then several
+
+SEND, RECEIVE = 1, 2  # the kernel's two halves; a call runs both (the tests run them apart)
+
+
+@triton.jit
+def _one_shot_all_reduce_kernel(x_ptr, out_ptr, buffers_ptr, slot_bits_ptr, n, region, RANK: tl.constexpr,
+                                WORLD: tl.constexpr, BLOCK: tl.constexpr, MAX_PROGRAMS: tl.constexpr,
+                                PHASES: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr):
+    """Reads x [n] (2-byte floats) and writes out [n] = their sum over the ranks.
+
+    buffers_ptr: [WORLD] int64, the address of each rank's buffer, which holds SLOTS × WORLD
+    regions of `region` elements; slot_bits_ptr: [MAX_PROGRAMS] int32, the slot of each program.
+    Program p handles chunks p, p + programs, ... of BLOCK elements. All the slot bits hold the
+    same value; program p flips bits p, p + programs, ..., so a call with fewer programs than
+    the last one still flips every bit, and no bit is flipped while another program reads it.
+    """
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
+    slot = tl.load(slot_bits_ptr + pid)
+    if PHASES & 1:  # SEND
+        for start in range(pid * BLOCK, n, programs * BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < n
+            bits = tl.load(x_ptr + offs, mask=mask).to(tl.int16, bitcast=True)
+            bits = tl.where(bits == EMPTY, 0, bits)  # -0.0 -> +0.0
+            for peer in tl.static_range(WORLD):
+                buffer = tl.load(buffers_ptr + peer).to(tl.pointer_type(tl.int16))
+                tl.store(buffer + (slot * WORLD + RANK) * region + offs, bits, mask=mask)
+    if PHASES & 2:  # RECEIVE
+        own = tl.load(buffers_ptr + RANK).to(tl.pointer_type(tl.int16))
+        for start in range(pid * BLOCK, n, programs * BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < n
+            total = tl.zeros([BLOCK], tl.float32)
+            for sender in tl.static_range(WORLD):
+                arrived = own + (slot * WORLD + sender) * region + offs
+                bits = tl.load(arrived, mask=mask, other=0, volatile=True)
+                while tl.max((bits == EMPTY).to(tl.int32), 0) > 0:
+                    bits = tl.load(arrived, mask=mask, other=0, volatile=True)
+                total += bits.to(out_ptr.dtype.element_ty, bitcast=True).to(tl.float32)
+                tl.store(arrived, tl.full([BLOCK], EMPTY, tl.int16), mask=mask)
+            tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
+        owned = pid + programs * tl.arange(0, MAX_PROGRAMS)
+        tl.store(slot_bits_ptr + owned, tl.full([MAX_PROGRAMS], 1, tl.int32) - slot, mask=owned < MAX_PROGRAMS)
 
 
 class OneShotAllReduce:
-    def __init__(self, device: torch.device, max_bytes: int = MAX_BYTES):
-        import torch.distributed._symmetric_memory as symm_mem
+    """The sum over the ranks of small 2-byte float tensors, through buffers every rank can write.
 
-        self.group_name = dist.group.WORLD.group_name
-        self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
-        symm_mem.rendezvous(self.buffer, self.group_name)  # collective: every rank, in the same order
-        self.max_bytes = max_bytes
+    buffer: this rank's [SLOTS × world × region] int16 buffer, all EMPTY_BITS; buffer_addresses: the
+    address of every rank's buffer, in rank order (`rendezvous` makes them from symmetric memory).
+    """
+
+    def __init__(self, rank: int, world: int, buffer: Tensor, buffer_addresses: list[int]):
+        self.rank, self.world, self.buffer = rank, world, buffer
+        self.region = buffer.numel() // (SLOTS * world)
+        self.buffers = torch.tensor(buffer_addresses, dtype=torch.int64, device=buffer.device)
+        self.slot_bits = torch.zeros(MAX_PROGRAMS, dtype=torch.int32, device=buffer.device)
 
     def __call__(self, t: Tensor) -> Tensor | None:
-        """The sum of `t` over the ranks (a new tensor), or None where `t` is too large or not a float
-        tensor on this GPU. The choice depends on nothing that may differ between ranks."""
-        nbytes = t.numel() * t.element_size()
-        if (t.device != self.buffer.device or t.dtype not in DTYPES or nbytes == 0 or nbytes > self.max_bytes
-                or nbytes % 16):
+        """The sum of `t` over the ranks (a new tensor), or None where `t` is too large or not a 2-byte
+        float tensor on this device. The choice depends on nothing that may differ between ranks."""
+        if t.device != self.buffer.device or t.dtype not in DTYPES or not 0 < t.numel() <= self.region:
             return None
-        if not t.is_contiguous() or t.data_ptr() % 16:
-            t = t.clone(memory_format=torch.contiguous_format)  # a fresh allocation is aligned
-        symm = self.buffer[:nbytes].view(t.dtype)
-        return torch.ops.symm_mem.one_shot_all_reduce_copy(symm, t.view(-1), "sum", self.group_name).view(t.shape)
+        t = t.contiguous()
+        out = torch.empty_like(t)
+        self.launch(t, out, SEND | RECEIVE)
+        return out
+
+    def launch(self, t: Tensor, out: Tensor, phases: int) -> None:
+        programs = min(triton.cdiv(t.numel(), BLOCK), MAX_PROGRAMS)
+        _one_shot_all_reduce_kernel[(programs,)](t, out, self.buffers, self.slot_bits, t.numel(), self.region,
+                                                 RANK=self.rank, WORLD=self.world, BLOCK=BLOCK,
+                                                 MAX_PROGRAMS=MAX_PROGRAMS, PHASES=phases, num_warps=4,
+                                                 **dependent_launch_options(t.device))
+
+
+def rendezvous(device: torch.device, max_bytes: int = MAX_BYTES) -> OneShotAllReduce:
+    """This rank's OneShotAllReduce over symmetric memory (collective: every rank, in the same order)."""
+    import torch.distributed._symmetric_memory as symm_mem
+
+    world = dist.get_world_size()
+    buffer = symm_mem.empty(SLOTS * world * (max_bytes // 2), dtype=torch.int16, device=device).fill_(EMPTY_BITS)
+    handle = symm_mem.rendezvous(buffer, dist.group.WORLD.group_name)
+    torch.cuda.synchronize(device)
+    dist.barrier()  # every buffer is empty before any rank sends
+    return OneShotAllReduce(dist.get_rank(), world, buffer, list(handle.buffer_ptrs))
 
 
 _installed_once = False
@@ -69,7 +163,7 @@ def install(device: torch.device) -> None:
     """Set up the one-shot all-reduce on this rank (collective: every rank of the group calls it)."""
     global _installed_once
     _installed_once = True
-    set_fast_all_reduce(OneShotAllReduce(device))
+    set_fast_all_reduce(rendezvous(device))
 
 
 def uninstall() -> None:

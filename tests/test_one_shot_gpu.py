@@ -1,0 +1,95 @@
+"""The one-shot all-reduce kernel on 2 GPUs: its sums equal NCCL's, called eagerly with changing
+sizes and dtypes, between NCCL calls, and replayed in a CUDA graph (the slot each program keeps
+must stay in step across replays). Skipped without 2 GPUs."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")]
+
+SIZES = [(1, 4096), (1, 1024), (3, 5120), (64, 4096), (256, 4096), (1, 8)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _nccl_sum(t: torch.Tensor) -> torch.Tensor:
+    summed = t.clone()
+    dist.all_reduce(summed)
+    return summed
+
+
+def _rank(rank: int, size: int, port: int, failures) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_NVLS_ENABLE="0",
+                      TORCH_SYMM_MEM_DISABLE_MULTICAST="1")
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl", rank=rank, world_size=size, device_id=device)
+    try:
+        from mili.distributed.one_shot import rendezvous
+
+        one_shot = rendezvous(device)
+        generator = torch.Generator(device).manual_seed(rank)
+        for call, shape in enumerate(SIZES * 2):
+            dtype = (torch.bfloat16, torch.float16)[call % 2]
+            x = torch.randn(shape, device=device, dtype=dtype, generator=generator) * (rank + 1)
+            if call == 0:
+                x[0, :7] = -0.0
+            summed = one_shot(x)
+            assert summed is not None and torch.equal(summed, _nccl_sum(x)), f"eager call {call} {shape} {dtype}"
+
+        x = torch.empty(1, 4096, device=device, dtype=torch.bfloat16)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            one_shot(x.normal_())
+        torch.cuda.current_stream().wait_stream(stream)
+        graph, outs = torch.cuda.CUDAGraph(), []
+        with torch.cuda.graph(graph):
+            y = x
+            for _ in range(73):  # odd: the slots of a replay start where the last one ended
+                y = one_shot(y * 0.5)
+                outs.append(y)
+        for replay in range(3):
+            x.normal_(generator=generator)
+            expected, y = [], x
+            graph.replay()
+            for _ in range(73):
+                y = _nccl_sum(y * 0.5)
+                expected.append(y)
+            torch.cuda.synchronize()
+            for i, (got, want) in enumerate(zip(outs, expected)):
+                assert torch.equal(got, want), f"replay {replay}, call {i} of the graph"
+    except BaseException as e:  # noqa: BLE001 - reported to the test
+        failures.put(f"rank {rank}: {e!r}")
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_shot_sums_equal_nccls_eagerly_and_in_a_replayed_graph():
+    context = mp.get_context("spawn")
+    failures = context.Queue()
+    port = _free_port()
+    processes = [context.Process(target=_rank, args=(rank, 2, port, failures)) for rank in range(2)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=240)
+    for p in processes:
+        if p.is_alive():
+            p.kill()
+    messages = [failures.get() for _ in range(failures.qsize())] if not failures.empty() else []
+    assert not messages and all(p.exitcode == 0 for p in processes), \
+        f"exit codes {[p.exitcode for p in processes]}: {messages or 'a rank hung or crashed'}"
