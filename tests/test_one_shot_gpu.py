@@ -1,6 +1,7 @@
 """The one-shot all-reduce kernel on 2 GPUs: its sums equal NCCL's, called eagerly with changing
 sizes and dtypes, between NCCL calls, and replayed in a CUDA graph (the slot each program keeps
-must stay in step across replays). Skipped without 2 GPUs."""
+must stay in step across replays); and a rank whose peer never sends gets an error, not a hang.
+Skipped without 2 GPUs."""
 
 from __future__ import annotations
 
@@ -93,3 +94,44 @@ def test_one_shot_sums_equal_nccls_eagerly_and_in_a_replayed_graph():
     messages = [failures.get() for _ in range(failures.qsize())] if not failures.empty() else []
     assert not messages and all(p.exitcode == 0 for p in processes), \
         f"exit codes {[p.exitcode for p in processes]}: {messages or 'a rank hung or crashed'}"
+
+
+def _lone_rank(rank: int, size: int, port: int, results, done) -> None:
+    """Rank 0 calls the all-reduce, rank 1 never does (a rank that is stuck)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_NVLS_ENABLE="0",
+                      TORCH_SYMM_MEM_DISABLE_MULTICAST="1", MILI_ALL_REDUCE_TIMEOUT_S="2")
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl", rank=rank, world_size=size, device_id=device)
+    from mili.distributed.one_shot import rendezvous
+
+    one_shot = rendezvous(device)
+    if rank == 1:
+        done.wait(120)  # alive, buffer mapped, never sending
+        os._exit(0)
+    try:
+        one_shot(torch.ones(1, 4096, device=device, dtype=torch.bfloat16))
+        torch.cuda.synchronize()
+        results.put("returned")
+    except RuntimeError as e:
+        results.put(f"raised: {e}")
+    finally:
+        done.set()
+        os._exit(0)  # the CUDA context is lost after the abort: no teardown
+
+
+def test_a_rank_that_never_sends_makes_the_kernel_fail_instead_of_hang():
+    context = mp.get_context("spawn")
+    results, done = context.Queue(), context.Event()
+    port = _free_port()
+    processes = [context.Process(target=_lone_rank, args=(rank, 2, port, results, done)) for rank in range(2)]
+    for p in processes:
+        p.start()
+    try:
+        outcome = results.get(timeout=180)
+    finally:
+        for p in processes:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert outcome.startswith("raised"), f"rank 0's all-reduce without its peer {outcome}: it must abort, not return"

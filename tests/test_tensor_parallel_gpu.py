@@ -1,11 +1,14 @@
 """Tensor parallelism on 2 GPUs (NCCL): every rank replays its own decode CUDA graphs, and the
 tokens are those of the eager group and of one GPU; in bfloat16 the replayed decode steps sum
-with the one-shot kernel (float32 goes to NCCL) and still give the eager group's tokens.
-Skipped without 2 GPUs."""
+with the one-shot kernel (float32 goes to NCCL) and still give the eager group's tokens; and a
+worker killed in the middle of decoding ends rank 0 with an error, not a hang. Skipped without
+2 GPUs."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -58,3 +61,39 @@ def test_each_rank_replays_its_graphs_and_gives_the_eager_and_one_gpu_tokens(tmp
     assert replayed == eager, "2 ranks replaying CUDA graphs must give the eager group's tokens"
     assert replayed == one_gpu, "2 ranks must give one GPU's greedy tokens"
 
+
+
+_KILL_A_WORKER = r"""
+import os, signal, sys, threading, time
+from mili import LLM, SamplingParams
+
+llm = LLM(sys.argv[1], dtype="bfloat16", device="cuda", backend="triton", num_kv_blocks=256, block_size=16,
+          max_num_seqs=16, tensor_parallel_size=2)
+assert llm.engine.runner.graphs is not None
+threading.Timer(2.0, os.kill, (llm.model.workers.processes[0].pid, signal.SIGKILL)).start()
+started = time.monotonic()
+try:
+    while time.monotonic() - started < 100:
+        llm.generate([{"prompt_token_ids": list(range(3, 40))}] * 4,
+                     SamplingParams(temperature=0, max_tokens=200, ignore_eos=True), use_tqdm=False)
+    print("no error 100 s after the worker was killed", flush=True)
+    os._exit(0)
+except Exception as e:
+    print(f"error after {time.monotonic() - started:.1f} s: {type(e).__name__}: {e}", flush=True)
+    os._exit(3)
+"""
+
+
+def test_a_worker_killed_while_rank_0_decodes_ends_in_an_error_not_a_hang(tmp_path):
+    """Rank 0's one-shot kernels wait on the GPU for a rank that is gone, where NCCL's abort does
+    not reach them: the kernel's watchdog (MILI_ALL_REDUCE_TIMEOUT_S) must end the wait, and rank 0
+    must report the failure. Runs in a process of its own: after the abort its CUDA context is lost."""
+    folder = tmp_path / "kv-heads-divide-tied"
+    write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
+    env = dict(os.environ, MILI_ALL_REDUCE_TIMEOUT_S="5")
+    try:
+        run = subprocess.run([sys.executable, "-c", _KILL_A_WORKER, str(folder)], env=env, capture_output=True,
+                             text=True, timeout=200)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"rank 0 hung after its worker was killed:\n{e.stdout}\n{e.stderr}")
+    assert run.returncode == 3, f"exit status {run.returncode}:\n{run.stdout}\n{run.stderr[-3000:]}"

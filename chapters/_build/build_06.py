@@ -787,9 +787,10 @@ md(r"""
 Qwen3-8B shapes with one GPU and with two, Qwen3-32B (which does not fit one 80 GB card with a
 KV cache) on two, and the throughput workload at 8B shapes, each against the weight-read floor of
 its *whole group* (every GPU reads its share at the copy bandwidth measured in the run). Two
-records follow, each from GPUs joined by NVLink: two H100s, everything in one run; and H200s,
-batch-1 decode on a host of four (TP=1, 2 and 4), the throughput workload later on a host of two
-(each JSON in `benchmarks/tp-*.json` names its own commit):
+records follow, each one run on two GPUs joined by NVLink: two H100s, when small all-reduces
+still used PyTorch's one-shot op, and two H200s, with mili's own one-shot kernel (below). Each
+JSON in `benchmarks/tp-*.json` names its own commit; an older run on four H200s (TP=4 too) is in
+`benchmarks/tp-h200-4gpu/`:
 """)
 
 code(r"""
@@ -798,7 +799,7 @@ from IPython.display import Image, display
 
 for card in ("h100", "h200"):
     tp = json.loads((repo_root() / "benchmarks" / f"tp-summary-{card}.json").read_text())
-    print(f"{tp['environment']['device']}s, batch-1 decode at commit {tp['environment']['git_commit'][:7]}")
+    print(f"{tp['environment']['device']}s, at commit {tp['environment']['git_commit'][:7]}")
     for row in sorted(tp["latency"], key=lambda r: (r["model"], r["tensor_parallel_size"])):
         print(f"batch 1  {row['model']:<10} TP={row['tensor_parallel_size']}  {row['tpot_ms']:6.2f} ms/token  "
               f"floor {row['floor_ms_per_token']:5.2f} ms  ({row['times_floor']:.2f}x)")
@@ -810,7 +811,7 @@ for card in ("h100", "h200"):
         print(f"Qwen3-8B at batch 1: TP={ranks} takes {ratio['time_ratio']:.2f} of TP=1's time per token; "
               f"the ideal (1/{ranks} of the bytes per GPU) is {ratio['ideal_time_ratio']:.2f}")
     print()
-display(Image(filename=str(repo_root() / "benchmarks" / "tp-h100.png")))
+display(Image(filename=str(repo_root() / "benchmarks" / "tp-h200.png")))
 """)
 
 md(r"""
@@ -818,11 +819,16 @@ md(r"""
 every layer's small kernels (norms, RoPE, the KV store, attention) at full count, and a batch-1
 step adds two all-reduces per layer (72 at Qwen3-8B's 36 layers, and one for the embedding) of
 only 8 KB each. At that size an all-reduce costs its
-latency, not its bytes. NCCL's general algorithms pass the data through several steps; for
-small tensors mili uses PyTorch's *symmetric memory* instead (`mili/distributed/one_shot.py`):
-each GPU's buffer is mapped into the others' address space, so one kernel copies its part in,
-meets the other GPUs at a barrier, reads every part over NVLink and sums them. The probe below
-times one all-reduce of each size inside a CUDA graph, both ways, in one run:
+latency, not its bytes. NCCL's general algorithms pass the data through several steps. PyTorch's
+*symmetric memory* maps each GPU's buffer into the others' address space, so one kernel can do
+it all; PyTorch's own one-shot op copies its part in, meets the other GPUs at a barrier, reads
+every part over NVLink, sums, and meets them at a second barrier before the buffer may be reused.
+mili's kernel (`mili/distributed/one_shot.py`) needs no barrier: each element of a buffer holds
+an *empty* marker (the bits of -0.0, which no rank sends) until data arrives, so each rank
+*pushes* its part into every GPU's buffer and polls its own until nothing is empty, then sums and
+empties it. Two slots, alternating, keep a fast rank from overwriting what a slow one still
+reads. And it launches dependently, like the other kernels of the step. The probe below times a
+chain of all-reduces of each size inside a CUDA graph, three ways, in one run:
 """)
 
 code(r"""
@@ -830,40 +836,40 @@ code(r"""
 probe = json.loads((repo_root() / "benchmarks" / "all-reduce-probe-h200.json").read_text())
 sizes = probe["sizes"]
 fig, ax = plt.subplots(figsize=(6.5, 3.4))
-ax.plot([s["bytes"] / 1024 for s in sizes], [s["nccl_us"] for s in sizes], "o-", label="NCCL all_reduce")
-ax.plot([s["bytes"] / 1024 for s in sizes], [s["one_shot_us"] for s in sizes], "s-", label="one-shot (symmetric memory)")
-ax.set(xscale="log", xlabel="tensor size (KiB, bf16 rows of 4096)", ylabel="µs per all-reduce",
-       title=f"One all-reduce between {probe['gpus']} {probe['gpu']}s, inside a CUDA graph")
+for key, label, marker in (("nccl_us", "NCCL all_reduce", "o-"), ("torch_one_shot_us", "PyTorch one-shot (two barriers)", "s-"),
+                           ("mili_one_shot_us", "mili one-shot (push and poll)", "^-")):
+    ax.plot([s["bytes"] / 1024 for s in sizes], [s[key] for s in sizes], marker, label=label)
+ax.set(xscale="log", xlabel="tensor size (KiB, bf16 rows of 4096)", ylabel="µs per all-reduce (+ one small kernel)",
+       title=f"A chain of all-reduces between {probe['gpus']} {probe['gpu']}s, inside a CUDA graph")
 ax.legend()
 plt.show()
-profiles = {name: json.loads((repo_root() / "benchmarks" / f"tp-profile-h200-qwen3-8b-tp2-{name}.json").read_text())
-            for name in ("nccl", "one-shot")}
-for name, record in profiles.items():
-    decode = record["mili"]["profile"]["decode_batch_1"]
-    print(f"Qwen3-8B, TP=2, batch 1, all-reduces by {name:<8}: {record['mili']['tpot_ms']:.2f} ms/token "
-          f"(host {decode['host_ms']:.2f} ms, device {decode['device_ms']:.2f} ms per step)")
+ab = json.loads((repo_root() / "benchmarks" / "all-reduce-engine-ab-h200.json").read_text())["second_call"]
+print(f"Qwen3-8B, TP=2, batch 1: {ab['old_759926d_tpot_ms']:.2f} ms/token with PyTorch's one-shot op, "
+      f"{ab['new_ada4093_tpot_ms']:.2f} with mili's (same call)")
 smallest = sizes[0]
-expected = 73 * (smallest["nccl_us"] - smallest["one_shot_us"]) / 1000
-measured = profiles["nccl"]["mili"]["tpot_ms"] - profiles["one-shot"]["mili"]["tpot_ms"]
+expected = 73 * (smallest["torch_one_shot_us"] - smallest["mili_one_shot_us"]) / 1000
+measured = ab["old_759926d_tpot_ms"] - ab["new_ada4093_tpot_ms"]
 print(f"the probe predicts {expected:.2f} ms saved per token (73 all-reduces of {smallest['bytes'] // 1024} KiB); "
       f"the engine saved {measured:.2f} ms")
 """)
 
 think(r"""
-The probe predicts how much a step should save with the one-shot all-reduce; the engine saved
-much less (the last line above). Using the two profile lines (host and device time per step),
-suggest where the saving went, and what you would measure next to find the rest of the gap to the
-ideal.
+The probe predicts how much a step should save with mili's one-shot kernel; the engine saved more
+than that (the last line above). What does a decode step have that the probe's chain does not?
+And where would you look for the rest of the gap between 0.66 of one GPU's time and the ideal 0.51?
 """, r"""
-The probe times all-reduces back to back, where each one waits only for the other GPU's copy of
-itself. In a real step an all-reduce also waits for the slower rank to *arrive*: the ranks run
-their kernels independently between two all-reduces, and whichever is late (its host launched
-the step later, or its GEMV ran slower) holds the other at the barrier. So part of what NCCL
-"cost" was really skew between the ranks, which the one-shot kernel still pays. The host time per
-step fell too, but it was below the device time both ways, so it did not set the pace. Next: a kernel trace of one rank's
-step (`benchmarks/probes/decode_kernels.py` run on rank 0), to split the device time into the
-GEMVs (which should have halved), the per-layer small kernels (which did not shrink), the
-all-reduces and the waits at them; and the same for the LM head, whose logits are gathered by NCCL.
+In the probe, the kernel between two all-reduces is PyTorch's elementwise scaling, which does not
+take part in dependent launch: each all-reduce waits for it to finish before it can even launch.
+In a decode step the all-reduce sits between a GEMV and a norm that both launch dependently, so
+mili's kernel is already resident when the GEMV finishes, and the norm is resident when the
+all-reduce finishes: the launch latency on both sides is hidden, which PyTorch's op (not a
+dependent launch) broke twice per all-reduce. The probe counts only the all-reduce's own time.
+The rest of the gap: every rank still runs each layer's small kernels (norms, RoPE, the KV store,
+attention) at full count, and a half-size GEMV is further from the bandwidth than a full one (the
+same ramp-up and tail, half the bytes). A kernel trace of one rank's step
+(`benchmarks/probes/decode_kernels.py` on rank 0) splits the device time into those parts; the
+next saving is fusing the all-reduce into the residual add and norm that follow it (one kernel
+fewer, twice per layer).
 """)
 
 md(r"""

@@ -26,6 +26,10 @@ correctly inside CUDA graphs; every rank must make the same sequence of calls, a
 while it runs: PyTorch's `one_shot_all_reduce` (two barriers, no dependent launch) took 6.6 us
 per call on two H200s.
 
+A rank that never sends (it died, or hangs) would leave the others polling forever, out of reach of
+NCCL's abort; so a program that has waited `timeout_s()` for a peer's data aborts the kernel (a
+CUDA error in its process, which the engine reports like any failed rank) instead of hanging.
+
 It reads world_size × the bytes, so it only pays for small tensors; larger ones (a prefill's)
 stay on NCCL, and so do float32 tensors (only 2-byte types have the sentinel). No NVLink
 multicast is used.
@@ -65,10 +69,24 @@ MAX_PROGRAMS = 256  # one chunk per program up to 256 chunks (512 KiB), then sev
 SEND, RECEIVE = 1, 2  # the kernel's two halves; a call runs both (the tests run them apart)
 
 
+def timeout_s() -> float:
+    """How long a rank waits in the kernel for a peer's data before the kernel aborts (seconds,
+    MILI_ALL_REDUCE_TIMEOUT_S, 60 by default): longer than any skew between ranks that are alive
+    (a Triton compile on one of them takes seconds), so only a rank that is gone or stuck trips it."""
+    return float(os.environ.get("MILI_ALL_REDUCE_TIMEOUT_S", "60"))
+
+
 @triton.jit
-def _one_shot_all_reduce_kernel(x_ptr, out_ptr, buffers_ptr, slot_bits_ptr, n, region, RANK: tl.constexpr,
-                                WORLD: tl.constexpr, BLOCK: tl.constexpr, MAX_PROGRAMS: tl.constexpr,
-                                PHASES: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr):
+def _abort_kernel():
+    """End the kernel with an error (PTX `trap`): the process's next CUDA call raises."""
+    tl.inline_asm_elementwise("trap; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _one_shot_all_reduce_kernel(x_ptr, out_ptr, buffers_ptr, slot_bits_ptr, n, region, timeout_ns,
+                                RANK: tl.constexpr, WORLD: tl.constexpr, BLOCK: tl.constexpr,
+                                MAX_PROGRAMS: tl.constexpr, PHASES: tl.constexpr, WATCHDOG: tl.constexpr,
+                                DEPENDENT_LAUNCH: tl.constexpr):
     """Reads x [n] (2-byte floats) and writes out [n] = their sum over the ranks.
 
     buffers_ptr: [WORLD] int64, the address of each rank's buffer, which holds SLOTS × WORLD
@@ -76,6 +94,7 @@ def _one_shot_all_reduce_kernel(x_ptr, out_ptr, buffers_ptr, slot_bits_ptr, n, r
     Program p handles chunks p, p + programs, ... of BLOCK elements. All the slot bits hold the
     same value; program p flips bits p, p + programs, ..., so a call with fewer programs than
     the last one still flips every bit, and no bit is flipped while another program reads it.
+    WATCHDOG (GPUs): a program that has waited timeout_ns for a peer's data aborts the kernel.
     """
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
@@ -99,8 +118,13 @@ def _one_shot_all_reduce_kernel(x_ptr, out_ptr, buffers_ptr, slot_bits_ptr, n, r
             for sender in tl.static_range(WORLD):
                 arrived = own + (slot * WORLD + sender) * region + offs
                 bits = tl.load(arrived, mask=mask, other=0, volatile=True)
+                if WATCHDOG:
+                    waiting_since = tl.extra.cuda.globaltimer()
                 while tl.max((bits == EMPTY).to(tl.int32), 0) > 0:
                     bits = tl.load(arrived, mask=mask, other=0, volatile=True)
+                    if WATCHDOG:
+                        if tl.extra.cuda.globaltimer() - waiting_since > timeout_ns:
+                            _abort_kernel()
                 total += bits.to(out_ptr.dtype.element_ty, bitcast=True).to(tl.float32)
                 tl.store(arrived, tl.full([BLOCK], EMPTY, tl.int16), mask=mask)
             tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
@@ -134,8 +158,9 @@ class OneShotAllReduce:
     def launch(self, t: Tensor, out: Tensor, phases: int) -> None:
         programs = min(triton.cdiv(t.numel(), BLOCK), MAX_PROGRAMS)
         _one_shot_all_reduce_kernel[(programs,)](t, out, self.buffers, self.slot_bits, t.numel(), self.region,
-                                                 RANK=self.rank, WORLD=self.world, BLOCK=BLOCK,
-                                                 MAX_PROGRAMS=MAX_PROGRAMS, PHASES=phases, num_warps=4,
+                                                 int(timeout_s() * 1e9), RANK=self.rank, WORLD=self.world,
+                                                 BLOCK=BLOCK, MAX_PROGRAMS=MAX_PROGRAMS, PHASES=phases,
+                                                 WATCHDOG=t.device.type == "cuda", num_warps=4,
                                                  **dependent_launch_options(t.device))
 
 
