@@ -87,7 +87,9 @@ except Exception as e:
 def test_a_worker_killed_while_rank_0_decodes_ends_in_an_error_not_a_hang(tmp_path):
     """Rank 0's one-shot kernels wait on the GPU for a rank that is gone, where NCCL's abort does
     not reach them: the kernel's watchdog (MILI_ALL_REDUCE_TIMEOUT_S) must end the wait, and rank 0
-    must report the failure. Runs in a process of its own: after the abort its CUDA context is lost."""
+    must say which rank failed. Runs in a process of its own: after the abort its CUDA context is
+    lost, and NCCL's watchdog thread, which sees the same CUDA error, may abort the process before
+    the engine raises (exit status -6 instead of 3); either way it ends, and its log names the rank."""
     folder = tmp_path / "kv-heads-divide-tied"
     write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
     env = dict(os.environ, MILI_ALL_REDUCE_TIMEOUT_S="5")
@@ -96,4 +98,6 @@ def test_a_worker_killed_while_rank_0_decodes_ends_in_an_error_not_a_hang(tmp_pa
                              text=True, timeout=200)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"rank 0 hung after its worker was killed:\n{e.stdout}\n{e.stderr}")
-    assert run.returncode == 3, f"exit status {run.returncode}:\n{run.stdout}\n{run.stderr[-3000:]}"
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, f"rank 0 went on without its worker:\n{output[-3000:]}"
+    assert "tensor-parallel rank 1" in output, f"rank 0 must say which rank failed:\n{output[-3000:]}"

@@ -15,6 +15,7 @@ terminates, then kills: nothing outlives it.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -26,6 +27,8 @@ import torch.multiprocessing as mp
 
 from mili.distributed import step, worker
 from mili.distributed.failure import TensorParallelFailure
+
+log = logging.getLogger("mili.distributed")
 
 STOP_GRACE_S = 5.0  # a worker told to stop gets this long before SIGTERM, then as long again before SIGKILL
 
@@ -97,6 +100,10 @@ class WorkerGroup:
             process = self.processes[rank - 1]
             process.join(timeout=1.0)
             self.failure = f"tensor-parallel rank {rank} {_exit_reason(process.exitcode)}"
+        # said at once, in one line (the engine raises the whole message at its next step): on GPUs
+        # rank 0 may wait in an all-reduce until the kernel's watchdog aborts it, and NCCL may then
+        # end the process before the engine can raise
+        log.error("%s", self.failure.splitlines()[0].rstrip(":"))
         self._failed.set()
 
     def wait_for_failure(self, timeout: float) -> str | None:
