@@ -856,7 +856,8 @@ print(f"the probe predicts {expected:.2f} ms saved per token (73 all-reduces of 
 think(r"""
 The probe predicts how much a step should save with mili's one-shot kernel; the engine saved more
 than that (the last line above). What does a decode step have that the probe's chain does not?
-And where would you look for the rest of the gap between 0.66 of one GPU's time and the ideal 0.51?
+And before you run the next cell: of the gap between 0.66 of one GPU's time and the ideal 0.51,
+which kernels would you expect to take the most?
 """, r"""
 In the probe, the kernel between two all-reduces is PyTorch's elementwise scaling, which does not
 take part in dependent launch: each all-reduce waits for it to finish before it can even launch.
@@ -866,10 +867,41 @@ all-reduce finishes: the launch latency on both sides is hidden, which PyTorch's
 dependent launch) broke twice per all-reduce. The probe counts only the all-reduce's own time.
 The rest of the gap: every rank still runs each layer's small kernels (norms, RoPE, the KV store,
 attention) at full count, and a half-size GEMV is further from the bandwidth than a full one (the
-same ramp-up and tail, half the bytes). A kernel trace of one rank's step
-(`benchmarks/probes/decode_kernels.py` on rank 0) splits the device time into those parts; the
-next saving is fusing the all-reduce into the residual add and norm that follow it (one kernel
-fewer, twice per layer).
+same ramp-up and tail, half the bytes). The next cell's trace shows it: the small kernels cost
+the same with one rank or two, so their excess over half is as large a part of the gap as the
+all-reduces and as the GEMVs' lost efficiency. So the next savings are the fusions that also matter
+on one GPU (norm into the GEMV before it, SiLU into the down projection, the all-reduce into the
+residual add and norm that follow it), not a faster all-reduce alone.
+""")
+
+md(r"""
+A kernel trace of rank 0's decode step splits it (`benchmarks/probes/decode_kernels.py` with
+`MILI_PDL=0`, so each kernel's time is its own, not its wait; the same two H200s):
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+def kernel_split(path):
+    record = json.loads((repo_root() / "benchmarks" / path).read_text())
+    groups = {"GEMVs (the layers' weights)": ("_gemv_kernel",), "LM head": ("nvjet",),
+              "all-reduces": ("_one_shot_all_reduce_kernel",),
+              "small kernels: norms, RoPE, KV store, attention, SiLU": (
+                  "_rms_norm_kernel", "_qk_norm_rope_kernel", "_store_kvcache_kernel", "_paged_decode_split_kernel",
+                  "_combine_splits_kernel", "_silu_and_mul_kernel")}
+    split = {group: sum(k["us_per_step"] for k in record["kernels"] if k["name"].startswith(names))
+             for group, names in groups.items()}
+    kernels = [k for k in record["kernels"] if not k["name"].startswith("nccl:")]  # annotations, not kernels
+    split["the rest: sampling, gathering the logits, copies"] = sum(k["us_per_step"] for k in kernels) - sum(split.values())
+    return record, split
+
+one, split_one = kernel_split("decode-kernels-h200-qwen3-8b-tp1-pdl-off.json")
+two, split_two = kernel_split("decode-kernels-h200-qwen3-8b-tp2-pdl-off.json")
+print(f"{one['device']}, {one['model']}, batch 1, rank 0, us per step    TP=1     TP=2   TP=2/TP=1")
+for group in split_one:
+    ratio = f"{split_two[group] / split_one[group]:8.2f}" if split_one[group] else "       -"
+    print(f"  {group:<56} {split_one[group]:7.0f}  {split_two[group]:7.0f}  {ratio}")
+total_one, total_two = sum(split_one.values()), sum(split_two.values())
+print(f"  {'all kernels':<56} {total_one:7.0f}  {total_two:7.0f}  {total_two / total_one:8.2f}")
 """)
 
 md(r"""
