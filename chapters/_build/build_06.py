@@ -789,8 +789,8 @@ KV cache) on two, and the throughput workload at 8B shapes, each against the wei
 its *whole group* (every GPU reads its share at the copy bandwidth measured in the run). Two
 records follow, each one run on two GPUs joined by NVLink: two H100s, when small all-reduces
 still used PyTorch's one-shot op, and two H200s, with mili's own one-shot kernel (below). Each
-JSON in `benchmarks/tp-*.json` names its own commit; an older run on four H200s (TP=4 too) is in
-`benchmarks/tp-h200-4gpu/`:
+JSON in `benchmarks/tp-*.json` names its own commit; a run on four H200s (TP=4 too, batch-1 decode
+only) is in `benchmarks/tp-h200-4gpu/`:
 """)
 
 code(r"""
