@@ -31,12 +31,17 @@ def _nccl_sum(t: torch.Tensor) -> torch.Tensor:
     return summed
 
 
-def _rank(rank: int, size: int, port: int, failures) -> None:
+def _join(rank: int, size: int, port: int, **env: str) -> torch.device:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_NVLS_ENABLE="0",
-                      TORCH_SYMM_MEM_DISABLE_MULTICAST="1")
+                      TORCH_SYMM_MEM_DISABLE_MULTICAST="1", **env)
     device = torch.device("cuda", rank)
     torch.cuda.set_device(device)
     dist.init_process_group("nccl", rank=rank, world_size=size, device_id=device)
+    return device
+
+
+def _rank(rank: int, size: int, port: int, failures) -> None:
+    device = _join(rank, size, port)
     try:
         from mili.distributed.one_shot import rendezvous
 
@@ -98,11 +103,7 @@ def test_one_shot_sums_equal_nccls_eagerly_and_in_a_replayed_graph():
 
 def _lone_rank(rank: int, size: int, port: int, results, done) -> None:
     """Rank 0 calls the all-reduce, rank 1 never does (a rank that is stuck)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_NVLS_ENABLE="0",
-                      TORCH_SYMM_MEM_DISABLE_MULTICAST="1", MILI_ALL_REDUCE_TIMEOUT_S="2")
-    device = torch.device("cuda", rank)
-    torch.cuda.set_device(device)
-    dist.init_process_group("nccl", rank=rank, world_size=size, device_id=device)
+    device = _join(rank, size, port, MILI_ALL_REDUCE_TIMEOUT_S="2")
     from mili.distributed.one_shot import rendezvous
 
     one_shot = rendezvous(device)

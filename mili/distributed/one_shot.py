@@ -2,9 +2,9 @@
 
 A tensor-parallel decode step at batch 1 all-reduces a few kilobytes twice per layer (73 times
 per token at Qwen3-8B shapes, with the embedding's). At that size an all-reduce costs its
-latency, not its bytes: NCCL's ring passes the data through several steps (17 us on two H200s,
-all-reduce-probe-h200.json). PyTorch's symmetric memory maps one buffer of every GPU into the
-address space of each, so one kernel can do it all.
+latency, not its bytes, and NCCL's general algorithms pass the data through several steps.
+PyTorch's symmetric memory maps one buffer of every GPU into the address space of each, so one
+kernel can do it all.
 
 The kernel pushes and polls; it has no barrier. Each rank's buffer holds, for each of two slots,
 one region per sender, every element of it set to a sentinel bit pattern (-0.0) while empty:
@@ -23,8 +23,9 @@ device memory and flips at every call, so the kernel needs no host-side count an
 correctly inside CUDA graphs; every rank must make the same sequence of calls, and does
 (`TensorParallelGroup.all_reduce` chooses by dtype and size only). Under a dependent launch
 (Hopper) the kernel launches while the product before it runs, and the kernel after it launches
-while it runs: PyTorch's `one_shot_all_reduce` (two barriers, no dependent launch) took 6.6 us
-per call on two H200s.
+while it runs. On two H200s, in a chain of all-reduces at 8 KiB, it took 4.4 us per call
+against 7.6 for PyTorch's `one_shot_all_reduce` (two barriers, no dependent launch) and 8.0 for
+NCCL (benchmarks/all-reduce-probe-h200.json).
 
 A rank that never sends (it died, or hangs) would leave the others polling forever, out of reach of
 NCCL's abort; so a program that has waited `timeout_s()` for a peer's data aborts the kernel (a
@@ -56,8 +57,9 @@ from torch import Tensor
 from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
 from mili.model.parallel import set_fast_all_reduce
 
-# A decode step of up to 256 sequences at hidden size 4096 in bfloat16: on two H200s a one-shot
-# all-reduce beat NCCL at every size up to this one, the largest measured (all-reduce-probe-h200.json).
+# A decode step of up to 256 sequences at hidden size 4096 in bfloat16: on two H200s the kernel beat
+# NCCL at every size up to this one, the largest measured (all-reduce-probe-h200.json); with four
+# ranks at every size but this one (all-reduce-probe-h200-4gpu.json: 32 against 29 us).
 MAX_BYTES = 2 << 20
 DTYPES = (torch.bfloat16, torch.float16)
 EMPTY_BITS = -32768  # 0x8000 as int16: the bits of -0.0, which no element sent carries
