@@ -4,7 +4,8 @@
 #   - batch-1 decode (ms per token) at Qwen3-8B shapes with TP=1 and TP=2, at Qwen3-32B shapes
 #     with TP=2 (65 GB of bfloat16 weights do not fit one 80 GB card with a KV cache), and with
 #     TP=4 where the host has 4 GPUs;
-#   - the GPU tensor-parallel tests (each rank replays its own CUDA graphs);
+#   - the GPU tensor-parallel tests (each rank replays its own CUDA graphs) and the one-shot
+#     all-reduce's;
 #   - the throughput workload at 8B shapes with TP=1 and TP=2: 256 requests as in the default
 #     workload, lengths U[100, 512] instead of U[100, 1024] to keep the run short;
 #   - tp-summary-CARD.json and tp-CARD.png (mili.bench.tensor_parallel_summary): every run against
@@ -65,8 +66,8 @@ latency Qwen3-8B 1 90
 if (( gpus >= 2 )); then
   latency Qwen3-8B 2 100
   latency Qwen3-32B 2 120
-  stage "GPU tensor-parallel tests" 120 python3 -m pytest -o addopts="" -o faulthandler_timeout=100 -p no:cacheprovider -q -m gpu \
-    tests/test_tensor_parallel_gpu.py
+  stage "GPU tensor-parallel tests" 200 python3 -m pytest -o addopts="" -o faulthandler_timeout=180 -p no:cacheprovider -q -m gpu \
+    tests/test_tensor_parallel_gpu.py tests/test_one_shot_gpu.py
 fi
 throughput Qwen3-8B 1 120
 if (( gpus >= 2 )); then
