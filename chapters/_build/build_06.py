@@ -831,6 +831,20 @@ reads. And it launches dependently, like the other kernels of the step. The prob
 chain of all-reduces of each size inside a CUDA graph, three ways, in one run:
 """)
 
+think(r"""
+mili's kernel gives each all-reduce call one of two slots, alternating. Why would a single
+buffer not do, with no barrier? And why are two enough, however far ahead one rank runs? (When
+can a peer write its part of our buffer again?)
+""", r"""
+With one buffer, a fast rank finishes call c as soon as our part has arrived, runs on, and at call
+c+1 writes its next part into our buffer, possibly before we have read its part of call c: we
+would sum a mix of two calls. With two slots, a peer writes the same slot of our buffer again at
+call c+2. To get there it must finish call c+1, which needs our part of call c+1, and we send that
+only after our call c has read and emptied the slot. So whatever the skew, a slot is empty before
+it is written again. A rank can never get more than one call ahead of another, because each call
+waits for everyone's part.
+""")
+
 code(r"""
 # NBVAL_IGNORE_OUTPUT
 probe = json.loads((repo_root() / "benchmarks" / "all-reduce-probe-h200.json").read_text())
