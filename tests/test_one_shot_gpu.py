@@ -6,23 +6,18 @@ Skipped without 2 GPUs."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from mili.server.launch import free_port
+
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")]
 
 SIZES = [(1, 4096), (1, 1024), (3, 5120), (64, 4096), (256, 4096), (1, 8)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _nccl_sum(t: torch.Tensor) -> torch.Tensor:
@@ -87,7 +82,7 @@ def _rank(rank: int, size: int, port: int, failures) -> None:
 def test_one_shot_sums_equal_nccls_eagerly_and_in_a_replayed_graph():
     context = mp.get_context("spawn")
     failures = context.Queue()
-    port = _free_port()
+    port = free_port()
     processes = [context.Process(target=_rank, args=(rank, 2, port, failures)) for rank in range(2)]
     for p in processes:
         p.start()
@@ -127,7 +122,7 @@ def test_a_rank_that_never_sends_makes_the_kernel_fail_instead_of_hang():
     both end the process; what must not happen is a hang, or a sum returned without the peer's part."""
     context = mp.get_context("spawn")
     results, done = context.Queue(), context.Event()
-    port = _free_port()
+    port = free_port()
     processes = [context.Process(target=_lone_rank, args=(rank, 2, port, results, done)) for rank in range(2)]
     for p in processes:
         p.start()

@@ -72,9 +72,10 @@ SEND, RECEIVE = 1, 2  # the kernel's two halves; a call runs both (the tests run
 
 
 def timeout_s() -> float:
-    """How long a rank waits in the kernel for a peer's data before the kernel aborts (seconds,
-    MILI_ALL_REDUCE_TIMEOUT_S, 60 by default): longer than any skew between ranks that are alive
-    (a Triton compile on one of them takes seconds), so only a rank that is gone or stuck trips it."""
+    """How long a rank waits in the kernel for a peer's data before the kernel aborts (seconds;
+    MILI_ALL_REDUCE_TIMEOUT_S as the group is set up, 60 by default): longer than any skew between
+    ranks that are alive (a Triton compile on one of them takes seconds), so only a rank that is
+    gone or stuck trips it."""
     return float(os.environ.get("MILI_ALL_REDUCE_TIMEOUT_S", "60"))
 
 
@@ -146,6 +147,7 @@ class OneShotAllReduce:
         self.region = buffer.numel() // (SLOTS * world)
         self.buffers = torch.tensor(buffer_addresses, dtype=torch.int64, device=buffer.device)
         self.slot_bits = torch.zeros(MAX_PROGRAMS, dtype=torch.int32, device=buffer.device)
+        self.timeout_ns = int(timeout_s() * 1e9)
 
     def __call__(self, t: Tensor) -> Tensor | None:
         """The sum of `t` over the ranks (a new tensor), or None where `t` is too large or not a 2-byte
@@ -160,7 +162,7 @@ class OneShotAllReduce:
     def launch(self, t: Tensor, out: Tensor, phases: int) -> None:
         programs = min(triton.cdiv(t.numel(), BLOCK), MAX_PROGRAMS)
         _one_shot_all_reduce_kernel[(programs,)](t, out, self.buffers, self.slot_bits, t.numel(), self.region,
-                                                 int(timeout_s() * 1e9), RANK=self.rank, WORLD=self.world,
+                                                 self.timeout_ns, RANK=self.rank, WORLD=self.world,
                                                  BLOCK=BLOCK, MAX_PROGRAMS=MAX_PROGRAMS, PHASES=phases,
                                                  WATCHDOG=t.device.type == "cuda", num_warps=4,
                                                  **dependent_launch_options(t.device))
