@@ -13,6 +13,9 @@ outputs are dropped. Block tables are as wide as max_model_len needs, so one gra
 context length. Only decode steps replay: prefills vary in shape and run eagerly, as do batches
 larger than the largest size.
 
+The batch-1 graph records `FusedDecodeStep` (fused_step.py), the same forward in six kernels per
+layer instead of eleven, where the model allows it.
+
 Recording needs ops that never wait for the host: the triton backend's kernels size their
 launches from shapes alone. The torch backend's attention reads lengths on the host, so with it
 the engine runs eagerly.
@@ -29,6 +32,7 @@ import torch
 from torch import Tensor
 
 from mili.engine.batch import ModelInput
+from mili.engine.fused_step import FusedDecodeStep, can_fuse
 from mili.model.metadata import AttentionMetadata, KVCache
 
 MAX_GRAPH_BATCH = 512  # larger decode batches run eagerly (their launches are amortised anyway)
@@ -64,14 +68,16 @@ class DecodeGraphs:
         self.max_model_len = max_model_len
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, Tensor] = {}
+        fused_step = FusedDecodeStep(model) if can_fuse(model) else None
         pool = None
         for size in reversed(self.sizes):  # the largest first: the smaller ones reuse its memory
             args = (self.input_ids[:size], self.positions[:size], self._metadata(size), kv_cache)
-            model(*args)  # compile and autotune outside the recording
+            forward = fused_step if size == 1 and fused_step is not None else model
+            forward(*args)  # compile and autotune outside the recording
             torch.cuda.synchronize(device)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.outputs[size] = model(*args)
+                self.outputs[size] = forward(*args)
             pool = pool or graph.pool()
             self.graphs[size] = graph
         torch.cuda.synchronize(device)

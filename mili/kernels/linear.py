@@ -36,43 +36,129 @@ def first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
+                 res_ptr, norm_w_ptr, res_out_ptr, eps,
+                 INPUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
                  DEPENDENT_LAUNCH: tl.constexpr):
-    """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with x in float32.
+    """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with the input in float32.
 
     The loads of W run one tile ahead of the products. Under a dependent launch the first tile is
     requested before waiting for the kernel that writes x: W is read-only, so the first reads of
-    the weights overlap the previous kernel (a norm, the activation, attention's combine).
+    the weights overlap the previous kernel (a norm, the activation, attention).
+    INPUT says what the product multiplies, each tile computed as the loop reaches it, with the
+    rounding of the separate kernel it replaces (so the fused step gives that step's numbers):
+        "plain"         x [K]
+        "rms_norm"      rms_norm(x) · norm_w
+        "add_rms_norm"  rms_norm(x + res) · norm_w; program 0 also writes res_out = x + res
+        "silu_and_mul"  silu(gate) · up, where x = [gate | up], each K long
+    For the two norms every program first reads the whole row (BLOCK_H ≥ K elements, a few KB
+    that the previous kernel just wrote, so from L2) for its rms.
     """
     rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
+    dtype = y_ptr.dtype.element_ty
+    rstd = 0.0
+    if INPUT == "rms_norm" or INPUT == "add_rms_norm":
+        h = tl.arange(0, BLOCK_H)
+        h_ok = h < K
+        row = tl.load(x_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
+        if INPUT == "add_rms_norm":
+            row = (row + tl.load(res_ptr + h, mask=h_ok, other=0.0).to(tl.float32)).to(dtype)
+            if tl.program_id(0) == 0:
+                tl.store(res_out_ptr + h, row, mask=h_ok)
+            row = row.to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(row * row, 0) / K + eps)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for _ in range(0, K, BLOCK_K):  # cols walks along K
-        x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+        ok = cols < K
+        if INPUT == "silu_and_mul":
+            gate = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            up = tl.load(x_ptr + K + cols, mask=ok, other=0.0).to(tl.float32)
+            x = (gate * tl.sigmoid(gate) * up).to(dtype).to(tl.float32)
+        else:
+            x = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            if INPUT == "add_rms_norm":
+                x = (x + tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+            if INPUT == "rms_norm" or INPUT == "add_rms_norm":
+                x = (x * rstd).to(dtype).to(tl.float32)
+                x = (x * tl.load(norm_w_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
         cols += BLOCK_K
         w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
-    tl.store(y_ptr + rows, tl.sum(acc, 1).to(y_ptr.dtype.element_ty), mask=row_ok)
+    tl.store(y_ptr + rows, tl.sum(acc, 1).to(dtype), mask=row_ok)
 
 
 # the configurations that won on the Qwen3 0.6B and 8B shapes on an H100 (gemv_probe.py)
 GEMV_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
                 for n, k, w, s in ((2, 512, 2, 1), (2, 512, 2, 2), (2, 1024, 4, 1), (2, 1024, 4, 3), (8, 1024, 2, 3))]
-_gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K"])(_gemv_kernel)
+_gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "INPUT"])(_gemv_kernel)
+
+
+def _is_single_row(x: Tensor, weight: Tensor) -> bool:
+    return (x.dim() == 2 and x.shape[0] == 1 and x.stride(-1) == 1 and weight.stride(-1) == 1
+            and x.dtype == weight.dtype and x.device == weight.device)
+
+
+def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | None = None,
+                 norm_weight: Tensor | None = None, eps: float = 0.0) -> tuple[Tensor, Tensor | None]:
+    """y [1, N] = weight · (x transformed as `input_kind` says), and the new residual row when
+    there is one (see _gemv_kernel)."""
+    n, k = weight.shape
+    y = torch.empty(1, n, dtype=x.dtype, device=x.device)
+    residual_out = torch.empty(1, k, dtype=x.dtype, device=x.device) if residual is not None else None
+    norms = input_kind in ("rms_norm", "add_rms_norm")
+    tensors = (x, weight, y, n, k, weight.stride(0), residual if residual is not None else x,
+               norm_weight if norm_weight is not None else x, residual_out if residual_out is not None else y, eps)
+    block_h = triton.next_power_of_2(k) if norms else 1
+    if x.device.type == "cuda":
+        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+            *tensors, INPUT=input_kind, BLOCK_H=block_h, **dependent_launch_options(x.device))
+    else:  # the interpreter: one small configuration (tuning means timing, and there is no GPU to time)
+        _gemv_kernel[(triton.cdiv(n, 2),)](*tensors, INPUT=input_kind, BLOCK_N=2, BLOCK_K=64, BLOCK_H=block_h,
+                                           DEPENDENT_LAUNCH=False)
+    return y, residual_out
 
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:
     """x [T, K] · weight [N, K]ᵀ -> [T, N] (no bias): the GEMV kernel for one row, F.linear otherwise."""
-    single_row = (x.dim() == 2 and x.shape[0] == 1 and x.stride(-1) == 1 and weight.stride(-1) == 1
-                  and x.dtype == weight.dtype and x.device == weight.device)
-    if not single_row:
+    if not _is_single_row(x, weight):
         return F.linear(x, weight)
-    n, k = weight.shape
-    y = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    if x.device.type == "cuda":
-        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](x, weight, y, n, k, weight.stride(0),
-                                                                   **dependent_launch_options(x.device))
-    else:  # the interpreter: one small configuration (tuning means timing, and there is no GPU to time)
-        _gemv_kernel[(triton.cdiv(n, 2),)](x, weight, y, n, k, weight.stride(0), BLOCK_N=2, BLOCK_K=64,
-                                           DEPENDENT_LAUNCH=False)
-    return y
+    return _launch_gemv(x, weight, "plain")[0]
+
+
+def _check_fused_input(name: str, x: Tensor, weight: Tensor, width: int) -> None:
+    if not _is_single_row(x, weight):
+        raise ValueError(f"{name} takes one contiguous row x [1, K] of weight's dtype and device (a batch-1 "
+                         f"decode step), got x {tuple(x.shape)} {x.dtype} on {x.device}, weight {weight.dtype} "
+                         f"on {weight.device}")
+    if x.shape[1] != width:
+        raise ValueError(f"{name}: x has {x.shape[1]} features, weight [N, K] = {tuple(weight.shape)} needs {width}")
+
+
+def rms_norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps: float,
+                    weight: Tensor) -> tuple[Tensor, Tensor]:
+    """A decoder layer's pre-norm and the projection after it, in one launch, for one row.
+
+    x, residual: [1, K] (residual None: the first layer, whose x is the embedding) · norm_weight [K]
+    · weight [N, K]. Returns (y, residual_out) with residual_out = x + residual (x itself when
+    residual is None) and y = weight · rms_norm(residual_out, norm_weight, eps): the numbers of
+    fused_add_rms_norm (or rms_norm) followed by linear.
+    Memory: reads N·K + 3·K elements (K from L2 by every program), writes N (+ K).
+    """
+    _check_fused_input("rms_norm_linear", x, weight, weight.shape[1])
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
+        raise ValueError(f"residual must be a contiguous {tuple(x.shape)} {x.dtype} row like x, "
+                         f"got {tuple(residual.shape)} {residual.dtype}")
+    kind = "rms_norm" if residual is None else "add_rms_norm"
+    y, residual_out = _launch_gemv(x, weight, kind, residual, norm_weight, eps)
+    return y, (x if residual is None else residual_out)
+
+
+def silu_and_mul_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """The MLP's activation and down projection in one launch, for one row.
+
+    x: [1, 2I] = [gate | up] · weight [N, I]. Returns weight · (silu(gate) · up) [1, N], the numbers
+    of silu_and_mul followed by linear. Memory: reads N·I + 2I elements, writes N.
+    """
+    _check_fused_input("silu_and_mul_linear", x, weight, 2 * weight.shape[1])
+    return _launch_gemv(x, weight, "silu_and_mul")[0]

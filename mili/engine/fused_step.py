@@ -1,0 +1,80 @@
+"""The batch-1 decode step on a GPU, six kernels per layer instead of eleven.
+
+At batch 1 the step of a small model is bound neither by bytes nor by flops but by its chain of
+kernels: every kernel, however little it does, costs a launch and a few dependent trips to memory
+(on an H100, taking all the small kernels out of Qwen3-0.6B's step saved a fifth of it,
+benchmarks/kernel-removal-h100-qwen3-0.6b.json). So the engine records its batch-1 graph from
+this forward, which runs the model's own modules and weights with kernels that each do the work
+of two (mili/kernels/linear.py, mili/kernels/decode_step.py):
+
+    layer, as the modules run it                        here
+    add + RMSNorm, qkv GEMV                             rms_norm_linear
+    q/k norm + RoPE, K/V store                          qk_norm_rope_store
+    decode attention, combine of its splits             decode_attention
+    o GEMV (+ all-reduce under tensor parallelism)      o_proj, as the module runs it
+    add + RMSNorm, gate_up GEMV                         rms_norm_linear
+    SiLU-and-mul, down GEMV (+ all-reduce)              silu_and_mul_linear (+ the group's all-reduce)
+
+The numbers are those of the modules' forward with the reference kernels (tests/test_fused_step.py).
+Every other step (prefill, batches of two and more, the CPU) runs the modules' forward: the
+exercises' code. `MILI_FUSED_STEP=0` records the modules' forward at batch 1 too.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from mili.kernels.decode_step import decode_attention, qk_norm_rope_store
+from mili.kernels.linear import rms_norm_linear, silu_and_mul_linear
+from mili.model.metadata import AttentionMetadata, KVCache
+from mili.model.parallel import RowParallelLinear
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def can_fuse(model) -> bool:
+    """Whether `FusedDecodeStep` can run this model: the triton backend (on a GPU, or in Triton's
+    interpreter), power-of-two head counts and head size, and `MILI_FUSED_STEP` not 0."""
+    config = model.config
+    return (os.environ.get("MILI_FUSED_STEP", "1") != "0" and model.backend.name == "triton"
+            and all(_power_of_two(n) for n in (config.num_attention_heads, config.num_key_value_heads,
+                                                config.head_dim)))
+
+
+class FusedDecodeStep:
+    """hidden [1, H] = step(input_ids [1], positions [1], attn_metadata, kv_cache): the model's
+    forward for one decoding sequence, with the fused kernels."""
+
+    def __init__(self, model):
+        if not can_fuse(model):
+            raise ValueError("the fused decode step needs the triton backend and power-of-two head counts and "
+                             "head size (and MILI_FUSED_STEP not 0)")
+        self.model = model.model
+        self.arrivals = torch.zeros(model.config.num_key_value_heads, dtype=torch.int32, device=model.device)
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: Tensor, positions: Tensor, md: AttentionMetadata, kv_cache: KVCache) -> Tensor:
+        if input_ids.shape != (1,) or md.is_prefill:
+            raise ValueError(f"the fused decode step runs one decoding sequence, got input_ids {tuple(input_ids.shape)}")
+        hidden, residual = self.model.embed_tokens(input_ids), None
+        for index, layer in enumerate(self.model.layers):
+            k_cache, v_cache = kv_cache.layer(index)
+            attn, mlp, norm = layer.self_attn, layer.mlp, layer.input_layernorm
+            qkv, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, attn.qkv_proj.weight)
+            q = qk_norm_rope_store(qkv, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps, positions,
+                                   attn.rotary.cos_sin_cache, k_cache, v_cache, md.slot_mapping)
+            o = decode_attention(q, k_cache, v_cache, md.context_lens, md.block_tables, self.arrivals,
+                                 softmax_scale=attn.scaling)
+            hidden = attn.o_proj(o.view(1, -1))
+            norm = layer.post_attention_layernorm
+            gate_up, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight)
+            hidden = silu_and_mul_linear(gate_up, mlp.down_proj.weight)
+            if isinstance(mlp.down_proj, RowParallelLinear):  # this rank's partial sum (Qwen3 has no bias)
+                hidden = mlp.down_proj.group.all_reduce(hidden)
+        hidden, _ = self.model.norm(hidden, residual)
+        return hidden

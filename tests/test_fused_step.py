@@ -1,0 +1,193 @@
+"""The engine's batch-1 decode step (mili/engine/fused_step.py) and its fused kernels
+(mili/kernels/decode_step.py, the fused GEMVs of mili/kernels/linear.py) give the numbers of the
+modules' forward with the reference kernels they replace.
+
+On a CPU the kernels run in the Triton interpreter on tiny shapes; on CUDA (marked gpu) the
+step runs at Qwen3-0.6B's shapes and the engine's greedy tokens at batch 1 match transformers.
+"""
+
+import pytest
+import torch
+
+from mili.checkpoint import random_model
+from mili.config import Qwen3Config, preset
+from mili.engine.fused_step import FusedDecodeStep, can_fuse
+from mili.kernels.decode_step import decode_attention, qk_norm_rope_store
+from mili.kernels.linear import linear, rms_norm_linear, silu_and_mul_linear
+from mili.model.metadata import AttentionMetadata, KVCache
+from mili.model.rope import rope_cos_sin_cache
+from solutions.kernels.activation import silu_and_mul
+from solutions.kernels.decode_attention import paged_decode_attention
+from solutions.kernels.kv_store import store_kvcache
+from solutions.kernels.qk_norm_rope import qk_norm_rope
+from solutions.kernels.rmsnorm import fused_add_rms_norm, rms_norm
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a CPU the kernels run in the interpreter
+TINY = Qwen3Config(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128)
+
+
+def _randn(*shape, dtype, gen, scale=1.0):
+    return (torch.randn(*shape, generator=gen) * scale).to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k", [(6, 96), (5, 200)])
+def test_fused_gemvs_give_the_unfused_numbers(n, k, dtype):
+    gen = torch.Generator().manual_seed(n + k)
+    x, residual, gate_up = _randn(1, k, dtype=dtype, gen=gen), _randn(1, k, dtype=dtype, gen=gen), \
+        _randn(1, 2 * k, dtype=dtype, gen=gen)
+    norm_weight = (1 + _randn(k, dtype=torch.float32, gen=gen, scale=0.1)).to(dtype)
+    weight = _randn(n, k, dtype=dtype, gen=gen, scale=k ** -0.5)
+
+    y, residual_out = rms_norm_linear(x, residual, norm_weight, 1e-6, weight)
+    normed, expected_residual = fused_add_rms_norm(x, residual, norm_weight, 1e-6)
+    assert torch.equal(residual_out, expected_residual), "residual_out must be x + residual, rounded to x's dtype"
+    assert torch.equal(y, linear(normed, weight)), "rms_norm_linear must equal fused_add_rms_norm then linear"
+
+    y, residual_out = rms_norm_linear(x, None, norm_weight, 1e-6, weight)
+    assert residual_out is x, "without a residual the next residual is x itself (the embedding)"
+    assert torch.equal(y, linear(rms_norm(x, norm_weight, 1e-6), weight)), "rms_norm_linear without a residual"
+
+    down = _randn(n, k, dtype=dtype, gen=gen, scale=k ** -0.5)
+    assert torch.equal(silu_and_mul_linear(gate_up, down), linear(silu_and_mul(gate_up), down)), \
+        "silu_and_mul_linear must equal silu_and_mul then linear"
+
+
+def test_fused_gemvs_reject_what_they_do_not_take():
+    weight = torch.randn(4, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="one contiguous row"):
+        rms_norm_linear(torch.randn(2, 8, device=DEVICE), None, torch.ones(8, device=DEVICE), 1e-6, weight)
+    with pytest.raises(ValueError, match="needs 16"):
+        silu_and_mul_linear(torch.randn(1, 8, device=DEVICE), weight)
+    with pytest.raises(ValueError, match="residual"):
+        rms_norm_linear(torch.randn(1, 8, device=DEVICE), torch.randn(1, 4, device=DEVICE),
+                        torch.ones(8, device=DEVICE), 1e-6, weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qk_norm_rope_store_equals_the_norm_rope_kernel_then_the_store(dtype):
+    gen = torch.Generator().manual_seed(3)
+    num_q_heads, num_kv_heads, head_dim, block_size, num_blocks = 8, 2, 16, 4, 10
+    qkv = _randn(1, (num_q_heads + 2 * num_kv_heads) * head_dim, dtype=dtype, gen=gen)
+    q_weight, k_weight = ((1 + _randn(head_dim, dtype=torch.float32, gen=gen, scale=0.1)).to(dtype) for _ in range(2))
+    cos_sin = rope_cos_sin_cache(head_dim, 64, 10000.0).to(DEVICE)
+    positions, slots = torch.tensor([13], device=DEVICE), torch.tensor([9], device=DEVICE)
+    caches = [torch.zeros(num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=DEVICE) for _ in range(4)]
+
+    expected = qkv.clone()
+    q_end, k_end = num_q_heads * head_dim, (num_q_heads + num_kv_heads) * head_dim
+    q_ref, k_ref = qk_norm_rope(expected[:, :q_end].view(1, num_q_heads, head_dim),
+                                expected[:, q_end:k_end].view(1, num_kv_heads, head_dim),
+                                q_weight, k_weight, 1e-6, positions, cos_sin)
+    store_kvcache(k_ref, expected[:, k_end:].view(1, num_kv_heads, head_dim), caches[2], caches[3], slots)
+
+    q = qk_norm_rope_store(qkv, q_weight, k_weight, 1e-6, positions, cos_sin, caches[0], caches[1], slots)
+    assert torch.equal(q, q_ref), "q must be normalised and rotated exactly as qk_norm_rope does"
+    assert q.data_ptr() == qkv.data_ptr(), "q is rotated in place, in qkv"
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3]), \
+        "the normalised, rotated k and the v must land in slot 9, as store_kvcache puts them"
+    qk_norm_rope_store(qkv.clone(), q_weight, k_weight, 1e-6, positions + 1, cos_sin, caches[0], caches[1],
+                       torch.tensor([-1], device=DEVICE))
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3]), "slot -1 must store nothing"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("batch,num_q_heads,num_kv_heads,context_lens", [
+    (1, 4, 2, [1]), (1, 8, 2, [37]), (1, 4, 4, [240]), (3, 4, 2, [1, 50, 130]),
+])
+def test_decode_attention_combines_its_own_splits(batch, num_q_heads, num_kv_heads, context_lens, dtype):
+    gen = torch.Generator().manual_seed(sum(context_lens))
+    block_size, num_blocks, head_dim = 8, 64, 16
+    k_cache, v_cache = (_randn(num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, gen=gen) for _ in range(2))
+    q = _randn(batch, num_q_heads, head_dim, dtype=dtype, gen=gen)
+    lens = torch.tensor(context_lens, dtype=torch.int32, device=DEVICE)
+    tables = torch.stack([torch.randperm(num_blocks, generator=gen)[:32] for _ in range(batch)]).int().to(DEVICE)
+    arrivals = torch.zeros(batch * num_kv_heads, dtype=torch.int32, device=DEVICE)
+    for _ in range(2):  # the second launch relies on the first leaving the counts at zero
+        got = decode_attention(q, k_cache, v_cache, lens, tables, arrivals)
+        torch.testing.assert_close(got.float(), paged_decode_attention(q, k_cache, v_cache, lens, tables).float(),
+                                   atol=2e-3 if dtype == torch.float16 else 1e-5, rtol=1e-3)
+        assert not arrivals.any(), "the last program of each head must set its arrival count back to 0"
+    with pytest.raises(ValueError, match="int32 zeros"):
+        decode_attention(q, k_cache, v_cache, lens, tables, arrivals[:1])
+
+
+def test_the_fused_step_gives_the_models_decode_step():
+    """A prefill of 9 tokens, then a decode step run by the model and by the fused step: the same
+    hidden state and the same K/V in the cache."""
+    model = random_model(TINY, seed=0, dtype=torch.float32, device=DEVICE, backend="triton")
+    assert can_fuse(model)
+    caches = [KVCache.for_config(TINY, 4, 8, dtype=torch.float32, device=DEVICE) for _ in range(2)]
+    prompt = torch.tensor([5, 17, 3, 88, 41, 9, 60, 2, 33], device=DEVICE)
+    prefill = AttentionMetadata.prefill([9], slot_mapping=list(range(8, 17)), device=DEVICE)
+    decode = AttentionMetadata(is_prefill=False, max_seqlen_q=1, max_seqlen_k=10,
+                               slot_mapping=torch.tensor([17], device=DEVICE),
+                               context_lens=torch.tensor([10], dtype=torch.int32, device=DEVICE),
+                               block_tables=torch.tensor([[1, 2, 0, 0]], dtype=torch.int32, device=DEVICE))
+    token, position = torch.tensor([71], device=DEVICE), torch.tensor([9], device=DEVICE)
+    outputs = []
+    for cache, step in zip(caches, (model, FusedDecodeStep(model))):
+        model(prompt, torch.arange(9, device=DEVICE), prefill, cache)
+        outputs.append(step(token, position, decode, cache))
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(caches[1].k, caches[0].k, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(caches[1].v, caches[0].v, atol=0, rtol=0)
+
+
+def test_the_fused_step_can_be_switched_off_and_refuses_odd_heads(monkeypatch):
+    model = random_model(TINY, seed=0, dtype=torch.float32, device=DEVICE, backend="triton")
+    monkeypatch.setenv("MILI_FUSED_STEP", "0")
+    assert not can_fuse(model)
+    with pytest.raises(ValueError, match="MILI_FUSED_STEP"):
+        FusedDecodeStep(model)
+    monkeypatch.delenv("MILI_FUSED_STEP")
+    odd = Qwen3Config(**{**TINY.__dict__, "num_attention_heads": 6, "num_key_value_heads": 3})
+    assert not can_fuse(random_model(odd, seed=0, dtype=torch.float32, device=DEVICE, backend="triton"))
+    assert not can_fuse(random_model(TINY, seed=0, dtype=torch.float32, device=DEVICE, backend="torch"))
+
+
+@pytest.mark.gpu
+def test_fused_step_at_qwen3_0_6b_shapes_matches_the_modules():
+    config = preset("0.6B")
+    model = random_model(config, seed=0, dtype=torch.bfloat16, device="cuda", backend="triton")
+    caches = [KVCache.for_config(config, 64, 16, dtype=torch.bfloat16, device="cuda") for _ in range(2)]
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, config.vocab_size, (300,), generator=gen).cuda()
+    prefill = AttentionMetadata.prefill([300], slot_mapping=list(range(16, 316)), device="cuda")
+    decode = AttentionMetadata(is_prefill=False, max_seqlen_q=1, max_seqlen_k=301,
+                               slot_mapping=torch.tensor([316], device="cuda"),
+                               context_lens=torch.tensor([301], dtype=torch.int32, device="cuda"),
+                               block_tables=torch.arange(1, 64, dtype=torch.int32, device="cuda")[None])
+    outputs = []
+    for cache, step in zip(caches, (model, FusedDecodeStep(model))):
+        model(prompt, torch.arange(300, device="cuda"), prefill, cache)
+        outputs.append(step(torch.tensor([7], device="cuda"), torch.tensor([300], device="cuda"), decode, cache))
+    rel = ((outputs[1].float() - outputs[0].float()).norm() / outputs[0].float().norm()).item()
+    assert rel < 1e-2, f"fused step's hidden state is {rel:.3g} away from the modules' (relative)"
+
+
+@pytest.mark.gpu
+def test_engine_batch_1_greedy_matches_transformers_through_the_fused_graph(tmp_path):
+    from transformers import Qwen3Config as HFConfig
+    from transformers import Qwen3ForCausalLM as HFQwen3
+
+    from mili import LLM, SamplingParams
+
+    torch.manual_seed(0)
+    config = HFConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=512,
+                      tie_word_embeddings=False, initializer_range=0.1, eos_token_id=None)
+    hf = HFQwen3(config).eval()
+    hf.save_pretrained(tmp_path)
+    hf = hf.cuda()
+    llm = LLM(str(tmp_path), dtype="float32", device="cuda", backend="triton", block_size=16, num_kv_blocks=256)
+    assert llm.engine.runner.graphs is not None and 1 in llm.engine.runner.graphs.sizes
+    for prompt in ([3, 1, 4, 1, 5, 9, 2, 6], [(11 * j) % 512 for j in range(150)]):
+        out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True),
+                           use_tqdm=False)[0]
+        with torch.no_grad():
+            ids = torch.tensor([prompt], device="cuda")
+            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False,
+                              pad_token_id=0)[0, len(prompt):].tolist()
+        assert out.outputs[0].token_ids == ref
