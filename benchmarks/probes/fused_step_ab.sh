@@ -17,7 +17,7 @@ for model in Qwen3-0.6B Qwen3-8B Qwen3-0.6B; do
   slug=$(echo "$model" | tr '[:upper:]' '[:lower:]')
   for fused in 1 0; do
     MILI_FUSED_STEP=$fused timeout 200 python3 -m mili.bench.latency --model "$model" \
-      --json "$out/fused-step-ab-$card-$slug-fused$fused-$(date +%s).json" 2>&1 | grep -i "ms/token\|error" | head -3
+      --json "$out/fused-step-ab-$card-$slug-fused$fused-$(date +%s).json" 2>&1 | grep -i "^mili \|error" | head -3; echo "  ($model fused=$fused)"
   done
 done
 MILI_PDL=0 timeout 120 python3 benchmarks/probes/decode_kernels.py --model Qwen3-0.6B \
