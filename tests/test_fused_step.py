@@ -1,9 +1,11 @@
 """The engine's batch-1 decode step (mili/engine/fused_step.py) and its fused kernels
-(mili/kernels/decode_step.py, the fused GEMVs of mili/kernels/linear.py) give the numbers of the
-modules' forward with the reference kernels they replace.
+(mili/kernels/decode_step.py, rms_norm_linear of mili/kernels/linear.py) give the numbers of the
+modules' forward with the reference kernels they replace: exactly in Triton's interpreter, up to
+the order of the norm's sum of squares on a GPU.
 
-On a CPU the kernels run in the Triton interpreter on tiny shapes; on CUDA (marked gpu) the
-step runs at Qwen3-0.6B's shapes and the engine's greedy tokens at batch 1 match transformers.
+On a CPU the kernels run in the interpreter on tiny shapes; on CUDA the same tests run on the
+GPU, and (marked gpu) the step runs at Qwen3-0.6B's shapes and the engine's greedy tokens at
+batch 1 match transformers.
 """
 
 import pytest
@@ -12,12 +14,11 @@ import torch
 from mili.checkpoint import random_model
 from mili.config import Qwen3Config, preset
 from mili.engine.fused_step import FusedDecodeStep, can_fuse
-from mili.kernels.decode_step import decode_attention, qk_norm_rope_store
-from mili.kernels.linear import linear, rms_norm_linear, silu_and_mul_linear
+from mili.kernels.decode_step import qk_norm_rope_store
+from mili.kernels.linear import linear, rms_norm_linear
 from mili.model.metadata import AttentionMetadata, KVCache
 from mili.model.rope import rope_cos_sin_cache
-from solutions.kernels.activation import silu_and_mul
-from solutions.kernels.decode_attention import paged_decode_attention
+from mili.testing import assert_close
 from solutions.kernels.kv_store import store_kvcache
 from solutions.kernels.qk_norm_rope import qk_norm_rope
 from solutions.kernels.rmsnorm import fused_add_rms_norm, rms_norm
@@ -33,33 +34,30 @@ def _randn(*shape, dtype, gen, scale=1.0):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n,k", [(6, 96), (5, 200)])
-def test_fused_gemvs_give_the_unfused_numbers(n, k, dtype):
+def test_rms_norm_linear_gives_the_norm_then_the_gemv(n, k, dtype):
     gen = torch.Generator().manual_seed(n + k)
-    x, residual, gate_up = _randn(1, k, dtype=dtype, gen=gen), _randn(1, k, dtype=dtype, gen=gen), \
-        _randn(1, 2 * k, dtype=dtype, gen=gen)
+    x, residual = _randn(1, k, dtype=dtype, gen=gen), _randn(1, k, dtype=dtype, gen=gen)
     norm_weight = (1 + _randn(k, dtype=torch.float32, gen=gen, scale=0.1)).to(dtype)
     weight = _randn(n, k, dtype=dtype, gen=gen, scale=k ** -0.5)
+    same = torch.equal if DEVICE == "cpu" else (  # a GPU may add the sum of squares in another order
+        lambda got, expected: assert_close(got, expected, dtype=dtype, scale=2.0, what="rms_norm_linear") is None)
 
     y, residual_out = rms_norm_linear(x, residual, norm_weight, 1e-6, weight)
     normed, expected_residual = fused_add_rms_norm(x, residual, norm_weight, 1e-6)
     assert torch.equal(residual_out, expected_residual), "residual_out must be x + residual, rounded to x's dtype"
-    assert torch.equal(y, linear(normed, weight)), "rms_norm_linear must equal fused_add_rms_norm then linear"
+    assert same(y, linear(normed, weight)), "rms_norm_linear must equal fused_add_rms_norm then linear"
 
     y, residual_out = rms_norm_linear(x, None, norm_weight, 1e-6, weight)
     assert residual_out is x, "without a residual the next residual is x itself (the embedding)"
-    assert torch.equal(y, linear(rms_norm(x, norm_weight, 1e-6), weight)), "rms_norm_linear without a residual"
-
-    down = _randn(n, k, dtype=dtype, gen=gen, scale=k ** -0.5)
-    assert torch.equal(silu_and_mul_linear(gate_up, down), linear(silu_and_mul(gate_up), down)), \
-        "silu_and_mul_linear must equal silu_and_mul then linear"
+    assert same(y, linear(rms_norm(x, norm_weight, 1e-6), weight)), "rms_norm_linear without a residual"
 
 
-def test_fused_gemvs_reject_what_they_do_not_take():
+def test_rms_norm_linear_rejects_what_it_does_not_take():
     weight = torch.randn(4, 8, device=DEVICE)
     with pytest.raises(ValueError, match="one contiguous row"):
         rms_norm_linear(torch.randn(2, 8, device=DEVICE), None, torch.ones(8, device=DEVICE), 1e-6, weight)
-    with pytest.raises(ValueError, match="needs 16"):
-        silu_and_mul_linear(torch.randn(1, 8, device=DEVICE), weight)
+    with pytest.raises(ValueError, match="features"):
+        rms_norm_linear(torch.randn(1, 6, device=DEVICE), None, torch.ones(6, device=DEVICE), 1e-6, weight)
     with pytest.raises(ValueError, match="residual"):
         rms_norm_linear(torch.randn(1, 8, device=DEVICE), torch.randn(1, 4, device=DEVICE),
                         torch.ones(8, device=DEVICE), 1e-6, weight)
@@ -92,27 +90,6 @@ def test_qk_norm_rope_store_equals_the_norm_rope_kernel_then_the_store(dtype):
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3]), "slot -1 must store nothing"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("batch,num_q_heads,num_kv_heads,context_lens", [
-    (1, 4, 2, [1]), (1, 8, 2, [37]), (1, 4, 4, [240]), (3, 4, 2, [1, 50, 130]),
-])
-def test_decode_attention_combines_its_own_splits(batch, num_q_heads, num_kv_heads, context_lens, dtype):
-    gen = torch.Generator().manual_seed(sum(context_lens))
-    block_size, num_blocks, head_dim = 8, 64, 16
-    k_cache, v_cache = (_randn(num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, gen=gen) for _ in range(2))
-    q = _randn(batch, num_q_heads, head_dim, dtype=dtype, gen=gen)
-    lens = torch.tensor(context_lens, dtype=torch.int32, device=DEVICE)
-    tables = torch.stack([torch.randperm(num_blocks, generator=gen)[:32] for _ in range(batch)]).int().to(DEVICE)
-    arrivals = torch.zeros(batch * num_kv_heads, dtype=torch.int32, device=DEVICE)
-    for _ in range(2):  # the second launch relies on the first leaving the counts at zero
-        got = decode_attention(q, k_cache, v_cache, lens, tables, arrivals)
-        torch.testing.assert_close(got.float(), paged_decode_attention(q, k_cache, v_cache, lens, tables).float(),
-                                   atol=2e-3 if dtype == torch.float16 else 1e-5, rtol=1e-3)
-        assert not arrivals.any(), "the last program of each head must set its arrival count back to 0"
-    with pytest.raises(ValueError, match="int32 zeros"):
-        decode_attention(q, k_cache, v_cache, lens, tables, arrivals[:1])
-
-
 def test_the_fused_step_gives_the_models_decode_step():
     """A prefill of 9 tokens, then a decode step run by the model and by the fused step: the same
     hidden state and the same K/V in the cache."""
@@ -130,9 +107,11 @@ def test_the_fused_step_gives_the_models_decode_step():
     for cache, step in zip(caches, (model, FusedDecodeStep(model))):
         model(prompt, torch.arange(9, device=DEVICE), prefill, cache)
         outputs.append(step(token, position, decode, cache))
-    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(caches[1].k, caches[0].k, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(caches[1].v, caches[0].v, atol=0, rtol=0)
+    exact = DEVICE == "cpu"  # a GPU may add the norm's sum of squares in another order
+    for got, expected, what in ((outputs[1], outputs[0], "hidden state"), (caches[1].k, caches[0].k, "keys"),
+                                (caches[1].v, caches[0].v, "values")):
+        torch.testing.assert_close(got, expected, atol=0 if exact else 1e-5, rtol=0 if exact else 1e-5,
+                                   msg=lambda m, what=what: f"the fused step's {what} differ from the model's: {m}")
 
 
 def test_the_fused_step_can_be_switched_off_and_refuses_odd_heads(monkeypatch):

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Does the fused batch-1 decode step (mili/engine/fused_step.py) pay, and is it right? On one GPU:
-# its tests (every kernel against the reference on the GPU) and the CUDA-graph tests, then, with
-# MILI_FUSED_STEP=1 and =0 in turn, batch-1 latency with host and device time per step
-# (Qwen3-0.6B; random weights) and the kernels of a step at Qwen3-8B and 0.6B shapes (MILI_PDL=0:
-# each kernel timed alone). Everything goes to the folder given as $1.
+# its tests (the kernels against the references, on the GPU) and the CUDA-graph tests; batch-1
+# latency with MILI_FUSED_STEP=1 and =0 in turn (Qwen3-0.6B twice each with host and device time
+# per step, Qwen3-8B once each; random weights); the kernels of a 0.6B step both ways
+# (MILI_PDL=0: each kernel timed alone). Everything goes to the folder given as $1.
 #   bash benchmarks/probes/fused_step_ab.sh OUT
 set -uo pipefail
 out=${1:?output folder}
@@ -12,14 +12,21 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MILI_IMPL=reference
 card=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())")
 log="$out/fused-step-$card.log"
 timeout 300 python3 -m pytest -o addopts="" -p no:cacheprovider -q --tb=short tests/test_fused_step.py \
-  tests/test_engine_cuda_graphs.py > "$log" 2>&1
+  tests/test_engine_cuda_graphs.py tests/test_engine_gpu.py -k "not design_workload" > "$log" 2>&1
 tail -3 "$log"
+latency() {  # latency MODEL FUSED RUN [--profile]
+  local slug
+  slug=$(echo "$1" | tr '[:upper:]' '[:lower:]')
+  MILI_FUSED_STEP=$2 timeout 200 python3 -m mili.bench.latency --model "$1" ${4:-} \
+    --json "$out/fused-step-ab-$card-$slug-fused$2-run$3.json" 2>&1 | grep -i "^mili \|^decode\|error" | head -3
+  echo "  ($1 fused=$2 run $3)"
+}
+for run in 1 2; do
+  for fused in 1 0; do latency Qwen3-0.6B $fused $run --profile; done
+done
+for fused in 1 0; do latency Qwen3-8B $fused 1; done
 for fused in 1 0; do
-  MILI_FUSED_STEP=$fused timeout 200 python3 -m mili.bench.latency --model Qwen3-0.6B --profile \
-    --json "$out/fused-step-ab-$card-qwen3-0.6b-fused$fused.json" 2>&1 | grep -i "^mili \|decode\|error" | head -5
-  for model in Qwen3-8B Qwen3-0.6B; do
-    echo "== kernels $model fused=$fused" >> "$log"
-    MILI_FUSED_STEP=$fused MILI_PDL=0 timeout 150 python3 benchmarks/probes/decode_kernels.py --model $model \
-      2>&1 | grep -B2 -A14 "kernels per step" >> "$log"
-  done
+  echo "== kernels Qwen3-0.6B fused=$fused" >> "$log"
+  MILI_FUSED_STEP=$fused MILI_PDL=0 timeout 150 python3 benchmarks/probes/decode_kernels.py --model Qwen3-0.6B \
+    2>&1 | grep -A12 "kernels per step" >> "$log"
 done

@@ -1,23 +1,27 @@
-"""The batch-1 decode step on a GPU, six kernels per layer instead of eleven.
+"""The batch-1 decode step on a GPU, eight kernels per layer instead of eleven.
 
 At batch 1 the step of a small model is bound neither by bytes nor by flops but by its chain of
 kernels: every kernel, however little it does, costs a launch and a few dependent trips to memory
 (on an H100, taking all the small kernels out of Qwen3-0.6B's step saved a fifth of it,
-benchmarks/kernel-removal-h100-qwen3-0.6b.json). So the engine records its batch-1 graph from
-this forward, which runs the model's own modules and weights with kernels that each do the work
-of two (mili/kernels/linear.py, mili/kernels/decode_step.py):
+benchmarks/kernel-removal-h100-qwen3-0.6b.json), and each node of a CUDA graph costs the host
+time to launch. So the engine records its batch-1 graph from this forward, which runs the
+model's own modules and weights with three kernels that each do the work of two:
 
-    layer, as the modules run it                        here
-    add + RMSNorm, qkv GEMV                             rms_norm_linear
-    q/k norm + RoPE, K/V store                          qk_norm_rope_store
-    decode attention, combine of its splits             decode_attention
-    o GEMV (+ all-reduce under tensor parallelism)      o_proj, as the module runs it
-    add + RMSNorm, gate_up GEMV                         rms_norm_linear
-    SiLU-and-mul, down GEMV (+ all-reduce)              silu_and_mul_linear (+ the group's all-reduce)
+    layer, as the modules run it                    here
+    add + RMSNorm, qkv GEMV                         rms_norm_linear (mili/kernels/linear.py)
+    q/k norm + RoPE, K/V store                      qk_norm_rope_store (mili/kernels/decode_step.py)
+    decode attention and its combine               the module's op
+    o GEMV (+ all-reduce under tensor parallelism)  the module
+    add + RMSNorm, gate_up GEMV                     rms_norm_linear
+    SiLU-and-mul, down GEMV (+ all-reduce)          the modules' ops
 
-The numbers are those of the modules' forward with the reference kernels (tests/test_fused_step.py).
-Every other step (prefill, batches of two and more, the CPU) runs the modules' forward: the
-exercises' code. `MILI_FUSED_STEP=0` records the modules' forward at batch 1 too.
+Two more fusions were measured and left out (benchmarks/fused-step-ab-h100.json): SiLU in the down
+GEMV's input recomputes the activation in every program (at Qwen3-8B that cost more than the
+kernel it saved), and attention that combines its own splits in its last program was slower than
+the separate combine kernel. The numbers are those of the modules' forward up to the order of
+the norm's sum of squares (tests/test_fused_step.py). Every other step (prefill, batches of two
+and more, the CPU) runs the modules' forward: the exercises' code. `MILI_FUSED_STEP=0` records
+the modules' forward at batch 1 too.
 """
 
 from __future__ import annotations
@@ -27,10 +31,9 @@ import os
 import torch
 from torch import Tensor
 
-from mili.kernels.decode_step import decode_attention, qk_norm_rope_store
-from mili.kernels.linear import rms_norm_linear, silu_and_mul_linear
+from mili.kernels.decode_step import qk_norm_rope_store
+from mili.kernels.linear import rms_norm_linear
 from mili.model.metadata import AttentionMetadata, KVCache
-from mili.model.parallel import RowParallelLinear
 
 
 def _power_of_two(n: int) -> bool:
@@ -55,7 +58,6 @@ class FusedDecodeStep:
             raise ValueError("the fused decode step needs the triton backend and power-of-two head counts and "
                              "head size (and MILI_FUSED_STEP not 0)")
         self.model = model.model
-        self.arrivals = torch.zeros(model.config.num_key_value_heads, dtype=torch.int32, device=model.device)
 
     @torch.inference_mode()
     def __call__(self, input_ids: Tensor, positions: Tensor, md: AttentionMetadata, kv_cache: KVCache) -> Tensor:
@@ -68,13 +70,11 @@ class FusedDecodeStep:
             qkv, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, attn.qkv_proj.weight)
             q = qk_norm_rope_store(qkv, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps, positions,
                                    attn.rotary.cos_sin_cache, k_cache, v_cache, md.slot_mapping)
-            o = decode_attention(q, k_cache, v_cache, md.context_lens, md.block_tables, self.arrivals,
-                                 softmax_scale=attn.scaling)
+            o = attn.ops.paged_decode_attention(q, k_cache, v_cache, md.context_lens, md.block_tables,
+                                                softmax_scale=attn.scaling)
             hidden = attn.o_proj(o.view(1, -1))
             norm = layer.post_attention_layernorm
             gate_up, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight)
-            hidden = silu_and_mul_linear(gate_up, mlp.down_proj.weight)
-            if isinstance(mlp.down_proj, RowParallelLinear):  # this rank's partial sum (Qwen3 has no bias)
-                hidden = mlp.down_proj.group.all_reduce(hidden)
+            hidden = mlp.down_proj(mlp.ops.silu_and_mul(gate_up))
         hidden, _ = self.model.norm(hidden, residual)
         return hidden

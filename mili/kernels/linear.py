@@ -45,12 +45,11 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
     The loads of W run one tile ahead of the products. Under a dependent launch the first tile is
     requested before waiting for the kernel that writes x: W is read-only, so the first reads of
     the weights overlap the previous kernel (a norm, the activation, attention).
-    INPUT says what the product multiplies, each tile computed as the loop reaches it, with the
-    rounding of the separate kernel it replaces (so the fused step gives that step's numbers):
+    INPUT says what the product multiplies, each tile computed as the loop reaches it, rounded
+    where the separate norm kernel rounds (its sum of squares may add in another order):
         "plain"         x [K]
         "rms_norm"      rms_norm(x) · norm_w
         "add_rms_norm"  rms_norm(x + res) · norm_w; program 0 also writes res_out = x + res
-        "silu_and_mul"  silu(gate) · up, where x = [gate | up], each K long
     For the two norms every program first reads the whole row (BLOCK_H ≥ K elements, a few KB
     that the previous kernel just wrote, so from L2) for its rms.
     """
@@ -71,17 +70,12 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for _ in range(0, K, BLOCK_K):  # cols walks along K
         ok = cols < K
-        if INPUT == "silu_and_mul":
-            gate = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-            up = tl.load(x_ptr + K + cols, mask=ok, other=0.0).to(tl.float32)
-            x = (gate * tl.sigmoid(gate) * up).to(dtype).to(tl.float32)
-        else:
-            x = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-            if INPUT == "add_rms_norm":
-                x = (x + tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
-            if INPUT == "rms_norm" or INPUT == "add_rms_norm":
-                x = (x * rstd).to(dtype).to(tl.float32)
-                x = (x * tl.load(norm_w_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+        x = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        if INPUT == "add_rms_norm":
+            x = (x + tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+        if INPUT == "rms_norm" or INPUT == "add_rms_norm":
+            x = (x * rstd).to(dtype).to(tl.float32)
+            x = (x * tl.load(norm_w_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
         cols += BLOCK_K
         w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
@@ -126,26 +120,22 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     return _launch_gemv(x, weight, "plain")[0]
 
 
-def _check_fused_input(name: str, x: Tensor, weight: Tensor, width: int) -> None:
-    if not _is_single_row(x, weight):
-        raise ValueError(f"{name} takes one contiguous row x [1, K] of weight's dtype and device (a batch-1 "
-                         f"decode step), got x {tuple(x.shape)} {x.dtype} on {x.device}, weight {weight.dtype} "
-                         f"on {weight.device}")
-    if x.shape[1] != width:
-        raise ValueError(f"{name}: x has {x.shape[1]} features, weight [N, K] = {tuple(weight.shape)} needs {width}")
-
-
 def rms_norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps: float,
                     weight: Tensor) -> tuple[Tensor, Tensor]:
     """A decoder layer's pre-norm and the projection after it, in one launch, for one row.
 
     x, residual: [1, K] (residual None: the first layer, whose x is the embedding) · norm_weight [K]
     · weight [N, K]. Returns (y, residual_out) with residual_out = x + residual (x itself when
-    residual is None) and y = weight · rms_norm(residual_out, norm_weight, eps): the numbers of
-    fused_add_rms_norm (or rms_norm) followed by linear.
+    residual is None) and y = weight · rms_norm(residual_out, norm_weight, eps): fused_add_rms_norm
+    (or rms_norm) followed by linear, with the same roundings.
     Memory: reads N·K + 3·K elements (K from L2 by every program), writes N (+ K).
     """
-    _check_fused_input("rms_norm_linear", x, weight, weight.shape[1])
+    if not _is_single_row(x, weight):
+        raise ValueError(f"rms_norm_linear takes one contiguous row x [1, K] of weight's dtype and device (a "
+                         f"batch-1 decode step), got x {tuple(x.shape)} {x.dtype} on {x.device}, weight "
+                         f"{weight.dtype} on {weight.device}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"rms_norm_linear: x has {x.shape[1]} features, weight [N, K] = {tuple(weight.shape)}")
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
         raise ValueError(f"residual must be a contiguous {tuple(x.shape)} {x.dtype} row like x, "
                          f"got {tuple(residual.shape)} {residual.dtype}")
@@ -153,12 +143,3 @@ def rms_norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps
     y, residual_out = _launch_gemv(x, weight, kind, residual, norm_weight, eps)
     return y, (x if residual is None else residual_out)
 
-
-def silu_and_mul_linear(x: Tensor, weight: Tensor) -> Tensor:
-    """The MLP's activation and down projection in one launch, for one row.
-
-    x: [1, 2I] = [gate | up] · weight [N, I]. Returns weight · (silu(gate) · up) [1, N], the numbers
-    of silu_and_mul followed by linear. Memory: reads N·I + 2I elements, writes N.
-    """
-    _check_fused_input("silu_and_mul_linear", x, weight, 2 * weight.shape[1])
-    return _launch_gemv(x, weight, "silu_and_mul")[0]
