@@ -4,8 +4,9 @@
 CUDA graphs need a GPU, but the way every rank records and replays its own can be followed on
 the CPU: here `DecodeGraphs` is replaced, on every rank (a worker process imports the main module
 of rank 0's process), by `EagerGraphs`, which "replays" the decode batches that fit its largest
-size by running the model, and the engine records graphs on any device. Prints the generated
-token ids and how many steps rank 0 replayed.
+size by running the model (a batch of one through `FusedDecodeStep` where the model allows it, as
+`DecodeGraphs` records it), and the engine records graphs on any device. Prints the generated
+token ids and how many steps rank 0 replayed, and how many of them through the fused step.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import sys
 import torch
 
 from mili.engine import cuda_graphs, model_runner
+from mili.engine.fused_step import FusedDecodeStep, can_fuse
 
 
 class EagerGraphs:
     def __init__(self, model, kv_cache, *, max_num_seqs: int, max_model_len: int):
         self.model, self.kv_cache = model, kv_cache
         self.largest = cuda_graphs.graph_batch_sizes(max_num_seqs)[-1]
-        self.replays = 0
+        self.fused_step = FusedDecodeStep(model) if can_fuse(model) else None
+        self.replays = self.fused_replays = 0
 
     def release(self):
         self.largest = 0
@@ -32,7 +35,11 @@ class EagerGraphs:
         if md.is_prefill or md.num_seqs > self.largest:
             return None
         self.replays += 1
-        return self.model(model_input.input_ids, model_input.positions, md, self.kv_cache)
+        forward = self.model
+        if md.num_seqs == 1 and self.fused_step is not None:
+            forward = self.fused_step
+            self.fused_replays += 1
+        return forward(model_input.input_ids, model_input.positions, md, self.kv_cache)
 
 
 cuda_graphs.DecodeGraphs = EagerGraphs
@@ -47,8 +54,9 @@ def main(model: str, requests: str) -> None:
     llm = LLM(model, tensor_parallel_size=2, **spec["settings"])
     try:
         outputs = llm.generate(spec["prompts"], [SamplingParams(**p) for p in spec["params"]], use_tqdm=False)
+        graphs = llm.engine.runner.graphs.graphs
         print(json.dumps({"token_ids": [[c.token_ids for c in o.outputs] for o in outputs],
-                          "replays": llm.engine.runner.graphs.graphs.replays}))
+                          "replays": graphs.replays, "fused_replays": graphs.fused_replays}))
     finally:
         llm.model.shutdown()
 

@@ -236,6 +236,27 @@ def test_every_rank_replays_its_own_graphs_where_a_decode_batch_fits(tmp_path):
     assert got["replays"] > 8, "the decode steps should have replayed"
 
 
+def test_every_rank_runs_the_fused_batch_1_step_of_its_shard(tmp_path):
+    """The engine records its batch-1 graph from `FusedDecodeStep` (triton backend, here in the
+    interpreter): with the stand-in graphs each rank runs it on its shard, its all-reduces in step
+    with the other rank's, and the tokens are those of one process."""
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
+    spec = {"prompts": [{"prompt_token_ids": [5, 9, 14, 3, 27, 8]}],
+            "params": [dict(temperature=0, max_tokens=5, ignore_eos=True)],
+            "settings": dict(num_kv_blocks=16, block_size=4, max_num_seqs=2, backend="triton")}
+    one = LLM(str(folder), **spec["settings"])
+    expected = [[c.token_ids for c in o.outputs]
+                for o in one.generate(spec["prompts"], [SamplingParams(**spec["params"][0])], use_tqdm=False)]
+    proc = subprocess.run([sys.executable, "-m", "tests.stand_in_graphs_tp", str(folder), json.dumps(spec)],
+                          env=_env(uuid.uuid4().hex), cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["token_ids"] == expected
+    assert got["fused_replays"] >= 4, "every decode step of the lone request should have run the fused step"
+
+
 def test_what_two_ranks_cannot_do_is_refused_clearly(tmp_path):
     folder = tmp_path / "ckpt"
     write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])

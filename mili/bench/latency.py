@@ -98,8 +98,10 @@ def run_benchmark(model: str, *, prompt_len: int = 128, new_tokens: int = 512, r
     with recorded_compiles() as compiled:
         runs = [time_mili(llm, prompt, new_tokens) for _ in range(repeats)]
     tpot = statistics.median(r["tpot_s"] for r in runs)
+    graphs = llm.engine.runner.graphs
     report = {"environment": environment(device), "model": model, "dtype": str(llm.model.dtype),
-              "cuda_graphs": llm.engine.runner.graphs is not None, "overlap": llm.engine.config.overlap,
+              "cuda_graphs": graphs is not None, "fused_batch_1_step": graphs is not None and graphs.fused_batch_1,
+              "overlap": llm.engine.config.overlap,
               "tensor_parallel_size": devices, "prompt_len": prompt_len, "new_tokens": new_tokens, "repeats": repeats,
               "copy_bytes_per_s": copy_rate, "weight_bytes_per_step": weights, "floor_ms_per_token": 1e3 * floor_s,
               "mili": {"tpot_ms": 1e3 * tpot, "ttft_ms": 1e3 * statistics.median(r["ttft_s"] for r in runs),

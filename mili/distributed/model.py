@@ -165,6 +165,10 @@ class TensorParallelGraphs:
     def __init__(self, model: TensorParallelModel, graphs, kv_cache: KVCache):
         self.model, self.graphs, self.kv_cache = model, graphs, kv_cache  # graphs: rank 0's DecodeGraphs
 
+    @property
+    def fused_batch_1(self) -> bool:
+        return self.graphs.fused_batch_1
+
     @torch.inference_mode()
     def run(self, model_input) -> Tensor:
         """Hidden states [T, H] of the step (never None: no step falls back to the caller)."""

@@ -13,7 +13,7 @@ outputs are dropped. Block tables are as wide as max_model_len needs, so one gra
 context length. Only decode steps replay: prefills vary in shape and run eagerly, as do batches
 larger than the largest size.
 
-The batch-1 graph records `FusedDecodeStep` (fused_step.py), the same forward in six kernels per
+The batch-1 graph records `FusedDecodeStep` (fused_step.py), the same forward in eight kernels per
 layer instead of eleven, where the model allows it.
 
 Recording needs ops that never wait for the host: the triton backend's kernels size their
@@ -69,6 +69,7 @@ class DecodeGraphs:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, Tensor] = {}
         fused_step = FusedDecodeStep(model) if can_fuse(model) else None
+        self.fused_batch_1 = fused_step is not None  # the batch-1 graph runs the fused step
         pool = None
         for size in reversed(self.sizes):  # the largest first: the smaller ones reuse its memory
             args = (self.input_ids[:size], self.positions[:size], self._metadata(size), kv_cache)

@@ -12,6 +12,9 @@ from 1.35 to 1.21 ms on an H100 (benchmarks/latency-h100-qwen3-0.6b-58bc43a.json
 -1d22c47.json). More than one row goes to cuBLAS, where the matrix-matrix
 kernels are the right tool.
 Memory: reads N·K elements of W and K of x, writes N.
+
+`rms_norm_linear` is the same kernel with a decoder layer's pre-norm in its input (the engine's
+batch-1 step, mili/engine/fused_step.py): one launch where the modules take two.
 """
 
 from __future__ import annotations
@@ -38,45 +41,50 @@ def first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
                  res_ptr, norm_w_ptr, res_out_ptr, eps,
-                 INPUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr):
+                 INPUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+                 DEPENDENT_LAUNCH: tl.constexpr):
     """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with the input in float32.
 
     The loads of W run one tile ahead of the products. Under a dependent launch the first tile is
     requested before waiting for the kernel that writes x: W is read-only, so the first reads of
     the weights overlap the previous kernel (a norm, the activation, attention).
-    INPUT says what the product multiplies:
+    INPUT says what the product multiplies, each tile computed as the loop reaches it, rounded
+    where the separate norm kernel rounds (its sum of squares may add in another order):
         "plain"         x [K]
         "rms_norm"      rms_norm(x) · norm_w
         "add_rms_norm"  rms_norm(x + res) · norm_w; program 0 also writes res_out = x + res
-    A norm's scale 1/rms(x) is the same for every element, so it multiplies the finished dot
-    products: the loop adds up the squares of x as it goes, and no program waits to read the whole
-    row before its first product (that prologue cost about as much as the norm kernel it saved,
-    benchmarks/fused-step-ab-h100.json). So the normalised row is never rounded to x's dtype, as
-    the separate norm kernel rounds it: the two paths differ by that rounding.
+    For the two norms every program first reads the whole row (BLOCK_H ≥ K elements, a few KB
+    that the previous kernel just wrote, so from L2) for its rms. That prologue costs about what
+    the separate norm kernel cost; scaling the finished dot products by 1/rms instead, with the
+    squares summed in the loop, was slower still on an H100 (benchmarks/fused-step-ab-h100.json).
     """
     rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     dtype = y_ptr.dtype.element_ty
+    rstd = 0.0
+    if INPUT == "rms_norm" or INPUT == "add_rms_norm":
+        h = tl.arange(0, BLOCK_H)
+        h_ok = h < K
+        row = tl.load(x_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
+        if INPUT == "add_rms_norm":
+            row = (row + tl.load(res_ptr + h, mask=h_ok, other=0.0).to(tl.float32)).to(dtype)
+            if tl.program_id(0) == 0:
+                tl.store(res_out_ptr + h, row, mask=h_ok)
+            row = row.to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(row * row, 0) / K + eps)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    squares = tl.zeros([BLOCK_K], tl.float32)
     for _ in range(0, K, BLOCK_K):  # cols walks along K
         ok = cols < K
         x = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
         if INPUT == "add_rms_norm":
-            x = (x + tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype)
-            if tl.program_id(0) == 0:
-                tl.store(res_out_ptr + cols, x, mask=ok)
-            x = x.to(tl.float32)
+            x = (x + tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
         if INPUT == "rms_norm" or INPUT == "add_rms_norm":
-            squares += x * x
-            x = x * tl.load(norm_w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            x = (x * rstd).to(dtype).to(tl.float32)
+            x = (x * tl.load(norm_w_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
         cols += BLOCK_K
         w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
-    y = tl.sum(acc, 1)
-    if INPUT == "rms_norm" or INPUT == "add_rms_norm":
-        y = y * tl.rsqrt(tl.sum(squares, 0) / K + eps)
-    tl.store(y_ptr + rows, y.to(dtype), mask=row_ok)
+    tl.store(y_ptr + rows, tl.sum(acc, 1).to(dtype), mask=row_ok)
 
 
 # the configurations that won on the Qwen3 0.6B and 8B shapes on an H100 (gemv_probe.py)
@@ -97,13 +105,15 @@ def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | 
     n, k = weight.shape
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     residual_out = torch.empty(1, k, dtype=x.dtype, device=x.device) if residual is not None else None
+    norms = input_kind in ("rms_norm", "add_rms_norm")
     tensors = (x, weight, y, n, k, weight.stride(0), residual if residual is not None else x,
                norm_weight if norm_weight is not None else x, residual_out if residual_out is not None else y, eps)
+    block_h = triton.next_power_of_2(k) if norms else 1
     if x.device.type == "cuda":
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
-            *tensors, INPUT=input_kind, **dependent_launch_options(x.device))
+            *tensors, INPUT=input_kind, BLOCK_H=block_h, **dependent_launch_options(x.device))
     else:  # the interpreter: one small configuration (tuning means timing, and there is no GPU to time)
-        _gemv_kernel[(triton.cdiv(n, 2),)](*tensors, INPUT=input_kind, BLOCK_N=2, BLOCK_K=64,
+        _gemv_kernel[(triton.cdiv(n, 2),)](*tensors, INPUT=input_kind, BLOCK_N=2, BLOCK_K=64, BLOCK_H=block_h,
                                            DEPENDENT_LAUNCH=False)
     return y, residual_out
 
@@ -122,8 +132,8 @@ def rms_norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps
     x, residual: [1, K] (residual None: the first layer, whose x is the embedding) · norm_weight [K]
     · weight [N, K]. Returns (y, residual_out) with residual_out = x + residual (x itself when
     residual is None) and y = weight · rms_norm(residual_out, norm_weight, eps): fused_add_rms_norm
-    (or rms_norm) followed by linear, but without rounding the normalised row to x's dtype.
-    Memory: reads N·K + 3·K elements (the 3·K from L2 by every program), writes N (+ K).
+    (or rms_norm) followed by linear, with the same roundings.
+    Memory: reads N·K + 3·K elements (K from L2 by every program), writes N (+ K).
     """
     if not _is_single_row(x, weight):
         raise ValueError(f"rms_norm_linear takes one contiguous row x [1, K] of weight's dtype and device (a "
