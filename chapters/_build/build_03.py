@@ -917,6 +917,34 @@ persistent kernel for a whole layer or the whole step, as the fastest batch-1 en
 more of the same fusions.
 """)
 
+md(r"""
+The engine does take the two fusions that cost nothing to keep: its batch-1 CUDA graph is recorded
+from `mili/engine/fused_step.py`, which runs your model's modules and weights but puts the
+pre-norm inside the qkv and gate_up matrix-vector kernels and does q/k norm, RoPE and the K/V
+store in one kernel (eight kernels per layer instead of eleven; every other step runs your
+kernels, and `MILI_FUSED_STEP=0` turns it off). Measured in the engine, interleaved in one run
+on an H100, against the same step without it:
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+ab = json.loads((bench / "fused-step-ab-h100.json").read_text())
+kept = next(call for call in ab["calls"] if call["variant"].startswith("two fusions: add"))
+for run in kept["latency"]:
+    print(f"  {run['model']:<11} fused step {'on ' if run['fused'] else 'off'}  {run['tpot_ms']:.3f} ms/token "
+          f"({run['times_floor']:.2f}x the floor)")
+""")
+
+md(r"""
+A few percent at 0.6B and nothing at 8B, as the probe predicted. The other fusions tried in the
+engine lost (the record's other calls): SiLU inside the down projection recomputes the activation
+in every program of that kernel; attention that combines its own splits in its last program was
+slower than the separate combine kernel, and it changed tokens inside CUDA graphs (its last
+program most likely read the other programs' partial results before they were visible: only one
+thread's release ordered them). Interpreter tests cannot see such a race; the GPU runs of
+`tests/test_fused_step.py` and the CUDA-graph tests did.
+""")
+
 think(r"""
 Predict, before measuring: which of these stay host-bound after the persistent batch and
 overlap? (a) batch 1 with a 0.6B model; (b) batch 1 with an 8B model; (c) 256 sequences of
