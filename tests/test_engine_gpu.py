@@ -18,30 +18,51 @@ pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_engine_greedy_matches_transformers_on_cuda(tmp_path, backend):
+def _random_hf_qwen3(folder):
+    """A small random transformers Qwen3 (seed 0), saved to `folder` and returned on the GPU."""
     from transformers import Qwen3Config as HFConfig
     from transformers import Qwen3ForCausalLM as HFQwen3
-
-    from mili import LLM, SamplingParams
 
     torch.manual_seed(0)
     config = HFConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=512,
                       tie_word_embeddings=False, initializer_range=0.1, eos_token_id=None)
     hf = HFQwen3(config).eval()
-    hf.save_pretrained(tmp_path)
-    hf = hf.cuda()
+    hf.save_pretrained(folder)
+    return hf.cuda()
+
+
+def _hf_greedy(hf, prompt: list[int], new_tokens: int) -> list[int]:
+    with torch.no_grad():
+        ids = torch.tensor([prompt], device="cuda")
+        return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                           pad_token_id=0)[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_engine_greedy_matches_transformers_on_cuda(tmp_path, backend):
+    from mili import LLM, SamplingParams
+
+    hf = _random_hf_qwen3(tmp_path)
     llm = LLM(str(tmp_path), dtype="float32", device="cuda", backend=backend, block_size=16, num_kv_blocks=256)
     prompts = [[(7 * i + j * 13) % 512 for j in range(5 + 9 * i)] for i in range(8)]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
     for prompt, out in zip(prompts, outs):
-        with torch.no_grad():
-            ids = torch.tensor([prompt], device="cuda")
-            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
-                              pad_token_id=0)[0, len(prompt):].tolist()
-        assert out.outputs[0].token_ids == ref
+        assert out.outputs[0].token_ids == _hf_greedy(hf, prompt, 20)
+
+
+def test_engine_batch_1_greedy_matches_transformers_through_the_fused_graph(tmp_path):
+    """One request at a time: every decode step replays the batch-1 graph of the fused step."""
+    from mili import LLM, SamplingParams
+
+    hf = _random_hf_qwen3(tmp_path)
+    llm = LLM(str(tmp_path), dtype="float32", device="cuda", backend="triton", block_size=16, num_kv_blocks=256)
+    assert llm.engine.runner.graphs is not None and llm.engine.runner.graphs.fused_batch_1
+    for prompt in ([3, 1, 4, 1, 5, 9, 2, 6], [(11 * j) % 512 for j in range(150)]):
+        out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True),
+                           use_tqdm=False)[0]
+        assert out.outputs[0].token_ids == _hf_greedy(hf, prompt, 40)
 
 
 def test_design_workload_throughput_on_qwen3_0_6b_shapes():

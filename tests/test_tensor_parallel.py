@@ -216,22 +216,27 @@ def test_parallel_samples_give_the_tokens_of_one_process(tmp_path):
     assert len(set(map(tuple, expected[1]))) > 1, "the seeded samples should differ from one another"
 
 
-def test_every_rank_replays_its_own_graphs_where_a_decode_batch_fits(tmp_path):
-    """The CUDA-graph protocol on the CPU, with stand-in graphs (tests/stand_in_graphs_tp.py):
-    rank 0 records and replays with the workers; prefills and forks run eagerly in between."""
-    folder = tmp_path / "ckpt"
+def _stand_in_graphs_against_one_process(folder: Path, spec: dict) -> tuple[dict, list]:
+    """Run `spec` (prompts, params, LLM settings) with two ranks and stand-in graphs
+    (tests/stand_in_graphs_tp.py) and in one process: (what the two ranks report, one process's tokens)."""
     write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
-    spec = {"prompts": [{"prompt_token_ids": list(range(3, 3 + 4 * i + 5))} for i in range(4)],
-            "params": [dict(n=1 + i % 2, temperature=0, max_tokens=8 + i, ignore_eos=True) for i in range(4)],
-            "settings": dict(num_kv_blocks=64, block_size=4, max_num_seqs=3)}
     one = LLM(str(folder), **spec["settings"])
     params = [SamplingParams(**p) for p in spec["params"]]
     expected = [[c.token_ids for c in o.outputs] for o in one.generate(spec["prompts"], params, use_tqdm=False)]
     proc = subprocess.run([sys.executable, "-m", "tests.stand_in_graphs_tp", str(folder), json.dumps(spec)],
-                          env=_env(uuid.uuid4().hex), cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=_env(uuid.uuid4().hex), cwd=ROOT, capture_output=True, text=True, timeout=300,
                           check=False)
     assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout)
+    return json.loads(proc.stdout), expected
+
+
+def test_every_rank_replays_its_own_graphs_where_a_decode_batch_fits(tmp_path):
+    """The CUDA-graph protocol on the CPU, with stand-in graphs (tests/stand_in_graphs_tp.py):
+    rank 0 records and replays with the workers; prefills and forks run eagerly in between."""
+    spec = {"prompts": [{"prompt_token_ids": list(range(3, 3 + 4 * i + 5))} for i in range(4)],
+            "params": [dict(n=1 + i % 2, temperature=0, max_tokens=8 + i, ignore_eos=True) for i in range(4)],
+            "settings": dict(num_kv_blocks=64, block_size=4, max_num_seqs=3)}
+    got, expected = _stand_in_graphs_against_one_process(tmp_path / "ckpt", spec)
     assert got["token_ids"] == expected
     assert got["replays"] > 8, "the decode steps should have replayed"
 
@@ -240,19 +245,10 @@ def test_every_rank_runs_the_fused_batch_1_step_of_its_shard(tmp_path):
     """The engine records its batch-1 graph from `FusedDecodeStep` (triton backend, here in the
     interpreter): with the stand-in graphs each rank runs it on its shard, its all-reduces in step
     with the other rank's, and the tokens are those of one process."""
-    folder = tmp_path / "ckpt"
-    write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
     spec = {"prompts": [{"prompt_token_ids": [5, 9, 14, 3, 27, 8]}],
             "params": [dict(temperature=0, max_tokens=5, ignore_eos=True)],
             "settings": dict(num_kv_blocks=16, block_size=4, max_num_seqs=2, backend="triton")}
-    one = LLM(str(folder), **spec["settings"])
-    expected = [[c.token_ids for c in o.outputs]
-                for o in one.generate(spec["prompts"], [SamplingParams(**spec["params"][0])], use_tqdm=False)]
-    proc = subprocess.run([sys.executable, "-m", "tests.stand_in_graphs_tp", str(folder), json.dumps(spec)],
-                          env=_env(uuid.uuid4().hex), cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout)
+    got, expected = _stand_in_graphs_against_one_process(tmp_path / "ckpt", spec)
     assert got["token_ids"] == expected
     assert got["fused_replays"] >= 4, "every decode step of the lone request should have run the fused step"
 

@@ -141,6 +141,9 @@ def rms_norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps
                          f"{weight.dtype} on {weight.device}")
     if x.shape[1] != weight.shape[1]:
         raise ValueError(f"rms_norm_linear: x has {x.shape[1]} features, weight [N, K] = {tuple(weight.shape)}")
+    if norm_weight.shape != (x.shape[1],) or norm_weight.dtype != x.dtype or norm_weight.device != x.device:
+        raise ValueError(f"norm_weight must be [{x.shape[1]}] {x.dtype} on {x.device}, got "
+                         f"{tuple(norm_weight.shape)} {norm_weight.dtype} on {norm_weight.device}")
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
         raise ValueError(f"residual must be a contiguous {tuple(x.shape)} {x.dtype} row like x, "
                          f"got {tuple(residual.shape)} {residual.dtype}")
