@@ -16,8 +16,8 @@ from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_
 
 @triton.jit
 def _normed_rotated(x1, x2, weight_ptr, cos, sin, half, half_dim, eps, dtype):
-    """RMSNorm over head_dim of heads given as halves [heads, D/2] x 2, then RoPE; rounded as
-    rms_norm then apply_rope round (normalised value, times weight, rotated in float32)."""
+    """RMSNorm over head_dim of heads given as halves [heads, D/2] x 2, then RoPE, rounded where
+    rms_norm and apply_rope round (the normalised value, its product with the weight, the rotation)."""
     w1 = tl.load(weight_ptr + half).to(tl.float32)[None, :]
     w2 = tl.load(weight_ptr + half_dim + half).to(tl.float32)[None, :]
     rstd = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * half_dim) + eps)[:, None]
@@ -58,9 +58,9 @@ def _qk_norm_rope_store_kernel(
         at = slot * (NUM_KV_HEADS * head_dim) + kv_offs
         tl.store(k_cache_ptr + at, k1.to(k_cache_ptr.dtype.element_ty))
         tl.store(k_cache_ptr + at + HALF, k2.to(k_cache_ptr.dtype.element_ty))
-        v = tl.load(v_ptr + kv_offs)
-        tl.store(v_cache_ptr + at, v.to(v_cache_ptr.dtype.element_ty))
-        tl.store(v_cache_ptr + at + HALF, tl.load(v_ptr + kv_offs + HALF).to(v_cache_ptr.dtype.element_ty))
+        v1, v2 = tl.load(v_ptr + kv_offs), tl.load(v_ptr + kv_offs + HALF)
+        tl.store(v_cache_ptr + at, v1.to(v_cache_ptr.dtype.element_ty))
+        tl.store(v_cache_ptr + at + HALF, v2.to(v_cache_ptr.dtype.element_ty))
 
 
 def qk_norm_rope_store(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, eps: float, positions: Tensor,
@@ -68,7 +68,8 @@ def qk_norm_rope_store(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, eps: flo
     """One token's attention inputs from its qkv projection, in one launch.
 
     qkv: [1, (Hq + 2·Hkv)·D], contiguous (q heads, then k heads, then v heads) · q_weight, k_weight: [D]
-    positions [1], slot_mapping [1] (-1: store nothing) · cos_sin_cache [P, D] float32 ·
+    positions [1] (within the cache's P positions, as the engine's are), slot_mapping [1] (-1: store
+    nothing) · cos_sin_cache [P, D] float32 ·
     k_cache, v_cache: [N, S, Hkv, D], contiguous. Normalises and rotates q in place (qk_norm_rope),
     and writes the normalised, rotated k and the v of the token into its slot (store_kvcache).
     Hq and Hkv must be powers of two and D even. Returns q as a [1, Hq, D] view of qkv.
