@@ -94,10 +94,11 @@ def _options(pdl):
                                                                                              **SMALL)
 
 
-def gemv(x, w, pdl):
+def gemv(x, w, pdl, out=None):
     n, k = w.shape
-    y = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    gemv_tuned[_grid(n)](x, w, y, n, k, w.stride(0), **_options(pdl))
+    y = torch.empty(1, n, dtype=x.dtype, device=x.device) if out is None else out
+    gemv_tuned[_grid(n)](x, w, y, n, k, w.stride(0), x, x, y, 0.0,  # no residual, norm weight or eps
+                         INPUT="plain", BLOCK_H=1, **_options(pdl))
     return y
 
 

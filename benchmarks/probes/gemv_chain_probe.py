@@ -67,12 +67,11 @@ def main() -> None:
     def independent(mode):
         for w, y in zip(weights, outputs):
             n, k = w.shape
-            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
             if mode == "no wait":
-                no_wait[grid](inputs[k], w, y, n, k, w.stride(0), launch_pdl=True)
+                no_wait[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](inputs[k], w, y, n, k, w.stride(0),
+                                                                          launch_pdl=True)
             else:
-                pdl = mode == "wait"
-                fp.gemv_tuned[grid](inputs[k], w, y, n, k, w.stride(0), DEPENDENT_LAUNCH=pdl, launch_pdl=pdl)
+                fp.gemv(inputs[k], w, mode == "wait", out=y)
 
     h = torch.randn(1, fp.QWEN3_0_6B["hidden"], device="cuda").to(torch.bfloat16)
     res = torch.randn_like(h)
