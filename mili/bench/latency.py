@@ -131,6 +131,8 @@ def print_report(report: dict, stream=None) -> None:
           f"{report['prompt_len']}, {report['new_tokens']} new tokens · floor {report['floor_ms_per_token']:.3f} ms/token "
           f"({report['weight_bytes_per_step'] / 1e9:.2f} GB of weights at {report['copy_bytes_per_s'] / 1e9:.0f} GB/s)",
           file=stream)
+    if report.get("fused_batch_1_step"):
+        print("decode steps replay the fused batch-1 graph (MILI_FUSED_STEP=0: the modules' forward)", file=stream)
     print(f"{'engine':<8} {'ms/token':>9} {'x floor':>8} {'TTFT ms':>8}", file=stream)
     for name in ("mili", "hf"):
         if name in report:
