@@ -32,6 +32,14 @@ def _randn(*shape, dtype, gen, scale=1.0):
     return (torch.randn(*shape, generator=gen) * scale).to(DEVICE, dtype)
 
 
+def _assert_same(got, expected, dtype, what):
+    """Equal in the interpreter; on a GPU the norm's sum of squares may add in another order."""
+    if DEVICE == "cpu":
+        assert torch.equal(got, expected), what
+    else:
+        assert_close(got, expected, dtype=dtype, scale=2.0, what=what)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n,k", [(6, 96), (5, 200)])
 def test_rms_norm_linear_gives_the_norm_then_the_gemv(n, k, dtype):
@@ -39,17 +47,16 @@ def test_rms_norm_linear_gives_the_norm_then_the_gemv(n, k, dtype):
     x, residual = _randn(1, k, dtype=dtype, gen=gen), _randn(1, k, dtype=dtype, gen=gen)
     norm_weight = (1 + _randn(k, dtype=torch.float32, gen=gen, scale=0.1)).to(dtype)
     weight = _randn(n, k, dtype=dtype, gen=gen, scale=k ** -0.5)
-    same = torch.equal if DEVICE == "cpu" else (  # a GPU may add the sum of squares in another order
-        lambda got, expected: assert_close(got, expected, dtype=dtype, scale=2.0, what="rms_norm_linear") is None)
 
     y, residual_out = rms_norm_linear(x, residual, norm_weight, 1e-6, weight)
     normed, expected_residual = fused_add_rms_norm(x, residual, norm_weight, 1e-6)
     assert torch.equal(residual_out, expected_residual), "residual_out must be x + residual, rounded to x's dtype"
-    assert same(y, linear(normed, weight)), "rms_norm_linear must equal fused_add_rms_norm then linear"
+    _assert_same(y, linear(normed, weight), dtype, "rms_norm_linear must equal fused_add_rms_norm then linear")
 
     y, residual_out = rms_norm_linear(x, None, norm_weight, 1e-6, weight)
     assert residual_out is x, "without a residual the next residual is x itself (the embedding)"
-    assert same(y, linear(rms_norm(x, norm_weight, 1e-6), weight)), "rms_norm_linear without a residual"
+    _assert_same(y, linear(rms_norm(x, norm_weight, 1e-6), weight), dtype,
+                 "rms_norm_linear without a residual must equal rms_norm then linear")
 
 
 def test_rms_norm_linear_rejects_what_it_does_not_take():
