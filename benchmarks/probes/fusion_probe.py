@@ -14,7 +14,8 @@ neighbour's work in its prologue or its loop:
 
     add+RMSNorm+GEMV   every program reads the whole input row (K elements, a few KB from L2),
                        adds the residual, computes the row's rms, and normalises each tile of x as
-                       it multiplies it; program 0 also writes the sum, the next residual.
+                       it multiplies it; program 0 also writes the sum, the next residual (the
+                       engine's own since, `rms_norm_linear` in mili/kernels/linear.py).
     SiLU+GEMV          each tile of x is silu(gate) * up, read from the gate_up output.
 
 Both variants run with dependent launch on (as the engine does on Hopper) and off, and the
@@ -40,36 +41,19 @@ QWEN3_0_6B = dict(hidden=1024, q_size=2048, kv_size=1024, inter=3072)
 
 
 @triton.jit
-def _fused_gemv_kernel(x_ptr, res_ptr, norm_w_ptr, w_ptr, y_ptr, res_out_ptr, N, K, stride_w, eps,
-                       NORM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
-                       DEPENDENT_LAUNCH: tl.constexpr):
-    """The GEMV of mili/kernels/linear.py with its neighbour's work in the tiles of x:
-    NORM:     y = W · rms_norm(x + res) · norm_w, with the rounding of fused_add_rms_norm then the
-              GEMV; program 0 writes res_out = x + res.
-    not NORM: y = W · (silu(gate) * up) where x = [gate | up], each K long, with silu_and_mul's rounding."""
+def _silu_gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      DEPENDENT_LAUNCH: tl.constexpr):
+    """The GEMV of mili/kernels/linear.py with the activation in its tiles: y = W · (silu(gate) * up)
+    where x = [gate | up], each K long, with silu_and_mul's rounding. (The add+RMSNorm GEMV is
+    linear.py's own, INPUT="add_rms_norm".)"""
     rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
-    if NORM:  # the row's rms, from the whole row (a few KB, read from L2 by every program)
-        h = tl.arange(0, BLOCK_H)
-        h_ok = h < K
-        summed = (tl.load(x_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
-                  + tl.load(res_ptr + h, mask=h_ok, other=0.0).to(tl.float32)).to(res_out_ptr.dtype.element_ty)
-        if tl.program_id(0) == 0:
-            tl.store(res_out_ptr + h, summed, mask=h_ok)
-        s = summed.to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(s * s, 0) / K + eps)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for _ in range(0, K, BLOCK_K):
         ok = cols < K
-        if NORM:
-            tile = (tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-                    + tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(y_ptr.dtype.element_ty)
-            normed = (tile.to(tl.float32) * rstd).to(y_ptr.dtype.element_ty).to(tl.float32)
-            x = (normed * tl.load(norm_w_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(y_ptr.dtype.element_ty)
-        else:
-            gate = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-            up = tl.load(x_ptr + K + cols, mask=ok, other=0.0).to(tl.float32)
-            x = (gate * tl.sigmoid(gate) * up).to(y_ptr.dtype.element_ty)
+        gate = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + K + cols, mask=ok, other=0.0).to(tl.float32)
+        x = (gate * tl.sigmoid(gate) * up).to(y_ptr.dtype.element_ty)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
         cols += BLOCK_K
         w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
@@ -80,7 +64,7 @@ def _tuned(kernel, key):
     return triton.autotune(configs=GEMV_CONFIGS, key=key)(kernel) if torch.cuda.is_available() else kernel
 
 
-gemv_tuned, fused_gemv_tuned = _tuned(_gemv_kernel, ["N", "K"]), _tuned(_fused_gemv_kernel, ["N", "K", "NORM"])
+gemv_tuned, silu_gemv_tuned = _tuned(_gemv_kernel, ["N", "K", "INPUT"]), _tuned(_silu_gemv_kernel, ["N", "K"])
 SMALL = dict(BLOCK_N=2, BLOCK_K=64)  # the interpreter: one small configuration
 
 
@@ -106,16 +90,15 @@ def norm_gemv(x, res, norm_w, w, pdl, eps=1e-6):
     n, k = w.shape
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(x)
-    fused_gemv_tuned[_grid(n)](x, res, norm_w, w, y, res_out, n, k, w.stride(0), eps,
-                               NORM=True, BLOCK_H=triton.next_power_of_2(k), **_options(pdl))
+    gemv_tuned[_grid(n)](x, w, y, n, k, w.stride(0), res, norm_w, res_out, eps,
+                         INPUT="add_rms_norm", BLOCK_H=triton.next_power_of_2(k), **_options(pdl))
     return y, res_out
 
 
 def silu_gemv(x, w, pdl):
     n, k = w.shape
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    fused_gemv_tuned[_grid(n)](x, x, x, w, y, y, n, k, w.stride(0), 0.0,  # no residual, norm weight or eps
-                               NORM=False, BLOCK_H=1, **_options(pdl))
+    silu_gemv_tuned[_grid(n)](x, w, y, n, k, w.stride(0), **_options(pdl))
     return y
 
 
