@@ -1,5 +1,6 @@
 """Tensor parallelism on 2 GPUs (NCCL): every rank replays its own decode CUDA graphs, and the
-tokens are those of the eager group and of one GPU; in bfloat16 the replayed decode steps sum
+tokens are those of the eager group and of one GPU (the workload ends with one long request
+alone, so the fused batch-1 graph runs too); in bfloat16 the replayed decode steps sum
 with the one-shot kernel (float32 goes to NCCL) and still give the eager group's tokens; and a
 worker killed in the middle of decoding ends rank 0 with an error, not a hang. Skipped without
 2 GPUs."""
@@ -21,14 +22,20 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")]
 
 
-def _generate(folder, dtype="float32", **settings) -> tuple[list, bool]:
+def _generate(folder, dtype="float32", **settings) -> tuple[list, str]:
+    """The greedy tokens of 11 requests of mixed lengths and forks and of one that outlives them
+    all (its last 20 steps are batches of one); and how the decode steps ran: "eager", "graphs",
+    or "graphs, fused batch 1"."""
     prompts = [{"prompt_token_ids": list(range(3, 3 + 5 * i + 7))} for i in range(11)]
     params = [SamplingParams(n=1 + i % 3, temperature=0, max_tokens=6 + 2 * i, ignore_eos=True) for i in range(11)]
+    prompts.append({"prompt_token_ids": list(range(5, 40))})
+    params.append(SamplingParams(temperature=0, max_tokens=6 + 2 * 10 + 20, ignore_eos=True))
     llm = LLM(str(folder), dtype=dtype, device="cuda", backend="triton", num_kv_blocks=256, block_size=16,
               max_num_seqs=16, **settings)
     try:
         tokens = [[c.token_ids for c in o.outputs] for o in llm.generate(prompts, params, use_tqdm=False)]
-        return tokens, llm.engine.runner.graphs is not None
+        graphs = llm.engine.runner.graphs
+        return tokens, "eager" if graphs is None else "graphs, fused batch 1" if graphs.fused_batch_1 else "graphs"
     finally:
         if llm.tensor_parallel_size > 1:
             llm.model.shutdown()
@@ -43,9 +50,9 @@ def test_bfloat16_steps_summed_by_the_one_shot_kernel_give_the_nccl_groups_token
     assert not one_shot._installed_once, "this test needs the process's first group: keep it first in the file"
     folder = tmp_path / "kv-heads-divide-tied"
     write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
-    replayed, graphs = _generate(folder, dtype="bfloat16", tensor_parallel_size=2)
+    replayed, steps = _generate(folder, dtype="bfloat16", tensor_parallel_size=2)
     eager, _ = _generate(folder, dtype="bfloat16", tensor_parallel_size=2, enforce_eager=True)
-    assert graphs
+    assert steps == "graphs, fused batch 1"
     assert replayed == eager, "the one-shot kernel's sums must equal NCCL's"
 
 
@@ -54,9 +61,10 @@ def test_each_rank_replays_its_graphs_and_gives_the_eager_and_one_gpu_tokens(tmp
     folder = tmp_path / name
     write_checkpoint(folder, **CHECKPOINTS[name])
     one_gpu, _ = _generate(folder)
-    replayed, graphs = _generate(folder, tensor_parallel_size=2)
-    eager, eager_graphs = _generate(folder, tensor_parallel_size=2, enforce_eager=True)
-    assert graphs and not eager_graphs
+    replayed, steps = _generate(folder, tensor_parallel_size=2)
+    eager, eager_steps = _generate(folder, tensor_parallel_size=2, enforce_eager=True)
+    # the fused batch-1 step needs power-of-two head counts (can_fuse): 6 and 3 heads run the modules
+    assert (steps, eager_steps) == ("graphs, fused batch 1" if name == "kv-heads-divide-tied" else "graphs", "eager")
     assert os.environ.get("NCCL_NVLS_ENABLE") == "0"
     assert replayed == eager, "2 ranks replaying CUDA graphs must give the eager group's tokens"
     assert replayed == one_gpu, "2 ranks must give one GPU's greedy tokens"
