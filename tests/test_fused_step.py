@@ -14,11 +14,12 @@ import torch
 from mili.checkpoint import random_model
 from mili.config import Qwen3Config, preset
 from mili.engine.fused_step import FusedDecodeStep, can_fuse
-from mili.kernels.decode_step import qk_norm_rope_store
+from mili.kernels.decode_step import attend_new_token, qk_norm_rope_store
 from mili.kernels.linear import linear, rms_norm_linear
 from mili.model.metadata import AttentionMetadata, KVCache
 from mili.model.rope import rope_cos_sin_cache
 from mili.testing import assert_close
+from solutions.kernels.decode_attention import paged_decode_attention
 from solutions.kernels.kv_store import store_kvcache
 from solutions.kernels.qk_norm_rope import qk_norm_rope
 from solutions.kernels.rmsnorm import fused_add_rms_norm, rms_norm
@@ -97,6 +98,51 @@ def test_qk_norm_rope_store_equals_the_norm_rope_kernel_then_the_store(dtype):
     qk_norm_rope_store(qkv.clone(), q_weight, k_weight, 1e-6, positions + 1, cos_sin, caches[0], caches[1],
                        torch.tensor([-1], device=DEVICE))
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3]), "slot -1 must store nothing"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # the interpreter's tl.dot is wrong in bfloat16
+@pytest.mark.parametrize("context_len,table_width", [(1, 40), (37, 40), (150, 40), (11, 4)])
+def test_attend_new_token_equals_the_norm_rope_store_then_decode_attention(context_len, table_width, dtype):
+    """Contexts of one token, of splits left empty, of two tiles per split, and of a single split;
+    the new token's slot holds stale numbers, which the kernel must not use."""
+    gen = torch.Generator().manual_seed(context_len)
+    num_q_heads, num_kv_heads, head_dim, block_size = 8, 2, 16, 4
+    num_blocks = table_width + 3
+    qkv = _randn(1, (num_q_heads + 2 * num_kv_heads) * head_dim, dtype=dtype, gen=gen)
+    q_weight, k_weight = ((1 + _randn(head_dim, dtype=torch.float32, gen=gen, scale=0.1)).to(dtype) for _ in range(2))
+    cos_sin = rope_cos_sin_cache(head_dim, 256, 10000.0).to(DEVICE)
+    table = (torch.randperm(num_blocks, generator=gen)[:table_width] if table_width > 4
+             else torch.tensor([5, 0, 6, 2]))[None].to(DEVICE, torch.int32)
+    new = context_len - 1
+    slots = (table[0, new // block_size] * block_size + new % block_size).view(1).long()
+    positions, context_lens = torch.tensor([new], device=DEVICE), torch.tensor([context_len], dtype=torch.int32,
+                                                                               device=DEVICE)
+    cache = [_randn(num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, gen=gen) for _ in range(2)]
+    expected_cache = [c.clone() for c in cache]
+    scale = head_dim ** -0.5
+
+    expected_qkv = qkv.clone()
+    q = qk_norm_rope_store(expected_qkv, q_weight, k_weight, 1e-6, positions, cos_sin, *expected_cache, slots)
+    expected = paged_decode_attention(q, *expected_cache, context_lens, table, softmax_scale=scale)
+    got = attend_new_token(qkv, q_weight, k_weight, 1e-6, positions, cos_sin, *cache, slots, context_lens, table,
+                           scale)
+    assert torch.equal(cache[0], expected_cache[0]) and torch.equal(cache[1], expected_cache[1]), \
+        "the new token's normalised, rotated k and its v must land in its slot, and nothing else may change"
+    _assert_same(got, expected, dtype, "attend_new_token must equal qk_norm_rope_store then paged_decode_attention")
+
+
+def test_attend_new_token_rejects_what_it_does_not_take():
+    qkv = torch.randn(1, 12 * 16, device=DEVICE)
+    cache = torch.zeros(4, 4, 2, 16, device=DEVICE)
+    args = (torch.ones(16, device=DEVICE), torch.ones(16, device=DEVICE), 1e-6, torch.tensor([0], device=DEVICE),
+            rope_cos_sin_cache(16, 8, 10000.0).to(DEVICE), cache, cache.clone(), torch.tensor([0], device=DEVICE))
+    one = torch.tensor([1], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="one sequence"):
+        attend_new_token(qkv, *args, torch.tensor([1, 1], dtype=torch.int32, device=DEVICE),
+                         torch.zeros(2, 4, dtype=torch.int32, device=DEVICE), 0.25)
+    with pytest.raises(ValueError, match="power-of-two"):
+        attend_new_token(torch.randn(1, 10 * 16, device=DEVICE), *args, one,
+                         torch.zeros(1, 4, dtype=torch.int32, device=DEVICE), 0.25)
 
 
 def test_the_fused_step_gives_the_models_decode_step():

@@ -216,10 +216,11 @@ def test_parallel_samples_give_the_tokens_of_one_process(tmp_path):
     assert len(set(map(tuple, expected[1]))) > 1, "the seeded samples should differ from one another"
 
 
-def _stand_in_graphs_against_one_process(folder: Path, spec: dict) -> tuple[dict, list]:
+def _stand_in_graphs_against_one_process(folder: Path, spec: dict,
+                                         checkpoint: str = "kv-heads-divide-tied") -> tuple[dict, list]:
     """Run `spec` (prompts, params, LLM settings) with two ranks and stand-in graphs
     (tests/stand_in_graphs_tp.py) and in one process: (what the two ranks report, one process's tokens)."""
-    write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
+    write_checkpoint(folder, **CHECKPOINTS[checkpoint])
     one = LLM(str(folder), **spec["settings"])
     params = [SamplingParams(**p) for p in spec["params"]]
     expected = [[c.token_ids for c in o.outputs] for o in one.generate(spec["prompts"], params, use_tqdm=False)]
@@ -244,11 +245,13 @@ def test_every_rank_replays_its_own_graphs_where_a_decode_batch_fits(tmp_path):
 def test_every_rank_runs_the_fused_batch_1_step_of_its_shard(tmp_path):
     """The engine records its batch-1 graph from `FusedDecodeStep` (triton backend, here in the
     interpreter): with the stand-in graphs each rank runs it on its shard, its all-reduces in step
-    with the other rank's, and the tokens are those of one process."""
+    with the other rank's, and the tokens are those of one process. 6 query and 3 KV heads: one
+    process cannot fuse them (not powers of two) and runs the modules, while the ranks' shards
+    (4 + 2 and 2 + 1 heads) are fused, each with its own number of heads."""
     spec = {"prompts": [{"prompt_token_ids": [5, 9, 14, 3, 27, 8]}],
             "params": [dict(temperature=0, max_tokens=5, ignore_eos=True)],
             "settings": dict(num_kv_blocks=16, block_size=4, max_num_seqs=2, backend="triton")}
-    got, expected = _stand_in_graphs_against_one_process(tmp_path / "ckpt", spec)
+    got, expected = _stand_in_graphs_against_one_process(tmp_path / "ckpt", spec, "kv-heads-uneven-untied")
     assert got["token_ids"] == expected
     assert got["fused_replays"] >= 4, "every decode step of the lone request should have run the fused step"
 

@@ -31,7 +31,7 @@ import os
 import torch
 from torch import Tensor
 
-from mili.kernels.decode_step import qk_norm_rope_store
+from mili.kernels.decode_step import attend_new_token, qk_norm_rope_store
 from mili.kernels.linear import rms_norm_linear
 from mili.model.metadata import AttentionMetadata, KVCache
 
@@ -58,6 +58,7 @@ class FusedDecodeStep:
             raise ValueError("the fused decode step needs the triton backend and power-of-two head counts and "
                              "head size (and MILI_FUSED_STEP not 0)")
         self.model = model.model
+        self.attention_in_one = os.environ.get("MILI_FUSED_ATTENTION", "1") != "0"  # A/B switch (temporary)
 
     @torch.inference_mode()
     def __call__(self, input_ids: Tensor, positions: Tensor, md: AttentionMetadata, kv_cache: KVCache) -> Tensor:
@@ -68,10 +69,15 @@ class FusedDecodeStep:
             k_cache, v_cache = kv_cache.layer(index)
             attn, mlp, norm = layer.self_attn, layer.mlp, layer.input_layernorm
             qkv, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, attn.qkv_proj.weight)
-            q = qk_norm_rope_store(qkv, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps, positions,
-                                   attn.rotary.cos_sin_cache, k_cache, v_cache, md.slot_mapping)
-            o = attn.ops.paged_decode_attention(q, k_cache, v_cache, md.context_lens, md.block_tables,
-                                                softmax_scale=attn.scaling)
+            if self.attention_in_one:
+                o = attend_new_token(qkv, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps, positions,
+                                     attn.rotary.cos_sin_cache, k_cache, v_cache, md.slot_mapping, md.context_lens,
+                                     md.block_tables, attn.scaling)
+            else:
+                q = qk_norm_rope_store(qkv, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps, positions,
+                                       attn.rotary.cos_sin_cache, k_cache, v_cache, md.slot_mapping)
+                o = attn.ops.paged_decode_attention(q, k_cache, v_cache, md.context_lens, md.block_tables,
+                                                    softmax_scale=attn.scaling)
             hidden = attn.o_proj(o.view(1, -1))
             norm = layer.post_attention_layernorm
             gate_up, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight)

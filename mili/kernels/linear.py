@@ -19,6 +19,8 @@ batch-1 step, mili/engine/fused_step.py): one launch where the modules take two.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -91,6 +93,14 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
 GEMV_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
                 for n, k, w, s in ((2, 512, 2, 1), (2, 512, 2, 2), (2, 1024, 4, 1), (2, 1024, 4, 3), (8, 1024, 2, 3))]
 _gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "INPUT"])(_gemv_kernel)
+# A/B (temporary): each program loads its whole rows before the dependent wait
+WHOLE_ROW = os.environ.get("MILI_GEMV_WHOLE_ROW", "0") == "1"
+_gemv_whole_row = triton.autotune(
+    configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=1)
+             for k in (1024, 2048, 4096) for n, w in ((1, 2), (2, 2), (2, 4), (4, 4), (4, 8))],
+    key=["N", "K", "INPUT"],
+    prune_configs_by={"early_config_prune": lambda configs, named_args, **kw: [
+        c for c in configs if c.kwargs["BLOCK_K"] == triton.next_power_of_2(named_args["K"])]})(_gemv_kernel)
 
 
 def _is_single_row(x: Tensor, weight: Tensor) -> bool:
@@ -110,7 +120,8 @@ def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | 
                norm_weight if norm_weight is not None else x, residual_out if residual_out is not None else y, eps)
     block_h = triton.next_power_of_2(k) if norms else 1
     if x.device.type == "cuda":
-        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+        kernel = _gemv_whole_row if WHOLE_ROW and k <= 4096 else _gemv_tuned
+        kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
             *tensors, INPUT=input_kind, BLOCK_H=block_h, **dependent_launch_options(x.device))
     else:  # the interpreter: one small configuration (tuning means timing, and there is no GPU to time)
         _gemv_kernel[(triton.cdiv(n, 2),)](*tensors, INPUT=input_kind, BLOCK_N=2, BLOCK_K=64, BLOCK_H=block_h,
