@@ -22,6 +22,7 @@ from mili.testing import assert_close
 from solutions.kernels.decode_attention import paged_decode_attention
 from solutions.kernels.kv_store import store_kvcache
 from solutions.kernels.qk_norm_rope import qk_norm_rope
+from solutions.kernels.activation import silu_and_mul
 from solutions.kernels.rmsnorm import fused_add_rms_norm, rms_norm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a CPU the kernels run in the interpreter
@@ -60,6 +61,23 @@ def test_rms_norm_linear_gives_the_norm_then_the_gemv(n, k, dtype):
                  "rms_norm_linear without a residual must equal rms_norm then linear")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k", [(6, 96), (5, 200)])
+def test_rms_norm_linear_can_end_in_silu_and_mul(n, k, dtype):
+    """The MLP's gate_up with its activation: program p takes rows of both halves of [W_gate; W_up]."""
+    gen = torch.Generator().manual_seed(n * k)
+    x, residual = _randn(1, k, dtype=dtype, gen=gen), _randn(1, k, dtype=dtype, gen=gen)
+    norm_weight = (1 + _randn(k, dtype=torch.float32, gen=gen, scale=0.1)).to(dtype)
+    weight = _randn(2 * n, k, dtype=dtype, gen=gen, scale=k ** -0.5)
+
+    y, residual_out = rms_norm_linear(x, residual, norm_weight, 1e-6, weight, output="silu_and_mul")
+    normed, expected_residual = fused_add_rms_norm(x, residual, norm_weight, 1e-6)
+    assert y.shape == (1, n), f"silu_and_mul halves the {2 * n} rows of gate_up, got {tuple(y.shape)}"
+    assert torch.equal(residual_out, expected_residual)
+    _assert_same(y, silu_and_mul(linear(normed, weight)), dtype,
+                 "rms_norm_linear(output='silu_and_mul') must equal the norm, the GEMV, then silu_and_mul")
+
+
 def test_rms_norm_linear_rejects_what_it_does_not_take():
     weight = torch.randn(4, 8, device=DEVICE)
     with pytest.raises(ValueError, match="one contiguous row"):
@@ -71,6 +89,9 @@ def test_rms_norm_linear_rejects_what_it_does_not_take():
     with pytest.raises(ValueError, match="residual"):
         rms_norm_linear(torch.randn(1, 8, device=DEVICE), torch.randn(1, 4, device=DEVICE),
                         torch.ones(8, device=DEVICE), 1e-6, weight)
+    with pytest.raises(ValueError, match="even number of rows"):
+        rms_norm_linear(torch.randn(1, 8, device=DEVICE), None, torch.ones(8, device=DEVICE), 1e-6,
+                        torch.randn(5, 8, device=DEVICE), output="silu_and_mul")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

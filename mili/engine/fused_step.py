@@ -59,6 +59,7 @@ class FusedDecodeStep:
                              "head size (and MILI_FUSED_STEP not 0)")
         self.model = model.model
         self.attention_in_one = os.environ.get("MILI_FUSED_ATTENTION", "1") != "0"  # A/B switch (temporary)
+        self.silu_in_gate_up = os.environ.get("MILI_SILU_IN_GATE_UP", "1") != "0"  # A/B switch (temporary)
 
     @torch.inference_mode()
     def __call__(self, input_ids: Tensor, positions: Tensor, md: AttentionMetadata, kv_cache: KVCache) -> Tensor:
@@ -80,7 +81,12 @@ class FusedDecodeStep:
                                                     softmax_scale=attn.scaling)
             hidden = attn.o_proj(o.view(1, -1))
             norm = layer.post_attention_layernorm
-            gate_up, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight)
-            hidden = mlp.down_proj(mlp.ops.silu_and_mul(gate_up))
+            if self.silu_in_gate_up:
+                act, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
+                                                output="silu_and_mul")
+            else:
+                gate_up, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight)
+                act = mlp.ops.silu_and_mul(gate_up)
+            hidden = mlp.down_proj(act)
         hidden, _ = self.model.norm(hidden, residual)
         return hidden

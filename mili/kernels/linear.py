@@ -19,8 +19,6 @@ batch-1 step, mili/engine/fused_step.py): one launch where the modules take two.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,11 +27,18 @@ from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_
 
 
 @triton.jit
-def first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """This program's rows of W [N, K]: (rows, which are < N, their pointers, the columns of the
-    first K tile, that tile loaded). W is read-only, so it may be loaded before a dependent wait."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
+def first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr = False):
+    """This program's rows of W [N, K] (GATED: of W [2N, K], its rows j of the first half then j + N
+    of the second): (rows, which are in range, their pointers, the columns of the first K tile,
+    that tile loaded). W is read-only, so it may be loaded before a dependent wait."""
+    if GATED:
+        j = tl.arange(0, 2 * BLOCK_N)
+        first_half = tl.program_id(0) * BLOCK_N + j % BLOCK_N
+        rows = first_half + (j // BLOCK_N) * N
+        row_ok = first_half < N
+    else:
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
     w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_w
     cols = tl.arange(0, BLOCK_K)
     w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
@@ -44,7 +49,7 @@ def first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
                  res_ptr, norm_w_ptr, res_out_ptr, eps,
                  INPUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
-                 DEPENDENT_LAUNCH: tl.constexpr):
+                 DEPENDENT_LAUNCH: tl.constexpr, OUTPUT: tl.constexpr = "plain"):
     """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with the input in float32.
 
     The loads of W run one tile ahead of the products. Under a dependent launch the first tile is
@@ -59,8 +64,13 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
     that the previous kernel just wrote, so from L2) for its rms. That prologue costs about what
     the separate norm kernel cost; scaling the finished dot products by 1/rms instead, with the
     squares summed in the loop, was slower still on an H100 (benchmarks/fused-step-ab-h100.json).
+    OUTPUT says what it writes, y [N]:
+        "plain"         the products, W [N, K] · input
+        "silu_and_mul"  silu(gate) · up from W [2N, K] = [W_gate; W_up]: each program takes rows j
+                        of both halves, so the activation costs no extra reads and no recompute
     """
-    rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K)
+    rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K,
+                                                      OUTPUT == "silu_and_mul")
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     dtype = y_ptr.dtype.element_ty
     rstd = 0.0
@@ -74,7 +84,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
                 tl.store(res_out_ptr + h, row, mask=h_ok)
             row = row.to(tl.float32)
         rstd = tl.rsqrt(tl.sum(row * row, 0) / K + eps)
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    acc = tl.zeros(w.shape, tl.float32)
     for _ in range(0, K, BLOCK_K):  # cols walks along K
         ok = cols < K
         x = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
@@ -86,21 +96,19 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
         acc += w.to(tl.float32) * x[None, :]
         cols += BLOCK_K
         w = tl.load(w_rows + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
-    tl.store(y_ptr + rows, tl.sum(acc, 1).to(dtype), mask=row_ok)
+    y = tl.sum(acc, 1).to(dtype)
+    if OUTPUT == "silu_and_mul":  # y holds [gate rows, up rows]: out = silu(gate) · up, rounded as silu_and_mul rounds
+        gate, up = tl.split(tl.permute(tl.reshape(y.to(tl.float32), (2, BLOCK_N)), (1, 0)))
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.store(y_ptr + rows, (gate * tl.sigmoid(gate) * up).to(dtype), mask=rows < N)
+    else:
+        tl.store(y_ptr + rows, y, mask=row_ok)
 
 
 # the configurations that won on the Qwen3 0.6B and 8B shapes on an H100 (gemv_probe.py)
 GEMV_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
                 for n, k, w, s in ((2, 512, 2, 1), (2, 512, 2, 2), (2, 1024, 4, 1), (2, 1024, 4, 3), (8, 1024, 2, 3))]
-_gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "INPUT"])(_gemv_kernel)
-# A/B (temporary): each program loads its whole rows before the dependent wait
-WHOLE_ROW = os.environ.get("MILI_GEMV_WHOLE_ROW", "0") == "1"
-_gemv_whole_row = triton.autotune(
-    configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=1)
-             for k in (1024, 2048, 4096) for n, w in ((1, 2), (2, 2), (2, 4), (4, 4), (4, 8))],
-    key=["N", "K", "INPUT"],
-    prune_configs_by={"early_config_prune": lambda configs, named_args, **kw: [
-        c for c in configs if c.kwargs["BLOCK_K"] == triton.next_power_of_2(named_args["K"])]})(_gemv_kernel)
+_gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "INPUT", "OUTPUT"])(_gemv_kernel)
 
 
 def _is_single_row(x: Tensor, weight: Tensor) -> bool:
@@ -109,10 +117,13 @@ def _is_single_row(x: Tensor, weight: Tensor) -> bool:
 
 
 def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | None = None,
-                 norm_weight: Tensor | None = None, eps: float = 0.0) -> tuple[Tensor, Tensor | None]:
-    """y [1, N] = weight · (x transformed as `input_kind` says), and the new residual row when
-    there is one (see _gemv_kernel)."""
+                 norm_weight: Tensor | None = None, eps: float = 0.0,
+                 output: str = "plain") -> tuple[Tensor, Tensor | None]:
+    """y [1, N] = weight · (x transformed as `input_kind` says), written as `output` says, and the
+    new residual row when there is one (see _gemv_kernel)."""
     n, k = weight.shape
+    if output == "silu_and_mul":
+        n //= 2
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     residual_out = torch.empty(1, k, dtype=x.dtype, device=x.device) if residual is not None else None
     norms = input_kind in ("rms_norm", "add_rms_norm")
@@ -120,12 +131,11 @@ def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | 
                norm_weight if norm_weight is not None else x, residual_out if residual_out is not None else y, eps)
     block_h = triton.next_power_of_2(k) if norms else 1
     if x.device.type == "cuda":
-        kernel = _gemv_whole_row if WHOLE_ROW and k <= 4096 else _gemv_tuned
-        kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
-            *tensors, INPUT=input_kind, BLOCK_H=block_h, **dependent_launch_options(x.device))
+        _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+            *tensors, INPUT=input_kind, BLOCK_H=block_h, OUTPUT=output, **dependent_launch_options(x.device))
     else:  # the interpreter: one small configuration (tuning means timing, and there is no GPU to time)
         _gemv_kernel[(triton.cdiv(n, 2),)](*tensors, INPUT=input_kind, BLOCK_N=2, BLOCK_K=64, BLOCK_H=block_h,
-                                           DEPENDENT_LAUNCH=False)
+                                           DEPENDENT_LAUNCH=False, OUTPUT=output)
     return y, residual_out
 
 
@@ -137,13 +147,14 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
 
 
 def rms_norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps: float,
-                    weight: Tensor) -> tuple[Tensor, Tensor]:
+                    weight: Tensor, output: str = "plain") -> tuple[Tensor, Tensor]:
     """A decoder layer's pre-norm and the projection after it, in one launch, for one row.
 
     x, residual: [1, K] (residual None: the first layer, whose x is the embedding) · norm_weight [K]
     · weight [N, K]. Returns (y, residual_out) with residual_out = x + residual (x itself when
     residual is None) and y = weight · rms_norm(residual_out, norm_weight, eps): fused_add_rms_norm
-    (or rms_norm) followed by linear, with the same roundings.
+    (or rms_norm) followed by linear, with the same roundings. output="silu_and_mul" (the MLP's
+    gate_up, weight [2I, K]) returns silu_and_mul(y) [1, I] instead, rounded as that kernel rounds.
     Memory: reads N·K + 3·K elements (K from L2 by every program), writes N (+ K).
     """
     if not _is_single_row(x, weight):
@@ -158,7 +169,10 @@ def rms_norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous()):
         raise ValueError(f"residual must be a contiguous {tuple(x.shape)} {x.dtype} row like x, "
                          f"got {tuple(residual.shape)} {residual.dtype}")
+    if output not in ("plain", "silu_and_mul") or (output == "silu_and_mul" and weight.shape[0] % 2):
+        raise ValueError(f"output must be 'plain', or 'silu_and_mul' with an even number of rows [2I, K], got "
+                         f"{output!r} and weight {tuple(weight.shape)}")
     kind = "rms_norm" if residual is None else "add_rms_norm"
-    y, residual_out = _launch_gemv(x, weight, kind, residual, norm_weight, eps)
+    y, residual_out = _launch_gemv(x, weight, kind, residual, norm_weight, eps, output)
     return y, (x if residual is None else residual_out)
 
