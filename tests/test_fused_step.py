@@ -1,5 +1,5 @@
 """The engine's batch-1 decode step (mili/engine/fused_step.py) and its fused kernels
-(mili/kernels/decode_step.py, rms_norm_linear of mili/kernels/linear.py) give the numbers of the
+(attend_new_token of mili/kernels/decode_step.py, rms_norm_linear of mili/kernels/linear.py) give the numbers of the
 modules' forward with the reference kernels they replace: exactly in Triton's interpreter, up to
 the order of the norm's sum of squares on a GPU.
 
@@ -14,7 +14,7 @@ import torch
 from mili.checkpoint import random_model
 from mili.config import Qwen3Config, preset
 from mili.engine.fused_step import FusedDecodeStep, can_fuse
-from mili.kernels.decode_step import attend_new_token, qk_norm_rope_store
+from mili.kernels.decode_step import attend_new_token
 from mili.kernels.linear import linear, rms_norm_linear
 from mili.model.metadata import AttentionMetadata, KVCache
 from mili.model.rope import rope_cos_sin_cache
@@ -94,38 +94,12 @@ def test_rms_norm_linear_rejects_what_it_does_not_take():
                         torch.randn(5, 8, device=DEVICE), output="silu_and_mul")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_qk_norm_rope_store_equals_the_norm_rope_kernel_then_the_store(dtype):
-    gen = torch.Generator().manual_seed(3)
-    num_q_heads, num_kv_heads, head_dim, block_size, num_blocks = 8, 2, 16, 4, 10
-    qkv = _randn(1, (num_q_heads + 2 * num_kv_heads) * head_dim, dtype=dtype, gen=gen)
-    q_weight, k_weight = ((1 + _randn(head_dim, dtype=torch.float32, gen=gen, scale=0.1)).to(dtype) for _ in range(2))
-    cos_sin = rope_cos_sin_cache(head_dim, 64, 10000.0).to(DEVICE)
-    positions, slots = torch.tensor([13], device=DEVICE), torch.tensor([9], device=DEVICE)
-    caches = [torch.zeros(num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=DEVICE) for _ in range(4)]
-
-    expected = qkv.clone()
-    q_end, k_end = num_q_heads * head_dim, (num_q_heads + num_kv_heads) * head_dim
-    q_ref, k_ref = qk_norm_rope(expected[:, :q_end].view(1, num_q_heads, head_dim),
-                                expected[:, q_end:k_end].view(1, num_kv_heads, head_dim),
-                                q_weight, k_weight, 1e-6, positions, cos_sin)
-    store_kvcache(k_ref, expected[:, k_end:].view(1, num_kv_heads, head_dim), caches[2], caches[3], slots)
-
-    q = qk_norm_rope_store(qkv, q_weight, k_weight, 1e-6, positions, cos_sin, caches[0], caches[1], slots)
-    assert torch.equal(q, q_ref), "q must be normalised and rotated exactly as qk_norm_rope does"
-    assert q.data_ptr() == qkv.data_ptr(), "q is rotated in place, in qkv"
-    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3]), \
-        "the normalised, rotated k and the v must land in slot 9, as store_kvcache puts them"
-    qk_norm_rope_store(qkv.clone(), q_weight, k_weight, 1e-6, positions + 1, cos_sin, caches[0], caches[1],
-                       torch.tensor([-1], device=DEVICE))
-    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3]), "slot -1 must store nothing"
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # the interpreter's tl.dot is wrong in bfloat16
 @pytest.mark.parametrize("context_len,table_width", [(1, 40), (37, 40), (150, 40), (11, 4)])
-def test_attend_new_token_equals_the_norm_rope_store_then_decode_attention(context_len, table_width, dtype):
-    """Contexts of one token, of splits left empty, of two tiles per split, and of a single split;
-    the new token's slot holds stale numbers, which the kernel must not use."""
+def test_attend_new_token_equals_norm_rope_then_store_then_decode_attention(context_len, table_width, dtype):
+    """The three exercise kernels it replaces, in turn. Contexts of one token, of splits left
+    empty, of two tiles per split, and of a single split; the new token's slot holds stale
+    numbers, which the kernel must not use."""
     gen = torch.Generator().manual_seed(context_len)
     num_q_heads, num_kv_heads, head_dim, block_size = 8, 2, 16, 4
     num_blocks = table_width + 3
@@ -142,14 +116,18 @@ def test_attend_new_token_equals_the_norm_rope_store_then_decode_attention(conte
     expected_cache = [c.clone() for c in cache]
     scale = head_dim ** -0.5
 
-    expected_qkv = qkv.clone()
-    q = qk_norm_rope_store(expected_qkv, q_weight, k_weight, 1e-6, positions, cos_sin, *expected_cache, slots)
+    q_end, k_end = num_q_heads * head_dim, (num_q_heads + num_kv_heads) * head_dim
+    q, k = qk_norm_rope(qkv[:, :q_end].clone().view(1, num_q_heads, head_dim),
+                        qkv[:, q_end:k_end].clone().view(1, num_kv_heads, head_dim),
+                        q_weight, k_weight, 1e-6, positions, cos_sin)
+    store_kvcache(k, qkv[:, k_end:].view(1, num_kv_heads, head_dim), *expected_cache, slots)
     expected = paged_decode_attention(q, *expected_cache, context_lens, table, softmax_scale=scale)
     got = attend_new_token(qkv, q_weight, k_weight, 1e-6, positions, cos_sin, *cache, slots, context_lens, table,
                            scale)
     assert torch.equal(cache[0], expected_cache[0]) and torch.equal(cache[1], expected_cache[1]), \
         "the new token's normalised, rotated k and its v must land in its slot, and nothing else may change"
-    _assert_same(got, expected, dtype, "attend_new_token must equal qk_norm_rope_store then paged_decode_attention")
+    _assert_same(got, expected, dtype, "attend_new_token must equal qk_norm_rope, store_kvcache, then "
+                 "paged_decode_attention")
 
 
 def test_attend_new_token_rejects_what_it_does_not_take():

@@ -13,7 +13,7 @@ outputs are dropped. Block tables are as wide as max_model_len needs, so one gra
 context length. Only decode steps replay: prefills vary in shape and run eagerly, as do batches
 larger than the largest size.
 
-The batch-1 graph records `FusedDecodeStep` (fused_step.py), the same forward in eight kernels per
+The batch-1 graph records `FusedDecodeStep` (fused_step.py), the same forward in six kernels per
 layer instead of eleven, where the model allows it.
 
 Recording needs ops that never wait for the host: the triton backend's kernels size their

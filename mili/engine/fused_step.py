@@ -1,27 +1,28 @@
-"""The batch-1 decode step on a GPU, eight kernels per layer instead of eleven.
+"""The batch-1 decode step on a GPU, six kernels per layer instead of eleven.
 
 At batch 1 the step of a small model is bound neither by bytes nor by flops but by its chain of
 kernels: every kernel, however little it does, costs a launch and a few dependent trips to memory
 (on an H100, taking all the small kernels out of Qwen3-0.6B's step saved a fifth of it,
 benchmarks/kernel-removal-h100-qwen3-0.6b.json), and each node of a CUDA graph costs the host
 time to launch. So the engine records its batch-1 graph from this forward, which runs the
-model's own modules and weights with three kernels that each do the work of two:
+model's own modules and weights with fused kernels:
 
     layer, as the modules run it                    here
     add + RMSNorm, qkv GEMV                         rms_norm_linear (mili/kernels/linear.py)
-    q/k norm + RoPE, K/V store                      qk_norm_rope_store (mili/kernels/decode_step.py)
-    decode attention and its combine               the module's op
+    q/k norm + RoPE, K/V store, decode attention    attend_new_token (mili/kernels/decode_step.py):
+      and its combine                                 one kernel, and one that merges the splits
     o GEMV (+ all-reduce under tensor parallelism)  the module
-    add + RMSNorm, gate_up GEMV                     rms_norm_linear
-    SiLU-and-mul, down GEMV (+ all-reduce)          the modules' ops
+    add + RMSNorm, gate_up GEMV, SiLU-and-mul       rms_norm_linear(output="silu_and_mul")
+    down GEMV (+ all-reduce)                        the module
 
-Two more fusions were measured and left out (benchmarks/fused-step-ab-h100.json): SiLU in the down
-GEMV's input recomputes the activation in every program (at Qwen3-8B that cost more than the
-kernel it saved), and attention that combines its own splits in its last program was slower than
-the separate combine kernel. The numbers are those of the modules' forward up to the order of
-the norm's sum of squares (tests/test_fused_step.py). Every other step (prefill, batches of two
-and more, the CPU) runs the modules' forward: the exercises' code. `MILI_FUSED_STEP=0` records
-the modules' forward at batch 1 too.
+What each fusion bought, and what was measured and left out, is in benchmarks/fused-step-ab-h100.json
+and benchmarks/batch-1-fusions-ab-h100.json: SiLU in the down GEMV's input recomputes the
+activation in every program (at Qwen3-8B that cost more than the kernel it saved), where in the
+gate_up GEMV's output it costs nothing; attention that combines its own splits in its last program
+was slower than a separate combine, and raced inside CUDA graphs. The numbers are those of the
+modules' forward up to the order of the norm's sum of squares (tests/test_fused_step.py). Every
+other step (prefill, batches of two and more, the CPU) runs the modules' forward: the exercises'
+code. `MILI_FUSED_STEP=0` records the modules' forward at batch 1 too.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import os
 import torch
 from torch import Tensor
 
-from mili.kernels.decode_step import attend_new_token, qk_norm_rope_store
+from mili.kernels.decode_step import attend_new_token
 from mili.kernels.linear import rms_norm_linear
 from mili.model.metadata import AttentionMetadata, KVCache
 
@@ -58,8 +59,6 @@ class FusedDecodeStep:
             raise ValueError("the fused decode step needs the triton backend and power-of-two head counts and "
                              "head size (and MILI_FUSED_STEP not 0)")
         self.model = model.model
-        self.attention_in_one = os.environ.get("MILI_FUSED_ATTENTION", "1") != "0"  # A/B switch (temporary)
-        self.silu_in_gate_up = os.environ.get("MILI_SILU_IN_GATE_UP", "1") != "0"  # A/B switch (temporary)
 
     @torch.inference_mode()
     def __call__(self, input_ids: Tensor, positions: Tensor, md: AttentionMetadata, kv_cache: KVCache) -> Tensor:
@@ -70,23 +69,13 @@ class FusedDecodeStep:
             k_cache, v_cache = kv_cache.layer(index)
             attn, mlp, norm = layer.self_attn, layer.mlp, layer.input_layernorm
             qkv, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, attn.qkv_proj.weight)
-            if self.attention_in_one:
-                o = attend_new_token(qkv, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps, positions,
-                                     attn.rotary.cos_sin_cache, k_cache, v_cache, md.slot_mapping, md.context_lens,
-                                     md.block_tables, attn.scaling)
-            else:
-                q = qk_norm_rope_store(qkv, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps, positions,
-                                       attn.rotary.cos_sin_cache, k_cache, v_cache, md.slot_mapping)
-                o = attn.ops.paged_decode_attention(q, k_cache, v_cache, md.context_lens, md.block_tables,
-                                                    softmax_scale=attn.scaling)
+            o = attend_new_token(qkv, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps, positions,
+                                 attn.rotary.cos_sin_cache, k_cache, v_cache, md.slot_mapping, md.context_lens,
+                                 md.block_tables, attn.scaling)
             hidden = attn.o_proj(o.view(1, -1))
             norm = layer.post_attention_layernorm
-            if self.silu_in_gate_up:
-                act, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
-                                                output="silu_and_mul")
-            else:
-                gate_up, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight)
-                act = mlp.ops.silu_and_mul(gate_up)
+            act, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
+                                            output="silu_and_mul")
             hidden = mlp.down_proj(act)
         hidden, _ = self.model.norm(hidden, residual)
         return hidden

@@ -13,8 +13,9 @@ from 1.35 to 1.21 ms on an H100 (benchmarks/latency-h100-qwen3-0.6b-58bc43a.json
 kernels are the right tool.
 Memory: reads N·K elements of W and K of x, writes N.
 
-`rms_norm_linear` is the same kernel with a decoder layer's pre-norm in its input (the engine's
-batch-1 step, mili/engine/fused_step.py): one launch where the modules take two.
+`rms_norm_linear` is the same kernel with a decoder layer's pre-norm in its input, and for the
+MLP's gate_up with SiLU-and-mul in its output (the engine's batch-1 step,
+mili/engine/fused_step.py): one launch where the modules take two or three.
 """
 
 from __future__ import annotations
