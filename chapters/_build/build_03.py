@@ -945,6 +945,60 @@ thread's release ordered them). Interpreter tests cannot see such a race; the GP
 `tests/test_fused_step.py` and the CUDA-graph tests did.
 """)
 
+md(r"""
+Two later fusions went further, because each removes a dependency rather than just a launch:
+
+- **The new token's attention in one kernel** (`attend_new_token` in
+  `mili/kernels/decode_step.py`): q/k norm, RoPE, the K/V store and split attention. Everything
+  in the cache but the new token was written by earlier steps, so each program reads its
+  block-table entries and its first K/V tile *before* its dependent wait: the chain of memory
+  round trips that made attention slow overlaps the qkv projection still running. The new
+  token's k and v come from registers, in place of its slot's stale contents.
+- **SiLU in the gate_up projection's output**: each program takes rows j of both halves of
+  [W_gate; W_up], so it holds gate_j and up_j and writes silu(gate_j)·up_j. Nothing is read twice
+  and nothing recomputed, unlike SiLU in the down projection's input.
+
+Six kernels per layer. Interleaved in one run on an H100 (the earlier fusions alone, the
+attention alone, both):
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+later = json.loads((bench / "batch-1-fusions-ab-h100.json").read_text())
+step = {(False, False): "earlier fusions", (True, False): "+ attention", (True, True): "+ attention + SiLU"}
+for run in later["calls"][1]["latency"]:
+    if run["model"] == "Qwen3-0.6B":
+        print(f"  {step[run['attention_in_one'], run['silu_in_gate_up']]:<19} {run['tpot_ms']:.3f} ms/token "
+              f"({run['times_floor']:.2f}x the floor)  GPU {run['device_ms_per_step']:.3f} ms/step, "
+              f"host {run['host_ms_per_step']:.3f} ms/step")
+""")
+
+md(r"""
+The GPU's time per step fell to about 0.82 ms, under twice the floor (the 0.92 of the other run
+is a step in which the host was slower than the GPU: the events around a step then also count the
+GPU waiting for the sampler's launch). The token time did not follow all the way: on that machine
+the host took 0.5 to 0.9 ms to schedule, launch and sample a step, so whenever it took longer
+than the GPU, the GPU waited (`host_bound` in the profile). At batch 1 on a small model, the next
+lever is the host.
+
+The same code, measured twice more in one later call on an H100: watch the host column.
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+for run in sorted((bench / "latency-h100-735cd02").glob("latency-h100-qwen3-0.6b-*.json")):
+    record = json.loads(run.read_text())
+    mili, steps = record["mili"], record["mili"]["profile"]["decode_batch_1"]
+    print(f"  {mili['tpot_ms']:.3f} ms/token ({mili['times_floor']:.2f}x the floor)  GPU {steps['device_ms']:.3f} ms/step, "
+          f"host {steps['host_ms']:.3f} ms/step, host-bound: {steps['host_bound']}")
+""")
+
+md(r"""
+When the host kept up, the token time was the GPU's: 1.89 times the floor. In the next run the
+host took 1.2 ms a step, longer than the GPU, and every token waited for it. Nothing in the GPU
+code changed between the two.
+""")
+
 think(r"""
 Predict, before measuring: which of these stay host-bound after the persistent batch and
 overlap? (a) batch 1 with a 0.6B model; (b) batch 1 with an 8B model; (c) 256 sequences of
