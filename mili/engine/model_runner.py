@@ -117,13 +117,13 @@ class ModelRunner:
                 sampled_seqs.append(seq)
             row_keys.append(seq.seq_id if done and count == 1 else None)
         ends = starts + counts
-        cu_seqlens = np.zeros(num_seqs + 1, dtype=np.int64)
-        np.cumsum(counts, out=cu_seqlens[1:])
-        num_tokens = int(cu_seqlens[-1])
+        num_tokens = int(counts.sum())
         decode = num_tokens == num_seqs  # every sequence runs one token: flat row i is sequence i
         if decode:
             positions, token_rows = starts, rows
         else:
+            cu_seqlens = np.zeros(num_seqs + 1, dtype=np.int64)
+            np.cumsum(counts, out=cu_seqlens[1:])
             positions, token_rows = np.arange(num_tokens) - np.repeat(cu_seqlens[:-1] - starts, counts), np.repeat(rows, counts)
         bs = batch.block_size
         slots = batch.block_tables[token_rows, positions // bs].astype(np.int64) * bs + positions % bs
@@ -137,18 +137,20 @@ class ModelRunner:
         num_longs = _aligned(3 * t + len(sampled_at) + 2 * len(pending_at), 2)
         num_ints = 3 * s + num_seqs * width
         host = self._host(torch.int64, num_longs + -(-num_ints // 2))
-        longs, ints = host[:num_longs].numpy(), host[num_longs:].view(torch.int32).numpy()
+        staged = host.numpy()
+        longs, ints = staged[:num_longs], staged[num_longs:].view(np.int32)
         longs[:num_tokens] = token_ids
         longs[t:t + num_tokens] = positions
         longs[2 * t:2 * t + num_tokens] = slots
         at = 3 * t
-        longs[at:at + len(sampled_at)] = cu_seqlens[1:][sampled_at] - 1
+        longs[at:at + len(sampled_at)] = sampled_at if decode else cu_seqlens[1:][sampled_at] - 1
         pending = slice(at + len(sampled_at), at + len(sampled_at) + 2 * len(pending_at))
         longs[pending] = pending_at + pending_from
         ints[:num_seqs] = ends
-        ints[s:s + num_seqs + 1] = cu_seqlens
-        ints[2 * s] = 0
-        np.cumsum(ends, out=ints[2 * s + 1:2 * s + 1 + num_seqs])
+        if not decode:  # a decode step's metadata has no cumulative lengths
+            ints[s:s + num_seqs + 1] = cu_seqlens
+            ints[2 * s] = 0
+            np.cumsum(ends, out=ints[2 * s + 1:2 * s + 1 + num_seqs])
         ints[3 * s:num_ints] = batch.block_tables[rows, :width].reshape(-1)
 
         on_device = self._to_device(host)
@@ -163,7 +165,7 @@ class ModelRunner:
             is_prefill=not decode,
             cu_seqlens_q=None if decode else ints[s:s + num_seqs + 1],
             cu_seqlens_k=None if decode else ints[2 * s:2 * s + num_seqs + 1],
-            max_seqlen_q=int(counts.max()), max_seqlen_k=int(ends.max()),
+            max_seqlen_q=1 if decode else int(counts.max()), max_seqlen_k=int(ends.max()),
             slot_mapping=longs[2 * t:2 * t + num_tokens],
             context_lens=ints[:num_seqs],
             block_tables=ints[3 * s:num_ints].view(num_seqs, width) if decode or (starts > 0).any() else None,
