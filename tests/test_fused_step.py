@@ -1,7 +1,7 @@
 """The engine's batch-1 decode step (mili/engine/fused_step.py) and its fused kernels
-(attend_new_token of mili/kernels/decode_step.py, rms_norm_linear of mili/kernels/linear.py) give the numbers of the
-modules' forward with the reference kernels they replace: exactly in Triton's interpreter, up to
-the order of the norm's sum of squares on a GPU.
+(attend_new_token of mili/kernels/decode_step.py, rms_norm_linear of mili/kernels/linear.py)
+give the numbers of the modules' forward with the reference kernels they replace: exactly in
+Triton's interpreter, up to the order of the norm's sum of squares on a GPU.
 
 On a CPU the kernels run in the interpreter on tiny shapes; on CUDA the same tests run on the
 GPU, and (marked gpu) the step runs at Qwen3-0.6B's shapes. tests/test_engine_gpu.py holds the
@@ -19,10 +19,10 @@ from mili.kernels.linear import linear, rms_norm_linear
 from mili.model.metadata import AttentionMetadata, KVCache
 from mili.model.rope import rope_cos_sin_cache
 from mili.testing import assert_close
+from solutions.kernels.activation import silu_and_mul
 from solutions.kernels.decode_attention import paged_decode_attention
 from solutions.kernels.kv_store import store_kvcache
 from solutions.kernels.qk_norm_rope import qk_norm_rope
-from solutions.kernels.activation import silu_and_mul
 from solutions.kernels.rmsnorm import fused_add_rms_norm, rms_norm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a CPU the kernels run in the interpreter
@@ -128,6 +128,11 @@ def test_attend_new_token_equals_norm_rope_then_store_then_decode_attention(cont
         "the new token's normalised, rotated k and its v must land in its slot, and nothing else may change"
     _assert_same(got, expected, dtype, "attend_new_token must equal qk_norm_rope, store_kvcache, then "
                  "paged_decode_attention")
+
+    attend_new_token(qkv + 1, q_weight, k_weight, 1e-6, positions, cos_sin, *cache, torch.tensor([-1], device=DEVICE),
+                     context_lens, table, scale)
+    assert torch.equal(cache[0], expected_cache[0]) and torch.equal(cache[1], expected_cache[1]), \
+        "slot -1 (a padding row) must store nothing"
 
 
 def test_attend_new_token_rejects_what_it_does_not_take():
