@@ -13,6 +13,9 @@ engine itself carries no timing code) and records, for every `engine.step()` cal
     profile = StepProfile(llm.engine)
     llm.generate(...)
     profile.summary()  # medians per kind of step, host vs device
+
+`host_phase_times` takes the model out (its forward becomes a stub) and times the host's phases
+of a decode step alone: schedule, prepare, sample, complete.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import statistics
 import time
 
 import torch
+
+from mili.engine.sampling_params import SamplingParams
 
 
 class StepProfile:
@@ -118,6 +123,56 @@ def print_summary(summary: dict, stream) -> None:
             bound = {True: "yes", False: "no"}.get(row.get("host_bound"), "-")
             print(f"{name:<22} {row['steps']:>6} {row['host_ms']:>9.3f} {device} {row['wall_ms']:>9.3f}  {bound}",
                   file=stream)
+
+
+HOST_PHASES = ("schedule", "prepare", "sample", "complete", "step")
+
+
+def host_phase_times(llm, batch: int, steps: int, prompt_len: int) -> dict:
+    """The host's time per decode step, phase by phase, with the model taken out.
+
+    Replaces llm's forward with a stub that returns fixed logits (llm stays so: use a fresh one),
+    runs `batch` greedy requests of `prompt_len` tokens for `steps` decode steps, and returns, for
+    each of HOST_PHASES, the median microseconds per call and the number of calls:
+        schedule   the scheduler picks the step's sequences
+        prepare    the flat batch from the persistent batch (ModelRunner.prepare)
+        sample     the sampler's inputs and its launch (ModelRunner.sample)
+        complete   reading the ids, appending them, reporting (the previous step's, under overlap)
+        step       the whole engine.step(), these and the bookkeeping between them
+    On a GPU the stub also skips the forward's own launches (the graph's input copies, the
+    replay, the LM head): the figures are the engine's Python without them.
+    """
+    engine, runner = llm.engine, llm.engine.runner
+    logits = torch.zeros(batch, runner.vocab_size, device=runner.device)
+    logits[:, 7] = 1.0  # every step samples token 7
+
+    def stub_forward(model_input):
+        return logits[:len(model_input.logits_indices)]
+
+    runner.run = stub_forward
+    calls: dict[str, list[int]] = {phase: [] for phase in HOST_PHASES}
+
+    def timed(phase):
+        def wrapper(inner, *args, **kwargs):
+            start = time.perf_counter_ns()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                calls[phase].append(time.perf_counter_ns() - start)
+        return wrapper
+
+    for owner, name, phase in ((engine.scheduler, "schedule", "schedule"), (runner, "prepare", "prepare"),
+                               (runner, "sample", "sample"), (engine, "_complete", "complete"),
+                               (engine, "step", "step")):
+        wrap_method(owner, name, timed(phase))
+    prompts = [{"prompt_token_ids": [3 + (i + j) % 200 for j in range(prompt_len)]} for i in range(batch)]
+    params = SamplingParams(temperature=0.0, max_tokens=steps, ignore_eos=True)
+    llm.generate(prompts, params, use_tqdm=False)  # warm-up
+    for timings in calls.values():
+        timings.clear()
+    llm.generate(prompts, params, use_tqdm=False)
+    return {phase: {"us": round(statistics.median(calls[phase]) / 1e3, 1), "calls": len(calls[phase])}
+            for phase in HOST_PHASES}
 
 
 def wrap_method(owner, name: str, wrapper) -> None:
