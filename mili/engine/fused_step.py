@@ -32,22 +32,18 @@ import os
 import torch
 from torch import Tensor
 
-from mili.kernels.decode_step import attend_new_token
+from mili.kernels.decode_step import attend_new_token, takes_heads
 from mili.kernels.linear import rms_norm_linear
 from mili.model.metadata import AttentionMetadata, KVCache
 
 
-def _power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
-
-
 def can_fuse(model) -> bool:
     """Whether `FusedDecodeStep` can run this model: the triton backend (on a GPU, or in Triton's
-    interpreter), power-of-two head counts and head size, and `MILI_FUSED_STEP` not 0."""
+    interpreter), heads that attend_new_token takes (power-of-two counts, D/2 a power of two), and
+    `MILI_FUSED_STEP` not 0."""
     config = model.config
     return (os.environ.get("MILI_FUSED_STEP", "1") != "0" and model.backend.name == "triton"
-            and all(_power_of_two(n) for n in (config.num_attention_heads, config.num_key_value_heads,
-                                                config.head_dim)))
+            and takes_heads(config.num_attention_heads, config.num_key_value_heads, config.head_dim))
 
 
 class FusedDecodeStep:

@@ -180,6 +180,12 @@ def _attention_tiling(device: torch.device, num_kv_heads: int, max_context: int)
     return max(1, min(triton.cdiv(target, num_kv_heads), MAX_SPLITS, most)), tile
 
 
+def takes_heads(num_q_heads: int, num_kv_heads: int, head_dim: int) -> bool:
+    """Whether attend_new_token takes these heads: power-of-two head counts and D/2 (the sizes of
+    its tl.arange ranges), D even."""
+    return head_dim % 2 == 0 and all(n > 0 and n & (n - 1) == 0 for n in (num_q_heads, num_kv_heads, head_dim // 2))
+
+
 def _new_token_heads(qkv: Tensor, k_cache: Tensor, v_cache: Tensor) -> tuple[int, int, int]:
     """(Hq, Hkv, D) of one token's qkv row and the caches, or a ValueError saying what is wrong."""
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
@@ -189,7 +195,7 @@ def _new_token_heads(qkv: Tensor, k_cache: Tensor, v_cache: Tensor) -> tuple[int
                          f"Hkv={num_kv_heads}, got {tuple(qkv.shape)}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("the new token's kernels need contiguous caches")
-    if any(n & (n - 1) for n in (num_q_heads, num_kv_heads, head_dim // 2)):
+    if not takes_heads(num_q_heads, num_kv_heads, head_dim):
         raise ValueError(f"the new token's kernels need power-of-two head counts and D/2, got Hq={num_q_heads}, "
                          f"Hkv={num_kv_heads}, D={head_dim}")
     return num_q_heads, num_kv_heads, head_dim

@@ -28,7 +28,8 @@ from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_
 
 
 @triton.jit
-def first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr = False):
+def first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      GATED: tl.constexpr = False):
     """This program's rows of W [N, K] (GATED: of W [2N, K], its rows j of the first half then j + N
     of the second): (rows, which are in range, their pointers, the columns of the first K tile,
     that tile loaded). W is read-only, so it may be loaded before a dependent wait."""
