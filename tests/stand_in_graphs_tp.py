@@ -39,7 +39,8 @@ class EagerGraphs:
         if md.num_seqs == 1 and self.fused_step is not None:
             forward = self.fused_step
             self.fused_replays += 1
-        return forward(model_input.input_ids, model_input.positions, md, self.kv_cache)
+        return cuda_graphs.GraphOutput(forward(model_input.input_ids, model_input.positions, md, self.kv_cache),
+                                       are_logits=False)
 
 
 cuda_graphs.DecodeGraphs = EagerGraphs

@@ -98,3 +98,54 @@ def test_overlap_gives_the_same_tokens_as_completing_each_step_first():
         torch.cuda.empty_cache()
     for i, (with_overlap, without) in enumerate(zip(results[True], results[False])):
         assert with_overlap == without, f"request {i} ({params[i]}): overlap gave {with_overlap}, without {without}"
+
+
+def test_a_decode_of_one_sequence_staged_in_the_batch_1_graphs_inputs_is_the_plain_step():
+    """On a GPU a step of one decoding sequence is written straight into the batch-1 graph's own
+    buffer (`Batch1Inputs`) with one copy. Here on the CPU the same staging feeds the eager
+    forward: every staged step must hold what the general `prepare` builds (ids, positions, slots,
+    lengths, block table), and the tokens must be the plain engine's, through batches of two that
+    shrink to one (the survivor's pending token sits in row 1 of the previous step), seeded
+    sampling, and contexts that cross blocks."""
+    import math
+
+    from mili.engine.cuda_graphs import Batch1Inputs
+
+    prompts = [{"prompt_token_ids": list(range(5, 5 + 9 + 4 * i))} for i in range(4)]
+    params = [SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
+              SamplingParams(temperature=0.9, seed=3, top_k=12, max_tokens=30, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=14, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=25, ignore_eos=True)]
+    settings = dict(dtype="float32", device="cpu", num_kv_blocks=64, block_size=4, max_num_seqs=2)
+    plain = [o.outputs[0].token_ids for o in LLM(str(TINY_MODEL), **settings).generate(prompts, params, use_tqdm=False)]
+
+    llm = LLM(str(TINY_MODEL), **settings)
+    runner = llm.engine.runner
+    runner.batch_1_inputs = Batch1Inputs(math.ceil(llm.engine.max_model_len / 4), "cpu")
+    staged_steps = []
+    prepare = runner.prepare
+
+    def checked_prepare(scheduled, batch, previous):
+        model_input = prepare(scheduled, batch, previous)
+        if model_input.input_ids.data_ptr() == runner.batch_1_inputs.input_ids.data_ptr():
+            staged_steps.append(model_input)
+            runner.batch_1_inputs, inputs = None, runner.batch_1_inputs
+            expected = prepare(scheduled, batch, previous)
+            runner.batch_1_inputs = inputs
+            md, want = model_input.attn_metadata, expected.attn_metadata
+            width = want.block_tables.shape[1]
+            for name, got, wanted in (("input_ids", model_input.input_ids, expected.input_ids),
+                                      ("positions", model_input.positions, expected.positions),
+                                      ("slot_mapping", md.slot_mapping, want.slot_mapping),
+                                      ("context_lens", md.context_lens, want.context_lens),
+                                      ("block table", md.block_tables[:, :width], want.block_tables),
+                                      ("logits_indices", model_input.logits_indices, expected.logits_indices)):
+                assert got.tolist() == wanted.tolist(), f"staged {name} {got.tolist()} != the plain step's {wanted.tolist()}"
+            assert (md.is_prefill, md.max_seqlen_k, model_input.sampled_seqs) == (
+                want.is_prefill, want.max_seqlen_k, expected.sampled_seqs)
+        return model_input
+
+    runner.prepare = checked_prepare
+    staged = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert len(staged_steps) >= 20, f"only {len(staged_steps)} steps of one sequence were staged"
+    assert staged == plain

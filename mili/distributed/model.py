@@ -34,6 +34,7 @@ from mili.distributed.launch import WorkerGroup, check_devices, start_store
 from mili.distributed.worker import (
     WorkerSpec, forward_from_graphs, join_group, leave_group, load_shard, release_graphs,
 )
+from mili.engine.cuda_graphs import GraphOutput
 from mili.model.metadata import AttentionMetadata, KVCache
 from mili.model.qwen3 import check_flat_inputs
 
@@ -170,7 +171,7 @@ class TensorParallelGraphs:
         return self.graphs.fused_batch_1
 
     @torch.inference_mode()
-    def run(self, model_input) -> Tensor:
+    def run(self, model_input) -> GraphOutput:
         """Hidden states [T, H] of the step (never None: no step falls back to the caller)."""
         model, md = self.model, model_input.attn_metadata
         layout, buffer = step.pack_step(model_input.input_ids, model_input.positions, md)
@@ -178,8 +179,8 @@ class TensorParallelGraphs:
         def run():
             model.workers.send((step.GRAPH_FORWARD, layout))
             step.broadcast_from_first(buffer)
-            return forward_from_graphs(model.shard_model, self.graphs, model_input.input_ids, model_input.positions,
-                                       md, self.kv_cache)
+            return GraphOutput(forward_from_graphs(model.shard_model, self.graphs, model_input.input_ids,
+                                                   model_input.positions, md, self.kv_cache), are_logits=False)
 
         return model._in_step(run)
 

@@ -139,8 +139,8 @@ def forward_from_graphs(model, graphs, input_ids: torch.Tensor, positions: torch
     from mili.engine.batch import ModelInput
 
     model_input = ModelInput(input_ids, positions, md, logits_indices=input_ids.new_empty(0), sampled_seqs=[])
-    hidden = graphs.run(model_input)
-    return hidden if hidden is not None else model(input_ids, positions, md, kv_cache)
+    replayed = graphs.run(model_input)
+    return replayed.rows if replayed is not None else model(input_ids, positions, md, kv_cache)
 
 
 def serve(model, commands) -> None:

@@ -24,13 +24,13 @@ from torch import Tensor
 
 from mili.engine.batch import LaunchedStep, ModelInput, ScheduledSeq
 from mili.engine.batched_attention import decode_kv_of
-from mili.engine.cuda_graphs import DecodeGraphs, can_record
+from mili.engine.cuda_graphs import Batch1Inputs, DecodeGraphs, can_record
 from mili.engine.input_batch import InputBatch
 from mili.engine.sampler import sample
 from mili.engine.sampling_batch import SamplingTensors, make_generator
 from mili.engine.sequence import Sequence
 from mili.exercise import exercise
-from mili.model.metadata import AttentionMetadata, KVCache  # noqa: F401 (AttentionMetadata: for the exercise)
+from mili.model.metadata import AttentionMetadata, KVCache
 
 
 @exercise("3.4", "Engine step: batch building and finishing")
@@ -79,6 +79,7 @@ class ModelRunner:
         self.pin = self.device.type == "cuda"  # pinned host memory: copies to the GPU that do not wait
         self.decode_kv = decode_kv_of(model.backend)  # CPU decode attention keeps K/V across steps
         self.graphs: DecodeGraphs | None = None
+        self.batch_1_inputs: Batch1Inputs | None = None  # the batch-1 graph's own inputs (one process)
 
     def capture_cuda_graphs(self, *, max_num_seqs: int, max_model_len: int) -> None:
         """Record decode steps as CUDA graphs where the model allows it (CUDA, triton backend).
@@ -90,13 +91,18 @@ class ModelRunner:
                                                           max_model_len=max_model_len)
         else:
             self.graphs = DecodeGraphs(self.model, self.kv_cache, max_num_seqs=max_num_seqs,
-                                       max_model_len=max_model_len)
+                                       max_model_len=max_model_len, with_logits=True)
+            self.batch_1_inputs = self.graphs.batch_1_inputs
 
     # ------------------------------------------------------------------ inputs
 
     def prepare(self, scheduled: list[ScheduledSeq], batch: InputBatch, previous: LaunchedStep | None) -> ModelInput:
         """The flat batch of this step from the persistent batch's rows (each scheduled sequence has
         one). A sequence whose last token is pending takes it from `previous` on the device."""
+        if len(scheduled) == 1 and self.batch_1_inputs is not None:
+            model_input = self._prepare_batch_1(scheduled[0], batch, previous)
+            if model_input is not None:
+                return model_input
         num_seqs = len(scheduled)
         rows, starts, counts = (np.empty(num_seqs, dtype=np.int64) for _ in range(3))
         token_ids: list[int] = []
@@ -174,6 +180,28 @@ class ModelRunner:
                           logits_indices=longs[at:at + len(sampled_at)], sampled_seqs=sampled_seqs,
                           row_keys=row_keys)
 
+    def _prepare_batch_1(self, item: ScheduledSeq, batch: InputBatch, previous: LaunchedStep | None) -> ModelInput | None:
+        """One sequence decoding one token and sampled, staged straight into the batch-1 graph's
+        inputs with one copy (None for any other step of one sequence)."""
+        seq, start = item.seq, item.seq.num_computed_tokens
+        if item.num_tokens != 1 or start + 1 != seq.num_tokens:
+            return None
+        inputs, row, bs = self.batch_1_inputs, batch.rows[seq.seq_id], batch.block_size
+        table = batch.block_tables[row, :batch.num_blocks[row]]
+        pending = seq.num_pending_tokens > 0
+        host = self._host(torch.int64, inputs.buffer.numel())
+        count = inputs.stage(host.numpy(), token_id=0 if pending else seq.token_ids[start], position=start,
+                             slot=int(table[start // bs]) * bs + start % bs, context_len=start + 1, block_table=table)
+        inputs.buffer[:count].copy_(host[:count], non_blocking=True)
+        if pending:  # after the copy above, which writes a 0 there
+            at = previous.index[seq.seq_id]
+            inputs.input_ids.copy_(previous.token_ids[at:at + 1])
+        metadata = AttentionMetadata(is_prefill=False, max_seqlen_q=1, max_seqlen_k=start + 1,
+                                     slot_mapping=inputs.slot_mapping, context_lens=inputs.context_lens,
+                                     block_tables=inputs.block_tables)
+        return ModelInput(input_ids=inputs.input_ids, positions=inputs.positions, attn_metadata=metadata,
+                          logits_indices=inputs.logits_indices, sampled_seqs=[seq], row_keys=[seq.seq_id])
+
     def _host(self, dtype: torch.dtype, size: int) -> Tensor:
         """A fresh host buffer, pinned on CUDA: torch's pinned allocator hands it out again only
         once the copy that reads it has run. Fill it through `.numpy()`."""
@@ -190,9 +218,10 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, model_input: ModelInput) -> Tensor:
         """Forward the flat batch; returns float32 logits [S, V] of the rows to sample."""
-        hidden = self.graphs.run(model_input) if self.graphs is not None else None
-        if hidden is None:
-            hidden = self._forward(model_input)
+        replayed = self.graphs.run(model_input) if self.graphs is not None else None
+        if replayed is not None and replayed.are_logits:  # a decode step: every row is sampled
+            return replayed.rows
+        hidden = replayed.rows if replayed is not None else self._forward(model_input)
         rows = model_input.logits_indices  # increasing flat rows: as many as hidden's are all of them, in order
         return self.model.compute_logits(hidden if len(rows) == len(hidden) else hidden[rows])
 
