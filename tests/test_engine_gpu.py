@@ -63,6 +63,16 @@ def test_engine_batch_1_greedy_matches_transformers_through_the_fused_graph(tmp_
         out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True),
                            use_tqdm=False)[0]
         assert out.outputs[0].token_ids == _hf_greedy(hf, prompt, 40)
+    assert llm.engine.runner.graphs.logits_at_batch_1 and llm.engine.runner.batch_1_inputs is not None
+
+
+def test_a_launched_steps_ids_come_back_through_pinned_memory():
+    """The copy of the sampled ids to the host must not wait: its destination is pinned."""
+    from mili.engine.batch import LaunchedStep
+
+    step = LaunchedStep([], torch.arange(5, device="cuda") * 3)
+    assert step._host.is_pinned(), "a copy into pageable memory waits for the GPU at launch"
+    assert step.result() == [0, 3, 6, 9, 12]
 
 
 def test_design_workload_throughput_on_qwen3_0_6b_shapes():

@@ -66,8 +66,7 @@ class LaunchedStep:
         self.journal = None  # the engine's StepJournal of the step, kept until its tokens are appended
         self._ready = None
         if token_ids.is_cuda:
-            self._host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
-            self._host.copy_(token_ids, non_blocking=True)
+            self._host = token_ids.to("cpu", non_blocking=True)  # into pinned memory: a copy that does not wait
             self._ready = torch.cuda.Event()
             self._ready.record()
         else:
