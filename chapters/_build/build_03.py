@@ -1030,17 +1030,49 @@ for batch in (1, 16):
     print(f"batch {batch:>2}: " + ", ".join(f"{name} {row['us']:.0f} us" for name, row in phases.items()))
 """)
 
+md(r"""
+The stub hides what a GPU adds to the host's step: every torch operation that launches work
+costs the host microseconds in Python and the driver. A profile of the real batch-1 step on an
+H100 (`benchmarks/probes/host_step_gpu_probe.py`) found three kinds of launches around the one
+replay: five copies of the step's inputs into the graph's static buffers (plus the copy that
+brought them to the GPU), the LM head and its cast to float32, and the pinned buffer and copy
+that bring the sampled id back. So the batch-1 graph now has inputs of its own
+(`Batch1Inputs` in `mili/engine/cuda_graphs.py`): `prepare` writes a decoding sequence's id,
+position, slot, length and block table straight into one small host buffer laid out like the
+graph's, and one copy puts it in place; the graph also records the LM head, so its replay gives
+the logits. The same step, A/B in one call on an H100, rounds interleaved:
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+ab = bench / "batch-1-inputs-ab-h100"
+for name in ("probe-old-1", "probe-new-1", "probe-old-2", "probe-new-2"):
+    probe = json.loads((ab / f"{name}.json").read_text())
+    parts = probe["median_us_per_call"]
+    host = parts["step"]["us"] - parts["wait for ids"]["us"]
+    print(f"  {name:<12} prepare {parts['prepare']['us']:>5.0f} us  run {parts['run']['us']:>5.0f} us  "
+          f"sample {parts['sample']['us']:>5.0f} us  host per step {host:>4.0f} us  "
+          f"wall per step {1e3 * probe['ms_per_step']:.0f} us")
+""")
+
+md(r"""
+The host's time per step fell by about half, to roughly a third of the GPU's 0.8 ms: with that
+margin a slower phase of the host no longer reaches the token time. The wall time per step did
+not move, because in these runs the GPU was already the slower side; what changed is how much
+slack the host has before it is not.
+""")
+
 think(r"""
 Predict, before measuring: which of these stay host-bound after the persistent batch and
 overlap? (a) batch 1 with a 0.6B model; (b) batch 1 with an 8B model; (c) 256 sequences of
 2,000-token contexts; (d) a prefill of 8,192 tokens launched eagerly. Check your answers against
 `benchmarks/latency-h100-*.json` and the per-step profile.
 """, r"""
-(a) is the only candidate. Its device step is short (the weights read in a few tenths of a
-millisecond), so host time is of the same order; in the H100 record the replayed decode step
-keeps the host below the device (the profile's `decode_batch_1`: `host_bound` false), but the
-step is still several times its weight-read floor: latency-bound by fixed costs rather than by
-the host. (b) reads thirteen times the bytes per step for about the same host work: device-bound,
+(a) is the only candidate. Its device step is short (the weights read in under half a
+millisecond), so host time is of the same order: in one H100 run above, a slow host made every
+token wait. Since the fusions and the batch-1 graph's own inputs, the replayed step takes about
+0.8 ms of GPU time (1.84 times the floor) and the host about a third of that
+(`benchmarks/batch-1-inputs-ab-h100/`): device-bound, but with less margin than any other case. (b) reads thirteen times the bytes per step for about the same host work: device-bound,
 close to its floor (`times_floor` in `latency-h100-qwen3-8b.json`). (c) reads the K/V of 512k
 tokens every step: the device dominates by far. (d) is a few large matrix products per layer;
 launching them eagerly costs microseconds against milliseconds of device work: device-bound.
