@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from mili.bench.step_profile import wrap_method
+from mili.bench.step_profile import time_calls
 from mili.bench.throughput import environment
 from mili.engine import batch as batch_module
 from mili.engine.llm import LLM
@@ -49,18 +49,6 @@ def main() -> None:
               max_model_len=args.prompt_len + args.steps + 1)
     engine, runner = llm.engine, llm.engine.runner
     calls: dict[str, list[int]] = {}
-
-    def timed(phase):
-        calls[phase] = []
-
-        def wrapper(inner, *a, **k):
-            start = time.perf_counter_ns()
-            try:
-                return inner(*a, **k)
-            finally:
-                calls[phase].append(time.perf_counter_ns() - start)
-        return wrapper
-
     parts = [(engine, "step", "step"), (engine.scheduler, "schedule", "schedule"),
              (engine.input_batch, "sync", "batch.sync"), (runner, "prepare", "prepare"), (runner, "run", "run"),
              (runner.model, "compute_logits", "run: LM head"), (runner, "sample", "sample"),
@@ -69,7 +57,7 @@ def main() -> None:
         parts.append((runner.graphs, "run", "run: graph inputs + replay"))
         parts.append((runner.graphs.graphs[1], "replay", "run: replay"))
     for owner, name, phase in parts:
-        wrap_method(owner, name, timed(phase))
+        time_calls(owner, name, calls, phase)
     calls["wait for ids"] = []
     result = batch_module.LaunchedStep.result
 

@@ -150,21 +150,11 @@ def host_phase_times(llm, batch: int, steps: int, prompt_len: int) -> dict:
         return logits[:len(model_input.logits_indices)]
 
     runner.run = stub_forward
-    calls: dict[str, list[int]] = {phase: [] for phase in HOST_PHASES}
-
-    def timed(phase):
-        def wrapper(inner, *args, **kwargs):
-            start = time.perf_counter_ns()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                calls[phase].append(time.perf_counter_ns() - start)
-        return wrapper
-
+    calls: dict[str, list[int]] = {}
     for owner, name, phase in ((engine.scheduler, "schedule", "schedule"), (runner, "prepare", "prepare"),
                                (runner, "sample", "sample"), (engine, "_complete", "complete"),
                                (engine, "step", "step")):
-        wrap_method(owner, name, timed(phase))
+        time_calls(owner, name, calls, phase)
     prompts = [{"prompt_token_ids": [3 + (i + j) % 200 for j in range(prompt_len)]} for i in range(batch)]
     params = SamplingParams(temperature=0.0, max_tokens=steps, ignore_eos=True)
     llm.generate(prompts, params, use_tqdm=False)  # warm-up
@@ -173,6 +163,20 @@ def host_phase_times(llm, batch: int, steps: int, prompt_len: int) -> dict:
     llm.generate(prompts, params, use_tqdm=False)
     return {phase: {"us": round(statistics.median(calls[phase]) / 1e3, 1), "calls": len(calls[phase])}
             for phase in HOST_PHASES}
+
+
+def time_calls(owner, name: str, calls: dict[str, list[int]], phase: str) -> None:
+    """Wrap owner.name (`wrap_method`) so that each call's wall time, in ns, goes to calls[phase]."""
+    timings = calls.setdefault(phase, [])
+
+    def timed(inner, *args, **kwargs):
+        start = time.perf_counter_ns()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            timings.append(time.perf_counter_ns() - start)
+
+    wrap_method(owner, name, timed)
 
 
 def wrap_method(owner, name: str, wrapper) -> None:
