@@ -1059,7 +1059,7 @@ md(r"""
 The host's time per step fell by about half, to roughly a third of the GPU's 0.8 ms: with that
 margin a slower phase of the host no longer reaches the token time. The wall time per step did
 not move, because in these runs the GPU was already the slower side; what changed is how much
-slack the host has before it is not.
+slower the host can get before the GPU waits for it.
 """)
 
 think(r"""
@@ -1072,8 +1072,9 @@ overlap? (a) batch 1 with a 0.6B model; (b) batch 1 with an 8B model; (c) 256 se
 millisecond), so host time is of the same order: in one H100 run above, a slow host made every
 token wait. Since the fusions and the batch-1 graph's own inputs, the replayed step takes about
 0.8 ms of GPU time (1.84 times the floor) and the host about a third of that
-(`benchmarks/batch-1-inputs-ab-h100/`): device-bound, but with less margin than any other case. (b) reads thirteen times the bytes per step for about the same host work: device-bound,
-close to its floor (`times_floor` in `latency-h100-qwen3-8b.json`). (c) reads the K/V of 512k
+(`benchmarks/batch-1-inputs-ab-h100/`): device-bound, but with less margin than any other case.
+(b) reads thirteen times the bytes per step for about the same host work: device-bound, close to
+its floor (`times_floor` in `latency-h100-qwen3-8b.json`). (c) reads the K/V of 512k
 tokens every step: the device dominates by far. (d) is a few large matrix products per layer;
 launching them eagerly costs microseconds against milliseconds of device work: device-bound.
 """)
