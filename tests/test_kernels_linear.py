@@ -28,3 +28,28 @@ def test_strided_weight_rows_and_many_rows():
     assert_close(linear(x, weight), F.linear(x, weight), dtype=torch.float32, what="linear over strided rows")
     rows = torch.randn(3, 48, device=DEVICE)
     assert torch.equal(linear(rows, weight), F.linear(rows, weight)), "several rows go to F.linear unchanged"
+
+
+@pytest.mark.parametrize("n,k", [(12, 96), (10, 2100)])
+def test_every_configuration_the_autotuner_may_pick_gives_the_same_products(n, k):
+    """On a GPU the kernel is autotuned over GEMV_CONFIGS: each tiling (rows per program, columns
+    per tile, 1 to 8 rows, 512 to 2048 columns, masked past N and K) must compute what the
+    interpreter's own tiling computes, for a plain product, the fused pre-norm and SiLU output."""
+    from mili.kernels._triton import triton
+    from mili.kernels.linear import GEMV_CONFIGS, _gemv_kernel, _launch_gemv
+
+    gen = torch.Generator().manual_seed(n + k)
+    x, residual = torch.randn(1, k, generator=gen), torch.randn(1, k, generator=gen)
+    norm_weight, weight = torch.rand(k, generator=gen) + 0.5, torch.randn(2 * n, k, generator=gen) / k ** 0.5
+    for input_kind, output in (("plain", "plain"), ("add_rms_norm", "plain"), ("add_rms_norm", "silu_and_mul")):
+        rows = n if output == "silu_and_mul" else 2 * n
+        expected, _ = _launch_gemv(x, weight, input_kind, residual, norm_weight, 1e-6, output)
+        for config in GEMV_CONFIGS:
+            block_n, block_k = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]
+            y, residual_out = torch.empty(1, rows), torch.empty(1, k)
+            _gemv_kernel[(triton.cdiv(rows, block_n),)](
+                x, weight, y, rows, k, weight.stride(0), residual, norm_weight, residual_out, 1e-6, INPUT=input_kind,
+                BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_H=triton.next_power_of_2(k), DEPENDENT_LAUNCH=False,
+                OUTPUT=output)
+            assert_close(y, expected, dtype=torch.float32,
+                         what=f"{input_kind} -> {output} with BLOCK_N={block_n}, BLOCK_K={block_k}")

@@ -107,9 +107,12 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
         tl.store(y_ptr + rows, y, mask=row_ok)
 
 
-# the configurations that won on the Qwen3 0.6B and 8B shapes on an H100 (gemv_probe.py)
+# the configurations that won on the Qwen3 0.6B and 8B shapes on an H100 (gemv_probe.py), then
+# those that came closest to each shape's best, tensor-parallel shards included, in a sweep of the
+# kernel itself with its weights out of L2 (gemv_config_sweep.py, benchmarks/gemv-config-sweep-h100.json)
 GEMV_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-                for n, k, w, s in ((2, 512, 2, 1), (2, 512, 2, 2), (2, 1024, 4, 1), (2, 1024, 4, 3), (8, 1024, 2, 3))]
+                for n, k, w, s in ((2, 512, 2, 1), (2, 512, 2, 2), (2, 1024, 4, 1), (2, 1024, 4, 3), (8, 1024, 2, 3),
+                                   (4, 2048, 4, 1), (1, 2048, 8, 1), (8, 512, 4, 1), (8, 1024, 4, 3), (1, 1024, 2, 3))]
 _gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "INPUT", "OUTPUT"])(_gemv_kernel)
 
 
