@@ -19,8 +19,13 @@ import argparse
 import itertools
 import json
 import math
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gemv_probe import replay_us  # the graph-replay timing of the GEMV probe
 
 from mili.bench.throughput import environment
 from mili.kernels._triton import dependent_launch_options, triton
@@ -43,26 +48,16 @@ def time_config(x, weights, y, config) -> float:
     """Microseconds per product, from one graph of REPEATS launches cycling over `weights`."""
     block_n, block_k, warps, stages = config
     n, k = weights[0].shape
+    launches = itertools.count()
 
-    def launch(w):
+    def launch():
+        w = weights[next(launches) % len(weights)]
         _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, y, n, k, w.stride(0), x, x, y, 0.0, INPUT="plain",
                                                  BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_H=1, OUTPUT="plain",
                                                  num_warps=warps, num_stages=stages,
                                                  **dependent_launch_options(x.device))
 
-    launch(weights[0])
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(REPEATS):
-            launch(weights[i % len(weights)])
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return 1e3 * start.elapsed_time(end) / REPEATS
+    return replay_us(launch, REPEATS)
 
 
 def main() -> None:
