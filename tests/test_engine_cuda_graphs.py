@@ -121,7 +121,10 @@ def test_a_decode_of_one_sequence_staged_in_the_batch_1_graphs_inputs_is_the_pla
 
     llm = LLM(str(TINY_MODEL), **settings)
     runner = llm.engine.runner
-    runner.batch_1_inputs = Batch1Inputs(math.ceil(llm.engine.max_model_len / 4), "cpu")
+    runner.batch_1_inputs = inputs = Batch1Inputs(math.ceil(llm.engine.max_model_len / 4), "cpu")
+    for name in ("input_ids", "positions", "slot_mapping", "logits_indices", "context_lens", "block_tables"):
+        offset = getattr(inputs, name).data_ptr() - inputs.buffer.data_ptr()
+        assert offset % 16 == 0, f"Batch1Inputs.{name} starts {offset} bytes in: Triton compiles apart for unaligned pointers"
     staged_steps = []
     prepare = runner.prepare
 
