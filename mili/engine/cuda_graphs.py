@@ -69,23 +69,32 @@ class Batch1Inputs:
     to copy: the block table only as far as the sequence has blocks (the kernels read no further).
     """
 
+    LONGS = 8  # the four int64 fields, two elements apart; the int32 ones follow
+    TABLE_AT = 4  # the block table's first int32, after the context length
+
     def __init__(self, max_blocks: int, device: torch.device | str):
-        self.buffer = torch.zeros(8 + math.ceil((4 + max_blocks) / 2), dtype=torch.long, device=device)
-        ints = self.buffer[8:].view(torch.int32)
+        self.buffer = torch.zeros(self.size(max_blocks), dtype=torch.long, device=device)
+        ints = self.buffer[self.LONGS:].view(torch.int32)
         self.input_ids, self.positions, self.slot_mapping, self.logits_indices = (
             self.buffer[i:i + 1] for i in (0, 2, 4, 6))
-        self.context_lens, self.block_tables = ints[:1], ints[4:4 + max_blocks].view(1, max_blocks)
+        self.context_lens = ints[:1]
+        self.block_tables = ints[self.TABLE_AT:self.TABLE_AT + max_blocks].view(1, max_blocks)
         self.context_lens.fill_(1)
+
+    @classmethod
+    def size(cls, num_blocks: int) -> int:
+        """int64 elements up to the end of a block table of num_blocks entries."""
+        return cls.LONGS + math.ceil((cls.TABLE_AT + num_blocks) / 2)
 
     def stage(self, host: np.ndarray, *, token_id: int, position: int, slot: int, context_len: int,
               block_table: np.ndarray) -> int:
         """Write one decoding sequence's inputs into host (int64, at least as long as `buffer`);
         returns how many of its leading elements to copy into `buffer`."""
-        host[:8] = (token_id, 0, position, 0, slot, 0, 0, 0)
-        ints = host[8:].view(np.int32)
+        host[:self.LONGS] = (token_id, 0, position, 0, slot, 0, 0, 0)
+        ints = host[self.LONGS:].view(np.int32)
         ints[0] = context_len
-        ints[4:4 + len(block_table)] = block_table
-        return 8 + math.ceil((4 + len(block_table)) / 2)
+        ints[self.TABLE_AT:self.TABLE_AT + len(block_table)] = block_table
+        return self.size(len(block_table))
 
 
 class GraphOutput(NamedTuple):
