@@ -170,6 +170,10 @@ class TensorParallelGraphs:
     def fused_batch_1(self) -> bool:
         return self.graphs.fused_batch_1
 
+    @property
+    def sums_in_gemvs(self) -> bool:
+        return self.graphs.sums_in_gemvs
+
     @torch.inference_mode()
     def run(self, model_input) -> GraphOutput:
         """Hidden states [T, H] of the step (never None: no step falls back to the caller)."""

@@ -55,6 +55,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
+from mili.kernels.pushed_sums import EMPTY, EMPTY_BITS, SumSite, arrived, sendable
 from mili.model.parallel import set_fast_all_reduce
 
 # A decode step of up to 256 sequences at hidden size 4096 in bfloat16: on two H200s the kernel beat
@@ -62,8 +63,6 @@ from mili.model.parallel import set_fast_all_reduce
 # ranks at every size but this one (all-reduce-probe-h200-4gpu.json: 32 against 29 us).
 MAX_BYTES = 2 << 20
 DTYPES = (torch.bfloat16, torch.float16)
-EMPTY_BITS = -32768  # 0x8000 as int16: the bits of -0.0, which no element sent carries
-EMPTY = tl.constexpr(EMPTY_BITS)
 SLOTS = 2
 BLOCK = 1024  # elements per chunk: 2 KiB
 MAX_PROGRAMS = 256  # one chunk per program up to 256 chunks (512 KiB), then several
@@ -77,12 +76,6 @@ def timeout_s() -> float:
     ranks that are alive (a Triton compile on one of them takes seconds), so only a rank that is
     gone or stuck trips it."""
     return float(os.environ.get("MILI_ALL_REDUCE_TIMEOUT_S", "60"))
-
-
-@triton.jit
-def _abort_kernel():
-    """End the kernel with an error (PTX `trap`): the process's next CUDA call raises."""
-    tl.inline_asm_elementwise("trap; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -107,8 +100,7 @@ def _one_shot_all_reduce_kernel(x_ptr, out_ptr, buffers_ptr, slot_bits_ptr, n, r
         for start in range(pid * BLOCK, n, programs * BLOCK):
             offs = start + tl.arange(0, BLOCK)
             mask = offs < n
-            bits = tl.load(x_ptr + offs, mask=mask).to(tl.int16, bitcast=True)
-            bits = tl.where(bits == EMPTY, 0, bits)  # -0.0 -> +0.0
+            bits = sendable(tl.load(x_ptr + offs, mask=mask).to(tl.int16, bitcast=True))
             for peer in tl.static_range(WORLD):
                 buffer = tl.load(buffers_ptr + peer).to(tl.pointer_type(tl.int16))
                 tl.store(buffer + (slot * WORLD + RANK) * region + offs, bits, mask=mask)
@@ -119,17 +111,10 @@ def _one_shot_all_reduce_kernel(x_ptr, out_ptr, buffers_ptr, slot_bits_ptr, n, r
             mask = offs < n
             total = tl.zeros([BLOCK], tl.float32)
             for sender in tl.static_range(WORLD):
-                arrived = own + (slot * WORLD + sender) * region + offs
-                bits = tl.load(arrived, mask=mask, other=0, volatile=True)
-                if WATCHDOG:
-                    waiting_since = tl.extra.cuda.globaltimer()
-                while tl.max((bits == EMPTY).to(tl.int32), 0) > 0:
-                    bits = tl.load(arrived, mask=mask, other=0, volatile=True)
-                    if WATCHDOG:
-                        if tl.extra.cuda.globaltimer() - waiting_since > timeout_ns:
-                            _abort_kernel()
+                region_at = own + (slot * WORLD + sender) * region + offs
+                bits = arrived(region_at, mask, timeout_ns, WATCHDOG)
                 total += bits.to(out_ptr.dtype.element_ty, bitcast=True).to(tl.float32)
-                tl.store(arrived, tl.full([BLOCK], EMPTY, tl.int16), mask=mask)
+                tl.store(region_at, tl.full([BLOCK], EMPTY, tl.int16), mask=mask)
             tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
         owned = pid + programs * tl.arange(0, MAX_PROGRAMS)
         tl.store(slot_bits_ptr + owned, tl.full([MAX_PROGRAMS], 1, tl.int32) - slot, mask=owned < MAX_PROGRAMS)
@@ -168,19 +153,51 @@ class OneShotAllReduce:
                                                  **dependent_launch_options(t.device))
 
 
-def rendezvous(device: torch.device, max_bytes: int = MAX_BYTES) -> OneShotAllReduce:
-    """This rank's OneShotAllReduce over symmetric memory (collective: every rank, in the same order)."""
+def _symmetric_buffer(device: torch.device, elements: int) -> tuple[Tensor, list[int]]:
+    """This rank's int16 buffer of symmetric memory, all EMPTY_BITS, and every rank's address of
+    it in rank order (collective: every rank, in the same order)."""
     import torch.distributed._symmetric_memory as symm_mem
 
-    world = dist.get_world_size()
-    buffer = symm_mem.empty(SLOTS * world * (max_bytes // 2), dtype=torch.int16, device=device).fill_(EMPTY_BITS)
+    buffer = symm_mem.empty(elements, dtype=torch.int16, device=device).fill_(EMPTY_BITS)
     handle = symm_mem.rendezvous(buffer, dist.group.WORLD.group_name)
     torch.cuda.synchronize(device)
     dist.barrier()  # every buffer is empty before any rank sends
-    return OneShotAllReduce(dist.get_rank(), world, buffer, list(handle.buffer_ptrs))
+    return buffer, list(handle.buffer_ptrs)
 
+
+def rendezvous(device: torch.device, max_bytes: int = MAX_BYTES) -> OneShotAllReduce:
+    """This rank's OneShotAllReduce over symmetric memory (collective: every rank, in the same order)."""
+    world = dist.get_world_size()
+    buffer, addresses = _symmetric_buffer(device, SLOTS * world * (max_bytes // 2))
+    return OneShotAllReduce(dist.get_rank(), world, buffer, addresses)
+
+
+class SumBuffers:
+    """The sum sites of the batch-1 decode step's GEMVs (`mili.kernels.pushed_sums.SumSite`).
+
+    buffer: this rank's int16 buffer, all EMPTY_BITS; buffer_addresses: every rank's, in rank order.
+    """
+
+    def __init__(self, rank: int, world: int, buffer: Tensor, buffer_addresses: list[int]):
+        self.rank, self.world, self.buffer = rank, world, buffer
+        self.addresses = torch.tensor(buffer_addresses, dtype=torch.int64, device=buffer.device)
+        self.timeout_ns = int(timeout_s() * 1e9)
+
+    def sites(self, width: int, count: int) -> list[SumSite] | None:
+        """`count` sites for rows of `width` elements, to be used in this order every step (each
+        clears the one before it, the first the last), or None where they do not fit this buffer
+        or are fewer than three (see SumSite)."""
+        if count < 3 or count * self.world * width > self.buffer.numel():
+            return None
+        return [SumSite(self.addresses, self.rank, self.world, width, site, (site - 1) % count, self.timeout_ns)
+                for site in range(count)]
+
+
+# Sum sites for a decode step of up to 127 rows (64 layers) of 8192 bfloat16 elements on 8 ranks
+SUM_BUFFER_BYTES = 16 << 20
 
 _installed_once = False
+_sum_buffers: SumBuffers | None = None
 
 
 def usable(device: torch.device) -> bool:
@@ -189,11 +206,23 @@ def usable(device: torch.device) -> bool:
 
 
 def install(device: torch.device) -> None:
-    """Set up the one-shot all-reduce on this rank (collective: every rank of the group calls it)."""
-    global _installed_once
+    """Set up the one-shot all-reduce and the sum buffers on this rank (collective: every rank of
+    the group calls it)."""
+    global _installed_once, _sum_buffers
     _installed_once = True
     set_fast_all_reduce(rendezvous(device))
+    _sum_buffers = SumBuffers(dist.get_rank(), dist.get_world_size(), *_symmetric_buffer(device, SUM_BUFFER_BYTES // 2))
 
 
 def uninstall() -> None:
+    global _sum_buffers
     set_fast_all_reduce(None)
+    _sum_buffers = None
+
+
+def sum_sites(width: int, count: int) -> list[SumSite] | None:
+    """`count` sum sites for rows of `width` elements where this process's group has sum buffers
+    and MILI_FUSED_ALL_REDUCE is not 0; None otherwise (see SumBuffers.sites)."""
+    if _sum_buffers is None or os.environ.get("MILI_FUSED_ALL_REDUCE", "1") == "0":
+        return None
+    return _sum_buffers.sites(width, count)

@@ -11,9 +11,12 @@ model's own modules and weights with fused kernels:
     add + RMSNorm, qkv GEMV                         rms_norm_linear (mili/kernels/linear.py)
     q/k norm + RoPE, K/V store, decode attention    attend_new_token (mili/kernels/decode_step.py):
       and its combine                                 one kernel, and one that merges the splits
-    o GEMV (+ all-reduce under tensor parallelism)  the module
-    add + RMSNorm, gate_up GEMV, SiLU-and-mul       rms_norm_linear(output="silu_and_mul")
-    down GEMV (+ all-reduce)                        the module
+    o GEMV (+ all-reduce under tensor parallelism)  the module; under tensor parallelism
+                                                      linear_to_sum, which pushes the partial sums
+    add + RMSNorm, gate_up GEMV, SiLU-and-mul       rms_norm_linear(output="silu_and_mul"), which
+                                                      sums the pushed parts as it reads them
+    down GEMV (+ all-reduce)                        the module, or linear_to_sum as o (but the
+                                                      last layer's, which the final norm reads)
 
 What each fusion bought, and what was measured and left out, is in benchmarks/fused-step-ab-h100.json
 and benchmarks/batch-1-fusions-ab-h100.json: SiLU in the down GEMV's input recomputes the
@@ -23,6 +26,12 @@ was slower than a separate combine, and raced inside CUDA graphs. The numbers ar
 modules' forward up to the order of the norm's sum of squares (tests/test_fused_step.py). Every
 other step (prefill, batches of two and more, the CPU) runs the modules' forward: the exercises'
 code. `MILI_FUSED_STEP=0` records the modules' forward at batch 1 too.
+
+Under tensor parallelism (one process per GPU, with the sum buffers of mili/distributed/one_shot.py)
+the all-reduce kernels after the o and down GEMVs go too: those GEMVs push their partial products
+into every rank's memory and the next GEMV adds them up as it normalises its input
+(mili/kernels/pushed_sums.py). The sums are the one-shot all-reduce's, bit for bit.
+`MILI_FUSED_ALL_REDUCE=0` keeps the all-reduce kernels.
 """
 
 from __future__ import annotations
@@ -33,8 +42,10 @@ import torch
 from torch import Tensor
 
 from mili.kernels.decode_step import attend_new_token, takes_heads
-from mili.kernels.linear import rms_norm_linear
+from mili.kernels.linear import linear_to_sum, rms_norm_linear
+from mili.kernels.pushed_sums import SumSite
 from mili.model.metadata import AttentionMetadata, KVCache
+from mili.model.parallel import RowParallelLinear
 
 
 def can_fuse(model) -> bool:
@@ -55,12 +66,14 @@ class FusedDecodeStep:
             raise ValueError("the fused decode step needs the triton backend and power-of-two head counts and "
                              "head size (and MILI_FUSED_STEP not 0)")
         self.model = model.model
+        self.sum_sites = _sum_sites(self.model, model.dtype)
 
     @torch.inference_mode()
     def __call__(self, input_ids: Tensor, positions: Tensor, md: AttentionMetadata, kv_cache: KVCache) -> Tensor:
         if input_ids.shape != (1,) or md.is_prefill:
             raise ValueError(f"the fused decode step runs one decoding sequence, got input_ids {tuple(input_ids.shape)}")
         hidden, residual = self.model.embed_tokens(input_ids), None
+        sites = iter(self.sum_sites or ())
         for index, layer in enumerate(self.model.layers):
             k_cache, v_cache = kv_cache.layer(index)
             attn, mlp, norm = layer.self_attn, layer.mlp, layer.input_layernorm
@@ -68,10 +81,28 @@ class FusedDecodeStep:
             o = attend_new_token(qkv, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps, positions,
                                  attn.rotary.cos_sin_cache, k_cache, v_cache, md.slot_mapping, md.context_lens,
                                  md.block_tables, attn.scaling)
-            hidden = attn.o_proj(o.view(1, -1))
+            hidden = _row_parallel(attn.o_proj, o.view(1, -1), next(sites, None))
             norm = layer.post_attention_layernorm
             act, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
                                             output="silu_and_mul")
-            hidden = mlp.down_proj(act)
+            hidden = _row_parallel(mlp.down_proj, act, next(sites, None))
         hidden, _ = self.model.norm(hidden, residual)
         return hidden
+
+
+def _row_parallel(module, x: Tensor, site: SumSite | None) -> Tensor | SumSite:
+    """The module's output, or where there is a sum site the site its partial products go to."""
+    return module(x) if site is None else linear_to_sum(x, module.weight, site)
+
+
+def _sum_sites(model, dtype: torch.dtype) -> list[SumSite] | None:
+    """The sum sites of a tensor-parallel shard's o and down projections, in the order the step
+    runs them, but the last down's (the final norm reads it); None in one process, or where the
+    group has no sum buffers (the CPU, MILI_ALL_REDUCE=nccl, MILI_FUSED_ALL_REDUCE=0)."""
+    projections = [m for layer in model.layers for m in (layer.self_attn.o_proj, layer.mlp.down_proj)][:-1]
+    if dtype.itemsize != 2 or not all(isinstance(m, RowParallelLinear) and m.bias is None
+                                      and m.group.process_group is None for m in projections):
+        return None
+    from mili.distributed import one_shot
+
+    return one_shot.sum_sites(model.config.hidden_size, len(projections))

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
+from mili.kernels.pushed_sums import SumSite, push_to_site, site_sum
 
 
 @triton.jit
@@ -47,11 +48,13 @@ def first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.
     return rows, row_ok, w_rows, cols, w
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["sum_site", "clear_site"])
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
                  res_ptr, norm_w_ptr, res_out_ptr, eps,
+                 sum_addresses_ptr, sum_site, clear_site, timeout_ns,
                  INPUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
-                 DEPENDENT_LAUNCH: tl.constexpr, OUTPUT: tl.constexpr = "plain"):
+                 DEPENDENT_LAUNCH: tl.constexpr, OUTPUT: tl.constexpr = "plain",
+                 RANK: tl.constexpr = 0, WORLD: tl.constexpr = 1, WATCHDOG: tl.constexpr = False):
     """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with the input in float32.
 
     The loads of W run one tile ahead of the products. Under a dependent launch the first tile is
@@ -62,6 +65,8 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
         "plain"         x [K]
         "rms_norm"      rms_norm(x) · norm_w
         "add_rms_norm"  rms_norm(x + res) · norm_w; program 0 also writes res_out = x + res
+        "summed_add_rms_norm"  the same with x the row summed over the ranks at sum_site
+                        (mili/kernels/pushed_sums.py): the prologue waits for every rank's part
     For the two norms every program first reads the whole row (BLOCK_H ≥ K elements, a few KB
     that the previous kernel just wrote, so from L2) for its rms. That prologue costs about what
     the separate norm kernel cost; scaling the finished dot products by 1/rms instead, with the
@@ -70,17 +75,23 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
         "plain"         the products, W [N, K] · input
         "silu_and_mul"  silu(gate) · up from W [2N, K] = [W_gate; W_up]: each program takes rows j
                         of both halves, so the activation costs no extra reads and no recompute
+        "push"          the products into every rank's buffer at sum_site, not into y; and it
+                        empties clear_site in this rank's buffer (the site read before this one)
     """
     rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K,
                                                       OUTPUT == "silu_and_mul")
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     dtype = y_ptr.dtype.element_ty
     rstd = 0.0
-    if INPUT == "rms_norm" or INPUT == "add_rms_norm":
+    summed = INPUT == "summed_add_rms_norm"
+    if INPUT == "rms_norm" or INPUT == "add_rms_norm" or summed:
         h = tl.arange(0, BLOCK_H)
         h_ok = h < K
-        row = tl.load(x_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
-        if INPUT == "add_rms_norm":
+        if summed:
+            row = site_sum(sum_addresses_ptr, K, sum_site, h, h_ok, timeout_ns, dtype, RANK, WORLD, True, WATCHDOG)
+        else:
+            row = tl.load(x_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
+        if INPUT == "add_rms_norm" or summed:
             row = (row + tl.load(res_ptr + h, mask=h_ok, other=0.0).to(tl.float32)).to(dtype)
             if tl.program_id(0) == 0:
                 tl.store(res_out_ptr + h, row, mask=h_ok)
@@ -89,10 +100,13 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
     acc = tl.zeros(w.shape, tl.float32)
     for _ in range(0, K, BLOCK_K):  # cols walks along K
         ok = cols < K
-        x = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        if INPUT == "add_rms_norm":
+        if summed:
+            x = site_sum(sum_addresses_ptr, K, sum_site, cols, ok, timeout_ns, dtype, RANK, WORLD, False, WATCHDOG)
+        else:
+            x = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        if INPUT == "add_rms_norm" or summed:
             x = (x + tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
-        if INPUT == "rms_norm" or INPUT == "add_rms_norm":
+        if INPUT == "rms_norm" or INPUT == "add_rms_norm" or summed:
             x = (x * rstd).to(dtype).to(tl.float32)
             x = (x * tl.load(norm_w_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
@@ -103,6 +117,8 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
         gate, up = tl.split(tl.permute(tl.reshape(y.to(tl.float32), (2, BLOCK_N)), (1, 0)))
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         tl.store(y_ptr + rows, (gate * tl.sigmoid(gate) * up).to(dtype), mask=rows < N)
+    elif OUTPUT == "push":
+        push_to_site(sum_addresses_ptr, N, sum_site, clear_site, rows, row_ok, y, RANK, WORLD)
     else:
         tl.store(y_ptr + rows, y, mask=row_ok)
 
@@ -122,25 +138,32 @@ def _is_single_row(x: Tensor, weight: Tensor) -> bool:
 
 
 def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | None = None,
-                 norm_weight: Tensor | None = None, eps: float = 0.0,
-                 output: str = "plain") -> tuple[Tensor, Tensor | None]:
+                 norm_weight: Tensor | None = None, eps: float = 0.0, output: str = "plain",
+                 site: SumSite | None = None) -> tuple[Tensor, Tensor | None]:
     """y [1, N] = weight · (x transformed as `input_kind` says), written as `output` says, and the
-    new residual row when there is one (see _gemv_kernel)."""
+    new residual row when there is one (see _gemv_kernel). `site`: where "summed_add_rms_norm"
+    reads its x and "push" writes y (y is then returned unwritten)."""
     n, k = weight.shape
     if output == "silu_and_mul":
         n //= 2
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     residual_out = torch.empty(1, k, dtype=x.dtype, device=x.device) if residual is not None else None
-    norms = input_kind in ("rms_norm", "add_rms_norm")
+    norms = input_kind in ("rms_norm", "add_rms_norm", "summed_add_rms_norm")
     tensors = (x, weight, y, n, k, weight.stride(0), residual if residual is not None else x,
                norm_weight if norm_weight is not None else x, residual_out if residual_out is not None else y, eps)
+    if site is None:
+        sums, ranks = (x, 0, 0, 0), {}
+    else:
+        sums = (site.addresses, site.site, site.clear_site, site.timeout_ns)
+        ranks = {"RANK": site.rank, "WORLD": site.world, "WATCHDOG": x.device.type == "cuda"}
     block_h = triton.next_power_of_2(k) if norms else 1
     if x.device.type == "cuda":
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
-            *tensors, INPUT=input_kind, BLOCK_H=block_h, OUTPUT=output, **dependent_launch_options(x.device))
+            *tensors, *sums, INPUT=input_kind, BLOCK_H=block_h, OUTPUT=output, **ranks,
+            **dependent_launch_options(x.device))
     else:  # the interpreter: one small configuration (tuning means timing, and there is no GPU to time)
-        _gemv_kernel[(triton.cdiv(n, 2),)](*tensors, INPUT=input_kind, BLOCK_N=2, BLOCK_K=64, BLOCK_H=block_h,
-                                           DEPENDENT_LAUNCH=False, OUTPUT=output)
+        _gemv_kernel[(triton.cdiv(n, 2),)](*tensors, *sums, INPUT=input_kind, BLOCK_N=2, BLOCK_K=64, BLOCK_H=block_h,
+                                           DEPENDENT_LAUNCH=False, OUTPUT=output, **ranks)
     return y, residual_out
 
 
@@ -151,7 +174,21 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     return _launch_gemv(x, weight, "plain")[0]
 
 
-def rms_norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps: float,
+def linear_to_sum(x: Tensor, weight: Tensor, site: SumSite) -> SumSite:
+    """This rank's part of a row-parallel product, weight [N, K] · x [1, K], pushed into every rank's
+    sum buffer at `site` (mili/kernels/pushed_sums.py) instead of written; it also empties the site
+    before it in this rank's buffer. Returns the site, which `rms_norm_linear` takes as its x: the
+    sum over the ranks, without an all-reduce kernel between the two.
+    Memory: reads N·K + K elements, writes N on each of the W ranks and empties W·N of its own."""
+    if not _is_single_row(x, weight) or weight.shape[0] != site.width or x.dtype.itemsize != 2:
+        raise ValueError(f"linear_to_sum takes one contiguous row x [1, K] of 2-byte floats in weight's dtype and "
+                         f"a weight of {site.width} rows (the site's width), got x {tuple(x.shape)} {x.dtype}, "
+                         f"weight {tuple(weight.shape)} {weight.dtype}")
+    _launch_gemv(x, weight, "plain", output="push", site=site)
+    return site
+
+
+def rms_norm_linear(x: Tensor | SumSite, residual: Tensor | None, norm_weight: Tensor, eps: float,
                     weight: Tensor, output: str = "plain") -> tuple[Tensor, Tensor]:
     """A decoder layer's pre-norm and the projection after it, in one launch, for one row.
 
@@ -160,8 +197,18 @@ def rms_norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps
     residual is None) and y = weight · rms_norm(residual_out, norm_weight, eps): fused_add_rms_norm
     (or rms_norm) followed by linear, with the same roundings. output="silu_and_mul" (the MLP's
     gate_up, weight [2I, K]) returns silu_and_mul(y) [1, I] instead, rounded as that kernel rounds.
-    Memory: reads N·K + 3·K elements (K from L2 by every program), writes N (+ K).
+    x may be a SumSite that `linear_to_sum` returned (a residual is then needed): x is the row
+    summed over the ranks there, as the one-shot all-reduce sums it; every program waits for
+    the other ranks' parts to arrive.
+    Memory: reads N·K + 3·K elements (K from L2 by every program), writes N (+ K); a summed x
+    is W·K elements read twice by every program.
     """
+    site = x if isinstance(x, SumSite) else None
+    if site is not None:
+        if residual is None or residual.dim() != 2 or residual.shape[1] != site.width:
+            raise ValueError(f"rms_norm_linear: a summed x (a SumSite of width {site.width}) needs the residual "
+                             f"row [1, {site.width}], got {None if residual is None else tuple(residual.shape)}")
+        x = residual  # x's shape, dtype and device; the kernel reads the site
     if not _is_single_row(x, weight):
         raise ValueError(f"rms_norm_linear takes one contiguous row x [1, K] of weight's dtype and device (a "
                          f"batch-1 decode step), got x {tuple(x.shape)} {x.dtype} on {x.device}, weight "
@@ -177,7 +224,7 @@ def rms_norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps
     if output not in ("plain", "silu_and_mul") or (output == "silu_and_mul" and weight.shape[0] % 2):
         raise ValueError(f"output must be 'plain', or 'silu_and_mul' with an even number of rows [2I, K], got "
                          f"{output!r} and weight {tuple(weight.shape)}")
-    kind = "rms_norm" if residual is None else "add_rms_norm"
-    y, residual_out = _launch_gemv(x, weight, kind, residual, norm_weight, eps, output)
+    kind = "rms_norm" if residual is None else "summed_add_rms_norm" if site is not None else "add_rms_norm"
+    y, residual_out = _launch_gemv(x, weight, kind, residual, norm_weight, eps, output, site)
     return y, (x if residual is None else residual_out)
 

@@ -1,0 +1,123 @@
+"""Sums over the GPUs of a tensor-parallel group, through buffers that every rank writes into.
+
+Under tensor parallelism each rank computes a partial sum of a row (the o and down projections)
+and the ranks add them up. At batch 1 the row is a few kilobytes, so the sum costs its latency,
+not its bytes. PyTorch's symmetric memory maps one buffer of every GPU into the address space of
+each: a kernel can store straight into a peer's memory. Both users of that here share the rule
+of this module: an element of a buffer that holds the bit pattern of -0.0 (`EMPTY_BITS`) has
+not arrived yet; a sender writes -0.0 as +0.0, and a receiver reads an element again until it
+is no longer -0.0 (`arrived`). A 2-byte store is never torn, so every element that has arrived
+is complete, and no barrier is needed: the receiver waits for exactly the data it reads.
+
+- `mili.distributed.one_shot`: an all-reduce kernel of its own (push, wait, sum, clear).
+- `mili.kernels.linear` with a `SumSite`: the o/down GEMV pushes its partial products to every
+  rank (`linear_to_sum`) and the next GEMV, which normalises its input, waits for and sums them
+  as it reads it (`rms_norm_linear` given the site). The all-reduce kernel between them is gone.
+
+A rank that never sends (it died, or hangs) would leave the others waiting forever, out of reach
+of NCCL's abort; so a kernel that has waited `timeout_ns` aborts (a CUDA error in its process,
+which the engine reports like any failed rank) instead of hanging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from mili.kernels._triton import tl, triton
+
+EMPTY_BITS = -32768  # 0x8000 as int16: the bits of -0.0, which no element sent carries
+EMPTY = tl.constexpr(EMPTY_BITS)
+
+
+@triton.jit
+def abort_kernel():
+    """End the kernel with an error (PTX `trap`): the process's next CUDA call raises."""
+    tl.inline_asm_elementwise("trap; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def sendable(bits):
+    """The int16 bits of 2-byte floats to send: -0.0 (the empty marker) sent as +0.0."""
+    return tl.where(bits == EMPTY, 0, bits)
+
+
+@triton.jit
+def arrived(at, mask, timeout_ns, WATCHDOG: tl.constexpr):
+    """The int16 elements at `at` (where mask), read again until none of them is empty.
+    WATCHDOG (GPUs): abort the kernel after waiting timeout_ns."""
+    bits = tl.load(at, mask=mask, other=0, volatile=True)
+    if WATCHDOG:
+        waiting_since = tl.extra.cuda.globaltimer()
+    while tl.max((bits == EMPTY).to(tl.int32), 0) > 0:
+        bits = tl.load(at, mask=mask, other=0, volatile=True)
+        if WATCHDOG:
+            if tl.extra.cuda.globaltimer() - waiting_since > timeout_ns:
+                abort_kernel()
+    return bits
+
+
+@dataclass(frozen=True)
+class SumSite:
+    """Where one row of `width` elements is summed over the ranks, in every rank's sum buffer.
+
+    Each rank's buffer (int16, all EMPTY_BITS while nothing is in flight) holds `sites` sites of
+    `world` regions of `width` elements: site s, sender r at element (s·world + r)·width.
+    addresses: [world] int64 on the device, every rank's buffer address, in rank order.
+
+    A call site of the decode step owns a site: its GEMV writes its partial products into region
+    [site][rank] of every rank's buffer, and the next kernel waits for all the regions of [site]
+    in its own buffer and adds them in rank order (in float32, rounded once: every rank gets the
+    same bits). Nothing can clear a site while it is read, since every program of the reading
+    GEMV reads the whole row; so the GEMV of the next site clears it (`clear_site`, the previous
+    one), in its own buffer, once the kernel before it has finished. The sites are used in a fixed
+    order, every step, and a peer writes a site again only a step later, after this rank has sent
+    the sites between: with three sites or more, a region is empty again before it is rewritten.
+    """
+
+    addresses: Tensor
+    rank: int
+    world: int
+    width: int
+    site: int
+    clear_site: int
+    timeout_ns: int
+
+
+@triton.jit
+def _site_part(own, width, site, sender, offs, mask, timeout_ns, dtype: tl.constexpr, WORLD: tl.constexpr,
+               WAIT: tl.constexpr, WATCHDOG: tl.constexpr):
+    at = own + (site * WORLD + sender) * width + offs
+    if WAIT:
+        bits = arrived(at, mask, timeout_ns, WATCHDOG)
+    else:
+        bits = tl.load(at, mask=mask, other=0, cache_modifier=".cg")
+    return bits.to(dtype, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def site_sum(addresses_ptr, width, site, offs, mask, timeout_ns, dtype: tl.constexpr, RANK: tl.constexpr,
+             WORLD: tl.constexpr, WAIT: tl.constexpr, WATCHDOG: tl.constexpr):
+    """Elements offs (where mask) of the row summed at `site`, from this rank's buffer: the ranks'
+    parts added in rank order in float32 and rounded once to dtype, as float32. WAIT: read each
+    part again until it has arrived; without it, the caller has seen them arrive (read past L1)."""
+    own = tl.load(addresses_ptr + RANK).to(tl.pointer_type(tl.int16))
+    total = _site_part(own, width, site, 0, offs, mask, timeout_ns, dtype, WORLD, WAIT, WATCHDOG)
+    for sender in tl.static_range(1, WORLD):
+        total += _site_part(own, width, site, sender, offs, mask, timeout_ns, dtype, WORLD, WAIT, WATCHDOG)
+    return total.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def push_to_site(addresses_ptr, width, site, clear_site, offs, mask, values, RANK: tl.constexpr,
+                 WORLD: tl.constexpr):
+    """Write values (2-byte floats, elements offs where mask) into region [site][RANK] of every
+    rank's buffer, and empty the same elements of every region of clear_site in this rank's."""
+    bits = sendable(values.to(tl.int16, bitcast=True))
+    for peer in tl.static_range(WORLD):
+        buffer = tl.load(addresses_ptr + peer).to(tl.pointer_type(tl.int16))
+        tl.store(buffer + (site * WORLD + RANK) * width + offs, bits, mask=mask)
+    own = tl.load(addresses_ptr + RANK).to(tl.pointer_type(tl.int16))
+    for sender in tl.static_range(WORLD):
+        tl.store(own + (clear_site * WORLD + sender) * width + offs, tl.full(offs.shape, EMPTY, tl.int16), mask=mask)

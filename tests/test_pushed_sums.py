@@ -1,0 +1,136 @@
+"""The tensor-parallel batch-1 step without all-reduce kernels (mili/kernels/pushed_sums.py): the
+o/down GEMV pushes its partial products into every rank's buffer (`linear_to_sum`) and the next
+GEMV sums them as it reads its input (`rms_norm_linear` given the site). Here the ranks are
+simulated in one process, on the CPU, in Triton's interpreter: their buffers are plain tensors
+and each rank's kernel writes into the others' through their addresses, as on GPUs through
+symmetric memory. The interpreter runs one kernel at a time, so every rank pushes before any
+rank reads; the tests check the buffers between the two, so a site left unfilled fails here
+instead of leaving a reader waiting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mili.distributed.one_shot import SumBuffers
+from mili.kernels.linear import linear, linear_to_sum, rms_norm_linear
+from mili.kernels.pushed_sums import EMPTY_BITS
+
+
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _simulated_ranks(world: int, width: int, count: int, spare_sites: int = 1) -> list[SumBuffers]:
+    buffers = [torch.full(((count + spare_sites) * world * width,), EMPTY_BITS, dtype=torch.int16)
+               for _ in range(world)]
+    addresses = [b.data_ptr() for b in buffers]
+    return [SumBuffers(rank, world, buffers[rank], addresses) for rank in range(world)]
+
+
+def _regions(ranks: list[SumBuffers], site: int, width: int) -> torch.Tensor:
+    """[receiver, sender, width]: the int16 contents of one site in every rank's buffer."""
+    world = len(ranks)
+    return torch.stack([r.buffer[site * world * width:(site + 1) * world * width].view(world, width) for r in ranks])
+
+
+def _one_rank_sum(parts: list[torch.Tensor]) -> torch.Tensor:
+    """What the one-shot all-reduce gives: the parts added in rank order in float32, rounded once."""
+    total = parts[0].float()
+    for part in parts[1:]:
+        total = total + part.float()
+    return total.to(parts[0].dtype)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_pushed_products_summed_by_the_next_gemv_equal_an_all_reduce_then_the_gemv(world):
+    """Three sites used in order over two steps, as the decode step uses them: after every rank's
+    push the site holds every rank's part (-0.0 sent as +0.0) and the site before it is empty; the
+    reading GEMV (plain and SiLU-and-mul output) gives the same bits as summing the parts first and
+    running rms_norm_linear on the sum, with the same residual out."""
+    dtype, width, k_in, n_out, count = torch.float16, 37, 70, 22, 3
+    gen = torch.Generator().manual_seed(world)
+    ranks = _simulated_ranks(world, width, count)
+    sites = [r.sites(width, count) for r in ranks]
+    norm_weight = (torch.rand(width, generator=gen) + 0.5).to(dtype)
+    residual = torch.randn(1, width, generator=gen).to(dtype)
+    for step in range(2):
+        for site in range(count):
+            xs = [torch.randn(1, k_in, generator=gen).to(dtype) for _ in range(world)]
+            weights = [(torch.randn(width, k_in, generator=gen) / k_in ** 0.5).to(dtype) for _ in range(world)]
+            weights[0][3] = 0.0  # rank 0's element 3: -1e-8, which rounds to -0.0, the empty marker
+            weights[0][3, 0], xs[0][0, 0] = 1e-4, -1e-4
+            parts = [linear(x, w) for x, w in zip(xs, weights)]
+            assert parts[0].view(torch.int16)[0, 3] == EMPTY_BITS
+            for rank in range(world):
+                assert linear_to_sum(xs[rank], weights[rank], sites[rank][site]) is sites[rank][site]
+            arrived = _regions(ranks, site, width)
+            assert not arrived.eq(EMPTY_BITS).any(), f"step {step}, site {site}: a part never arrived"
+            for sender, part in enumerate(parts):
+                sent = part.view(torch.int16).masked_fill(part.view(torch.int16) == EMPTY_BITS, 0)
+                assert torch.equal(arrived[:, sender], sent.expand(world, width)), \
+                    f"site {site}: rank {sender}'s part is not in region [site][{sender}] of every rank"
+            cleared = (site - 1) % count
+            if step or site:  # the very first push has nothing before it to clear
+                assert _regions(ranks, cleared, width).eq(EMPTY_BITS).all(), \
+                    f"step {step}, site {site}: pushing must empty the site read before it ({cleared})"
+            summed = _one_rank_sum(parts)
+            output = "silu_and_mul" if site % 2 else "plain"
+            weight = (torch.randn(2 * n_out, width, generator=gen) / width ** 0.5).to(dtype)
+            expected, expected_residual = rms_norm_linear(summed, residual, norm_weight, 1e-6, weight, output)
+            for rank in range(world):
+                got, got_residual = rms_norm_linear(sites[rank][site], residual, norm_weight, 1e-6, weight, output)
+                assert torch.equal(got_residual, expected_residual), \
+                    f"rank {rank}: the residual out must be the summed row + the residual"
+                assert torch.equal(got, expected), \
+                    f"step {step}, site {site}, rank {rank}: the summed GEMV ({output}) differs from sum-then-GEMV"
+            residual = expected_residual
+
+
+def test_sites_need_three_and_room_and_rms_norm_linear_needs_a_residual_for_a_site():
+    ranks = _simulated_ranks(2, 8, 3, spare_sites=0)
+    assert ranks[0].sites(8, 2) is None, "two sites would clear a site in the kernel that also fills the other"
+    assert ranks[0].sites(8, 4) is None, "four sites of 8 do not fit a buffer of three"
+    sites = ranks[0].sites(8, 3)
+    assert [(s.site, s.clear_site) for s in sites] == [(0, 2), (1, 0), (2, 1)], "each clears the one before it"
+    with pytest.raises(ValueError, match="residual"):
+        rms_norm_linear(sites[0], None, torch.ones(8, dtype=torch.float16), 1e-6, torch.ones(4, 8, dtype=torch.float16))
+    with pytest.raises(ValueError, match="width"):
+        linear_to_sum(torch.ones(1, 4, dtype=torch.float16), torch.ones(6, 4, dtype=torch.float16), sites[0])
+
+
+def test_every_configuration_the_autotuner_may_pick_pushes_and_sums_the_same():
+    """On a GPU the GEMV is autotuned over GEMV_CONFIGS (1 to 8 rows per program, masked past N):
+    each must push every row and sum every element as the interpreter's own tiling does."""
+    from mili.kernels._triton import triton
+    from mili.kernels.linear import GEMV_CONFIGS, _gemv_kernel
+
+    dtype, width, k_in = torch.float16, 10, 2100
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(1, k_in, generator=gen).to(dtype)
+    weight = (torch.randn(width, k_in, generator=gen) / k_in ** 0.5).to(dtype)
+    residual, norm_weight = torch.randn(1, width, generator=gen).to(dtype), torch.ones(width, dtype=dtype)
+    next_weight = (torch.randn(6, width, generator=gen) / width ** 0.5).to(dtype)
+    ranks = _simulated_ranks(2, width, 3)
+    sites = [r.sites(width, 3) for r in ranks]
+    for rank in range(2):
+        linear_to_sum(x, weight, sites[rank][0])
+    expected_push = _regions(ranks, 0, width).clone()
+    expected, _ = rms_norm_linear(sites[0][0], residual, norm_weight, 1e-6, next_weight)
+    for config in GEMV_CONFIGS:
+        block_n, block_k = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]
+        tiling = dict(BLOCK_N=block_n, BLOCK_K=block_k, DEPENDENT_LAUNCH=False, RANK=0, WORLD=2)
+        site = sites[0][0]
+        ranks[0].buffer.fill_(EMPTY_BITS)
+        _gemv_kernel[(triton.cdiv(width, block_n),)](
+            x, weight, x, width, k_in, weight.stride(0), x, x, x, 0.0, site.addresses, 0, 2, 0,
+            INPUT="plain", BLOCK_H=1, OUTPUT="push", **tiling)
+        assert torch.equal(_regions(ranks, 0, width)[:, 0], expected_push[:, 0]), \
+            f"BLOCK_N={block_n}, BLOCK_K={block_k}: rank 0's push differs"
+        ranks[0].buffer[width:2 * width] = expected_push[0, 1]  # rank 1's part, as it pushed it
+        y, residual_out = torch.empty(1, 6, dtype=dtype), torch.empty(1, width, dtype=dtype)
+        _gemv_kernel[(triton.cdiv(6, block_n),)](
+            residual, next_weight, y, 6, width, next_weight.stride(0), residual, norm_weight, residual_out, 1e-6,
+            site.addresses, 0, 2, 0, INPUT="summed_add_rms_norm", BLOCK_H=16, OUTPUT="plain", **tiling)
+        assert torch.equal(y, expected), f"BLOCK_N={block_n}, BLOCK_K={block_k}: the summed GEMV differs"
