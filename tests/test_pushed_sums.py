@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mili.checkpoint import load_model
 from mili.distributed.one_shot import SumBuffers
 from mili.kernels.linear import linear, linear_to_sum, rms_norm_linear
 from mili.kernels.pushed_sums import EMPTY_BITS
@@ -134,3 +135,24 @@ def test_every_configuration_the_autotuner_may_pick_pushes_and_sums_the_same():
             residual, next_weight, y, 6, width, next_weight.stride(0), residual, norm_weight, residual_out, 1e-6,
             site.addresses, 0, 2, 0, INPUT="summed_add_rms_norm", BLOCK_H=16, OUTPUT="plain", **tiling)
         assert torch.equal(y, expected), f"BLOCK_N={block_n}, BLOCK_K={block_k}: the summed GEMV differs"
+
+
+def test_a_shards_fused_step_sums_in_its_gemvs_at_every_o_and_down_but_the_last(tmp_path, monkeypatch):
+    """With sum buffers installed, the batch-1 step of a tensor-parallel shard gets one site per o
+    and down projection, in the order the step runs them, but the last layer's down (the final
+    norm reads it); with MILI_FUSED_ALL_REDUCE=0, or in one process, it gets none."""
+    from mili.distributed import one_shot
+    from mili.engine.fused_step import FusedDecodeStep
+    from mili.model.parallel import TensorParallelGroup
+    from tests.test_tensor_parallel import CHECKPOINTS, write_checkpoint
+
+    config = write_checkpoint(tmp_path, **CHECKPOINTS["kv-heads-divide-tied"])
+    hidden, sites = config.hidden_size, 2 * config.num_hidden_layers - 1
+    shard = load_model(tmp_path, dtype=torch.bfloat16, backend="triton", group=TensorParallelGroup(0, 2))
+    monkeypatch.setattr(one_shot, "_sum_buffers", _simulated_ranks(2, hidden, sites)[0])
+    step = FusedDecodeStep(shard)
+    assert [(s.site, s.width) for s in step.sum_sites] == [(i, hidden) for i in range(sites)]
+    monkeypatch.setenv("MILI_FUSED_ALL_REDUCE", "0")
+    assert FusedDecodeStep(shard).sum_sites is None
+    monkeypatch.delenv("MILI_FUSED_ALL_REDUCE")
+    assert FusedDecodeStep(load_model(tmp_path, dtype=torch.bfloat16, backend="triton")).sum_sites is None

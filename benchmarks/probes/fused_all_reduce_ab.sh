@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The tensor-parallel batch-1 step with and without its all-reduce kernels (MILI_FUSED_ALL_REDUCE),
 # on 2 GPUs, in one run: the GPU tensor-parallel tests first, then batch-1 latency at Qwen3-8B
-# shapes with TP=1, and with TP=2 alternating off and on (two rounds each), then a kernel
-# profile of rank 0 at TP=2 with the sums in the GEMVs (dependent launch off).
+# shapes with TP=1, and with TP=2 alternating off and on (two rounds each); with PROFILE=1 then a
+# kernel profile of rank 0 at TP=2 with the sums in the GEMVs (dependent launch off).
 #   bash benchmarks/probes/fused_all_reduce_ab.sh OUT
 set -uo pipefail
 out=${1:?output folder}; mkdir -p "$out"
@@ -20,5 +20,5 @@ for round in 1 2; do
   latency 2 0 "tp2-kernels-$round"
   latency 2 1 "tp2-sums-in-gemvs-$round"
 done
-MILI_PDL=0 timeout -k 10 150 python3 benchmarks/probes/decode_kernels.py --model Qwen3-8B --tensor-parallel-size 2 \
+[[ ${PROFILE:-0} == 1 ]] && MILI_PDL=0 timeout -k 10 150 python3 benchmarks/probes/decode_kernels.py --model Qwen3-8B --tensor-parallel-size 2 \
   --json "$out/kernels-8b-tp2-sums-in-gemvs-pdl-off.json" | grep -v "^ " | tail -12

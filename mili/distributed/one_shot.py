@@ -6,8 +6,9 @@ latency, not its bytes, and NCCL's general algorithms pass the data through seve
 PyTorch's symmetric memory maps one buffer of every GPU into the address space of each, so one
 kernel can do it all.
 
-The kernel pushes and polls; it has no barrier. Each rank's buffer holds, for each of two slots,
-one region per sender, every element of it set to a sentinel bit pattern (-0.0) while empty:
+The kernel pushes and polls; it has no barrier (mili/kernels/pushed_sums.py says how an element
+is known to have arrived). Each rank's buffer holds, for each of two slots, one region per
+sender, every element of it set to a sentinel bit pattern (-0.0) while empty:
 
     rank r, call c (slot s = c mod 2):
       1. write x, its -0.0 made +0.0, into region [s][r] of every rank's buffer (its own included)
@@ -27,9 +28,7 @@ while it runs. On two H200s, in a chain of all-reduces at 8 KiB, it took 4.4 us 
 against 7.6 for PyTorch's `one_shot_all_reduce` (two barriers, no dependent launch) and 8.0 for
 NCCL (benchmarks/all-reduce-probe-h200.json).
 
-A rank that never sends (it died, or hangs) would leave the others polling forever, out of reach of
-NCCL's abort; so a program that has waited `timeout_s()` for a peer's data aborts the kernel (a
-CUDA error in its process, which the engine reports like any failed rank) instead of hanging.
+A program that has waited `timeout_s()` for a peer's data aborts the kernel instead of hanging.
 
 It reads world_size × the bytes, so it only pays for small tensors; larger ones (a prefill's)
 stay on NCCL, and so do float32 tensors (only 2-byte types have the sentinel). No NVLink
@@ -37,7 +36,9 @@ multicast is used.
 
 Rank 0 decides whether the group uses it (`usable`) and every rank installs it after joining the
 group (`install`, from `worker.join_group`); `TensorParallelGroup.all_reduce` then uses it for the
-tensors it takes. MILI_ALL_REDUCE=nccl turns it off. A process uses it for its first group only:
+tensors it takes. MILI_ALL_REDUCE=nccl turns it off. `install` also sets up the sum buffers of the batch-1
+step, in which the GEMVs sum over the ranks themselves (`SumBuffers`, `sum_sites`,
+mili/engine/fused_step.py). A process uses both for its first group only:
 on two H200s a second group in the same process (after the first shut down) hung with
 symmetric memory, most likely because PyTorch keeps a process's symmetric memory tied to the
 first process group it met; so a second tensor-parallel model in one process sums with NCCL.

@@ -105,4 +105,4 @@ def _sum_sites(model, dtype: torch.dtype) -> list[SumSite] | None:
         return None
     from mili.distributed import one_shot
 
-    return one_shot.sum_sites(model.config.hidden_size, len(projections))
+    return one_shot.sum_sites(projections[0].weight.shape[0], len(projections))

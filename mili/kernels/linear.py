@@ -83,15 +83,15 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     dtype = y_ptr.dtype.element_ty
     rstd = 0.0
-    summed = INPUT == "summed_add_rms_norm"
-    if INPUT == "rms_norm" or INPUT == "add_rms_norm" or summed:
+    SUMMED: tl.constexpr = INPUT == "summed_add_rms_norm"
+    if INPUT == "rms_norm" or INPUT == "add_rms_norm" or SUMMED:
         h = tl.arange(0, BLOCK_H)
         h_ok = h < K
-        if summed:
+        if SUMMED:
             row = site_sum(sum_addresses_ptr, K, sum_site, h, h_ok, timeout_ns, dtype, RANK, WORLD, True, WATCHDOG)
         else:
             row = tl.load(x_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
-        if INPUT == "add_rms_norm" or summed:
+        if INPUT == "add_rms_norm" or SUMMED:
             row = (row + tl.load(res_ptr + h, mask=h_ok, other=0.0).to(tl.float32)).to(dtype)
             if tl.program_id(0) == 0:
                 tl.store(res_out_ptr + h, row, mask=h_ok)
@@ -100,13 +100,13 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
     acc = tl.zeros(w.shape, tl.float32)
     for _ in range(0, K, BLOCK_K):  # cols walks along K
         ok = cols < K
-        if summed:
+        if SUMMED:
             x = site_sum(sum_addresses_ptr, K, sum_site, cols, ok, timeout_ns, dtype, RANK, WORLD, False, WATCHDOG)
         else:
             x = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        if INPUT == "add_rms_norm" or summed:
+        if INPUT == "add_rms_norm" or SUMMED:
             x = (x + tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
-        if INPUT == "rms_norm" or INPUT == "add_rms_norm" or summed:
+        if INPUT == "rms_norm" or INPUT == "add_rms_norm" or SUMMED:
             x = (x * rstd).to(dtype).to(tl.float32)
             x = (x * tl.load(norm_w_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
