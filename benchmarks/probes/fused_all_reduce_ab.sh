@@ -20,5 +20,7 @@ for round in 1 2; do
   latency 2 0 "tp2-kernels-$round"
   latency 2 1 "tp2-sums-in-gemvs-$round"
 done
-[[ ${PROFILE:-0} == 1 ]] && MILI_PDL=0 timeout -k 10 150 python3 benchmarks/probes/decode_kernels.py --model Qwen3-8B --tensor-parallel-size 2 \
-  --json "$out/kernels-8b-tp2-sums-in-gemvs-pdl-off.json" | grep -v "^ " | tail -12
+if [[ ${PROFILE:-0} == 1 ]]; then
+  MILI_PDL=0 timeout -k 10 150 python3 benchmarks/probes/decode_kernels.py --model Qwen3-8B --tensor-parallel-size 2 \
+    --json "$out/kernels-8b-tp2-sums-in-gemvs-pdl-off.json" | grep -v "^ " | tail -12
+fi

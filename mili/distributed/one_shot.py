@@ -56,7 +56,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
-from mili.kernels.pushed_sums import EMPTY, EMPTY_BITS, SumSite, arrived, sendable
+from mili.kernels.pushed_sums import EMPTY, EMPTY_BITS, SumSite, arrived, buffer_of, sendable
 from mili.model.parallel import set_fast_all_reduce
 
 # A decode step of up to 256 sequences at hidden size 4096 in bfloat16: on two H200s the kernel beat
@@ -103,10 +103,10 @@ def _one_shot_all_reduce_kernel(x_ptr, out_ptr, buffers_ptr, slot_bits_ptr, n, r
             mask = offs < n
             bits = sendable(tl.load(x_ptr + offs, mask=mask).to(tl.int16, bitcast=True))
             for peer in tl.static_range(WORLD):
-                buffer = tl.load(buffers_ptr + peer).to(tl.pointer_type(tl.int16))
+                buffer = buffer_of(buffers_ptr, peer)
                 tl.store(buffer + (slot * WORLD + RANK) * region + offs, bits, mask=mask)
     if PHASES & 2:  # RECEIVE
-        own = tl.load(buffers_ptr + RANK).to(tl.pointer_type(tl.int16))
+        own = buffer_of(buffers_ptr, RANK)
         for start in range(pid * BLOCK, n, programs * BLOCK):
             offs = start + tl.arange(0, BLOCK)
             mask = offs < n
