@@ -15,7 +15,9 @@ Memory: reads N·K elements of W and K of x, writes N.
 
 `rms_norm_linear` is the same kernel with a decoder layer's pre-norm in its input, and for the
 MLP's gate_up with SiLU-and-mul in its output (the engine's batch-1 step,
-mili/engine/fused_step.py): one launch where the modules take two or three.
+mili/engine/fused_step.py): one launch where the modules take two or three. Under tensor
+parallelism `linear_to_sum` pushes a row-parallel product's part to every rank, and
+`rms_norm_linear` given its site sums the parts as it reads them (mili/kernels/pushed_sums.py).
 """
 
 from __future__ import annotations
