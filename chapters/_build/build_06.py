@@ -919,6 +919,48 @@ print(f"  {'all kernels':<56} {total_one:7.0f}  {total_two:7.0f}  {total_two / t
 """)
 
 md(r"""
+**The all-reduce inside the GEMVs.** The answer above named one more fusion: the all-reduce into
+the residual add and norm that follow it. The engine's batch-1 step now does it
+(`mili/kernels/pushed_sums.py`). The o and down GEMVs push their partial products straight into
+every GPU's buffer, by the same empty-marker rule. The next GEMV already reads its whole input row
+in every program, for the norm; it now waits for every rank's part and sums it as it reads. No
+kernel stands between the two. Each call site of the step (layer 3's o projection, layer 3's
+down projection, ...) owns a region of the buffer, and the GEMV of the next call site empties the
+previous one. One run on two H200s, alternating the two ways (`MILI_FUSED_ALL_REDUCE=0` keeps the
+all-reduce kernels):
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+ab_dir = repo_root() / "benchmarks" / "tp-sums-in-gemvs-ab-h200"
+runs = {p.stem.removeprefix("latency-8b-"): json.loads(p.read_text()) for p in sorted(ab_dir.glob("latency-8b-*.json"))}
+tp1 = runs.pop("tp1")["mili"]["tpot_ms"]
+print(f"{runs['tp2-kernels-1']['environment']['device']} x 2, Qwen3-8B, batch 1, commit "
+      f"{runs['tp2-kernels-1']['environment']['git_commit'][:7]}: TP=1 {tp1:.3f} ms/token")
+for name, run in runs.items():
+    how = "sums in the GEMVs  " if run["sums_in_gemvs"] else "all-reduce kernels"
+    print(f"  TP=2, {how}  {run['mili']['tpot_ms']:.3f} ms/token = {run['mili']['tpot_ms'] / tp1:.3f} of TP=1")
+""")
+
+think(r"""
+mili's one-shot kernel empties each element right after reading it. Why can the GEMV that reads a
+call site's sums not do the same? And the sites need no slot bits: why is one region per call
+site enough, as long as the step has three call sites or more? (When does a peer write the same
+site again, and what has this rank done by then?)
+""", r"""
+In the one-shot kernel each element is read by exactly one program, so that program knows when
+it is done with it. In the GEMV every program reads the whole row (each needs all of x for its
+rows' dot products and for the norm), and no program knows when the others have finished: an
+early one that emptied the site would leave a later one waiting forever. Only a later kernel
+knows that all of them are done. So the GEMV of the next call site empties the previous site
+after its dependent wait, which returns once the kernel before it has finished, and everything
+before that kernel too. A peer writes site s again one step later. To get there it must have
+read this rank's parts of every site in between, which this rank pushes only after the GEMV of
+site s+1 has emptied site s. With only two call sites, that GEMV would also be the one that
+pushes the part the peer waits for: the emptying and the push would race inside one kernel.
+""")
+
+md(r"""
 **Scale up or scale out?** Tensor parallelism is for a model that does not fit one GPU, or for
 a lower time per token: each GPU reads only its share of the weights per step, but two
 all-reduces per layer wait on the interconnect, so it stays within one host's NVLink. For more
