@@ -39,14 +39,15 @@ def test_every_configuration_the_autotuner_may_pick_gives_the_same_products(n, k
     from mili.kernels.linear import GEMV_CONFIGS, _gemv_kernel, _launch_gemv
 
     gen = torch.Generator().manual_seed(n + k)
-    x, residual = torch.randn(1, k, generator=gen), torch.randn(1, k, generator=gen)
-    norm_weight, weight = torch.rand(k, generator=gen) + 0.5, torch.randn(2 * n, k, generator=gen) / k ** 0.5
+    x, residual = torch.randn(1, k, generator=gen).to(DEVICE), torch.randn(1, k, generator=gen).to(DEVICE)
+    norm_weight = (torch.rand(k, generator=gen) + 0.5).to(DEVICE)
+    weight = (torch.randn(2 * n, k, generator=gen) / k ** 0.5).to(DEVICE)
     for input_kind, output in (("plain", "plain"), ("add_rms_norm", "plain"), ("add_rms_norm", "silu_and_mul")):
         rows = n if output == "silu_and_mul" else 2 * n
         expected, _ = _launch_gemv(x, weight, input_kind, residual, norm_weight, 1e-6, output)
         for config in GEMV_CONFIGS:
             block_n, block_k = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]
-            y, residual_out = torch.empty(1, rows), torch.empty(1, k)
+            y, residual_out = torch.empty(1, rows, device=DEVICE), torch.empty(1, k, device=DEVICE)
             _gemv_kernel[(triton.cdiv(rows, block_n),)](
                 x, weight, y, rows, k, weight.stride(0), residual, norm_weight, residual_out, 1e-6, x, 0, 0, 0,
                 INPUT=input_kind,

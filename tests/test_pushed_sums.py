@@ -18,9 +18,9 @@ from mili.kernels.linear import linear, linear_to_sum, rms_norm_linear
 from mili.kernels.pushed_sums import EMPTY_BITS
 
 
-@pytest.fixture(autouse=True)
-def interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+# ranks simulated in CPU memory need the interpreter, which runs where there is no GPU (conftest.py);
+# on GPUs tests/test_tensor_parallel_gpu.py runs the real thing
+simulated = pytest.mark.skipif(torch.cuda.is_available(), reason="simulates ranks in Triton's interpreter on the CPU")
 
 
 def _simulated_ranks(world: int, width: int, count: int, spare_sites: int = 1) -> list[SumBuffers]:
@@ -44,6 +44,7 @@ def _one_rank_sum(parts: list[torch.Tensor]) -> torch.Tensor:
     return total.to(parts[0].dtype)
 
 
+@simulated
 @pytest.mark.parametrize("world", [2, 3])
 def test_pushed_products_summed_by_the_next_gemv_equal_an_all_reduce_then_the_gemv(world):
     """Three sites used in order over two steps, as the decode step uses them: after every rank's
@@ -89,6 +90,7 @@ def test_pushed_products_summed_by_the_next_gemv_equal_an_all_reduce_then_the_ge
             residual = expected_residual
 
 
+@simulated
 def test_sites_need_three_and_room_and_rms_norm_linear_needs_a_residual_for_a_site():
     ranks = _simulated_ranks(2, 8, 3, spare_sites=0)
     assert ranks[0].sites(8, 2) is None, "two sites would clear a site in the kernel that also fills the other"
@@ -101,6 +103,7 @@ def test_sites_need_three_and_room_and_rms_norm_linear_needs_a_residual_for_a_si
         linear_to_sum(torch.ones(1, 4, dtype=torch.float16), torch.ones(6, 4, dtype=torch.float16), sites[0])
 
 
+@simulated
 def test_every_configuration_the_autotuner_may_pick_pushes_and_sums_the_same():
     """On a GPU the GEMV is autotuned over GEMV_CONFIGS (1 to 8 rows per program, masked past N):
     each must push every row and sum every element as the interpreter's own tiling does."""
