@@ -36,7 +36,7 @@ def _regions(ranks: list[SumBuffers], site: int, width: int) -> torch.Tensor:
     return torch.stack([r.buffer[site * world * width:(site + 1) * world * width].view(world, width) for r in ranks])
 
 
-def _one_rank_sum(parts: list[torch.Tensor]) -> torch.Tensor:
+def _all_reduced(parts: list[torch.Tensor]) -> torch.Tensor:
     """What the one-shot all-reduce gives: the parts added in rank order in float32, rounded once."""
     total = parts[0].float()
     for part in parts[1:]:
@@ -77,7 +77,7 @@ def test_pushed_products_summed_by_the_next_gemv_equal_an_all_reduce_then_the_ge
             if step or site:  # the very first push has nothing before it to clear
                 assert _regions(ranks, cleared, width).eq(EMPTY_BITS).all(), \
                     f"step {step}, site {site}: pushing must empty the site read before it ({cleared})"
-            summed = _one_rank_sum(parts)
+            summed = _all_reduced(parts)
             output = "silu_and_mul" if site % 2 else "plain"
             weight = (torch.randn(2 * n_out, width, generator=gen) / width ** 0.5).to(dtype)
             expected, expected_residual = rms_norm_linear(summed, residual, norm_weight, 1e-6, weight, output)
