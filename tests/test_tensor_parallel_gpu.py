@@ -1,7 +1,8 @@
 """Tensor parallelism on 2 GPUs (NCCL): every rank replays its own decode CUDA graphs, and the
 tokens are those of the eager group and of one GPU (the workload ends with one long request
 alone, so the fused batch-1 graph runs too); in bfloat16 the replayed decode steps sum
-with the one-shot kernel (float32 goes to NCCL) and still give the eager group's tokens; and a
+with the one-shot kernel, and the batch-1 steps in their GEMVs (float32 goes to NCCL), and still
+give the eager group's tokens; and a
 worker killed in the middle of decoding ends rank 0 with an error, not a hang. Skipped without
 2 GPUs."""
 
