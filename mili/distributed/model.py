@@ -176,7 +176,8 @@ class TensorParallelGraphs:
 
     @torch.inference_mode()
     def run(self, model_input) -> GraphOutput:
-        """Hidden states [T, H] of the step (never None: no step falls back to the caller)."""
+        """The step's hidden states [T, H] as a GraphOutput (never logits, never None: no step falls
+        back to the caller)."""
         model, md = self.model, model_input.attn_metadata
         layout, buffer = step.pack_step(model_input.input_ids, model_input.positions, md)
 

@@ -41,6 +41,7 @@ import os
 import torch
 from torch import Tensor
 
+from mili.distributed import one_shot
 from mili.kernels.decode_step import attend_new_token, takes_heads
 from mili.kernels.linear import linear_to_sum, rms_norm_linear
 from mili.kernels.pushed_sums import SumSite
@@ -103,6 +104,4 @@ def _sum_sites(model, dtype: torch.dtype) -> list[SumSite] | None:
     if dtype.itemsize != 2 or not all(isinstance(m, RowParallelLinear) and m.bias is None
                                       and m.group.process_group is None for m in projections):
         return None
-    from mili.distributed import one_shot
-
     return one_shot.sum_sites(projections[0].weight.shape[0], len(projections))
