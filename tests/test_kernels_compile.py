@@ -18,7 +18,9 @@ GEMV_ARGS = {"x_ptr": "*bf16", "w_ptr": "*bf16", "y_ptr": "*bf16", "N": "i32", "
              "sum_addresses_ptr": "*i64", "sum_site": "i32", "clear_site": "i32", "timeout_ns": "i64"}
 GEMV_VARIANTS = [("plain", "plain", 1), ("rms_norm", "plain", 1), ("add_rms_norm", "plain", 1),
                  ("add_rms_norm", "silu_and_mul", 1), ("plain", "push", 2), ("summed_add_rms_norm", "plain", 2),
-                 ("summed_add_rms_norm", "silu_and_mul", 4)]
+                 ("summed_add_rms_norm", "silu_and_mul", 4), ("summed_rms_norm", "plain", 2)]
+EMBEDDING_ARGS = {"ids_ptr": "*i64", "w_ptr": "*bf16", "width": "i32", "stride_w": "i32", "first_row": "i32",
+                  "num_rows": "i32", "sum_addresses_ptr": "*i64", "sum_site": "i32", "clear_site": "i32"}
 ONE_SHOT_ARGS = {"x_ptr": "*bf16", "out_ptr": "*bf16", "buffers_ptr": "*i64", "slot_bits_ptr": "*i32", "n": "i32",
                  "region": "i32", "timeout_ns": "i64"}
 
@@ -31,6 +33,7 @@ def _compile_all() -> list[str]:
 
     from mili.distributed.one_shot import _one_shot_all_reduce_kernel
     from mili.kernels.linear import _gemv_kernel
+    from mili.kernels.pushed_sums import _embedding_to_sum_kernel
 
     def compile_one(kernel, signature: dict, constexprs: dict) -> None:
         names = list(kernel.arg_names)
@@ -49,6 +52,8 @@ def _compile_all() -> list[str]:
         jobs.append((f"_one_shot_all_reduce_kernel PHASES={phases}", _one_shot_all_reduce_kernel, ONE_SHOT_ARGS,
                      dict(RANK=1, WORLD=2, BLOCK=1024, MAX_PROGRAMS=256, PHASES=phases, WATCHDOG=True,
                           DEPENDENT_LAUNCH=True)))
+    jobs.append(("_embedding_to_sum_kernel", _embedding_to_sum_kernel, EMBEDDING_ARGS,
+                 dict(BLOCK=1024, RANK=1, WORLD=2, DEPENDENT_LAUNCH=True)))
     failed = []
     for name, kernel, signature, constexprs in jobs:
         try:
@@ -58,7 +63,7 @@ def _compile_all() -> list[str]:
     return failed
 
 
-def test_the_gemv_variants_and_the_one_shot_all_reduce_compile_for_an_h100():
+def test_the_gemv_variants_the_pushed_embedding_and_the_one_shot_all_reduce_compile_for_an_h100():
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)

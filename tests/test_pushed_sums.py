@@ -1,6 +1,7 @@
 """The tensor-parallel batch-1 step without all-reduce kernels (mili/kernels/pushed_sums.py): the
-o/down GEMV pushes its partial products into every rank's buffer (`linear_to_sum`) and the next
-GEMV sums them as it reads its input (`rms_norm_linear` given the site). Here the ranks are
+o/down GEMV pushes its partial products into every rank's buffer (`linear_to_sum`), the embedding
+its lookup (`embedding_to_sum`), and the next GEMV sums them as it reads its input
+(`rms_norm_linear` given the site). Here the ranks are
 simulated in one process, on the CPU, in Triton's interpreter: their buffers are plain tensors
 and each rank's kernel writes into the others' through their addresses, as on GPUs through
 symmetric memory. The interpreter runs one kernel at a time, so every rank pushes before any
@@ -15,7 +16,7 @@ import torch
 from mili.checkpoint import load_model
 from mili.distributed.one_shot import SumBuffers
 from mili.kernels.linear import linear, linear_to_sum, rms_norm_linear
-from mili.kernels.pushed_sums import EMPTY_BITS
+from mili.kernels.pushed_sums import EMPTY_BITS, embedding_to_sum
 
 
 # ranks simulated in CPU memory need the interpreter, which runs where there is no GPU (conftest.py);
@@ -91,16 +92,59 @@ def test_pushed_products_summed_by_the_next_gemv_equal_an_all_reduce_then_the_ge
 
 
 @simulated
-def test_sites_need_three_and_room_and_rms_norm_linear_needs_a_residual_for_a_site():
+def test_sites_need_three_and_room_and_their_users_check_the_width():
     ranks = _simulated_ranks(2, 8, 3, spare_sites=0)
     assert ranks[0].sites(8, 2) is None, "two sites would clear a site in the kernel that also fills the other"
     assert ranks[0].sites(8, 4) is None, "four sites of 8 do not fit a buffer of three"
     sites = ranks[0].sites(8, 3)
     assert [(s.site, s.clear_site) for s in sites] == [(0, 2), (1, 0), (2, 1)], "each clears the one before it"
     with pytest.raises(ValueError, match="residual"):
-        rms_norm_linear(sites[0], None, torch.ones(8, dtype=torch.float16), 1e-6, torch.ones(4, 8, dtype=torch.float16))
+        rms_norm_linear(sites[0], torch.ones(1, 6, dtype=torch.float16), torch.ones(8, dtype=torch.float16), 1e-6,
+                        torch.ones(4, 8, dtype=torch.float16))
     with pytest.raises(ValueError, match="width"):
         linear_to_sum(torch.ones(1, 4, dtype=torch.float16), torch.ones(6, 4, dtype=torch.float16), sites[0])
+    with pytest.raises(ValueError, match="width"):
+        embedding_to_sum(torch.zeros(1, dtype=torch.long), torch.ones(5, 6, dtype=torch.float16), 0, sites[0])
+
+
+@simulated
+@pytest.mark.parametrize("world", [2, 3])
+def test_pushed_embedding_summed_by_the_first_gemv_equals_the_lookup_then_the_gemv(world):
+    """Each rank holds rows [start, stop) of the table (views of one table, so a rank that reads a
+    row past its own reads its neighbour's, and the sum shows it). Whichever rank holds the token,
+    the first layer's GEMV, given the site and no residual, gives the bits of rms_norm_linear on
+    the token's row, and that row as the residual out; a -0.0 in the row arrives as +0.0, and the
+    push empties the site before it."""
+    from mili.model.parallel import shard_range
+
+    dtype, vocab, width, n_out, count = torch.float16, 11, 24, 10, 3
+    gen = torch.Generator().manual_seed(world)
+    table = torch.randn(vocab, width, generator=gen).to(dtype)
+    table[:, 5] = -0.0
+    norm_weight = (torch.rand(width, generator=gen) + 0.5).to(dtype)
+    weight = (torch.randn(n_out, width, generator=gen) / width ** 0.5).to(dtype)
+    ranks = _simulated_ranks(world, width, count)
+    sites = [r.sites(width, count) for r in ranks]
+    shards = [shard_range(vocab, rank, world) for rank in range(world)]
+    tokens = sorted({0, shards[0].stop - 1, shards[0].stop, shards[-1].start, vocab - 1})
+    for step, token in enumerate(tokens):
+        site = step % count
+        for rank, rows in enumerate(shards):
+            embedding_to_sum(torch.tensor([token]), table[rows.start:rows.stop], rows.start, sites[rank][site])
+        arrived = _regions(ranks, site, width)
+        assert not arrived.eq(EMPTY_BITS).any(), f"token {token}: a rank's part never arrived"
+        if step:
+            assert _regions(ranks, (site - 1) % count, width).eq(EMPTY_BITS).all(), \
+                f"token {token}: pushing must empty the site before it"
+        row = table[token:token + 1] + 0.0  # -0.0 + 0.0 = +0.0: what the sum over the ranks gives
+        expected, _ = rms_norm_linear(row, None, norm_weight, 1e-6, weight)
+        for rank in range(world):
+            got, got_residual = rms_norm_linear(sites[rank][site], None, norm_weight, 1e-6, weight)
+            assert torch.equal(got_residual, row), \
+                f"token {token}, rank {rank}: the residual out must be the token's row (one rank's, the others zeros)"
+            assert torch.equal(got, expected), f"token {token}, rank {rank}: the first GEMV differs from lookup-then-GEMV"
+        for r in ranks:  # as the next site's push would, so that every site is empty when it is used again
+            r.buffer[site * world * width:(site + 1) * world * width] = EMPTY_BITS
 
 
 @simulated
@@ -140,17 +184,19 @@ def test_every_configuration_the_autotuner_may_pick_pushes_and_sums_the_same():
         assert torch.equal(y, expected), f"BLOCK_N={block_n}, BLOCK_K={block_k}: the summed GEMV differs"
 
 
-def test_a_shards_fused_step_sums_in_its_gemvs_at_every_o_and_down_but_the_last(tmp_path, monkeypatch):
-    """With sum buffers installed, the batch-1 step of a tensor-parallel shard gets one site per o
-    and down projection, in the order the step runs them, but the last layer's down (the final
-    norm reads it); with MILI_FUSED_ALL_REDUCE=0, or in one process, it gets none."""
+def test_a_shards_fused_step_sums_in_its_gemvs_at_the_embedding_and_every_o_and_down_but_the_last(
+        tmp_path, monkeypatch):
+    """With sum buffers installed, the batch-1 step of a tensor-parallel shard gets one site for the
+    embedding and one per o and down projection, in the order the step runs them, but the last
+    layer's down (the final norm reads it); with MILI_FUSED_ALL_REDUCE=0, or in one process, it
+    gets none."""
     from mili.distributed import one_shot
     from mili.engine.fused_step import FusedDecodeStep
     from mili.model.parallel import TensorParallelGroup
     from tests.test_tensor_parallel import CHECKPOINTS, write_checkpoint
 
     config = write_checkpoint(tmp_path, **CHECKPOINTS["kv-heads-divide-tied"])
-    hidden, sites = config.hidden_size, 2 * config.num_hidden_layers - 1
+    hidden, sites = config.hidden_size, 2 * config.num_hidden_layers
     shard = load_model(tmp_path, dtype=torch.bfloat16, backend="triton", group=TensorParallelGroup(0, 2))
     monkeypatch.setattr(one_shot, "_sum_buffers", _simulated_ranks(2, hidden, sites)[0])
     step = FusedDecodeStep(shard)

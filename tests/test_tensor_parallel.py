@@ -254,6 +254,8 @@ def test_every_rank_runs_the_fused_batch_1_step_of_its_shard(tmp_path):
     got, expected = _stand_in_graphs_against_one_process(tmp_path / "ckpt", spec, "kv-heads-uneven-untied")
     assert got["token_ids"] == expected
     assert got["fused_replays"] >= 4, "every decode step of the lone request should have run the fused step"
+    assert got["staged_replays"] == got["fused_replays"], \
+        "a lone request's decode steps should replay from the batch-1 inputs rank 0 staged and broadcast"
 
 
 def test_what_two_ranks_cannot_do_is_refused_clearly(tmp_path):

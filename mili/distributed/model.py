@@ -161,10 +161,21 @@ class TensorParallelModel:
 
 class TensorParallelGraphs:
     """What the model runner holds as its CUDA graphs: `run` is one step on every rank, each
-    replaying its own graph where one fits the batch and running eagerly where none does."""
+    replaying its own graph where one fits the batch and running eagerly where none does.
+
+    A batch-1 step that the model runner staged in rank 0's `batch_1_inputs` goes as
+    `graph_batch_1`: one broadcast copies that buffer into every rank's own, every rank replays
+    its batch-1 graph and turns its own output into its part of the logits (the ranks' hidden
+    states are the same bits: their sums add in rank order). So the step's inputs are neither
+    packed nor unpacked nor copied into the graphs' buffers, and the hidden state is not broadcast
+    for the LM head."""
 
     def __init__(self, model: TensorParallelModel, graphs, kv_cache: KVCache):
         self.model, self.graphs, self.kv_cache = model, graphs, kv_cache  # graphs: rank 0's DecodeGraphs
+
+    @property
+    def batch_1_inputs(self):
+        return self.graphs.batch_1_inputs
 
     @property
     def fused_batch_1(self) -> bool:
@@ -176,9 +187,16 @@ class TensorParallelGraphs:
 
     @torch.inference_mode()
     def run(self, model_input) -> GraphOutput:
-        """The step's hidden states [T, H] as a GraphOutput (never logits, never None: no step falls
-        back to the caller)."""
+        """The step's output as a GraphOutput, never None (no step falls back to the caller): the
+        logits of a staged batch-1 step, the hidden states [T, H] of any other."""
         model, md = self.model, model_input.attn_metadata
+        if self.graphs.has_batch_1 and model_input.input_ids.data_ptr() == self.batch_1_inputs.input_ids.data_ptr():
+            def run_batch_1():
+                model.workers.send((step.GRAPH_BATCH_1,))
+                step.broadcast_from_first(self.batch_1_inputs.buffer)
+                return GraphOutput(model.shard_model.compute_logits(self.graphs.replay_batch_1()), are_logits=True)
+
+            return model._in_step(run_batch_1)
         layout, buffer = step.pack_step(model_input.input_ids, model_input.positions, md)
 
         def run():

@@ -11,6 +11,8 @@ the CPU), so they go device to device:
                                           forked sample's partial block (n > 1)
     ("record_graphs", max_num_seqs, max_model_len)  record this rank's decode CUDA graphs
     ("graph_forward", layout)             as "forward", replaying this rank's graph where one fits
+    ("graph_batch_1",)                    then a broadcast into this rank's batch-1 graph inputs:
+                                          replay that graph, and its output's part of the logits
     ("shutdown",)
 
 A step's tensors (input_ids, positions and every tensor of its AttentionMetadata) are all
@@ -31,7 +33,7 @@ from torch import Tensor
 from mili.model.metadata import AttentionMetadata
 
 KV_CACHE, FORWARD, LOGITS, COPY_BLOCKS, SHUTDOWN = "kv_cache", "forward", "logits", "copy_blocks", "shutdown"
-RECORD_GRAPHS, GRAPH_FORWARD = "record_graphs", "graph_forward"
+RECORD_GRAPHS, GRAPH_FORWARD, GRAPH_BATCH_1 = "record_graphs", "graph_forward", "graph_batch_1"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ CUDA graphs: every rank records its own decode graphs at once (their NCCL all-re
 recorded too, and must meet while recording), and for a step sent as "graph_forward" each rank
 replays its graph for the step's batch size, or runs eagerly where none fits (a prefill, a batch
 larger than the largest graph): every rank decides alike from the same step
-(`forward_from_graphs`), so their all-reduces keep meeting.
+(`forward_from_graphs`), so their all-reduces keep meeting. A batch-1 step that rank 0 staged in
+its graph's own inputs comes as "graph_batch_1": the inputs arrive straight in this rank's
+batch-1 graph buffer, and the graph's output becomes this rank's part of the logits.
 """
 
 from __future__ import annotations
@@ -180,6 +182,9 @@ def serve(model, commands) -> None:
             _, layout = message
             buffer = step.broadcast_from_first(torch.empty(layout.numel, dtype=torch.int64, device=model.device))
             forward_from_graphs(model, graphs, *step.unpack_step(layout, buffer), kv_cache)
+        elif kind == step.GRAPH_BATCH_1:
+            step.broadcast_from_first(graphs.batch_1_inputs.buffer)
+            model.compute_logits(graphs.replay_batch_1())
         else:
             raise ValueError(f"unknown command {kind!r} from rank 0")
 

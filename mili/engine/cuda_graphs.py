@@ -187,3 +187,12 @@ class DecodeGraphs:
             static.block_tables[batch:, 0].fill_(0)
         self.graphs[size].replay()
         return GraphOutput(self.outputs[size][:batch], are_logits=size == 1 and self.logits_at_batch_1)
+
+    @property
+    def has_batch_1(self) -> bool:
+        return 1 in self.graphs
+
+    def replay_batch_1(self) -> Tensor:
+        """Replay the batch-1 graph on what `batch_1_inputs` holds; its output rows (see `run`)."""
+        self.graphs[1].replay()
+        return self.outputs[1]

@@ -28,8 +28,8 @@ other step (prefill, batches of two and more, the CPU) runs the modules' forward
 code. `MILI_FUSED_STEP=0` records the modules' forward at batch 1 too.
 
 Under tensor parallelism (one process per GPU, with the sum buffers of mili/distributed/one_shot.py)
-the all-reduce kernels after the o and down GEMVs go too: those GEMVs push their partial products
-into every rank's memory and the next GEMV adds them up as it normalises its input
+the all-reduce kernels after the embedding and the o and down GEMVs go too: those kernels push
+their parts into every rank's memory and the next GEMV adds them up as it normalises its input
 (mili/kernels/pushed_sums.py). The sums are the one-shot all-reduce's, bit for bit.
 `MILI_FUSED_ALL_REDUCE=0` keeps the all-reduce kernels.
 """
@@ -44,9 +44,9 @@ from torch import Tensor
 from mili.distributed import one_shot
 from mili.kernels.decode_step import attend_new_token, takes_heads
 from mili.kernels.linear import linear_to_sum, rms_norm_linear
-from mili.kernels.pushed_sums import SumSite
+from mili.kernels.pushed_sums import SumSite, embedding_to_sum
 from mili.model.metadata import AttentionMetadata, KVCache
-from mili.model.parallel import RowParallelLinear
+from mili.model.parallel import RowParallelLinear, VocabParallelEmbedding
 
 
 def can_fuse(model) -> bool:
@@ -73,8 +73,13 @@ class FusedDecodeStep:
     def __call__(self, input_ids: Tensor, positions: Tensor, md: AttentionMetadata, kv_cache: KVCache) -> Tensor:
         if input_ids.shape != (1,) or md.is_prefill:
             raise ValueError(f"the fused decode step runs one decoding sequence, got input_ids {tuple(input_ids.shape)}")
-        hidden, residual = self.model.embed_tokens(input_ids), None
         sites = iter(self.sum_sites or ())
+        embed = self.model.embed_tokens
+        if self.sum_sites:
+            hidden = embedding_to_sum(input_ids, embed.weight, embed.rows.start, next(sites))
+        else:
+            hidden = embed(input_ids)
+        residual = None
         for index, layer in enumerate(self.model.layers):
             k_cache, v_cache = kv_cache.layer(index)
             attn, mlp, norm = layer.self_attn, layer.mlp, layer.input_layernorm
@@ -97,11 +102,13 @@ def _row_parallel(module, x: Tensor, site: SumSite | None) -> Tensor | SumSite:
 
 
 def _sum_sites(model, dtype: torch.dtype) -> list[SumSite] | None:
-    """The sum sites of a tensor-parallel shard's o and down projections, in the order the step
-    runs them, but the last down's (the final norm reads it); None in one process, or where the
-    group has no sum buffers (the CPU, MILI_ALL_REDUCE=nccl, MILI_FUSED_ALL_REDUCE=0)."""
+    """The sum sites of a tensor-parallel shard's embedding and its o and down projections, in the
+    order the step runs them, but the last down's (the final norm reads it); None in one process,
+    or where the group has no sum buffers (the CPU, MILI_ALL_REDUCE=nccl, MILI_FUSED_ALL_REDUCE=0)."""
     projections = [m for layer in model.layers for m in (layer.self_attn.o_proj, layer.mlp.down_proj)][:-1]
-    if dtype.itemsize != 2 or not all(isinstance(m, RowParallelLinear) and m.bias is None
-                                      and m.group.process_group is None for m in projections):
+    embed = model.embed_tokens
+    if (dtype.itemsize != 2 or not isinstance(embed, VocabParallelEmbedding) or embed.group.process_group is not None
+            or not all(isinstance(m, RowParallelLinear) and m.bias is None and m.group.process_group is None
+                       for m in projections)):
         return None
-    return one_shot.sum_sites(projections[0].weight.shape[0], len(projections))
+    return one_shot.sum_sites(embed.weight.shape[1], 1 + len(projections))

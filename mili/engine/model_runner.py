@@ -79,7 +79,7 @@ class ModelRunner:
         self.pin = self.device.type == "cuda"  # pinned host memory: copies to the GPU that do not wait
         self.decode_kv = decode_kv_of(model.backend)  # CPU decode attention keeps K/V across steps
         self.graphs: DecodeGraphs | None = None
-        self.batch_1_inputs: Batch1Inputs | None = None  # the batch-1 graph's own inputs (one process)
+        self.batch_1_inputs: Batch1Inputs | None = None  # the batch-1 graph's own inputs (rank 0's in a group)
 
     def capture_cuda_graphs(self, *, max_num_seqs: int, max_model_len: int) -> None:
         """Record decode steps as CUDA graphs where the model allows it (CUDA, triton backend).
@@ -92,7 +92,7 @@ class ModelRunner:
         else:
             self.graphs = DecodeGraphs(self.model, self.kv_cache, max_num_seqs=max_num_seqs,
                                        max_model_len=max_model_len, with_logits=True)
-            self.batch_1_inputs = self.graphs.batch_1_inputs
+        self.batch_1_inputs = self.graphs.batch_1_inputs
 
     # ------------------------------------------------------------------ inputs
 

@@ -69,6 +69,8 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
         "add_rms_norm"  rms_norm(x + res) · norm_w; program 0 also writes res_out = x + res
         "summed_add_rms_norm"  the same with x the row summed over the ranks at sum_site
                         (mili/kernels/pushed_sums.py): the prologue waits for every rank's part
+        "summed_rms_norm"  rms_norm(x) · norm_w with x summed at sum_site (the first layer's, whose x
+                        is the embedding); program 0 also writes res_out = x
     For the two norms every program first reads the whole row (BLOCK_H ≥ K elements, a few KB
     that the previous kernel just wrote, so from L2) for its rms. That prologue costs about what
     the separate norm kernel cost; scaling the finished dot products by 1/rms instead, with the
@@ -85,18 +87,21 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     dtype = y_ptr.dtype.element_ty
     rstd = 0.0
-    SUMMED: tl.constexpr = INPUT == "summed_add_rms_norm"
-    if INPUT == "rms_norm" or INPUT == "add_rms_norm" or SUMMED:
+    SUMMED: tl.constexpr = INPUT == "summed_add_rms_norm" or INPUT == "summed_rms_norm"
+    ADDS: tl.constexpr = INPUT == "add_rms_norm" or INPUT == "summed_add_rms_norm"
+    NORMS: tl.constexpr = INPUT != "plain"
+    if NORMS:
         h = tl.arange(0, BLOCK_H)
         h_ok = h < K
         if SUMMED:
             row = site_sum(sum_addresses_ptr, K, sum_site, h, h_ok, timeout_ns, dtype, RANK, WORLD, True, WATCHDOG)
         else:
             row = tl.load(x_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
-        if INPUT == "add_rms_norm" or SUMMED:
+        if ADDS:
             row = (row + tl.load(res_ptr + h, mask=h_ok, other=0.0).to(tl.float32)).to(dtype)
+        if ADDS or SUMMED:  # the residual stream's new row
             if tl.program_id(0) == 0:
-                tl.store(res_out_ptr + h, row, mask=h_ok)
+                tl.store(res_out_ptr + h, row.to(dtype), mask=h_ok)
             row = row.to(tl.float32)
         rstd = tl.rsqrt(tl.sum(row * row, 0) / K + eps)
     acc = tl.zeros(w.shape, tl.float32)
@@ -106,9 +111,9 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
             x = site_sum(sum_addresses_ptr, K, sum_site, cols, ok, timeout_ns, dtype, RANK, WORLD, False, WATCHDOG)
         else:
             x = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        if INPUT == "add_rms_norm" or SUMMED:
+        if ADDS:
             x = (x + tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
-        if INPUT == "rms_norm" or INPUT == "add_rms_norm" or SUMMED:
+        if NORMS:
             x = (x * rstd).to(dtype).to(tl.float32)
             x = (x * tl.load(norm_w_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
@@ -149,8 +154,9 @@ def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | 
     if output == "silu_and_mul":
         n //= 2
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    residual_out = torch.empty(1, k, dtype=x.dtype, device=x.device) if residual is not None else None
-    norms = input_kind in ("rms_norm", "add_rms_norm", "summed_add_rms_norm")
+    writes_residual = input_kind in ("add_rms_norm", "summed_add_rms_norm", "summed_rms_norm")
+    residual_out = torch.empty(1, k, dtype=x.dtype, device=x.device) if writes_residual else None
+    norms = input_kind != "plain"
     tensors = (x, weight, y, n, k, weight.stride(0), residual if residual is not None else x,
                norm_weight if norm_weight is not None else x, residual_out if residual_out is not None else y, eps)
     if site is None:
@@ -199,18 +205,18 @@ def rms_norm_linear(x: Tensor | SumSite, residual: Tensor | None, norm_weight: T
     residual is None) and y = weight · rms_norm(residual_out, norm_weight, eps): fused_add_rms_norm
     (or rms_norm) followed by linear, with the same roundings. output="silu_and_mul" (the MLP's
     gate_up, weight [2I, K]) returns silu_and_mul(y) [1, I] instead, rounded as that kernel rounds.
-    x may be a SumSite that `linear_to_sum` returned (a residual is then needed): x is the row
-    summed over the ranks there, as the one-shot all-reduce sums it; every program waits for
-    the other ranks' parts to arrive.
+    x may be a SumSite that `linear_to_sum` or `embedding_to_sum` returned: x is the row summed
+    over the ranks there, as the one-shot all-reduce sums it; every program waits for the other
+    ranks' parts to arrive.
     Memory: reads N·K + 3·K elements (K from L2 by every program), writes N (+ K); a summed x
     is W·K elements read twice by every program.
     """
     site = x if isinstance(x, SumSite) else None
-    if site is not None:
-        if residual is None or residual.dim() != 2 or residual.shape[1] != site.width:
-            raise ValueError(f"rms_norm_linear: a summed x (a SumSite of width {site.width}) needs the residual "
-                             f"row [1, {site.width}], got {None if residual is None else tuple(residual.shape)}")
-        x = residual  # x's shape, dtype and device; the kernel reads the site
+    if site is not None:  # x's shape, dtype and device are the residual's, or norm_weight's; the kernel reads the site
+        x = torch.empty(1, site.width, dtype=norm_weight.dtype, device=norm_weight.device) if residual is None else residual
+        if x.shape != (1, site.width):
+            raise ValueError(f"rms_norm_linear: a summed x (a SumSite of width {site.width}) needs a residual row "
+                             f"[1, {site.width}], got {tuple(x.shape)}")
     if not _is_single_row(x, weight):
         raise ValueError(f"rms_norm_linear takes one contiguous row x [1, K] of weight's dtype and device (a "
                          f"batch-1 decode step), got x {tuple(x.shape)} {x.dtype} on {x.device}, weight "
@@ -226,7 +232,10 @@ def rms_norm_linear(x: Tensor | SumSite, residual: Tensor | None, norm_weight: T
     if output not in ("plain", "silu_and_mul") or (output == "silu_and_mul" and weight.shape[0] % 2):
         raise ValueError(f"output must be 'plain', or 'silu_and_mul' with an even number of rows [2I, K], got "
                          f"{output!r} and weight {tuple(weight.shape)}")
-    kind = "rms_norm" if residual is None else "summed_add_rms_norm" if site is not None else "add_rms_norm"
+    if site is not None:
+        kind = "summed_rms_norm" if residual is None else "summed_add_rms_norm"
+    else:
+        kind = "rms_norm" if residual is None else "add_rms_norm"
     y, residual_out = _launch_gemv(x, weight, kind, residual, norm_weight, eps, output, site)
-    return y, (x if residual is None else residual_out)
+    return y, (x if residual_out is None else residual_out)
 

@@ -15,6 +15,8 @@ is complete, and no barrier is needed: the receiver waits for exactly the data i
   as it reads it (`rms_norm_linear` given the site). The all-reduce kernel between them is gone:
   on two H200s Qwen3-8B's batch-1 step at TP=2 went from 2.63-2.65 to 2.57-2.58 ms
   (benchmarks/tp-sums-in-gemvs-ab-h200/).
+- `embedding_to_sum` here: a vocabulary-parallel embedding's lookup (the row, or zeros where
+  another rank holds the token) pushed the same way, for the first layer's GEMV to sum.
 
 A rank that never sends (it died, or hangs) would leave the others waiting forever, out of reach
 of NCCL's abort; so a kernel that has waited `timeout_ns` aborts (a CUDA error in its process,
@@ -25,9 +27,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-from mili.kernels._triton import tl, triton
+from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
 
 EMPTY_BITS = -32768  # 0x8000 as int16: the bits of -0.0, which no element sent carries
 EMPTY = tl.constexpr(EMPTY_BITS)
@@ -132,3 +135,41 @@ def push_to_site(addresses_ptr, width, site, clear_site, offs, mask, values, RAN
     own = buffer_of(addresses_ptr, RANK)
     for sender in tl.static_range(WORLD):
         tl.store(own + (clear_site * WORLD + sender) * width + offs, tl.full(offs.shape, EMPTY, tl.int16), mask=mask)
+
+
+@triton.jit(do_not_specialize=["sum_site", "clear_site"])
+def _embedding_to_sum_kernel(ids_ptr, w_ptr, width, stride_w, first_row, num_rows, sum_addresses_ptr, sum_site,
+                             clear_site, BLOCK: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr,
+                             DEPENDENT_LAUNCH: tl.constexpr):
+    """One program: elements [pid·BLOCK, +BLOCK) of the embedding of token ids[0], where this rank
+    holds rows [first_row, first_row + num_rows) of the table (zeros for any other token)."""
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < width
+    local = tl.load(ids_ptr) - first_row
+    held = (local >= 0) & (local < num_rows)
+    read = offs < tl.where(held, width, 0)  # nothing where another rank holds the token
+    row = tl.load(w_ptr + tl.where(held, local, 0).to(tl.int64) * stride_w + offs, mask=read, other=0.0)
+    push_to_site(sum_addresses_ptr, width, sum_site, clear_site, offs, ok, row, RANK, WORLD)
+
+
+def embedding_to_sum(input_ids: Tensor, weight: Tensor, first_row: int, site: SumSite) -> SumSite:
+    """This rank's part of the embedding of one token, input_ids [1], from its rows [first_row,
+    first_row + R) of the table, weight [R, H]: the token's row if it holds it, else zeros, pushed
+    into every rank's sum buffer at `site` (and the site before it emptied in this rank's), as
+    `linear_to_sum` pushes a product. Returns the site: `rms_norm_linear` sums it as the one-shot
+    all-reduce would (one row plus zeros), so the embedding needs no all-reduce kernel.
+    Memory: reads H elements (none when another rank holds the token), writes H on each of the
+    W ranks and empties W·H of its own."""
+    if (input_ids.shape != (1,) or input_ids.dtype not in (torch.int32, torch.int64) or weight.dim() != 2
+            or weight.shape[1] != site.width or weight.stride(1) != 1 or weight.element_size() != 2
+            or input_ids.device != weight.device):
+        raise ValueError(f"embedding_to_sum takes one token id [1] and a table [R, {site.width}] (the site's width) "
+                         f"of 2-byte floats on its device, got ids {tuple(input_ids.shape)} {input_ids.dtype} "
+                         f"and table {tuple(weight.shape)} {weight.dtype}")
+    block = min(1024, triton.next_power_of_2(site.width))
+    options = dependent_launch_options(weight.device) if weight.device.type == "cuda" else {"DEPENDENT_LAUNCH": False}
+    _embedding_to_sum_kernel[(triton.cdiv(site.width, block),)](
+        input_ids, weight, site.width, weight.stride(0), first_row, weight.shape[0], site.addresses, site.site,
+        site.clear_site, BLOCK=block, RANK=site.rank, WORLD=site.world, **options)
+    return site
