@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The tensor-parallel batch-1 step at Qwen3-8B shapes on 2 GPUs, this tree against an earlier one
+# (BASELINE: a folder holding that tree's mili/ package), alternating, in one run: batch-1 latency
+# (prompt 128, 128 new tokens, median of 3) at TP=1 and at TP=2, with VARIANTS (space-separated
+# NAME=ENV pairs, e.g. "whole-row-1-8=MILI_GEMV_WHOLE_ROW=1,8") run as more TP=2 arms; then the GPU
+# tensor-parallel tests; then, time allowing, a kernel trace of rank 0 at TP=2.
+#   BASELINE=_baseline bash benchmarks/probes/tp_batch_1_ab.sh OUT
+set -uo pipefail
+out=${1:?output folder}; mkdir -p "$out"
+export PYTHONUNBUFFERED=1 MILI_IMPL=reference NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+nvidia-smi --query-gpu=name --format=csv,noheader
+latency() {  # latency TP NAME TREE [ENV]
+  env ${4:-} PYTHONPATH="$3" timeout -k 10 120 python3 -m mili.bench.latency --model Qwen3-8B --tensor-parallel-size "$1" \
+    --prompt-len 128 --new-tokens 128 --repeats 3 --json "$out/latency-8b-$2.json" 2>&1 | grep -E "^mili|Error" \
+    | sed "s|^|$2: |"
+}
+latency 1 tp1 "$PWD"
+for round in 1 2; do
+  latency 2 "tp2-baseline-$round" "$PWD/${BASELINE:?}"
+  latency 2 "tp2-$round" "$PWD"
+  for variant in ${VARIANTS:-}; do
+    latency 2 "tp2-${variant%%=*}-$round" "$PWD" "${variant#*=}"
+  done
+done
+for variant in ${VARIANTS:-}; do
+  latency 1 "tp1-${variant%%=*}" "$PWD" "${variant#*=}"
+done
+PYTHONPATH=$PWD timeout -k 10 280 python3 -m pytest -o addopts="" -o faulthandler_timeout=250 -p no:cacheprovider -q -m gpu \
+  tests/test_tensor_parallel_gpu.py tests/test_one_shot_gpu.py 2>&1 | tail -15
+if (( SECONDS < 520 )); then
+  PYTHONPATH=$PWD timeout -k 10 $((580 - SECONDS)) python3 benchmarks/probes/decode_kernels.py --model Qwen3-8B \
+    --tensor-parallel-size 2 --steps 10 --trace "$out/trace-8b-tp2.json" --json "$out/kernels-8b-tp2-pdl-on.json" \
+    | grep "kernels per step" && gzip "$out/trace-8b-tp2.json"
+fi
