@@ -4,20 +4,20 @@
 # (prompt 128, 128 new tokens, median of 3) at TP=1 and at TP=2, with VARIANTS (space-separated
 # NAME=ENV pairs, e.g. "whole-row-1-8=MILI_GEMV_WHOLE_ROW=1,8") run as more TP=2 arms; then the GPU
 # tensor-parallel tests; then, time allowing, a kernel trace of rank 0 at TP=2.
-#   BASELINE=_baseline bash benchmarks/probes/tp_batch_1_ab.sh OUT
+#   BASELINE=_baseline BASELINE_COMMIT=07859cb bash benchmarks/probes/tp_batch_1_ab.sh OUT
 set -uo pipefail
-out=${1:?output folder}; mkdir -p "$out"
+out=$(realpath -m "${1:?output folder}"); mkdir -p "$out"
 export PYTHONUNBUFFERED=1 MILI_IMPL=reference NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 nvidia-smi --query-gpu=name --format=csv,noheader
-latency() {  # latency TP NAME TREE [ENV]
-  env ${4:-} PYTHONPATH="$3" timeout -k 10 120 python3 -m mili.bench.latency --model Qwen3-8B --tensor-parallel-size "$1" \
-    --prompt-len 128 --new-tokens 128 --repeats 3 --json "$out/latency-8b-$2.json" 2>&1 | grep -E "^mili|Error" \
-    | sed "s|^|$2: |"
+latency() {  # latency TP NAME TREE [ENV...]: run from TREE, whose mili/ `python -m` imports
+  (cd "$3" && env "${@:4}" PYTHONPATH="$3" timeout -k 10 120 python3 -m mili.bench.latency --model Qwen3-8B \
+    --tensor-parallel-size "$1" --prompt-len 128 --new-tokens 128 --repeats 3 --json "$out/latency-8b-$2.json" 2>&1 \
+    | grep -E "^mili|Error" | sed "s|^|$2: |")
 }
 latency 1 tp1 "$PWD"
 for round in 1 2; do
-  latency 2 "tp2-baseline-$round" "$PWD/${BASELINE:?}"
+  latency 2 "tp2-baseline-$round" "$PWD/${BASELINE:?}" MILI_GIT_COMMIT="${BASELINE_COMMIT:-baseline}"
   latency 2 "tp2-$round" "$PWD"
   for variant in ${VARIANTS:-}; do
     latency 2 "tp2-${variant%%=*}-$round" "$PWD" "${variant#*=}"
