@@ -22,8 +22,6 @@ parallelism `linear_to_sum` pushes a row-parallel product's part to every rank, 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -167,13 +165,7 @@ def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | 
         sums = (site.addresses, site.site, site.clear_site, site.timeout_ns)
         ranks = {"RANK": site.rank, "WORLD": site.world, "WATCHDOG": x.device.type == "cuda"}
     block_h = triton.next_power_of_2(k) if norms else 1
-    whole_row = os.environ.get("MILI_GEMV_WHOLE_ROW")  # EXPERIMENT "BLOCK_N,num_warps": a normed input's weights in one tile
-    if x.device.type == "cuda" and whole_row and norms:
-        block_n, warps = map(int, whole_row.split(","))
-        _gemv_kernel[(triton.cdiv(n, block_n),)](
-            *tensors, *sums, INPUT=input_kind, BLOCK_N=block_n, BLOCK_K=block_h, BLOCK_H=block_h, OUTPUT=output,
-            **ranks, num_warps=warps, num_stages=1, **dependent_launch_options(x.device))
-    elif x.device.type == "cuda":
+    if x.device.type == "cuda":
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
             *tensors, *sums, INPUT=input_kind, BLOCK_H=block_h, OUTPUT=output, **ranks,
             **dependent_launch_options(x.device))
