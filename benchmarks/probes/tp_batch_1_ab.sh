@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The tensor-parallel batch-1 step at Qwen3-8B shapes on 2 GPUs, this tree against an earlier one
-# (BASELINE: a folder holding that tree's mili/ package), alternating, in one run: batch-1 latency
-# (prompt 128, 128 new tokens, median of 3) at TP=1 and at TP=2, with VARIANTS (space-separated
-# NAME=ENV pairs, e.g. "whole-row-1-8=MILI_GEMV_WHOLE_ROW=1,8") run as more TP=2 arms; then the GPU
-# tensor-parallel tests; then, time allowing, a kernel trace of rank 0 at TP=2.
+# The tensor-parallel batch-1 step at Qwen3-8B shapes on 2 GPUs, this tree against an earlier one,
+# alternating, in one run. BASELINE: a folder holding the earlier tree's mili/ and solutions/
+# (`git archive REV mili solutions | tar -x -C FOLDER`). Batch-1 latency (prompt 128, 128 new
+# tokens, median of 3) at TP=1 and at TP=2, two rounds, with VARIANTS (space-separated NAME=ENV
+# pairs, e.g. "kernels=MILI_FUSED_ALL_REDUCE=0") as more TP=2 arms and a TP=1 run each; then, unless
+# TESTS=0, the GPU tensor-parallel tests and, time allowing, a kernel trace of rank 0 at TP=2.
 #   BASELINE=_baseline BASELINE_COMMIT=07859cb bash benchmarks/probes/tp_batch_1_ab.sh OUT
 set -uo pipefail
 out=$(realpath -m "${1:?output folder}"); mkdir -p "$out"
@@ -26,6 +27,7 @@ done
 for variant in ${VARIANTS:-}; do
   latency 1 "tp1-${variant%%=*}" "$PWD" "${variant#*=}"
 done
+[[ ${TESTS:-1} == 0 ]] && exit 0
 PYTHONPATH=$PWD timeout -k 10 280 python3 -m pytest -o addopts="" -o faulthandler_timeout=250 -p no:cacheprovider -q -m gpu \
   tests/test_tensor_parallel_gpu.py tests/test_one_shot_gpu.py 2>&1 | tail -15
 if (( SECONDS < 520 )); then

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
+# Where a batch-1 step's time goes at Qwen3-8B shapes, TP=1 against TP=2, in one run on 2 GPUs:
+# batch-1 latency with --profile (host and device time per step), then a kernel trace of rank 0
+# (dependent launch on) for each, written gzipped under $OUT (per-step phases: the kernels before
+# the first GEMV, the layers, the LM head and what follows it).
+#   OUT=folder bash benchmarks/probes/tp_where.sh
 set -uo pipefail
 out=${OUT:?}; export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MILI_IMPL=reference NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-export MILI_GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo 07859cb)
+export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 nvidia-smi --query-gpu=name --format=csv,noheader
 for tp in 1 2; do
   timeout -k 10 150 python3 -m mili.bench.latency --model Qwen3-8B --tensor-parallel-size $tp \
