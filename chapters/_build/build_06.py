@@ -961,6 +961,94 @@ pushes the part the peer waits for: the emptying and the push would race inside 
 """)
 
 md(r"""
+**Around the layers.** Once the sums moved into the GEMVs, a kernel trace of rank 0 showed where
+else TP=2 spent time that one GPU does not. Before its first GEMV the step ran 47 µs of small
+kernels, against 9 at TP=1: the step's integer inputs packed into one tensor and broadcast, then
+unpacked and copied into the graph's buffers, and the vocabulary-parallel embedding's masks and
+all-reduce. Now rank 0 stages a batch-1 step's inputs in its graph's own buffer, one broadcast
+fills every rank's buffer, and the embedding pushes its row into a sum site that the first GEMV
+sums (`embedding_to_sum`). And each rank turns its own graph's output into its part of the
+logits, instead of receiving rank 0's hidden state: the ranks' hidden states are the same bits.
+The phases of a step, from the two traces (two calls on two H200s each; a trace runs under the
+profiler, so its times are a little longer than a step's):
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+import gzip
+import statistics
+
+
+def step_phases(trace_path):
+    # per decode step (between two copies of the sampled id to the host): the kernels before the
+    # first GEMV, the layers, what comes between them and the LM head, the LM head, and after it
+    events = [e for e in json.load(gzip.open(trace_path))["traceEvents"]
+              if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    events.sort(key=lambda e: e["ts"])
+    ends_of_steps = [i for i, e in enumerate(events) if "Device -> Pinned" in e["name"]]
+    phases = []
+    for a, b in zip(ends_of_steps[1:-1], ends_of_steps[2:]):
+        step = events[a + 1:b + 1]
+        gemvs = [e for e in step if e["name"].startswith("_gemv")]
+        lm_head = next(e for e in step if "nvjet" in e["name"])  # cuBLAS's GEMV for the LM head
+        phases.append({"before the first GEMV": gemvs[0]["ts"] - step[0]["ts"],
+                       "layers": gemvs[-1]["ts"] + gemvs[-1]["dur"] - gemvs[0]["ts"],
+                       "then to the LM head": lm_head["ts"] - gemvs[-1]["ts"] - gemvs[-1]["dur"],
+                       "LM head": lm_head["dur"],
+                       "after it (gather, sample)": step[-1]["ts"] + step[-1]["dur"] - lm_head["ts"] - lm_head["dur"]})
+    return {name: statistics.median(p[name] for p in phases) for name in phases[0]}
+
+
+def layer_kernels(trace_path):
+    # what each kernel of a layer adds to the step: from the end of the kernel before it to its own
+    # end (under dependent launch a kernel starts before the one before it ends), median over layers
+    events = sorted((e for e in json.load(gzip.open(trace_path))["traceEvents"]
+                     if e.get("ph") == "X" and e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    added, gemvs_seen, previous_end = {}, 0, None
+    for e in events:
+        role = None
+        if e["name"].startswith("_gemv"):
+            role, gemvs_seen = ("qkv", "o", "gate_up", "down")[gemvs_seen % 4], gemvs_seen + 1
+        elif "attention" in e["name"]:
+            role = "attention"
+        elif "merge" in e["name"]:
+            role = "merge"
+        if role and previous_end is not None:
+            added.setdefault(role, []).append(e["ts"] + e["dur"] - previous_end)
+        previous_end = e["ts"] + e["dur"]
+    return {role: statistics.median(times) for role, times in added.items()}
+
+
+trace_dir = repo_root() / "benchmarks" / "tp-batch-1-inputs-ab-h200"
+columns = {"TP=1 (before)": "before-07859cb/trace-8b-tp1.json.gz", "TP=2 before": "before-07859cb/trace-8b-tp2.json.gz",
+           "TP=2 after": "after-9d344e2/trace-8b-tp2.json.gz"}
+table = {name: step_phases(trace_dir / path) for name, path in columns.items()}
+print(f"{'µs per step (median)':<28}" + "".join(f"{name:>15}" for name in table))
+for phase in next(iter(table.values())):
+    print(f"{phase:<28}" + "".join(f"{t[phase]:>15.1f}" for t in table.values()))
+kernels = {name: layer_kernels(trace_dir / path) for name, path in columns.items()}
+one_gpu = kernels.pop("TP=1 (before)")
+print(f"\n{'µs a layer kernel adds':<28}{'TP=1':>15}" + "".join(f"{name:>15}{'of TP=1':>9}" for name in kernels))
+for role, time in one_gpu.items():
+    print(f"{role:<28}{time:>15.2f}" + "".join(f"{k[role]:>15.2f}{k[role] / time:>9.2f}" for k in kernels.values()))
+after = {p.stem.removeprefix("latency-8b-"): json.loads(p.read_text())["mili"]["tpot_ms"]
+         for p in sorted((trace_dir / "after-9d344e2").glob("latency-8b-tp*.json")) if "whole-row" not in p.stem}
+print(f"after, batch-1 latency in one call: TP=1 {after['tp1']:.3f} ms/token, TP=2 {after['tp2-1']:.3f} and "
+      f"{after['tp2-2']:.3f} = {after['tp2-1'] / after['tp1']:.3f} and {after['tp2-2'] / after['tp1']:.3f} of TP=1")
+""")
+
+md(r"""
+The prologue lost most of its time and the broadcast before the LM head went. The layers vary
+from call to call by as much (the two TP=2 traces ran on different machines), and the target of
+0.6 of TP=1 is still not met: what separates TP=2 from half of TP=1 is now inside the layers.
+Each GEMV reads half its TP=1 bytes, so each should add half its TP=1 time. The o and down
+projections come close; the qkv GEMV, which first waits for the other rank's down projection,
+is furthest from it. Every program of a summing GEMV polls the whole row until both ranks' parts
+are there, so each of the 72 sums per step costs the two GPUs' skew and the interconnect's
+latency, on top of the bytes.
+""")
+
+md(r"""
 **Scale up or scale out?** Tensor parallelism is for a model that does not fit one GPU, or for
 a lower time per token: each GPU reads only its share of the weights per step, but two
 all-reduces per layer wait on the interconnect, so it stays within one host's NVLink. For more

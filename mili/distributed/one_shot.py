@@ -194,7 +194,8 @@ class SumBuffers:
                 for site in range(count)]
 
 
-# Sum sites for a decode step of up to 127 rows (64 layers) of 8192 bfloat16 elements on 8 ranks
+# Sum sites for a decode step of up to 128 rows (64 layers: the embedding, every o and down but the last) of
+# 8192 bfloat16 elements on 8 ranks
 SUM_BUFFER_BYTES = 16 << 20
 
 _installed_once = False
