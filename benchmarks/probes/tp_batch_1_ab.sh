@@ -3,8 +3,9 @@
 # alternating, in one run. BASELINE: a folder holding the earlier tree's mili/ and solutions/
 # (`git archive REV mili solutions | tar -x -C FOLDER`). Batch-1 latency (prompt 128, 128 new
 # tokens, median of 3) at TP=1 and at TP=2, two rounds, with VARIANTS (space-separated NAME=ENV
-# pairs, e.g. "kernels=MILI_FUSED_ALL_REDUCE=0") as more TP=2 arms and a TP=1 run each; then, unless
-# TESTS=0, the GPU tensor-parallel tests and, time allowing, a kernel trace of rank 0 at TP=2.
+# pairs, e.g. "kernels=MILI_FUSED_ALL_REDUCE=0") as more TP=2 arms and a TP=1 run each (of those in
+# TP1_VARIANTS if set, "" for none); ROUNDS (2) rounds; then, unless TESTS=0, the GPU
+# tensor-parallel tests and, time allowing, a kernel trace of rank 0 at TP=2.
 #   BASELINE=_baseline BASELINE_COMMIT=07859cb bash benchmarks/probes/tp_batch_1_ab.sh OUT
 set -uo pipefail
 out=$(realpath -m "${1:?output folder}"); mkdir -p "$out"
@@ -17,14 +18,14 @@ latency() {  # latency TP NAME TREE [ENV...]: run from TREE, whose mili/ `python
     | grep -E "^mili|Error" | sed "s|^|$2: |")
 }
 latency 1 tp1 "$PWD"
-for round in 1 2; do
+for round in $(seq "${ROUNDS:-2}"); do
   latency 2 "tp2-baseline-$round" "$PWD/${BASELINE:?}" MILI_GIT_COMMIT="${BASELINE_COMMIT:-baseline}"
   latency 2 "tp2-$round" "$PWD"
   for variant in ${VARIANTS:-}; do
     latency 2 "tp2-${variant%%=*}-$round" "$PWD" "${variant#*=}"
   done
 done
-for variant in ${VARIANTS:-}; do
+for variant in ${TP1_VARIANTS-${VARIANTS:-}}; do
   latency 1 "tp1-${variant%%=*}" "$PWD" "${variant#*=}"
 done
 [[ ${TESTS:-1} == 0 ]] && exit 0
