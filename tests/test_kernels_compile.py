@@ -43,12 +43,6 @@ def _compile_all() -> list[str]:
         triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
 
     jobs = []
-    for output in ("plain", "silu_and_mul"):  # a summed input with the L2 prefetch (Hopper's bulk prefetch)
-        jobs.append((f"_gemv_kernel INPUT=summed_add_rms_norm OUTPUT={output} with the L2 prefetch", _gemv_kernel,
-                     GEMV_ARGS, dict(INPUT="summed_add_rms_norm", BLOCK_N=2, BLOCK_K=512, BLOCK_H=4096,
-                                     DEPENDENT_LAUNCH=True, OUTPUT=output, RANK=1, WORLD=2, WATCHDOG=True,
-                                     PREFETCH_PROGRAMS=132, PREFETCH_BYTES=16 << 20,
-                                     PREFETCH_SHARE=127104)))
     for input_kind, output, world in GEMV_VARIANTS:
         # one process passes x where the sum addresses go (`_launch_gemv`): a float pointer
         signature = GEMV_ARGS if world > 1 else {**GEMV_ARGS, "sum_addresses_ptr": "*bf16"}

@@ -970,7 +970,8 @@ fills every rank's buffer, and the embedding pushes its row into a sum site that
 sums (`embedding_to_sum`). And each rank turns its own graph's output into its part of the
 logits, instead of receiving rank 0's hidden state: the ranks' hidden states are the same bits.
 The phases of a step, from the two traces (two calls on two H200s each; a trace runs under the
-profiler, so its times are a little longer than a step's):
+profiler, so its times are a little longer than a step's), then the batch-1 latency from a third
+call that alternates the two versions:
 """)
 
 code(r"""
@@ -1031,21 +1032,27 @@ one_gpu = kernels.pop("TP=1 (before)")
 print(f"\n{'µs a layer kernel adds':<28}{'TP=1':>15}" + "".join(f"{name:>15}{'of TP=1':>9}" for name in kernels))
 for role, time in one_gpu.items():
     print(f"{role:<28}{time:>15.2f}" + "".join(f"{k[role]:>15.2f}{k[role] / time:>9.2f}" for k in kernels.values()))
-after = {p.stem.removeprefix("latency-8b-"): json.loads(p.read_text())["mili"]["tpot_ms"]
-         for p in sorted((trace_dir / "after-9d344e2").glob("latency-8b-tp*.json")) if "whole-row" not in p.stem}
-print(f"after, batch-1 latency in one call: TP=1 {after['tp1']:.3f} ms/token, TP=2 {after['tp2-1']:.3f} and "
-      f"{after['tp2-2']:.3f} = {after['tp2-1'] / after['tp1']:.3f} and {after['tp2-2'] / after['tp1']:.3f} of TP=1")
+ab = {p.stem.removeprefix("latency-8b-"): json.loads(p.read_text()) for p in sorted((trace_dir / "ab-8fec446").glob("*.json"))}
+tp1 = ab["tp1"]["mili"]["tpot_ms"]
+print(f"\nbatch-1 latency, one call, alternating: TP=1 {tp1:.3f} ms/token")
+for arm in ("baseline-1", "1", "baseline-2", "2"):
+    run = ab[f"tp2-{arm}"]
+    print(f"  TP=2 at {run['environment']['git_commit'][:7]}: {run['mili']['tpot_ms']:.3f} ms/token = "
+          f"{run['mili']['tpot_ms'] / tp1:.3f} of TP=1")
 """)
 
 md(r"""
-The prologue lost most of its time and the broadcast before the LM head went. The layers vary
-from call to call by as much (the two TP=2 traces ran on different machines), and the target of
-0.6 of TP=1 is still not met: what separates TP=2 from half of TP=1 is now inside the layers.
-Each GEMV reads half its TP=1 bytes, so each should add half its TP=1 time. The o and down
-projections come close; the qkv GEMV, which first waits for the other rank's down projection,
-is furthest from it. Every program of a summing GEMV polls the whole row until both ranks' parts
-are there, so each of the 72 sums per step costs the two GPUs' skew and the interconnect's
-latency, on top of the bytes.
+The prologue lost most of its time and the broadcast before the LM head went, and in the
+alternating run the step is about 0.04 ms shorter. The layers vary from call to call by as much
+(the two TP=2 traces ran on different machines), and the target of 0.6 of TP=1 is still not met:
+what separates TP=2 from half of TP=1 is now inside the layers. Each GEMV reads half its TP=1
+bytes, so each should add half its TP=1 time. The o and down projections come close; the qkv
+GEMV, which first waits for the other rank's down projection, is furthest from it. Every program
+of a summing GEMV polls the whole row until both ranks' parts are there, so each of the 72 sums
+per step costs the two GPUs' skew and the interconnect's latency, on top of the bytes. The memory
+sits idle during that wait; asking for the first megabytes of the weight to come into L2 then
+gained almost nothing, and asking for more lost time
+(`benchmarks/tp-batch-1-inputs-ab-h200/README.md`).
 """)
 
 md(r"""

@@ -82,17 +82,6 @@ def wait_for_previous_kernel(DEPENDENT_LAUNCH: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
-@triton.jit
-def prefetch_to_l2(ptr, num_bytes):
-    """Ask the GPU to bring `num_bytes` (a multiple of 16) from `ptr` (16-byte aligned) into L2,
-    without waiting for them and without holding a register: one bulk prefetch by the program's
-    first thread (Hopper's `cp.async.bulk.prefetch.L2`). Needs a Hopper GPU, not the interpreter."""
-    tl.inline_asm_elementwise(
-        "{ .reg .pred first; .reg .b32 tid; mov.u32 tid, %tid.x; setp.eq.u32 first, tid, 0;\n"
-        "@first cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-        "=r,l,r", [ptr, num_bytes], dtype=tl.int32, is_pure=False, pack=1)
-
-
 def watch_compiles(callback: Callable[[str], None]) -> Callable[[], None]:
     """Call `callback(kernel_name)` each time this process compiles a Triton kernel (or loads it
     from Triton's disk cache) until the returned function is called.

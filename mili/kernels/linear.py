@@ -22,14 +22,11 @@ parallelism `linear_to_sum` pushes a row-parallel product's part to every rank, 
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mili.kernels._triton import dependent_launch_options, prefetch_to_l2, tl, triton, wait_for_previous_kernel
+from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
 from mili.kernels.pushed_sums import SumSite, push_to_site, site_sum
 
 
@@ -59,9 +56,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
                  sum_addresses_ptr, sum_site, clear_site, timeout_ns,
                  INPUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
                  DEPENDENT_LAUNCH: tl.constexpr, OUTPUT: tl.constexpr = "plain",
-                 RANK: tl.constexpr = 0, WORLD: tl.constexpr = 1, WATCHDOG: tl.constexpr = False,
-                 PREFETCH_PROGRAMS: tl.constexpr = 0, PREFETCH_BYTES: tl.constexpr = 0,
-                 PREFETCH_SHARE: tl.constexpr = 0):
+                 RANK: tl.constexpr = 0, WORLD: tl.constexpr = 1, WATCHDOG: tl.constexpr = False):
     """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with the input in float32.
 
     The loads of W run one tile ahead of the products. Under a dependent launch the first tile is
@@ -86,10 +81,6 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
                         of both halves, so the activation costs no extra reads and no recompute
         "push"          the products into every rank's buffer at sum_site, not into y; and it
                         empties clear_site in this rank's buffer (the site read before this one)
-    A summed input waits for the other ranks' parts while the memory has nothing else to do: with
-    PREFETCH_PROGRAMS = P > 0 (a Hopper GPU), before that wait the first P programs ask for the
-    first PREFETCH_BYTES of W (of each half of a gated W) to be brought into L2, PREFETCH_SHARE
-    bytes each, so that the programs that run after the parts arrive find their weights there.
     """
     rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K,
                                                       OUTPUT == "silu_and_mul")
@@ -99,13 +90,6 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
     SUMMED: tl.constexpr = INPUT == "summed_add_rms_norm" or INPUT == "summed_rms_norm"
     ADDS: tl.constexpr = INPUT == "add_rms_norm" or INPUT == "summed_add_rms_norm"
     NORMS: tl.constexpr = INPUT != "plain"
-    if PREFETCH_PROGRAMS > 0:  # the launcher asks for it only with a summed input
-        start = tl.program_id(0).to(tl.int64) * PREFETCH_SHARE  # in bytes; programs from the P-th on have none
-        if start < PREFETCH_BYTES:
-            count = tl.minimum(PREFETCH_BYTES - start, PREFETCH_SHARE).to(tl.int32)
-            prefetch_to_l2(w_ptr.to(tl.pointer_type(tl.int8)) + start, count)
-            if OUTPUT == "silu_and_mul":  # the same rows of the up half
-                prefetch_to_l2((w_ptr + N.to(tl.int64) * stride_w).to(tl.pointer_type(tl.int8)) + start, count)
     if NORMS:
         h = tl.arange(0, BLOCK_H)
         h_ok = h < K
@@ -184,33 +168,11 @@ def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | 
     if x.device.type == "cuda":
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
             *tensors, *sums, INPUT=input_kind, BLOCK_H=block_h, OUTPUT=output, **ranks,
-            **_prefetch_while_summing(weight, n, input_kind), **dependent_launch_options(x.device))
+            **dependent_launch_options(x.device))
     else:  # the interpreter: one small configuration (tuning means timing, and there is no GPU to time)
         _gemv_kernel[(triton.cdiv(n, 2),)](*tensors, *sums, INPUT=input_kind, BLOCK_N=2, BLOCK_K=64, BLOCK_H=block_h,
                                            DEPENDENT_LAUNCH=False, OUTPUT=output, **ranks)
     return y, residual_out
-
-
-def _prefetch_while_summing(weight: Tensor, rows: int, input_kind: str) -> dict:
-    """The GEMV's L2 prefetch while a summed input arrives (see _gemv_kernel): one program per SM
-    asks for the first MILI_SUM_PREFETCH_MB megabytes of the weight (split between its gate and up
-    halves when it has 2·rows rows), at most what it holds; none but on Hopper or later, for a
-    contiguous weight whose rows start 16-byte aligned, or with MILI_SUM_PREFETCH_MB=0."""
-    megabytes = float(os.environ.get("MILI_SUM_PREFETCH_MB", "0"))
-    if (not input_kind.startswith("summed") or megabytes <= 0 or not weight.is_contiguous()
-            or weight.data_ptr() % 16 or (weight.shape[1] * weight.element_size()) % 16
-            or torch.cuda.get_device_capability(weight.device)[0] < 9):
-        return {}
-    programs = _sm_count(weight.device.index or 0)
-    halves = weight.shape[0] // rows
-    prefetched = min(rows * weight.shape[1] * weight.element_size(), int(megabytes * 2**20) // halves) // 16 * 16
-    return {"PREFETCH_PROGRAMS": programs, "PREFETCH_BYTES": prefetched,
-            "PREFETCH_SHARE": -(-prefetched // programs // 16) * 16 or 16}
-
-
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:
