@@ -1,0 +1,108 @@
+"""What does summing over the ranks cost a GEMV, apart from waiting for the other GPU?
+
+At TP=2 the GEMVs that sum the ranks' parts as they read their input (qkv and gate_up, given a
+`SumSite`) add more time to a step than half of what they add at TP=1, while the o and down
+GEMVs come close to half (chapter 06, benchmarks/tp-batch-1-inputs-ab-h200/). Part of it is
+waiting for the other GPU; part may be the summing itself: every program polls the whole row of
+every rank's part, then reads it again, past L1, in its loop. This probe runs on one GPU, where
+nothing waits for another: the layers of a Qwen3-8B shard at TP=2 (36 x qkv [3072, 4096], o
+[4096, 2048], gate_up [12288, 4096], down [4096, 6144]; no attention: o reads the first 2048 of
+qkv's outputs), each way recorded in one CUDA graph and timed back to back:
+
+    plain          the norms fused into qkv and gate_up, o and down write their rows (TP=1's kernels)
+    summed         o and down push into sum sites of a group of one rank, qkv and gate_up poll
+                   and sum them (the TP=2 step's kernels, with one part instead of two)
+
+The gap between the two is what the summing machinery costs without any other GPU. Needs a GPU:
+
+    python benchmarks/probes/summing_gemv_probe.py [--layers 36] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fusion_probe import replay_us  # noqa: E402
+
+from mili.bench.throughput import environment  # noqa: E402
+from mili.distributed.one_shot import SumBuffers  # noqa: E402
+from mili.kernels.linear import linear, linear_to_sum, rms_norm_linear  # noqa: E402
+from mili.kernels.pushed_sums import EMPTY_BITS  # noqa: E402
+
+HIDDEN, QKV, ATTN_OUT, INTER = 4096, 3072, 2048, 6144  # Qwen3-8B split over two ranks
+EPS = 1e-6
+
+
+class Layer:
+    def __init__(self, device, dtype, generator):
+        def weight(n, k):
+            return (torch.randn(n, k, generator=generator, device=device) / k ** 0.5).to(dtype)
+
+        self.qkv, self.o = weight(QKV, HIDDEN), weight(HIDDEN, ATTN_OUT)
+        self.gate_up, self.down = weight(2 * INTER, HIDDEN), weight(HIDDEN, INTER)
+        self.norm_1 = torch.ones(HIDDEN, dtype=dtype, device=device)
+        self.norm_2 = torch.ones(HIDDEN, dtype=dtype, device=device)
+
+    @property
+    def bytes(self) -> int:
+        return sum(w.numel() * w.element_size() for w in (self.qkv, self.o, self.gate_up, self.down))
+
+
+def plain_step(layers, h, residual):
+    for layer in layers:
+        qkv, residual = rms_norm_linear(h, residual, layer.norm_1, EPS, layer.qkv)
+        h = linear(qkv[:, :ATTN_OUT], layer.o)
+        act, residual = rms_norm_linear(h, residual, layer.norm_2, EPS, layer.gate_up, output="silu_and_mul")
+        h = linear(act, layer.down)
+    return h
+
+
+def summed_step(layers, sites, h, residual):
+    sites = iter(sites)
+    for index, layer in enumerate(layers):
+        qkv, residual = rms_norm_linear(h, residual, layer.norm_1, EPS, layer.qkv)
+        h = linear_to_sum(qkv[:, :ATTN_OUT], layer.o, next(sites))
+        act, residual = rms_norm_linear(h, residual, layer.norm_2, EPS, layer.gate_up, output="silu_and_mul")
+        h = linear_to_sum(act, layer.down, next(sites)) if index + 1 < len(layers) else linear(act, layer.down)
+    return h
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=36)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this probe needs a GPU")
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    generator = torch.Generator(device=device).manual_seed(0)
+    layers = [Layer(device, dtype, generator) for _ in range(args.layers)]
+    count = 2 * args.layers - 1
+    buffer = torch.full((count * HIDDEN,), EMPTY_BITS, dtype=torch.int16, device=device)
+    sites = SumBuffers(0, 1, buffer, [buffer.data_ptr()]).sites(HIDDEN, count)
+    h = torch.randn(1, HIDDEN, generator=generator, device=device).to(dtype)
+    residual = torch.randn(1, HIDDEN, generator=generator, device=device).to(dtype)
+    plain = replay_us(lambda: plain_step(layers, h, residual), args.repeats)
+    summed = replay_us(lambda: summed_step(layers, sites, h, residual), args.repeats)
+    gigabytes = sum(layer.bytes for layer in layers) / 1e9
+    report = {"environment": environment(device), "layers": args.layers, "weight_gigabytes": gigabytes,
+              "us": {"plain": plain, "summed (a group of one rank)": summed},
+              "us_per_layer": {"plain": plain / args.layers, "summed (a group of one rank)": summed / args.layers},
+              "tb_per_s": {"plain": gigabytes / plain * 1e3, "summed (a group of one rank)": gigabytes / summed * 1e3}}
+    print(f"{report['environment']['device']}: {args.layers} layers of a Qwen3-8B shard at TP=2, "
+          f"{gigabytes:.2f} GB of weights")
+    for name, us in report["us"].items():
+        print(f"  {name:<30} {us:9.1f} us  {us / args.layers:6.2f} us a layer  {report['tb_per_s'][name]:5.2f} TB/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
