@@ -1053,6 +1053,54 @@ per step costs the two GPUs' skew and the interconnect's latency, on top of the 
 sits idle during that wait; asking for the first megabytes of the weight to come into L2 then
 gained almost nothing, and asking for more lost time
 (`benchmarks/tp-batch-1-inputs-ab-h200/README.md`).
+
+How much is the summing itself, and how much the other GPU? `benchmarks/probes/summing_gemv_probe.py`
+runs the GEMVs of the shard's 36 layers on one GPU (no attention), once with the plain kernels
+and once summing through sum sites of a group of one rank: the polling, the second read of the
+parts, the pushes, but no other GPU to wait for.
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+probe = json.loads((repo_root() / "benchmarks" / "summing-gemv-probe-h200.json").read_text())
+print(f"{probe['environment']['device']}, commit {probe['environment']['git_commit'][:7]}: the GEMVs of "
+      f"{probe['layers']} layers of a Qwen3-8B shard at TP=2, {probe['weight_gigabytes']:.2f} GB")
+for name, us in probe["us_per_layer"].items():
+    print(f"  {name:<30} {us:6.2f} us a layer  {probe['tb_per_s'][name]:.2f} TB/s")
+per_layer_gb = probe["weight_gigabytes"] / probe["layers"]  # a TP=2 shard's; TP=1 reads twice as much
+
+
+def gemv_rate(added, gigabytes):  # TB/s over the time a layer's four GEMVs add to a step
+    return gigabytes / sum(added[role] for role in ("qkv", "o", "gate_up", "down")) * 1e3
+
+
+print(f"the steps traced above, their layers' GEMVs: TP=1 {gemv_rate(one_gpu, 2 * per_layer_gb):.2f} TB/s, "
+      f"TP=2 {gemv_rate(kernels['TP=2 after'], per_layer_gb):.2f} TB/s (waiting for the other GPU included)")
+""")
+
+md(r"""
+The summing costs about a microsecond a layer. The rest of the gap has two parts of similar size:
+waiting for the other GPU at each of the two sums of a layer (the real step's GEMVs against the
+probe's), and the GEMVs themselves, which at half size stream their weights more slowly than
+TP=1's full-size GEMVs (the probe against TP=1).
+""")
+
+think(r"""
+Each rank now turns its own final hidden state into its part of the logits, where before rank 0
+broadcast its own. That is only right if the two ranks' hidden states are the same bits. Why
+are they, although each rank computes different products? What would make them differ, and
+what would the user see if they did?
+""", r"""
+Every rank ends each layer with the same residual row because every sum over the ranks gives
+every rank the same bits: the one-shot kernel and the summing GEMVs add the parts in rank order,
+in float32, and round once, on every rank, and everything after a sum (the norm, the residual
+add) is computed from that sum alone. The final norm then reads the same row on every rank. If
+each rank added the others' parts to its own, each in its own order, floating-point addition,
+which is not associative, would give rows that differ in the last bits (NCCL avoids this too:
+each element is reduced once, on one rank, and the result is sent to the others). The logits of the two halves of the vocabulary would then come from slightly
+different hidden states: mostly harmless, but greedy decoding could pick a different token
+where two logits are nearly tied, and the tokens would no longer equal one GPU's or the eager
+group's, which is what the tensor-parallel tests compare.
 """)
 
 md(r"""
