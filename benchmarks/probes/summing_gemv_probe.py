@@ -13,14 +13,20 @@ qkv's outputs), each way recorded in one CUDA graph and timed back to back:
     summed         o and down push into sum sites of a group of one rank, qkv and gate_up poll
                    and sum them (the TP=2 step's kernels, with one part instead of two)
 
-The gap between the two is what the summing machinery costs without any other GPU. Needs a GPU:
+The gap between the two is what the summing machinery costs without any other GPU.
 
-    python benchmarks/probes/summing_gemv_probe.py [--layers 36] [--json OUT.json]
+With --sweep it also asks whether the autotuner's configurations, each chosen by timing one
+product alone, are the best in the chain: for each of the four projections and each
+configuration of GEMV_CONFIGS, the plain chain with that projection's GEMV held to that
+configuration (the others autotuned). Needs a GPU:
+
+    python benchmarks/probes/summing_gemv_probe.py [--layers 36] [--sweep] [--json OUT.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -35,6 +41,7 @@ from mili.distributed.one_shot import SumBuffers  # noqa: E402
 from mili.kernels.linear import linear, linear_to_sum, rms_norm_linear  # noqa: E402
 from mili.kernels.pushed_sums import EMPTY_BITS  # noqa: E402
 
+gemv = importlib.import_module("mili.kernels.linear")  # the module (mili.kernels.linear is also a function's name)
 HIDDEN, QKV, ATTN_OUT, INTER = 4096, 3072, 2048, 6144  # Qwen3-8B split over two ranks
 EPS = 1e-6
 
@@ -73,10 +80,49 @@ def summed_step(layers, sites, h, residual):
     return h
 
 
+# each projection's launch as _launch_gemv makes it: (N, K, INPUT, OUTPUT)
+ROLES = {"qkv": (QKV, HIDDEN, "add_rms_norm", "plain"), "o": (HIDDEN, ATTN_OUT, "plain", "plain"),
+         "gate_up": (INTER, HIDDEN, "add_rms_norm", "silu_and_mul"), "down": (HIDDEN, INTER, "plain", "plain")}
+
+
+class HeldConfig:
+    """Stands in for the autotuned GEMV: launches of one (N, K, INPUT, OUTPUT) take `config`, the
+    others go to the autotuner."""
+
+    def __init__(self, tuned, key: tuple, config):
+        self.tuned, self.key, self.config = tuned, key, config
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            if (args[3], args[4], kwargs["INPUT"], kwargs.get("OUTPUT", "plain")) != self.key:
+                return self.tuned[grid](*args, **kwargs)
+            meta = dict(self.config.kwargs)
+            return gemv._gemv_kernel[grid(meta)](*args, **kwargs, **meta, num_warps=self.config.num_warps,
+                                                 num_stages=self.config.num_stages)
+        return launch
+
+
+def sweep(layers, h, residual, repeats: int) -> dict:
+    """µs a layer of the plain chain with each projection held to each configuration."""
+    tuned, results = gemv._gemv_tuned, {}
+    try:
+        for role, key in ROLES.items():
+            results[role] = {}
+            for config in gemv.GEMV_CONFIGS:
+                gemv._gemv_tuned = HeldConfig(tuned, key, config)
+                name = "BLOCK_N={BLOCK_N} BLOCK_K={BLOCK_K}".format(**config.kwargs)
+                name += f" warps={config.num_warps} stages={config.num_stages}"
+                results[role][name] = replay_us(lambda: plain_step(layers, h, residual), repeats) / len(layers)
+    finally:
+        gemv._gemv_tuned = tuned
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=36)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--sweep", action="store_true", help="each projection held to each GEMV configuration")
     parser.add_argument("--json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -100,6 +146,11 @@ def main() -> None:
           f"{gigabytes:.2f} GB of weights")
     for name, us in report["us"].items():
         print(f"  {name:<30} {us:9.1f} us  {us / args.layers:6.2f} us a layer  {report['tb_per_s'][name]:5.2f} TB/s")
+    if args.sweep:
+        report["held_configurations_us_per_layer"] = sweep(layers, h, residual, args.repeats)
+        for role, times in report["held_configurations_us_per_layer"].items():
+            best = min(times, key=times.get)
+            print(f"  {role:<8} best held: {times[best]:6.2f} us a layer ({best}); worst {max(times.values()):6.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 
