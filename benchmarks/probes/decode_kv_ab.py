@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from mili.bench.throughput import environment, run_mili, workload
+from mili.bench.environment import environment
+from mili.bench.throughput import run_mili, workload
 from mili.engine import batched_attention
 from mili.engine.llm import LLM
 

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gemv_probe import replay_us  # the graph-replay timing of the GEMV probe
 
-from mili.bench.throughput import environment
+from mili.bench.environment import environment
 from mili.kernels._triton import dependent_launch_options, triton
 from mili.kernels.linear import GEMV_CONFIGS, _gemv_kernel
 

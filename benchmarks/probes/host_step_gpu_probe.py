@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
+from mili.bench.environment import environment
 from mili.bench.step_profile import time_calls
-from mili.bench.throughput import environment
 from mili.engine import batch as batch_module
 from mili.engine.llm import LLM
 from mili.engine.sampling_params import SamplingParams

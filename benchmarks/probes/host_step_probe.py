@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from mili.bench.environment import environment
 from mili.bench.step_profile import host_phase_times
-from mili.bench.throughput import environment
 from mili.engine.llm import LLM
 
 

@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 
 from mili import kernels
+from mili.bench.environment import environment
 from mili.bench.floors import free_memory
 from mili.bench.latency import time_mili
-from mili.bench.throughput import environment
 from mili.engine.llm import LLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

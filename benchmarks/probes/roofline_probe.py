@@ -15,11 +15,12 @@ from datetime import date
 
 import torch
 
-from mili.bench.attention import copy_gbps, environment, matmul_tflops
+from mili.bench.attention import copy_gbps, matmul_tflops
+from mili.bench.environment import environment
 
 
 def main(path: str) -> None:
-    report = {"environment": {**environment(), "date": date.today().isoformat()},
+    report = {"environment": {**environment(dtype="bfloat16"), "date": date.today().isoformat()},
               "copy_gbps": copy_gbps(), "matmul_tflops": matmul_tflops(),
               "repeats": {"copy_gbps": [copy_gbps() for _ in range(3)],
                           "matmul_tflops": [matmul_tflops() for _ in range(3)]},

@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fusion_probe import replay_us  # noqa: E402
 
-from mili.bench.throughput import environment  # noqa: E402
+from mili.bench.environment import environment  # noqa: E402
 from mili.distributed.one_shot import SumBuffers  # noqa: E402
 from mili.kernels.linear import linear, linear_to_sum, rms_norm_linear  # noqa: E402
 from mili.kernels.pushed_sums import EMPTY_BITS  # noqa: E402

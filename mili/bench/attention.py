@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from mili.bench.environment import environment
 
 HEAD_DIM = 128
 PREFILL_HEADS = {"0.6B": (16, 8), "8B": (32, 8)}
@@ -161,20 +161,6 @@ def bench_decode(batch: int, context: int, copy_rate: float) -> dict:
 
 # ---------------------------------------------------------------- the run
 
-def environment() -> dict:
-    def run(cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    import triton
-
-    driver = run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).splitlines()
-    return {"gpu": torch.cuda.get_device_name(), "driver": driver[0] if driver else "unknown",
-            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "dtype": "bfloat16", "mili_impl": os.environ.get("MILI_IMPL", "auto"),
-            "git_commit": os.environ.get("MILI_GIT_COMMIT") or run(["git", "rev-parse", "HEAD"]) or "unknown"}
 
 
 def run_benchmark(models=tuple(PREFILL_HEADS), tokens=PREFILL_TOKENS, batches=DECODE_BATCHES,
@@ -197,7 +183,7 @@ def run_benchmark(models=tuple(PREFILL_HEADS), tokens=PREFILL_TOKENS, batches=DE
                 decode.append(bench_decode(b, c, copy_rate))
                 log(format_decode(decode[-1]))
                 torch.cuda.empty_cache()
-    report = {"environment": {**environment(), "block_size": BLOCK_SIZE, "head_dim": HEAD_DIM,
+    report = {"environment": {**environment(dtype="bfloat16"), "block_size": BLOCK_SIZE, "head_dim": HEAD_DIM,
                                   "timing": "do_bench median over CUDA-graph replays, L2 flushed"},
               "matmul_tflops": matmul_rate, "copy_gbps": copy_rate, "prefill": prefill, "decode": decode}
     report["targets"] = check_targets(report)

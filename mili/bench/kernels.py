@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from mili.bench.environment import environment
 from mili.kernels._triton import tl, triton
 
 MODELS = {"0.6B": dict(hidden=1024, inter=3072, hq=16, hkv=8, d=128),
@@ -188,27 +187,12 @@ def allow_many_recompiles() -> None:
             setattr(dynamo_config, name, 1024)
 
 
-def environment() -> dict:
-    def run(cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    import triton
-
-    commit = os.environ.get("MILI_GIT_COMMIT") or run(["git", "rev-parse", "HEAD"]) or "unknown"
-    driver = run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).splitlines()
-    return {"gpu": torch.cuda.get_device_name(), "driver": driver[0] if driver else "unknown",
-            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "git_commit": commit, "dtype": "bfloat16",
-            "mili_impl": os.environ.get("MILI_IMPL", "auto")}
 
 
 def run_benchmark(models=tuple(MODELS), tokens=TOKENS, kernels=KERNELS, log=print, on_row=None) -> dict:
     """Measure every (model, kernel, tokens); `on_row(partial_report)` after each row, e.g. to save progress."""
     allow_many_recompiles()
-    env = environment()
+    env = environment(dtype="bfloat16")
     copy_bw = copy_gbps()
     log(f"copy bandwidth (1 GiB device-to-device, read + write): {copy_bw:.0f} GB/s")
     compiled, rows = {}, []

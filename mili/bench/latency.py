@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from mili.argtypes import positive_int
+from mili.bench.environment import environment
 from mili.bench.floors import (
     copy_bytes_per_s,
     free_memory,
@@ -37,7 +38,7 @@ from mili.bench.floors import (
     sync,
     weight_bytes_per_step,
 )
-from mili.bench.throughput import environment, hf_model_for, print_compile_warning
+from mili.bench.throughput import hf_model_for, print_compile_warning
 
 
 def time_mili(llm, prompt: list[int], new_tokens: int) -> dict:

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 
+from mili.bench.environment import environment
 from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, free_memory, matmul_flops_per_s, sync
-from mili.bench.throughput import environment, run_mili, workload
+from mili.bench.throughput import run_mili, workload
 
 STAGES = [  # name, backend, engine settings
     ("torch backend", "torch", dict(enforce_eager=True, persistent_batch=False, overlap=False)),

@@ -22,7 +22,6 @@ import asyncio
 import json
 import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,6 @@ from pathlib import Path
 import httpx
 
 from mili.bench.analysis import RequestRecord, summarize_requests
-from mili.exercise import repo_root
 
 
 def make_prompts(dataset: str, num_prompts: int, input_len: int, vocab_size: int, seed: int,
@@ -156,14 +154,6 @@ async def run_load(url: str, prompts: list[list[int]], *, output_len: int, reque
     return summary
 
 
-def environment() -> dict:
-    import torch
-
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, check=False).stdout.strip()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
-    return {"device": device, "driver": torch.version.cuda if torch.cuda.is_available() else None,
-            "cpu_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-            "httpx": httpx.__version__, "git_commit": commit, "platform": platform.platform()}
 
 
 def print_summary(summary: dict, out=sys.stdout) -> None:
@@ -244,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         setup = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "api_key"}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"setup": setup, "environment": environment(), "summary": summary},
+        # imported here: it imports torch, which a client needs no sooner
+        from mili.bench.environment import environment
+
+        run_on = environment(httpx=httpx.__version__, platform=platform.platform())
+        args.json.write_text(json.dumps({"setup": setup, "environment": run_on, "summary": summary},
                                         indent=2, default=str) + "\n")
         print(f"wrote {args.json}")
     if args.plot:

@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +35,7 @@ from pathlib import Path
 import torch
 
 from mili.argtypes import positive_int
+from mili.bench.environment import environment
 from mili.bench.floors import bandwidth_floor, copy_bytes_per_s, free_memory, group_of, matmul_flops_per_s, sync
 
 TEMPERATURE = 0.6
@@ -138,33 +136,6 @@ def hf_model_for(llm, model: str):
 
 
 
-def environment(device: torch.device) -> dict:
-    def run(cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    try:
-        import transformers
-
-        transformers_version = transformers.__version__
-    except ImportError:
-        transformers_version = None
-    cuda = device.type == "cuda"
-    driver = run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).splitlines() if cuda else []
-    return {"device": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine()),
-            "gpu": torch.cuda.get_device_name(device) if cuda else None, "driver": driver[0] if driver else None,
-            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "triton": triton_version,
-            "transformers": transformers_version, "python": platform.python_version(),
-            "git_commit": os.environ.get("MILI_GIT_COMMIT") or run(["git", "rev-parse", "HEAD"]) or "unknown",
-            "mili_impl": os.environ.get("MILI_IMPL", "auto")}
 
 
 def run_benchmark(model: str, *, num_seqs: int, min_len: int, max_len: int, compare_hf: bool, device=None,
