@@ -1034,11 +1034,26 @@ for role, time in one_gpu.items():
     print(f"{role:<28}{time:>15.2f}" + "".join(f"{k[role]:>15.2f}{k[role] / time:>9.2f}" for k in kernels.values()))
 ab = {p.stem.removeprefix("latency-8b-"): json.loads(p.read_text()) for p in sorted((trace_dir / "ab-8fec446").glob("*.json"))}
 tp1 = ab["tp1"]["mili"]["tpot_ms"]
+probe_device = ab["tp1"]["environment"]["device"] + "s"
 print(f"\nbatch-1 latency, one call, alternating: TP=1 {tp1:.3f} ms/token")
 for arm in ("baseline-1", "1", "baseline-2", "2"):
     run = ab[f"tp2-{arm}"]
     print(f"  TP=2 at {run['environment']['git_commit'][:7]}: {run['mili']['tpot_ms']:.3f} ms/token = "
           f"{run['mili']['tpot_ms'] / tp1:.3f} of TP=1")
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+roles = list(one_gpu)
+fig, ax = plt.subplots(figsize=(7.5, 3.4))
+for offset, (name, added) in zip((-0.2, 0.2), kernels.items()):
+    ax.bar([i + offset for i in range(len(roles))], [added[r] / one_gpu[r] for r in roles], width=0.4, label=name)
+ax.axhline(0.5, color="black", linestyle="--", linewidth=1, label="half (each rank reads half the weights)")
+ax.set_xticks(range(len(roles)), roles)
+ax.set(ylabel="time added at TP=2 / at TP=1", ylim=(0, 1.1),
+       title=f"What each kernel of a layer adds to the step, Qwen3-8B, {probe_device}")
+ax.legend(fontsize=8)
+plt.show()
 """)
 
 md(r"""
