@@ -162,7 +162,6 @@ def bench_decode(batch: int, context: int, copy_rate: float) -> dict:
 # ---------------------------------------------------------------- the run
 
 
-
 def run_benchmark(models=tuple(PREFILL_HEADS), tokens=PREFILL_TOKENS, batches=DECODE_BATCHES,
                   contexts=DECODE_CONTEXTS, log=print) -> dict:
     matmul_rate = matmul_tflops()

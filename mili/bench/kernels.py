@@ -187,8 +187,6 @@ def allow_many_recompiles() -> None:
             setattr(dynamo_config, name, 1024)
 
 
-
-
 def run_benchmark(models=tuple(MODELS), tokens=TOKENS, kernels=KERNELS, log=print, on_row=None) -> dict:
     """Measure every (model, kernel, tokens); `on_row(partial_report)` after each row, e.g. to save progress."""
     allow_many_recompiles()

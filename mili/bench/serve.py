@@ -154,8 +154,6 @@ async def run_load(url: str, prompts: list[list[int]], *, output_len: int, reque
     return summary
 
 
-
-
 def print_summary(summary: dict, out=sys.stdout) -> None:
     print(f"completed {summary['completed']}, errors {summary['errors']}, {summary['duration_s']:.2f} s, "
           f"{summary['request_throughput']:.2f} req/s, {summary['output_throughput']:.1f} output tok/s, "

@@ -133,11 +133,6 @@ def hf_model_for(llm, model: str):
     return hf.to(llm.model.device).eval()
 
 
-
-
-
-
-
 def run_benchmark(model: str, *, num_seqs: int, min_len: int, max_len: int, compare_hf: bool, device=None,
                   dtype="auto", hf_batch_size: int | None = None, max_num_seqs: int = 256,
                   max_num_batched_tokens: int | None = None, seed: int = 0, enforce_eager: bool = False,

@@ -168,8 +168,7 @@ def embedding_to_sum(input_ids: Tensor, weight: Tensor, first_row: int, site: Su
                          f"of 2-byte floats on its device, got ids {tuple(input_ids.shape)} {input_ids.dtype} "
                          f"and table {tuple(weight.shape)} {weight.dtype}")
     block = min(1024, triton.next_power_of_2(site.width))
-    options = dependent_launch_options(weight.device) if weight.device.type == "cuda" else {"DEPENDENT_LAUNCH": False}
     _embedding_to_sum_kernel[(triton.cdiv(site.width, block),)](
         input_ids, weight, site.width, weight.stride(0), first_row, weight.shape[0], site.addresses, site.site,
-        site.clear_site, BLOCK=block, RANK=site.rank, WORLD=site.world, **options)
+        site.clear_site, BLOCK=block, RANK=site.rank, WORLD=site.world, **dependent_launch_options(weight.device))
     return site
