@@ -162,8 +162,10 @@ class ParallelLMHead(ColumnParallelLinear):
     """The LM head split by vocabulary (column-parallel); the logits are gathered on rank 0.
 
     forward returns the logits [S, vocab_size] on rank 0 and None on the other ranks. The parts
-    may differ by one row (vocab_size need not divide): each is padded to the largest for the
-    gather, which needs equal shapes, and trimmed after it.
+    are gathered into one [size, S, part] tensor, which for one row (a batch-1 step) already is
+    the logits in order, with no copy. The parts may differ by one row (vocab_size need not
+    divide): the smaller ones are padded for the gather, which needs equal shapes, and trimmed
+    after it.
     """
 
     def __init__(self, vocab_size: int, hidden_size: int, *, group: TensorParallelGroup):
@@ -173,10 +175,14 @@ class ParallelLMHead(ColumnParallelLinear):
 
     def forward(self, hidden_states: Tensor) -> Tensor | None:
         local = super().forward(hidden_states)
-        padded = F.pad(local, (0, self.part_size - local.shape[-1]))
-        first = self.group.rank == 0
-        parts = [torch.empty_like(padded) for _ in range(self.group.size)] if first else None
-        dist.gather(padded, parts, group=self.group.process_group, group_dst=0)
+        if local.shape[-1] < self.part_size:
+            local = F.pad(local, (0, self.part_size - local.shape[-1]))
+        size, first = self.group.size, self.group.rank == 0
+        parts = torch.empty(size, *local.shape, dtype=local.dtype, device=local.device) if first else None
+        dist.gather(local.contiguous(), list(parts.unbind(0)) if first else None, group=self.group.process_group,
+                    group_dst=0)
         if not first:
             return None
-        return torch.cat([p[:, :len(shard_range(self.vocab_size, r, self.group.size))] for r, p in enumerate(parts)], -1)
+        if size * self.part_size == self.vocab_size:
+            return parts.transpose(0, 1).reshape(local.shape[0], self.vocab_size)  # a view for one row
+        return torch.cat([parts[r, :, :len(shard_range(self.vocab_size, r, size))] for r in range(size)], -1)
