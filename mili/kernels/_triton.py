@@ -82,15 +82,6 @@ def wait_for_previous_kernel(DEPENDENT_LAUNCH: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
-@triton.jit
-def let_next_kernel_launch(DEPENDENT_LAUNCH: tl.constexpr):
-    """Under a dependent launch: let the next kernel launch, without waiting for the previous one.
-    Only for a kernel that learns another way that its inputs are there (a summing GEMV polls for
-    every element it sums, mili/kernels/pushed_sums.py) and writes nothing before it has."""
-    if DEPENDENT_LAUNCH:
-        tl.extra.cuda.gdc_launch_dependents()
-
-
 def watch_compiles(callback: Callable[[str], None]) -> Callable[[], None]:
     """Call `callback(kernel_name)` each time this process compiles a Triton kernel (or loads it
     from Triton's disk cache) until the returned function is called.

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mili.kernels._triton import dependent_launch_options, let_next_kernel_launch, tl, triton, wait_for_previous_kernel
+from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
 from mili.kernels.pushed_sums import SumSite, push_to_site, site_sum
 
 
@@ -71,12 +71,6 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
                         (mili/kernels/pushed_sums.py): the prologue waits for every rank's part
         "summed_rms_norm"  rms_norm(x) · norm_w with x summed at sum_site (the first layer's, whose x
                         is the embedding); program 0 also writes res_out = x
-    A summed input does not wait for the previous kernel to finish, only for the parts to arrive.
-    That kernel pushes this rank's part, so every element arriving means every one of its programs
-    has read all its input and has nothing left but its last stores; this kernel writes nothing
-    before all have arrived, and what else it reads (the residual, the weights) was written before
-    that kernel started. So the kernel boundary (the previous kernel's end, the flush of its stores
-    over the interconnect, the release of this one) is off the step's critical path at every sum.
     For the two norms every program first reads the whole row (BLOCK_H ≥ K elements, a few KB
     that the previous kernel just wrote, so from L2) for its rms. That prologue costs about what
     the separate norm kernel cost; scaling the finished dot products by 1/rms instead, with the
@@ -90,13 +84,10 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
     """
     rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K,
                                                       OUTPUT == "silu_and_mul")
-    SUMMED: tl.constexpr = INPUT == "summed_add_rms_norm" or INPUT == "summed_rms_norm"
-    if SUMMED:  # polling the parts is the wait (see the docstring)
-        let_next_kernel_launch(DEPENDENT_LAUNCH)
-    else:
-        wait_for_previous_kernel(DEPENDENT_LAUNCH)
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     dtype = y_ptr.dtype.element_ty
     rstd = 0.0
+    SUMMED: tl.constexpr = INPUT == "summed_add_rms_norm" or INPUT == "summed_rms_norm"
     ADDS: tl.constexpr = INPUT == "add_rms_norm" or INPUT == "summed_add_rms_norm"
     NORMS: tl.constexpr = INPUT != "plain"
     if NORMS:
