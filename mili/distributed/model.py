@@ -122,7 +122,8 @@ class TensorParallelModel:
         def run():
             self._share_cache(kv_cache)
             self.workers.send((step.RECORD_GRAPHS, max_num_seqs, max_model_len))
-            return DecodeGraphs(self.shard_model, kv_cache, max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+            return DecodeGraphs(self.shard_model, kv_cache, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+                                agree_on_kernels=step.share_gemv_choices)
 
         graphs = self._in_step(run)
         self._recorded.append(graphs)

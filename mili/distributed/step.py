@@ -75,3 +75,16 @@ def broadcast_from_first(tensor: Tensor) -> Tensor:
     """Rank 0's `tensor` on every rank (in place on the others, which pass an empty one)."""
     dist.broadcast(tensor, group_src=0)
     return tensor
+
+
+def share_gemv_choices() -> None:
+    """Every rank launches the batch-1 GEMV with rank 0's autotuned configurations (collective).
+
+    Each process tunes the GEMV by timing each configuration, and timings are noisy: two ranks may
+    choose differently for the same shape, and then at every sum over the ranks the faster one
+    waits for the slower. Rank 0's choices go to every rank once, before the graphs are recorded."""
+    from mili.kernels.linear import gemv_choices, use_gemv_choices
+
+    choices = [gemv_choices() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(choices, src=0)
+    use_gemv_choices(choices[0])
