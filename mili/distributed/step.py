@@ -9,7 +9,8 @@ the CPU), so they go device to device:
     ("logits", shape)                     then a broadcast of the hidden rows to turn into logits
     ("copy_blocks", pairs)                copy the K/V of blocks (src, dst) in this rank's cache: a
                                           forked sample's partial block (n > 1)
-    ("record_graphs", max_num_seqs, max_model_len)  record this rank's decode CUDA graphs
+    ("record_graphs", max_num_seqs, max_model_len)  record this rank's decode CUDA graphs, with
+                                          rank 0's GEMV configurations (`share_gemv_choices`)
     ("graph_forward", layout)             as "forward", replaying this rank's graph where one fits
     ("graph_batch_1",)                    then a broadcast into this rank's batch-1 graph inputs:
                                           replay that graph, and its output's part of the logits
