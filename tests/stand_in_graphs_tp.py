@@ -24,10 +24,10 @@ from mili.engine.fused_step import FusedDecodeStep, can_fuse
 
 
 class EagerGraphs:
-    def __init__(self, model, kv_cache, *, max_num_seqs: int, max_model_len: int, agree_on_kernels=None):
+    def __init__(self, model, kv_cache, *, max_num_seqs: int, max_model_len: int, after_warm_up=None):
         self.model, self.kv_cache = model, kv_cache
-        if agree_on_kernels is not None:  # the collective runs on the CPU too, with nothing tuned to share
-            agree_on_kernels()
+        if after_warm_up is not None:  # the collective runs on the CPU too, with nothing tuned or summed to settle
+            after_warm_up()
         self.largest = cuda_graphs.graph_batch_sizes(max_num_seqs)[-1]
         self.fused_step = FusedDecodeStep(model) if can_fuse(model) else None
         self.batch_1_inputs = cuda_graphs.Batch1Inputs(math.ceil(max_model_len / kv_cache.block_size), model.device)

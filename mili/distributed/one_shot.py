@@ -222,6 +222,22 @@ def uninstall() -> None:
     _sum_buffers = None
 
 
+def empty_sum_buffers() -> None:
+    """Empty every rank's sum buffer (collective; nothing may run on any rank's GPU meanwhile).
+
+    The protocol keeps a site's region empty until its sender's next push, provided each push
+    runs once a step. Autotuning a pushing GEMV runs it many times: a late run may land in a
+    peer's site after that peer has read and emptied it, and the peer's next read would take it
+    for a new part. So after the warm-up that autotunes, every rank empties its buffer."""
+    if _sum_buffers is None:
+        return
+    torch.cuda.synchronize(_sum_buffers.buffer.device)
+    dist.barrier()  # no rank has a push in flight
+    _sum_buffers.buffer.fill_(EMPTY_BITS)
+    torch.cuda.synchronize(_sum_buffers.buffer.device)
+    dist.barrier()  # every buffer is empty before any rank sends
+
+
 def sum_sites(width: int, count: int) -> list[SumSite] | None:
     """`count` sum sites for rows of `width` elements where this process's group has sum buffers
     and MILI_FUSED_ALL_REDUCE is not 0; None otherwise (see SumBuffers.sites)."""

@@ -107,13 +107,14 @@ class DecodeGraphs:
     """One recorded decode forward per batch size, sharing static inputs and a memory pool.
 
     with_logits: the batch-1 graph also records `model.compute_logits` (a model whose logits
-    need other processes, as under tensor parallelism, passes False). agree_on_kernels: called on
-    every rank of a tensor-parallel group between the batch-1 graph's warm-up (where its GEMVs are
-    autotuned) and its recording, so that every rank records the same kernels; the warm-up runs
-    again after it, to compile what was agreed on outside the recording."""
+    need other processes, as under tensor parallelism, passes False). after_warm_up: called
+    between the batch-1 graph's warm-up (where its GEMVs are autotuned) and its recording, on
+    every rank of a tensor-parallel group (which settle what the warm-up left: each rank's
+    choice of kernels, its sum buffers); the warm-up runs again after it, to compile outside the
+    recording what was settled."""
 
     def __init__(self, model, kv_cache: KVCache, *, max_num_seqs: int, max_model_len: int, with_logits: bool = False,
-                 agree_on_kernels: Callable[[], None] | None = None):
+                 after_warm_up: Callable[[], None] | None = None):
         if not can_record(model):
             raise ValueError("CUDA graphs need the triton backend on a CUDA device")
         self.sizes = graph_batch_sizes(max_num_seqs)
@@ -138,8 +139,8 @@ class DecodeGraphs:
             forward = self._batch_1_forward(model, fused_step) if size == 1 else model
             args = self.static_inputs[size]
             forward(*args, kv_cache)  # compile and autotune outside the recording
-            if size == 1 and agree_on_kernels is not None:
-                agree_on_kernels()
+            if size == 1 and after_warm_up is not None:
+                after_warm_up()
                 forward(*args, kv_cache)
             torch.cuda.synchronize(device)
             graph = torch.cuda.CUDAGraph()
