@@ -55,23 +55,3 @@ def test_every_configuration_the_autotuner_may_pick_gives_the_same_products(n, k
                 OUTPUT=output)
             assert_close(y, expected, dtype=torch.float32,
                          what=f"{input_kind} -> {output} with BLOCK_N={block_n}, BLOCK_K={block_k}")
-
-
-@pytest.mark.skipif(DEVICE != "cuda", reason="only a GPU autotunes the GEMV")
-def test_the_gemv_launches_with_the_configurations_another_process_chose():
-    """Under tensor parallelism rank 0 sends its autotuned choices and every rank launches with
-    them (mili/distributed/step.py, share_gemv_choices): a choice set from outside must be the one
-    launched, not tuned over, and compute the product."""
-    import importlib
-
-    gemv = importlib.import_module("mili.kernels.linear")  # the module: mili.kernels.linear is also a function
-    x, weight = torch.randn(1, 136, device=DEVICE), torch.randn(72, 136, device=DEVICE)
-    before = gemv.gemv_choices()
-    linear(x, weight)  # tuned here
-    (key,) = set(gemv.gemv_choices()) - set(before)
-    tuned = gemv.gemv_choices()[key]
-    other = next(c for c in gemv.GEMV_CONFIGS if (dict(c.kwargs), c.num_warps, c.num_stages) != tuned)
-    chosen = (dict(other.kwargs), other.num_warps, other.num_stages)
-    gemv.use_gemv_choices({key: chosen})
-    assert_close(linear(x, weight), F.linear(x, weight), dtype=torch.float32, what="the GEMV with a given configuration")
-    assert gemv.gemv_choices()[key] == chosen, "the given configuration must be kept, not tuned over"

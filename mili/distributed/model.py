@@ -123,7 +123,7 @@ class TensorParallelModel:
             self._share_cache(kv_cache)
             self.workers.send((step.RECORD_GRAPHS, max_num_seqs, max_model_len))
             return DecodeGraphs(self.shard_model, kv_cache, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                                after_warm_up=step.settle_batch_1_kernels)
+                                after_warm_up=one_shot.empty_sum_buffers)
 
         graphs = self._in_step(run)
         self._recorded.append(graphs)

@@ -9,8 +9,7 @@ the CPU), so they go device to device:
     ("logits", shape)                     then a broadcast of the hidden rows to turn into logits
     ("copy_blocks", pairs)                copy the K/V of blocks (src, dst) in this rank's cache: a
                                           forked sample's partial block (n > 1)
-    ("record_graphs", max_num_seqs, max_model_len)  record this rank's decode CUDA graphs, with
-                                          rank 0's GEMV configurations (`settle_batch_1_kernels`)
+    ("record_graphs", max_num_seqs, max_model_len)  record this rank's decode CUDA graphs
     ("graph_forward", layout)             as "forward", replaying this rank's graph where one fits
     ("graph_batch_1",)                    then a broadcast into this rank's batch-1 graph inputs:
                                           replay that graph, and its output's part of the logits
@@ -31,7 +30,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mili.distributed import one_shot
 from mili.model.metadata import AttentionMetadata
 
 KV_CACHE, FORWARD, LOGITS, COPY_BLOCKS, SHUTDOWN = "kv_cache", "forward", "logits", "copy_blocks", "shutdown"
@@ -77,23 +75,3 @@ def broadcast_from_first(tensor: Tensor) -> Tensor:
     """Rank 0's `tensor` on every rank (in place on the others, which pass an empty one)."""
     dist.broadcast(tensor, group_src=0)
     return tensor
-
-
-def settle_batch_1_kernels() -> None:
-    """Between the batch-1 graph's warm-up, where every rank autotunes its GEMVs, and its recording
-    (collective): every rank takes rank 0's GEMV configurations and empties its sum buffer."""
-    share_gemv_choices()
-    one_shot.empty_sum_buffers()
-
-
-def share_gemv_choices() -> None:
-    """Every rank launches the batch-1 GEMV with rank 0's autotuned configurations (collective).
-
-    Each process tunes the GEMV by timing each configuration, and timings are noisy: two ranks may
-    choose differently for the same shape, and then at every sum over the ranks the faster one
-    waits for the slower. Rank 0's choices go to every rank once, before the graphs are recorded."""
-    from mili.kernels.linear import gemv_choices, use_gemv_choices
-
-    choices = [gemv_choices() if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(choices, src=0)
-    use_gemv_choices(choices[0])

@@ -178,7 +178,7 @@ def serve(model, commands) -> None:
             _, max_num_seqs, max_model_len = message
             graphs = None
             graphs = DecodeGraphs(model, kv_cache, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                                   after_warm_up=step.settle_batch_1_kernels)
+                                   after_warm_up=one_shot.empty_sum_buffers)
         elif kind == step.GRAPH_FORWARD:
             _, layout = message
             buffer = step.broadcast_from_first(torch.empty(layout.numel, dtype=torch.int64, device=model.device))

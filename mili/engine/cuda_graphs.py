@@ -108,10 +108,8 @@ class DecodeGraphs:
 
     with_logits: the batch-1 graph also records `model.compute_logits` (a model whose logits
     need other processes, as under tensor parallelism, passes False). after_warm_up: called
-    between the batch-1 graph's warm-up (where its GEMVs are autotuned) and its recording, on
-    every rank of a tensor-parallel group (which settle what the warm-up left: each rank's
-    choice of kernels, its sum buffers); the warm-up runs again after it, to compile outside the
-    recording what was settled."""
+    between the batch-1 graph's warm-up, where its GEMVs are autotuned, and its recording (every
+    rank of a tensor-parallel group empties its sum buffers there)."""
 
     def __init__(self, model, kv_cache: KVCache, *, max_num_seqs: int, max_model_len: int, with_logits: bool = False,
                  after_warm_up: Callable[[], None] | None = None):
@@ -141,7 +139,6 @@ class DecodeGraphs:
             forward(*args, kv_cache)  # compile and autotune outside the recording
             if size == 1 and after_warm_up is not None:
                 after_warm_up()
-                forward(*args, kv_cache)
             torch.cuda.synchronize(device)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):

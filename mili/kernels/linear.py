@@ -139,18 +139,6 @@ GEMV_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_sta
 _gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "INPUT", "OUTPUT"])(_gemv_kernel)
 
 
-def gemv_choices() -> dict:
-    """The configuration the autotuner chose for each key (N, K, INPUT, OUTPUT, dtypes) this
-    process has launched the GEMV with, as plain values: (kwargs, num_warps, num_stages)."""
-    return {key: (dict(c.kwargs), c.num_warps, c.num_stages) for key, c in _gemv_tuned.cache.items()}
-
-
-def use_gemv_choices(choices: dict) -> None:
-    """Launch the GEMV with these configurations (another process's `gemv_choices`) for their keys."""
-    for key, (kwargs, warps, stages) in choices.items():
-        _gemv_tuned.cache[key] = triton.Config(kwargs, num_warps=warps, num_stages=stages)
-
-
 def _is_single_row(x: Tensor, weight: Tensor) -> bool:
     return (x.dim() == 2 and x.shape[0] == 1 and x.stride(-1) == 1 and weight.stride(-1) == 1
             and x.dtype == weight.dtype and x.device == weight.device)
