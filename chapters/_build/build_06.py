@@ -1100,6 +1100,57 @@ probe's), and the GEMVs themselves, which at half size stream their weights more
 TP=1's full-size GEMVs (the probe against TP=1).
 """)
 
+md(r"""
+**Two ideas that lost.** Both attacked the wait at the sums. First: the parts carry their own
+"arrived" marks, so a summing GEMV need not wait for the pushing kernel before it to end (its
+end, the flush of its stores, the release of the next kernel); it could let the next kernel
+launch and poll at once. Second: each rank autotunes the GEMV on its own GPU, so the ranks may
+run different configurations, and the faster would wait for the slower at every sum; rank 0
+could send its picks to every rank. Each was measured against the code without it, in one call
+(`benchmarks/tp-sum-wait-h200/`, `benchmarks/tp-shared-choices-ab-h200/`):
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+bench = repo_root() / "benchmarks"
+
+
+def per_layer(path):
+    return json.loads((bench / path).read_text())["us_per_layer"]
+
+
+print("summing GEMVs of a Qwen3-8B shard in a one-rank group, µs a layer (plain / summed):")
+for name, path in (("wait for the kernel before", "tp-sum-wait-h200/no-wait-372d31b/summing-probe-01148df.json"),
+                   ("poll from launch", "tp-sum-wait-h200/no-wait-372d31b/summing-probe-372d31b.json"),
+                   ("wait for the kernel before", "tp-sum-wait-h200/early-sum-probe/summing-probe-wait.json"),
+                   ("poll one element a rank, napping", "tp-sum-wait-h200/early-sum-probe/summing-probe-early.json")):
+    us = per_layer(path)
+    print(f"  {name:<34} {us['plain']:6.2f} / {us['summed (a group of one rank)']:6.2f}")
+choices = bench / "tp-shared-choices-ab-h200"
+
+
+def tpot(name):
+    return json.loads((choices / f"latency-8b-{name}.json").read_text())["mili"]["tpot_ms"]
+
+
+one = tpot("tp1")
+for arm, label in (("tp2-baseline", "each rank's own picks"), ("tp2", "rank 0's picks on every rank")):
+    runs = [tpot(f"{arm}-{r}") for r in (1, 2, 3)]
+    print(f"TP=2, {label:<29}: " + ", ".join(f"{t:.3f}" for t in runs) + f" ms/token (TP=1 {one:.3f}: "
+          f"{min(runs) / one:.3f}-{max(runs) / one:.3f})")
+""")
+
+md(r"""
+Polling from launch lost almost three microseconds a sum: the pollers, launched once every
+program of the pushing kernel had started, read whole rows while that kernel still streamed its
+weights. Reading only the last element of each rank's part, with a short sleep between reads,
+still lost about one: here the hardware's wait was cheaper than a program that waits in software.
+The ranks did pick differently, for one or two of the six GEMV shapes in each run; but each
+rank's own pick is the fastest it found on its own GPU, and the step waits for the slower rank
+at each sum, so rank 0's picks cannot make the slower rank faster, and the step did not get
+faster. Neither is kept.
+""")
+
 think(r"""
 Each rank now turns its own final hidden state into its part of the logits, where before rank 0
 broadcast its own. That is only right if the two ranks' hidden states are the same bits. Why
