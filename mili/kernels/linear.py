@@ -148,12 +148,12 @@ def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | 
                  norm_weight: Tensor | None = None, eps: float = 0.0, output: str = "plain",
                  site: SumSite | None = None) -> tuple[Tensor, Tensor | None]:
     """y [1, N] = weight · (x transformed as `input_kind` says), written as `output` says, and the
-    new residual row when there is one (see _gemv_kernel). `site`: where "summed_add_rms_norm"
-    reads its x and "push" writes y (y is then returned unwritten)."""
+    new residual row when there is one (see _gemv_kernel). `site`: where a summed input is read
+    and "push" writes y (then nothing is returned as y but x)."""
     n, k = weight.shape
     if output == "silu_and_mul":
         n //= 2
-    y = torch.empty(1, n, dtype=x.dtype, device=x.device)
+    y = x if output == "push" else torch.empty(1, n, dtype=x.dtype, device=x.device)  # a push writes no y
     writes_residual = input_kind in ("add_rms_norm", "summed_add_rms_norm", "summed_rms_norm")
     residual_out = torch.empty(1, k, dtype=x.dtype, device=x.device) if writes_residual else None
     norms = input_kind != "plain"
