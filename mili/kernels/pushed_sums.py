@@ -14,7 +14,9 @@ is complete, and no barrier is needed: the receiver waits for exactly the data i
   rank (`linear_to_sum`) and the next GEMV, which normalises its input, waits for and sums them
   as it reads it (`rms_norm_linear` given the site). The all-reduce kernel between them is gone:
   on two H200s Qwen3-8B's batch-1 step at TP=2 went from 2.63-2.65 to 2.57-2.58 ms
-  (benchmarks/tp-sums-in-gemvs-ab-h200/).
+  (benchmarks/tp-sums-in-gemvs-ab-h200/). The summing GEMV still waits for the kernel before it
+  to end before it polls: polling from its launch, though the marks make that correct, was
+  slower (benchmarks/tp-sum-wait-h200/).
 - `embedding_to_sum` here: a vocabulary-parallel embedding's lookup (the row, or zeros where
   another rank holds the token) pushed the same way, for the first layer's GEMV to sum.
 
