@@ -14,13 +14,14 @@
 # driver, torch and triton versions and the commit). Each stage has a time limit within the
 # budget; one that fails or runs out leaves the others' results. Everything goes to tp-CARD.log.
 #   bash benchmarks/record_tp.sh OUT
-# Without a git checkout, pass the commit: MILI_GIT_COMMIT=<sha> bash benchmarks/record_tp.sh OUT
+# Without a git checkout, or where its history is older than its files (the commit then ends in
+# "+dirty"), pass the commit: MILI_GIT_COMMIT=<sha> bash benchmarks/record_tp.sh OUT
 set -uo pipefail
 budget_end=$(( $(date +%s) + 450 ))  # the last measurement ends by then; the summary follows
 out=${1:?output folder}
 mkdir -p "$out"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MILI_IMPL=reference NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(python3 -c 'from mili.bench.environment import git_commit; print(git_commit())')}
 card=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())" 2>/dev/null || echo gpu)
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 exec > >(tee -a "$out/tp-$card.log") 2>&1

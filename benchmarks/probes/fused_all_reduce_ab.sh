@@ -7,7 +7,7 @@
 set -uo pipefail
 out=${1:?output folder}; mkdir -p "$out"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MILI_IMPL=reference NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(python3 -c 'from mili.bench.environment import git_commit; print(git_commit())')}
 nvidia-smi --query-gpu=name --format=csv,noheader
 timeout -k 10 240 python3 -m pytest -o addopts="" -o faulthandler_timeout=200 -p no:cacheprovider -q -m gpu \
   tests/test_tensor_parallel_gpu.py tests/test_one_shot_gpu.py 2>&1 | tail -15

@@ -10,7 +10,7 @@
 set -uo pipefail
 out=$(realpath -m "${1:?output folder}"); mkdir -p "$out"
 export PYTHONUNBUFFERED=1 MILI_IMPL=reference NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(python3 -c 'from mili.bench.environment import git_commit; print(git_commit())')}
 nvidia-smi --query-gpu=name --format=csv,noheader
 latency() {  # latency TP NAME TREE [ENV...]: run from TREE, whose mili/ `python -m` imports
   (cd "$3" && env "${@:4}" PYTHONPATH="$3" timeout -k 10 120 python3 -m mili.bench.latency --model Qwen3-8B \

@@ -6,7 +6,7 @@
 #   OUT=folder bash benchmarks/probes/tp_where.sh
 set -uo pipefail
 out=${OUT:?}; export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MILI_IMPL=reference NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(python3 -c 'from mili.bench.environment import git_commit; print(git_commit())')}
 nvidia-smi --query-gpu=name --format=csv,noheader
 for tp in 1 2; do
   timeout -k 10 150 python3 -m mili.bench.latency --model Qwen3-8B --tensor-parallel-size $tp \

@@ -22,10 +22,10 @@ import json
 import os
 import platform
 import random
-import subprocess
 import time
 from pathlib import Path
 
+from mili.bench.environment import git_commit
 from mili.cache import BlockManager, RadixCache
 
 BLOCK_SIZE = 16
@@ -118,12 +118,6 @@ def prefix_scaling(lengths=PROMPT_LENGTHS, repeats: int = 21, seed: int = 0) -> 
 
 
 def metadata() -> dict:
-    def run(cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     try:
@@ -138,7 +132,7 @@ def metadata() -> dict:
         triton_version = "not installed"
     return {"gpu": "none (host-side bookkeeping, CPU only)", "driver": "n/a", "cpu": cpu,
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch_version,
-            "triton": triton_version, "git_commit": os.environ.get("MILI_GIT_COMMIT") or run(["git", "rev-parse", "HEAD"]) or "unknown",
+            "triton": triton_version, "git_commit": git_commit(),
             "mili_impl": os.environ.get("MILI_IMPL", "auto"), "load_average_1min": os.getloadavg()[0]}
 
 

@@ -1,8 +1,6 @@
 """What a recorded benchmark ran on: the "environment" of every JSON in benchmarks/.
 
-Every figure names its card and the commit of the code that made it: `git_commit` is
-`MILI_GIT_COMMIT` where set (a copy of the tree without its history, as on a GPU machine), else
-this checkout's `git rev-parse HEAD`.
+Every figure names its card and the commit of the code that made it (`git_commit`).
 """
 
 from __future__ import annotations
@@ -10,16 +8,20 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-
-import torch
+from typing import TYPE_CHECKING
 
 from mili.exercise import repo_root
+
+if TYPE_CHECKING:
+    import torch
 
 
 def environment(device: torch.device | str | None = None, **extra) -> dict:
     """The card (`device`: a GPU's name, or the CPU's), its driver, the versions of what ran, the
     commit and `MILI_IMPL`, then `extra` (e.g. dtype=...). device None: the current GPU if there
     is one, else the CPU."""
+    import torch
+
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -30,8 +32,27 @@ def environment(device: torch.device | str | None = None, **extra) -> dict:
             "driver": driver[0] if driver else None, "cuda": torch.version.cuda if cuda else None,
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "triton": _version("triton"),
             "transformers": _version("transformers"), "python": platform.python_version(),
-            "git_commit": os.environ.get("MILI_GIT_COMMIT") or _output(["git", "rev-parse", "HEAD"]) or "unknown",
+            "git_commit": git_commit(),
             "mili_impl": os.environ.get("MILI_IMPL", "auto"), **extra}
+
+
+def git_commit() -> str:
+    """The commit of the code that runs: `MILI_GIT_COMMIT` where set (for a copy of the tree whose
+    history is missing or older than its files), else this checkout's HEAD, marked "+dirty" when
+    its tracked files differ from HEAD (code not committed, or a stale history: either way, not
+    that commit's code)."""
+    named = os.environ.get("MILI_GIT_COMMIT")
+    if named:
+        return named
+    head = _output(["git", "rev-parse", "HEAD"])
+    if not head:
+        return "unknown"
+    try:
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True, timeout=30, check=False,
+                                 cwd=repo_root()).returncode == 1
+    except (OSError, subprocess.SubprocessError):
+        changed = False
+    return head + ("+dirty" if changed else "")
 
 
 def _output(command: list[str]) -> str:
