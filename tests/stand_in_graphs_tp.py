@@ -26,7 +26,7 @@ from mili.engine.fused_step import FusedDecodeStep, can_fuse
 class EagerGraphs:
     def __init__(self, model, kv_cache, *, max_num_seqs: int, max_model_len: int, after_warm_up=None):
         self.model, self.kv_cache = model, kv_cache
-        if after_warm_up is not None:  # the collective runs on the CPU too, with nothing tuned or summed to settle
+        if after_warm_up is not None:  # called as DecodeGraphs calls it (on the CPU there are no sum buffers to empty)
             after_warm_up()
         self.largest = cuda_graphs.graph_batch_sizes(max_num_seqs)[-1]
         self.fused_step = FusedDecodeStep(model) if can_fuse(model) else None
