@@ -47,20 +47,21 @@ def git_commit() -> str:
     head = _output(["git", "rev-parse", "HEAD"])
     if not head:
         return "unknown"
+    diff = _run(["git", "diff", "--quiet", "HEAD"])
+    return head + ("+dirty" if diff is not None and diff.returncode == 1 else "")
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess | None:
+    """`command` run in the repository (None where it cannot run)."""
     try:
-        changed = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True, timeout=30, check=False,
-                                 cwd=repo_root()).returncode == 1
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False, cwd=repo_root())
     except (OSError, subprocess.SubprocessError):
-        changed = False
-    return head + ("+dirty" if changed else "")
+        return None
 
 
 def _output(command: list[str]) -> str:
-    try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False,
-                              cwd=repo_root()).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
+    done = _run(command)
+    return done.stdout.strip() if done is not None else ""
 
 
 def _version(package: str) -> str | None:
