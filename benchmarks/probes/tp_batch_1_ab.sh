@@ -5,7 +5,9 @@
 # tokens, median of 3) at TP=1 and at TP=2, two rounds, with VARIANTS (space-separated NAME=ENV
 # pairs, e.g. "kernels=MILI_FUSED_ALL_REDUCE=0") as more TP=2 arms and a TP=1 run each (of those in
 # TP1_VARIANTS if set, "" for none); ROUNDS (2) rounds; then, unless TESTS=0, the GPU
-# tensor-parallel tests and, time allowing, a kernel trace of rank 0 at TP=2.
+# tensor-parallel tests and, time allowing, a kernel trace of rank 0 at TP=2. TP1_AB=1: every
+# round also runs TP=1 from the earlier tree and this one (for a change that is not TP's alone),
+# and no TP=1 run comes before the rounds.
 #   BASELINE=_baseline BASELINE_COMMIT=07859cb bash benchmarks/probes/tp_batch_1_ab.sh OUT
 set -uo pipefail
 out=$(realpath -m "${1:?output folder}"); mkdir -p "$out"
@@ -17,8 +19,12 @@ latency() {  # latency TP NAME TREE [ENV...]: run from TREE, whose mili/ `python
     --tensor-parallel-size "$1" --prompt-len 128 --new-tokens 128 --repeats 3 --json "$out/latency-8b-$2.json" 2>&1 \
     | grep -E "^mili|Error" | sed "s|^|$2: |")
 }
-latency 1 tp1 "$PWD"
+[[ ${TP1_AB:-0} == 1 ]] || latency 1 tp1 "$PWD"
 for round in $(seq "${ROUNDS:-2}"); do
+  if [[ ${TP1_AB:-0} == 1 ]]; then
+    latency 1 "tp1-baseline-$round" "$PWD/${BASELINE:?}" MILI_GIT_COMMIT="${BASELINE_COMMIT:-baseline}"
+    latency 1 "tp1-$round" "$PWD"
+  fi
   latency 2 "tp2-baseline-$round" "$PWD/${BASELINE:?}" MILI_GIT_COMMIT="${BASELINE_COMMIT:-baseline}"
   latency 2 "tp2-$round" "$PWD"
   for variant in ${VARIANTS:-}; do
