@@ -128,10 +128,6 @@ def test_attend_new_token_equals_norm_rope_then_store_then_decode_attention(cont
         "the new token's normalised, rotated k and its v must land in its slot, and nothing else may change"
     _assert_same(got, expected, dtype, "attend_new_token must equal qk_norm_rope, store_kvcache, then "
                  "paged_decode_attention")
-    again = attend_new_token(qkv, q_weight, k_weight, 1e-6, positions, cos_sin, *cache, slots, context_lens, table,
-                             scale)
-    assert torch.equal(again, got), "a second launch must give the same output: the last program of a KV head " \
-        "merges its splits only if the launch before left the arrival counts at zero"
 
     attend_new_token(qkv + 1, q_weight, k_weight, 1e-6, positions, cos_sin, *cache, torch.tensor([-1], device=DEVICE),
                      context_lens, table, scale)

@@ -59,13 +59,10 @@ def _new_token_attention_kernel(
     cos_sin_ptr, cos_sin_stride,                    # reads cos_sin_cache [P, D]
     k_cache_ptr, v_cache_ptr,                       # reads the context's K/V, writes the new token's slot
     context_lens_ptr, block_table_ptr, page_size,   # reads context_lens [1], block_tables[0]
-    out_ptr,                                        # writes out [Hq, D]
-    partial_out_ptr, partial_lse_ptr,               # with splits: writes, then the last reads, [Hq, NUM_SPLITS, (D)]
-    arrivals_ptr,                                   # with splits: [Hkv] int32, zeros before and after
+    out_ptr, partial_out_ptr, partial_lse_ptr,      # writes out [Hq, D], or partials [Hq, NUM_SPLITS, (D)]
     eps, qk_scale,
     NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HALF: tl.constexpr, GROUP_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    FENCED: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr,
 ):
     """One program: one KV head, one split of the context, all the query heads of that KV head.
 
@@ -75,10 +72,6 @@ def _new_token_attention_kernel(
     the wait it normalises and rotates its q heads and the new k (as exercise 2.4 does), stores
     the new k and v from the program whose split holds the new token, and uses them in place of
     that slot's stale contents.
-
-    With several splits, each program writes its split's output and log-sum-exp, and the last of
-    a KV head's programs to finish merges them into out (counting arrivals in arrivals[kv_head],
-    which it sets back to zero): no merge kernel, and no kernel boundary before it.
     """
     GROUP: tl.constexpr = NUM_Q_HEADS // NUM_KV_HEADS
     HEAD_DIM: tl.constexpr = 2 * HALF
@@ -143,49 +136,27 @@ def _new_token_attention_kernel(
         tl.store(out_ptr + head[:, None] * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=row_ok[:, None])
     else:
-        used_splits = tl.cdiv(context_len, tokens_per_split)  # the later ones hold no tokens
-        if split < used_splits:
-            part = head * NUM_SPLITS + split
-            tl.store(partial_out_ptr + part[:, None] * HEAD_DIM + d[None, :], out, mask=row_ok[:, None])
-            tl.store(partial_lse_ptr + part, m_i + tl.math.log2(l_i), mask=row_ok)
-        # Every thread's stores are made visible GPU-wide before the one thread that counts this
-        # program in: the count is taken after a sum over all the threads' fences.
-        fenced = _fenced(tl.zeros([HEAD_DIM], tl.int32), FENCED)
-        arrivals = tl.atomic_add(arrivals_ptr + kv_head, 1 + tl.sum(fenced, 0), sem="acq_rel", scope="gpu")
-        if arrivals == NUM_SPLITS - 1:
-            _merge_splits(partial_out_ptr, partial_lse_ptr, out_ptr, kv_head * GROUP, used_splits,
-                          _fenced(tl.zeros([HEAD_DIM], tl.int32), FENCED),
-                          GROUP, NUM_SPLITS, SPLITS_PAD, HEAD_DIM)
-            tl.store(arrivals_ptr + kv_head, 0)
+        part = head * NUM_SPLITS + split
+        tl.store(partial_out_ptr + part[:, None] * HEAD_DIM + d[None, :], out, mask=row_ok[:, None])
+        lse = m_i + tl.math.log2(tl.where(nonempty, l_i, 1.0))
+        tl.store(partial_lse_ptr + part, tl.where(nonempty, lse, float("-inf")), mask=row_ok)
 
 
 @triton.jit
-def _fenced(token, FENCED: tl.constexpr):
-    """token, returned by every thread holding part of it after a `fence.acq_rel.gpu`: the
-    thread's stores before it are visible to the whole GPU, and its loads that use the token see
-    what other programs made visible. The interpreter, which runs programs one by one, needs none."""
-    if FENCED:
-        token = tl.inline_asm_elementwise("fence.acq_rel.gpu;\n\tmov.b32 $0, $1;", "=r,r", [token], dtype=tl.int32,
-                                          is_pure=False, pack=1)
-    return token
-
-
-@triton.jit
-def _merge_splits(partial_out_ptr, partial_lse_ptr, out_ptr, first_head, used_splits, token,
-                  GROUP: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """out[h] for the GROUP heads from first_head: the used splits' outputs weighted by 2^(lse - max
-    lse). token [D] of zeros, fenced: the partials are read after it, and past L1."""
+def _merge_splits_kernel(partial_out_ptr, partial_lse_ptr, out_ptr,
+                         NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         DEPENDENT_LAUNCH: tl.constexpr):
+    """One program per query head: out[h] = the splits' outputs weighted by 2^(lse - max lse)."""
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
+    head = tl.program_id(0)
     s = tl.arange(0, SPLITS_PAD)
-    d = tl.max_contiguous(tl.multiple_of(tl.arange(0, HEAD_DIM) + token, HEAD_DIM), HEAD_DIM)  # d, after the fence
-    used = s < used_splits
-    for head in range(first_head, first_head + GROUP):
-        part = head * NUM_SPLITS + s
-        lse = tl.load(partial_lse_ptr + part + tl.sum(token, 0), mask=used, other=float("-inf"), cache_modifier=".cg")
-        weight = tl.math.exp2(lse - tl.max(lse, 0))
-        parts = tl.load(partial_out_ptr + part[:, None] * HEAD_DIM + d[None, :], mask=used[:, None],
-                        other=0.0, cache_modifier=".cg")
-        out = tl.sum(parts * weight[:, None], 0) / tl.sum(weight, 0)
-        tl.store(out_ptr + head * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty))
+    d = tl.arange(0, HEAD_DIM)
+    lse = tl.load(partial_lse_ptr + head * NUM_SPLITS + s, mask=s < NUM_SPLITS, other=float("-inf"))
+    weight = tl.math.exp2(lse - tl.max(lse, 0))
+    parts = tl.load(partial_out_ptr + (head * NUM_SPLITS + s)[:, None] * HEAD_DIM + d[None, :],
+                    mask=(s < NUM_SPLITS)[:, None], other=0.0)
+    out = tl.sum(parts * weight[:, None], 0) / tl.sum(weight, 0)
+    tl.store(out_ptr + head * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty))
 
 
 LOG2E = 1.4426950408889634
@@ -253,24 +224,18 @@ def attend_new_token(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, eps: float
     page_size = k_cache.shape[1]
     splits, tile = _attention_tiling(qkv.device, num_kv_heads, block_tables.shape[1] * page_size)
     out = torch.empty(1, num_q_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
-    partial_out = partial_lse = arrivals = out  # unused with one split
+    partial_out = partial_lse = out  # unused with one split
     if splits > 1:
         partial_out = torch.empty(num_q_heads, splits, head_dim, dtype=torch.float32, device=qkv.device)
         partial_lse = torch.empty(num_q_heads, splits, dtype=torch.float32, device=qkv.device)
-        arrivals = _arrival_counts(qkv.device, num_kv_heads)
+    launch = dependent_launch_options(qkv.device)
     _new_token_attention_kernel[(num_kv_heads, splits)](
         qkv, q_weight, k_weight, positions, slot_mapping, cos_sin_cache, cos_sin_cache.stride(0), k_cache, v_cache,
-        context_lens, block_tables, page_size, out, partial_out, partial_lse, arrivals, eps, softmax_scale * LOG2E,
+        context_lens, block_tables, page_size, out, partial_out, partial_lse, eps, softmax_scale * LOG2E,
         NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HALF=head_dim // 2,
-        GROUP_PAD=max(16, num_q_heads // num_kv_heads), NUM_SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits),
-        DOT_PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32", FENCED=qkv.device.type == "cuda",
-        **tile, **dependent_launch_options(qkv.device))
+        GROUP_PAD=max(16, num_q_heads // num_kv_heads), NUM_SPLITS=splits,
+        DOT_PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32", **tile, **launch)
+    if splits > 1:
+        _merge_splits_kernel[(num_q_heads,)](partial_out, partial_lse, out, NUM_SPLITS=splits,
+                                             SPLITS_PAD=triton.next_power_of_2(splits), HEAD_DIM=head_dim, **launch)
     return out
-
-
-@functools.cache
-def _arrival_counts(device: torch.device, num_kv_heads: int) -> Tensor:
-    """[Hkv] int32 zeros, kept: every launch on this device counts its programs in and leaves them
-    at zero, so one buffer serves every layer and every replay of a CUDA graph. (Kernels of one
-    device run one after another here: the decode step is one stream.)"""
-    return torch.zeros(num_kv_heads, dtype=torch.int32, device=device)
