@@ -942,7 +942,9 @@ in every program of that kernel; attention that combines its own splits in its l
 slower than the separate combine kernel, and it changed tokens inside CUDA graphs (its last
 program most likely read the other programs' partial results before they were visible: only one
 thread's release ordered them). Interpreter tests cannot see such a race; the GPU runs of
-`tests/test_fused_step.py` and the CUDA-graph tests did.
+`tests/test_fused_step.py` and the CUDA-graph tests did. With a GPU-wide fence in every thread
+before the count it was right, and still slower than the separate combine: by 0.11-0.16 ms a step
+at Qwen3-8B on an H200 (`benchmarks/attention-merge-in-kernel-ab-h200/`).
 """)
 
 md(r"""

@@ -870,8 +870,8 @@ print(f"the probe predicts {expected:.2f} ms saved per token (73 all-reduces of 
 think(r"""
 The probe predicts how much a step should save with mili's one-shot kernel; the engine saved more
 than that (the last line above). What does a decode step have that the probe's chain does not?
-And before you run the next cell: of the gap between 0.66 of one GPU's time and the ideal 0.51,
-which kernels would you expect to take the most?
+And before you run the next cell: of the gap between TP=2's time and the ideal (half of one GPU's
+bytes), which kernels would you expect to take the most?
 """, r"""
 In the probe, the kernel between two all-reduces is PyTorch's elementwise scaling, which does not
 take part in dependent launch: each all-reduce waits for it to finish before it can even launch.
@@ -1101,7 +1101,7 @@ TP=1's full-size GEMVs (the probe against TP=1).
 """)
 
 md(r"""
-**Two ideas that lost.** Both attacked the wait at the sums. First: the parts carry their own
+**Three ideas that lost.** Two attacked the wait at the sums. First: the parts carry their own
 "arrived" marks, so a summing GEMV need not wait for the pushing kernel before it to end (its
 end, the flush of its stores, the release of the next kernel); it could let the next kernel
 launch and poll at once. Second: each rank autotunes the GEMV on its own GPU, so the ranks may
@@ -1149,6 +1149,44 @@ The ranks did pick differently, for one or two of the six GEMV shapes in each ru
 rank's own pick is the fastest it found on its own GPU, and the step waits for the slower rank
 at each sum, so rank 0's picks cannot make the slower rank faster, and the step did not get
 faster. Neither is kept.
+
+The third attacked what does not shrink at all: attention and the kernel that merges its splits
+take as long at TP=2 as at TP=1. The attention kernel could merge its own splits: each program
+writes its split's output and log-sum-exp, counts itself in with an atomic add on its KV head's
+counter, and the program that arrives last merges, so the merge kernel and the boundary before
+it go. An earlier version of this idea changed tokens inside CUDA graphs: one thread's atomic
+published only that thread's stores, and the last program could read another program's partials
+before they were visible. With a `fence.acq_rel.gpu` in every thread before the count (and again
+before the reads) it passed every GPU test. Measured against the merge kernel, three calls on two
+H200s (`benchmarks/attention-merge-in-kernel-ab-h200/`):
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+merge_ab = bench / "attention-merge-in-kernel-ab-h200"
+for folder, arms in (("first-call", ("kernel", "merged")), ("unrolled-call", ("kernel", "unrolled")),
+                     ("no-fence-call", ("kernel", "nofence"))):
+    for arm in arms:  # kernel: the merge kernel; the others merge in the attention kernel's last program
+        cells = []
+        for tp in (1, 2):
+            runs = [json.loads(f.read_text())["mili"]["tpot_ms"]
+                    for f in sorted((merge_ab / folder).glob(f"latency-8b-tp{tp}-{arm}*.json"))]
+            cells.append(", ".join(f"{t:.3f}" for t in runs) or "-")
+        print(f"{folder:<14} {arm:<9} ms/token  TP=1 {cells[0]:<13}  TP=2 {cells[1]}")
+alone = json.loads((merge_ab / "no-fence-call" / "kernels-8b-tp1-pdl-off-kernel.json").read_text())
+for kernel in alone["kernels"]:
+    if kernel["name"] in ("_new_token_attention_kernel", "_merge_splits_kernel"):
+        print(f"timed alone at TP=1 (MILI_PDL=0): {kernel['name']:<28} {kernel['mean_us']:.2f} µs a layer")
+""")
+
+md(r"""
+Slower in every call: by 0.11–0.16 ms a step at TP=1 and 0.20–0.23 at TP=2, 3 to 6 µs a layer,
+where the whole merge kernel takes 1.6 µs a layer timed alone. Without the fences (incorrect,
+timed only to divide the loss) it lost about half as much. So the fences cost one half, and the
+other half is most likely the tail the last program adds to the kernel: an atomic's round trip,
+then the dependent reads of the partials.
+Under dependent launch the separate merge kernel is already launched and waiting, and its
+boundary costs less than that tail. The merge stays a kernel of its own.
 """)
 
 think(r"""

@@ -22,8 +22,9 @@ What each fusion bought, and what was measured and left out, is in benchmarks/fu
 and benchmarks/batch-1-fusions-ab-h100.json: SiLU in the down GEMV's input recomputes the
 activation in every program (at Qwen3-8B that cost more than the kernel it saved), where in the
 gate_up GEMV's output it costs nothing; attention that combines its own splits in its last program
-was slower than a separate combine, and raced inside CUDA graphs. The numbers are those of the
-modules' forward up to the order of the norm's sum of squares (tests/test_fused_step.py). Every
+was slower than a separate combine, and raced inside CUDA graphs; with a GPU-wide fence in every
+thread it was right, and still slower (benchmarks/attention-merge-in-kernel-ab-h200/). The numbers
+are those of the modules' forward up to the order of the norm's sum of squares (tests/test_fused_step.py). Every
 other step (prefill, batches of two and more, the CPU) runs the modules' forward: the exercises'
 code. `MILI_FUSED_STEP=0` records the modules' forward at batch 1 too.
 
