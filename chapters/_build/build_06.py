@@ -1154,8 +1154,8 @@ The third attacked what does not shrink at all: attention and the kernel that me
 take as long at TP=2 as at TP=1. The attention kernel could merge its own splits: each program
 writes its split's output and log-sum-exp, counts itself in with an atomic add on its KV head's
 counter, and the program that arrives last merges, so the merge kernel and the boundary before
-it go. An earlier version of this idea changed tokens inside CUDA graphs: one thread's atomic
-published only that thread's stores, and the last program could read another program's partials
+it go. An earlier version of this idea, which counted with one thread's atomic after a barrier,
+changed tokens inside CUDA graphs: most likely the last program read another program's partials
 before they were visible. With a `fence.acq_rel.gpu` in every thread before the count (and again
 before the reads) it passed every GPU test. Measured against the merge kernel, three calls on two
 H200s (`benchmarks/attention-merge-in-kernel-ab-h200/`):
@@ -1187,6 +1187,29 @@ other half is most likely the tail the last program adds to the kernel: an atomi
 then the dependent reads of the partials.
 Under dependent launch the separate merge kernel is already launched and waiting, and its
 boundary costs less than that tail. The merge stays a kernel of its own.
+""")
+
+think(r"""
+The first version had a barrier across the program's threads and then one thread's atomic add
+with acquire-release semantics; its tokens changed inside CUDA graphs. The second had a
+`fence.acq_rel.gpu` in every thread before the count, and again in every thread of the last
+program before it read; it passed. What does the fence in every thread guarantee by
+construction? And why can no test in Triton's interpreter catch such a race, however often it
+runs?
+""", r"""
+Each thread's fence makes that thread's own stores visible to the whole GPU before anything the
+thread does afterwards, here before the sum over all threads that the count waits for. So when the
+count reaches its last value, every store of every arriving program is visible, whatever the
+memory model says about one thread's release covering what other threads wrote. (A barrier
+orders the threads of one program among themselves; whether a single release after it also
+publishes the other threads' stores to other SMs is exactly the kind of subtle cumulativity
+question one should not rely on, and the first version's race most likely came from there; it
+was not proven.) The reader's fences, and its loads that bypass its SM's L1, which is not kept
+coherent with other SMs' writes, make each of its threads see those stores. The interpreter runs
+the programs one after another, each to completion, over ordinary memory: by the time the last
+program runs, every store of the earlier ones has happened. The race needs programs running at
+the same time on different SMs, so only GPU runs can show it, and a GPU run that passes shows
+only that the race did not happen that time.
 """)
 
 think(r"""
