@@ -7,7 +7,6 @@ to do); the exit status is 1 if anything needs fixing.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import subprocess
@@ -15,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mili.bench.environment import installed_version
 from mili.exercise import MODES, references_available, repo_root
 
 TINY_MODEL = Path("data") / "mili-tiny-qwen3"
@@ -32,13 +32,6 @@ x = torch.zeros(5, device={device!r})
 add_one[(1,)](x, 5, BLOCK=8)
 assert x.tolist() == [1.0] * 5, x
 """
-
-
-def _version(module: str) -> str | None:
-    try:
-        return getattr(importlib.import_module(module), "__version__", "installed")
-    except Exception:  # noqa: BLE001 - any failure to import means: not usable here
-        return None
 
 
 def _probe(device: str, interpret: bool) -> str | None:
@@ -63,7 +56,7 @@ def checks() -> list[tuple[str, str, str]]:
     add(("ok" if py >= (3, 10) else "FIX", f"Python {platform.python_version()}",
          "" if py >= (3, 10) else "the course needs Python 3.10 or newer"))
 
-    torch_version = _version("torch")
+    torch_version = installed_version("torch")
     if torch_version is None:
         add(("FIX", "PyTorch", ("not importable: pip install torch (CPU build: --index-url "
                                 "https://download.pytorch.org/whl/cpu)")))
@@ -78,7 +71,7 @@ def checks() -> list[tuple[str, str, str]]:
     else:
         add(("note", "no CUDA GPU", "everything runs on the CPU; Triton kernels through the interpreter (slowly)"))
 
-    triton_version = _version("triton")
+    triton_version = installed_version("triton")
     if triton_version is None:
         detail = ("pip install triton" if sys.platform == "linux" else
                   "Triton is Linux-only: chapters 02 and 04 need Linux (a VM, WSL2 or a container)")
@@ -105,7 +98,7 @@ def checks() -> list[tuple[str, str, str]]:
         add(("ok", "the tiny model", str(model.relative_to(root))))
 
     for module, purpose in (("pytest", "grading (mili grade)"), ("jupyterlab", "the chapter notebooks")):
-        found = _version(module)
+        found = installed_version(module)
         add(("ok" if found else "FIX", f"{module} {found or ''}".strip(),
              "" if found else f"needed for {purpose}: pip install -e \".[dev,server]\""))
 

@@ -25,7 +25,7 @@ import random
 import time
 from pathlib import Path
 
-from mili.bench.environment import git_commit
+from mili.bench.environment import git_commit, installed_version
 from mili.cache import BlockManager, RadixCache
 
 BLOCK_SIZE = 16
@@ -120,19 +120,9 @@ def prefix_scaling(lengths=PROMPT_LENGTHS, repeats: int = 21, seed: int = 0) -> 
 def metadata() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    try:
-        import torch
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = "not installed"
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "not installed"
     return {"gpu": "none (host-side bookkeeping, CPU only)", "driver": "n/a", "cpu": cpu,
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch_version,
-            "triton": triton_version, "git_commit": git_commit(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": installed_version("torch") or "not installed",
+            "triton": installed_version("triton") or "not installed", "git_commit": git_commit(),
             "mili_impl": os.environ.get("MILI_IMPL", "auto"), "load_average_1min": os.getloadavg()[0]}
 
 

@@ -5,6 +5,7 @@ Every figure names its card and the commit of the code that made it (`git_commit
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import subprocess
@@ -30,8 +31,8 @@ def environment(device: torch.device | str | None = None, **extra) -> dict:
     driver = _output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).splitlines() if cuda else []
     return {"device": gpu or platform.processor() or platform.machine(), "gpu": gpu,
             "driver": driver[0] if driver else None, "cuda": torch.version.cuda if cuda else None,
-            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "triton": _version("triton"),
-            "transformers": _version("transformers"), "python": platform.python_version(),
+            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "triton": installed_version("triton"),
+            "transformers": installed_version("transformers"), "python": platform.python_version(),
             "git_commit": git_commit(),
             "mili_impl": os.environ.get("MILI_IMPL", "auto"), **extra}
 
@@ -64,8 +65,9 @@ def _output(command: list[str]) -> str:
     return done.stdout.strip() if done is not None else ""
 
 
-def _version(package: str) -> str | None:
+def installed_version(module: str) -> str | None:
+    """The module's version ("installed" where it has none), or None where it does not import here."""
     try:
-        return __import__(package).__version__
-    except ImportError:
+        return getattr(importlib.import_module(module), "__version__", "installed")
+    except Exception:  # noqa: BLE001 - any failure to import means: not usable here
         return None
