@@ -121,7 +121,8 @@ def metadata() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     return {"gpu": "none (host-side bookkeeping, CPU only)", "driver": "n/a", "cpu": cpu,
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": installed_version("torch") or "not installed",
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": installed_version("torch") or "not installed",
             "triton": installed_version("triton") or "not installed", "git_commit": git_commit(),
             "mili_impl": os.environ.get("MILI_IMPL", "auto"), "load_average_1min": os.getloadavg()[0]}
 
