@@ -1157,8 +1157,9 @@ counter, and the program that arrives last merges, so the merge kernel and the b
 it go. An earlier version of this idea, which counted with one thread's atomic after a barrier,
 changed tokens inside CUDA graphs: most likely the last program read another program's partials
 before they were visible. With a `fence.acq_rel.gpu` in every thread before the count (and again
-before the reads) it passed every GPU test. Measured against the merge kernel, three calls on two
-H200s (`benchmarks/attention-merge-in-kernel-ab-h200/`):
+before the reads) it passed the GPU tests of the fused step, the CUDA graphs and the engine.
+Measured against the merge kernel, three calls on two H200s
+(`benchmarks/attention-merge-in-kernel-ab-h200/`):
 """)
 
 code(r"""
