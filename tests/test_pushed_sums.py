@@ -3,9 +3,9 @@ o/down GEMV pushes its partial products into every rank's buffer (`linear_to_sum
 its lookup (`embedding_to_sum`), and the next GEMV sums them as it reads its input
 (`rms_norm_linear` given the site). Here the ranks are simulated in one process, on the CPU, in
 Triton's interpreter: their buffers are plain tensors and each rank's kernel writes into the
-others' through their addresses, as on GPUs through symmetric memory. The interpreter runs one kernel at a time, so every rank pushes before any
-rank reads; the tests check the buffers between the two, so a site left unfilled fails here
-instead of leaving a reader waiting."""
+others' through their addresses, as on GPUs through symmetric memory. The interpreter runs one
+kernel at a time, so every rank pushes before any rank reads; the tests check the buffers between
+the two, so a site left unfilled fails here instead of leaving a reader waiting."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ before the loop (mili/kernels/linear.py), so their registers grow with K: at K =
 that block is 8192 wide. A kernel's registers are those of its hungriest part, and they bound how
 many programs an SM holds while the loop streams the weights.
 
-    python benchmarks/probes/gemv_registers.py --k 4096 5120 --json benchmarks/gemv-registers-sm90.json
+    PYTHONPATH=. python benchmarks/probes/gemv_registers.py --k 4096 5120 --json benchmarks/gemv-registers-sm90.json
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from mili.kernels.linear import GEMV_CONFIGS, _gemv_kernel
+from tests.test_kernels_compile import GEMV_ARGS  # the kernel's argument types
 
-ARGS = {"x_ptr": "*bf16", "w_ptr": "*bf16", "y_ptr": "*bf16", "N": "i32", "K": "i32", "stride_w": "i32",
-        "res_ptr": "*bf16", "norm_w_ptr": "*bf16", "res_out_ptr": "*bf16", "eps": "fp32",
-        "sum_addresses_ptr": "*i64", "sum_site": "i32", "clear_site": "i32", "timeout_ns": "i64"}
 # (INPUT, OUTPUT, ranks): the plain product, the qkv and gate_up GEMVs of one GPU, and at TP=2
 VARIANTS = [("plain", "plain", 1), ("add_rms_norm", "plain", 1), ("add_rms_norm", "silu_and_mul", 1),
             ("summed_add_rms_norm", "plain", 2), ("summed_add_rms_norm", "silu_and_mul", 2)]
@@ -39,8 +37,8 @@ def resources(input_kind: str, output: str, world: int, k: int, config) -> dict:
     names = list(_gemv_kernel.arg_names)
     constexprs = dict(INPUT=input_kind, OUTPUT=output, BLOCK_H=triton.next_power_of_2(k) if input_kind != "plain" else 1,
                       DEPENDENT_LAUNCH=True, RANK=0, WORLD=world, WATCHDOG=world > 1, **config.kwargs)
-    signature = {**{n: "constexpr" for n in names}, **ARGS}
-    aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in ARGS if n.endswith("_ptr")}
+    signature = {**{n: "constexpr" for n in names}, **GEMV_ARGS}
+    aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in GEMV_ARGS if n.endswith("_ptr")}
     source = ASTSource(_gemv_kernel, signature, constexprs={(names.index(n),): v for n, v in constexprs.items()},
                        attrs=aligned)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),

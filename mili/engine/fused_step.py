@@ -24,9 +24,9 @@ activation in every program (at Qwen3-8B that cost more than the kernel it saved
 gate_up GEMV's output it costs nothing; attention that combines its own splits in its last program
 was slower than a separate combine, and raced inside CUDA graphs; with a GPU-wide fence in every
 thread it was right, and still slower (benchmarks/attention-merge-in-kernel-ab-h200/). The numbers
-are those of the modules' forward up to the order of the norm's sum of squares (tests/test_fused_step.py). Every
-other step (prefill, batches of two and more, the CPU) runs the modules' forward: the exercises'
-code. `MILI_FUSED_STEP=0` records the modules' forward at batch 1 too.
+are those of the modules' forward up to the order of the norm's sum of squares
+(tests/test_fused_step.py). Every other step (prefill, batches of two and more, the CPU) runs the
+modules' forward: the exercises' code. `MILI_FUSED_STEP=0` records the modules' forward at batch 1 too.
 
 Under tensor parallelism (one process per GPU, with the sum buffers of mili/distributed/one_shot.py)
 the all-reduce kernels after the embedding and the o and down GEMVs go too: those kernels push
