@@ -6,6 +6,9 @@ the mean duration and the time per step; then the step's GPU busy time (the unio
 kernels' intervals) against its span. Under dependent launch (Hopper, `MILI_PDL`) a kernel's
 interval starts when it is launched, before the previous kernel ends, so its duration includes
 its wait: run with `MILI_PDL=0` to see what each kernel costs alone.
+The same kernel launched with different grids (the GEMV for each projection) is also listed by
+launch shape (grid, threads, registers, from the trace), with the configurations the GEMV's
+autotuner chose for this process's shapes.
 With `--tensor-parallel-size N` it profiles rank 0 (each rank runs the same kernels on its
 shard): an all-reduce kernel's time there includes waiting for the other ranks to arrive.
 
@@ -19,6 +22,7 @@ import argparse
 import collections
 import json
 import random
+import tempfile
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -42,8 +46,8 @@ def decode_kernels(model: str, steps: int, prompt_len: int, trace: str | None, t
         for _ in range(steps):
             engine.step()
         torch.cuda.synchronize()
-    if trace:
-        prof.export_chrome_trace(trace)
+    trace = trace or tempfile.mkstemp(suffix=".json")[1]
+    prof.export_chrome_trace(trace)
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     table = collections.defaultdict(list)
     for e in kernels:
@@ -68,7 +72,27 @@ def decode_kernels(model: str, steps: int, prompt_len: int, trace: str | None, t
     return {"device": torch.cuda.get_device_name(), "model": model, "tensor_parallel_size": tensor_parallel_size,
             "steps": steps,
             "kernels_per_step": len(kernels) / steps, "busy_us_per_step": busy, "span_us_per_step": span,
-            "kernels": rows, "linears_batch1": linears, "host_profile": host}
+            "kernels": rows, "launch_shapes": launch_shapes(trace, steps), "gemv_configs": gemv_configs(),
+            "linears_batch1": linears, "host_profile": host}
+
+
+def launch_shapes(trace: str, steps: int) -> list[dict]:
+    """The trace's kernels grouped by name, grid, threads per block and registers per thread."""
+    with open(trace) as f:
+        events = [e for e in json.load(f)["traceEvents"] if e.get("cat") == "kernel"]
+    table = collections.defaultdict(list)
+    for e in events:
+        args = e.get("args", {})
+        table[(e["name"][:60], str(args.get("grid")), str(args.get("block")), args.get("registers per thread"))].append(e["dur"])
+    return sorted(({"name": name, "grid": grid, "block": block, "registers": registers, "per_step": len(t) / steps,
+                    "mean_us": sum(t) / len(t), "us_per_step": sum(t) / steps}
+                   for (name, grid, block, registers), t in table.items()), key=lambda r: -r["us_per_step"])
+
+
+def gemv_configs() -> list[str]:
+    """The GEMV autotuner's choices in this process: (N, K, input, output, ...) -> configuration."""
+    from mili.kernels.linear import _gemv_tuned
+    return [f"{key} -> {config}" for key, config in getattr(_gemv_tuned, "cache", {}).items()]
 
 
 def cprofile_steps(engine, steps: int) -> str:
@@ -119,6 +143,10 @@ def main() -> None:
           f"busy {report['busy_us_per_step']:.0f} us, span {report['span_us_per_step']:.0f} us per step")
     for r in report["kernels"][:40]:
         print(f"{r['us_per_step']:9.1f} us/step {r['per_step']:6.1f}x {r['mean_us']:8.2f} us  {r['name']}")
+    for r in report["launch_shapes"][:24]:
+        print(f"{r['us_per_step']:9.1f} us/step {r['per_step']:6.1f}x {r['mean_us']:8.2f} us  grid {r['grid']} "
+              f"block {r['block']} regs {r['registers']}  {r['name']}")
+    print("\n".join(report["gemv_configs"]))
     print(report["host_profile"])
     for name, r in report["linears_batch1"].items():
         print(f"linear {name:<22} {str(r['shape']):>16} {r['us']:8.2f} us {r['GB_per_s']:7.0f} GB/s")
