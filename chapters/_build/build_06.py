@@ -1232,6 +1232,70 @@ group's, which is what the tensor-parallel tests compare.
 """)
 
 md(r"""
+**A fusion that wins at one shape and loses at another.** At Qwen3-32B shapes on two H200s the
+same batch-1 step is slower than with its fusions switched off, where at 8B it was faster. One
+call timed the three steps and then traced rank 0's kernels with dependent launch off, so that
+each kernel's time is its own; a second traced the default step by launch shape, one GEMV per
+projection (`benchmarks/tp-32b-switches-h200/`):
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+switches = bench / "tp-32b-switches-h200"
+for arm, label in (("default", "fused, sums in the GEMVs"), ("sums-in-gemvs-off", "fused, all-reduce kernels"),
+                   ("fused-step-off", "the modules' forward")):
+    ms = json.loads((switches / "kernels-c161773" / f"latency-qwen3-32b-tp2-{arm}.json").read_text())["mili"]["tpot_ms"]
+    kernels = json.loads((switches / "kernels-c161773" / f"kernels-qwen3-32b-tp2-{arm}-pdl0.json").read_text())
+    gemvs = sum(k["us_per_step"] for k in kernels["kernels"] if k["name"] == "_gemv_kernel")
+    print(f"{label:<27} {ms:6.3f} ms/token, its GEMVs {gemvs:6.0f} µs a step")
+shapes = json.loads((switches / "gemv-tilings" / "kernels-32b-tp2-c161773-pdl0.json").read_text())
+weights = {"qkv": 5120 * 5120, "o": 5120 * 4096, "gate_up": 2 * 12800 * 5120, "down": 5120 * 12800}  # rank 0's shard
+projections = {(640, 128): "qkv", (2560, 64): "o", (1600, 128): "gate_up", (2560, 128): "down"}  # (programs, threads)
+for launch in shapes["launch_shapes"]:
+    if launch["name"] != "_gemv_kernel":
+        continue
+    programs, threads = json.loads(launch["grid"])[0], json.loads(launch["block"])[0]
+    name = projections[programs, threads]
+    rate = 2 * weights[name] / launch["mean_us"] / 1e6
+    print(f"{name:<8} {programs:5d} programs of {threads:3d} threads, {launch['registers']:3d} registers: "
+          f"{launch['mean_us']:5.1f} µs, weights at {rate:.2f} TB/s")
+pinned = {"none": "as the autotuner picks them", "A": "pinned to 2 rows, 1024 columns",
+          "B": "pinned to 1 row, 2048 columns"}
+for arm, label in pinned.items():  # a third call
+    ms = json.loads((switches / "gemv-tilings" / f"pinned-32b-tp2-{arm}.json").read_text())["mili"]["tpot_ms"]
+    print(f"summing norm GEMVs {label:<30}: {ms:6.3f} ms/token")
+""")
+
+md(r"""
+The GEMVs read the same weights in all three steps and take over a millisecond more in the
+default one, more than its fusions save elsewhere. By launch shape the loss is in the two GEMVs
+whose input is the row summed over the GPUs and then normalised (qkv, gate_up): they stream their
+weights much more slowly than the down projection. Every program of such a GEMV reads the whole
+pushed row, each GPU's part, from L2: once in its prologue, polling until it has arrived, and
+again tile by tile in its loop. The autotuner keeps the programs few, 8 rows each, at the cost of
+so many registers that an SM holds few of them, and that choice is the best of its set: pinned to
+fewer rows a program (a third call), the step lost milliseconds. At TP=1, whose norm GEMVs read an ordinary row,
+the same pinning cost nothing. Two fixes are written and wait for a GPU to measure them (the
+folder's README): hold the normalised row in registers, so a program reads it once for several row
+blocks, or sum and normalise it once, in one small kernel, before a plain GEMV.
+""")
+
+think(r"""
+Count what the programs of the qkv GEMV read besides the weights, at 32B shapes on two GPUs: the
+shard has 5120 rows, the row is 5120 bfloat16 elements from each of the two GPUs, and every
+program reads it twice. How much is that with the autotuner's 8 rows a program, and with 2? Why
+does the cost follow the number of programs, and not the size of the weights?
+""", r"""
+With 8 rows a program there are 640 programs, each reading 2 × 5120 × 2 bytes twice: 41 KB
+each, 26 MB in all, half of the 52 MB of qkv weights in this shard. With 2 rows a program, 2560
+programs read 105 MB, twice the weights. The weights are read once whatever the tiling, so their
+bytes do not change; the row is read once per program, so its bytes grow with the number of
+programs, and they come from L2 with the polling loads' latency, before the program can start
+streaming. The two fixes cut exactly that: one program reads the row once for many row blocks,
+or one kernel reads it once for the whole GPU.
+""")
+
+md(r"""
 **Scale up or scale out?** Tensor parallelism is for a model that does not fit one GPU, or for
 a lower time per token: each GPU reads only its share of the weights per step, but two
 all-reduces per layer wait on the interconnect, so it stays within one host's NVLink. For more
