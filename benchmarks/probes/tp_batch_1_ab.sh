@@ -7,7 +7,9 @@
 # TP=1 run each (of those in TP1_VARIANTS if set, "" for none); ROUNDS (2) rounds; then, unless
 # TESTS=0, the GPU tensor-parallel tests and, time allowing, a kernel trace of rank 0 at TP=2.
 # TP1_AB=1: every round also runs TP=1 from the earlier tree and this one (for a change that is
-# not TP's alone), and no TP=1 run comes before the rounds.
+# not TP's alone), and no TP=1 run comes before the rounds. TREES (space-separated NAME=FOLDER
+# pairs, folders like BASELINE's, e.g. a patch applied to each): more trees, run in every round
+# after this one, at TP=2 and, with TP1_AB=1, at TP=1 (their commit: this one's, "+NAME").
 #   BASELINE=_baseline BASELINE_COMMIT=07859cb bash benchmarks/probes/tp_batch_1_ab.sh OUT
 set -uo pipefail
 out=$(realpath -m "${1:?output folder}"); mkdir -p "$out"
@@ -28,6 +30,10 @@ for round in $(seq "${ROUNDS:-2}"); do
   fi
   latency 2 "tp2-baseline-$round" "$PWD/${BASELINE:?}" MILI_GIT_COMMIT="${BASELINE_COMMIT:-baseline}"
   latency 2 "tp2-$round" "$PWD"
+  for tree in ${TREES:-}; do
+    [[ ${TP1_AB:-0} == 1 ]] && latency 1 "tp1-${tree%%=*}-$round" "$PWD/${tree#*=}" MILI_GIT_COMMIT="$MILI_GIT_COMMIT+${tree%%=*}"
+    latency 2 "tp2-${tree%%=*}-$round" "$PWD/${tree#*=}" MILI_GIT_COMMIT="$MILI_GIT_COMMIT+${tree%%=*}"
+  done
   for variant in ${VARIANTS:-}; do
     latency 2 "tp2-${variant%%=*}-$round" "$PWD" "${variant#*=}"
   done
