@@ -46,8 +46,10 @@ def decode_kernels(model: str, steps: int, prompt_len: int, trace: str | None, t
         for _ in range(steps):
             engine.step()
         torch.cuda.synchronize()
-    trace = trace or tempfile.mkstemp(suffix=".json")[1]
-    prof.export_chrome_trace(trace)
+    with tempfile.TemporaryDirectory() as scratch:  # the launch shapes are read from a trace
+        trace = trace or f"{scratch}/trace.json"
+        prof.export_chrome_trace(trace)
+        shapes = launch_shapes(trace, steps)
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     table = collections.defaultdict(list)
     for e in kernels:
@@ -72,7 +74,7 @@ def decode_kernels(model: str, steps: int, prompt_len: int, trace: str | None, t
     return {"device": torch.cuda.get_device_name(), "model": model, "tensor_parallel_size": tensor_parallel_size,
             "steps": steps,
             "kernels_per_step": len(kernels) / steps, "busy_us_per_step": busy, "span_us_per_step": span,
-            "kernels": rows, "launch_shapes": launch_shapes(trace, steps), "gemv_configs": gemv_configs(),
+            "kernels": rows, "launch_shapes": shapes, "gemv_configs": gemv_configs(),
             "linears_batch1": linears, "host_profile": host}
 
 
