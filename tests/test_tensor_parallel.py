@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -373,7 +374,8 @@ def _env(token: str, **extra) -> dict:
 
 
 GENERATE_FOREVER = """
-import sys, torch
+import faulthandler, signal, sys, torch
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for the stacks if rank 0 does not stop
 torch.set_num_threads(1)
 from mili import LLM, SamplingParams
 from mili.bench import tensor_parallel_summary
@@ -390,15 +392,25 @@ def test_stopping_rank_zero_leaves_no_worker(how):
     token = uuid.uuid4().hex
     proc = subprocess.Popen([sys.executable, "-c", GENERATE_FOREVER, str(TINY_MODEL)], env=_env(token), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stderr: list[str] = []  # read as it comes: a full pipe would block the processes that write to it
+    reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
+    reader.start()
     try:
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        assert proc.stdout.readline().strip() == "ready", "".join(stderr)
         assert len(_processes_with(token)) >= 2, "the worker should be running"
         time.sleep(0.5)  # in the middle of generating
         if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground process group
             os.killpg(proc.pid, signal.SIGINT)
         else:  # Kubernetes and `kill` send SIGTERM to the main process only
             proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)  # a loaded 2-core CI machine: shutdown waits up to 2 x 5 s on workers
+        stop_within = 60  # a loaded 2-core CI machine: shutdown waits up to 2 x 5 s on workers
+        try:
+            proc.wait(timeout=stop_within)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # every thread's stack, to stderr
+            time.sleep(2)
+            pytest.fail(f"rank 0 was still running {stop_within} s after {how}; its threads, then what it wrote:\n"
+                        + "".join(stderr)[-8000:])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
