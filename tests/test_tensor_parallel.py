@@ -390,8 +390,9 @@ while True:
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_stopping_rank_zero_leaves_no_worker(how):
     token = uuid.uuid4().hex
-    proc = subprocess.Popen([sys.executable, "-c", GENERATE_FOREVER, str(TINY_MODEL)], env=_env(token), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", GENERATE_FOREVER, str(TINY_MODEL)],
+                            env=_env(token, PYTHONFAULTHANDLER="1"), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     stderr: list[str] = []  # read as it comes: a full pipe would block the processes that write to it
     reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
     reader.start()
@@ -408,6 +409,8 @@ def test_stopping_rank_zero_leaves_no_worker(how):
             proc.wait(timeout=stop_within)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGUSR1)  # every thread's stack, to stderr
+            for pid in set(_processes_with(token)) - {proc.pid}:  # the workers: their stacks as they abort
+                os.kill(pid, signal.SIGABRT)
             time.sleep(2)
             pytest.fail(f"rank 0 was still running {stop_within} s after {how}; its threads, then what it wrote:\n"
                         + "".join(stderr)[-8000:])
