@@ -376,6 +376,7 @@ def _env(token: str, **extra) -> dict:
 GENERATE_FOREVER = """
 import faulthandler, signal, sys, torch
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for the stacks if rank 0 does not stop
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started where SIGINT is ignored
 torch.set_num_threads(1)
 from mili import LLM, SamplingParams
 from mili.bench import tensor_parallel_summary
