@@ -4,7 +4,8 @@
 # instead of the sums inside the GEMVs) and MILI_FUSED_STEP=0 (the modules' forward), batch-1
 # latency, then rank 0's kernels with MILI_PDL=0 (each kernel's own time) and with dependent
 # launch (waits included). Written for the question of benchmarks/tp-32b-switches-h200/: at
-# Qwen3-32B on two H200s turning either off made the step faster, where at 8B it made it slower.
+# Qwen3-32B on two H200s turning either off made the step faster, where at 8B it made it slower
+# (its run at c161773: benchmarks/tp-32b-switches-h200/kernels-c161773/).
 #   MODEL=Qwen3-32B TP=2 bash benchmarks/probes/tp_switches_kernels.sh OUT
 set -uo pipefail
 out=$(realpath -m "${1:?output folder}"); mkdir -p "$out"
