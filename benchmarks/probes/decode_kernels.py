@@ -54,9 +54,7 @@ def decode_kernels(model: str, steps: int, prompt_len: int, trace: str | None, t
     table = collections.defaultdict(list)
     for e in kernels:
         table[e.name].append(e.device_time)
-    rows = sorted(({"name": name[:110], "per_step": len(t) / steps, "mean_us": sum(t) / len(t),
-                    "us_per_step": sum(t) / steps} for name, t in table.items()),
-                  key=lambda r: -r["us_per_step"])
+    rows = per_step(table, steps, lambda name: {"name": name[:110]})
     intervals = sorted((e.time_range.start, e.time_range.end) for e in kernels)
     busy, covered_to = 0.0, intervals[0][0]
     for start, end in intervals:  # the union: under dependent launch a kernel starts before the last one ends
@@ -86,9 +84,14 @@ def launch_shapes(trace: str, steps: int) -> list[dict]:
     for e in events:
         args = e.get("args", {})
         table[(e["name"][:60], str(args.get("grid")), str(args.get("block")), args.get("registers per thread"))].append(e["dur"])
-    return sorted(({"name": name, "grid": grid, "block": block, "registers": registers, "per_step": len(t) / steps,
-                    "mean_us": sum(t) / len(t), "us_per_step": sum(t) / steps}
-                   for (name, grid, block, registers), t in table.items()), key=lambda r: -r["us_per_step"])
+    return per_step(table, steps, lambda key: dict(zip(("name", "grid", "block", "registers"), key)))
+
+
+def per_step(table: dict, steps: int, fields) -> list[dict]:
+    """One row per group of kernel durations (µs) in `table`: fields(its key), then launches per
+    step, mean duration and time per step; the costliest first."""
+    return sorted(({**fields(key), "per_step": len(t) / steps, "mean_us": sum(t) / len(t), "us_per_step": sum(t) / steps}
+                   for key, t in table.items()), key=lambda r: -r["us_per_step"])
 
 
 def gemv_configs() -> list[str]:
