@@ -397,8 +397,13 @@ def test_stopping_rank_zero_leaves_no_worker(how):
     stderr: list[str] = []  # read as it comes: a full pipe would block the processes that write to it
     reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
     reader.start()
+
+    def written(wait: float) -> str:  # what the processes wrote to stderr, up to its end if it comes within `wait` s
+        reader.join(timeout=wait)
+        return "".join(stderr)
+
     try:
-        assert proc.stdout.readline().strip() == "ready", "".join(stderr)
+        assert proc.stdout.readline().strip() == "ready", written(10)
         assert len(_processes_with(token)) >= 2, "the worker should be running"
         time.sleep(0.5)  # in the middle of generating
         if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground process group
@@ -410,11 +415,10 @@ def test_stopping_rank_zero_leaves_no_worker(how):
             proc.wait(timeout=stop_within)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGUSR1)  # every thread's stack, to stderr
-            for pid in set(_processes_with(token)) - {proc.pid}:  # the workers: their stacks as they abort
+            for pid in set(_processes_with(token)) - {proc.pid}:  # workers and fork server: their stacks as they abort
                 os.kill(pid, signal.SIGABRT)
-            time.sleep(2)
             pytest.fail(f"rank 0 was still running {stop_within} s after {how}; its threads, then what it wrote:\n"
-                        + "".join(stderr)[-8000:])
+                        + written(2))
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
