@@ -16,8 +16,9 @@
 #   bash benchmarks/record_tp.sh OUT
 # Without a git checkout, or where its history is older than its files (the commit then ends in
 # "+dirty"), pass the commit: MILI_GIT_COMMIT=<sha> bash benchmarks/record_tp.sh OUT
+# The measurements end within BUDGET_S seconds (450; the 4-GPU stages come last and need about 540).
 set -uo pipefail
-budget_end=$(( $(date +%s) + 450 ))  # the last measurement ends by then; the summary follows
+budget_end=$(( $(date +%s) + ${BUDGET_S:-450} ))  # the last measurement ends by then; the summary follows
 out=${1:?output folder}
 mkdir -p "$out"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MILI_IMPL=reference NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1

@@ -15,12 +15,14 @@ import pytest
 
 GEMV_ARGS = {"x_ptr": "*bf16", "w_ptr": "*bf16", "y_ptr": "*bf16", "N": "i32", "K": "i32", "stride_w": "i32",
              "res_ptr": "*bf16", "norm_w_ptr": "*bf16", "res_out_ptr": "*bf16", "eps": "fp32",
-             "sum_addresses_ptr": "*i64", "sum_site": "i32", "clear_site": "i32", "timeout_ns": "i64"}
+             "sum_addresses_ptr": "*i64", "sum_site": "i32", "clear_site": "i32"}
 GEMV_VARIANTS = [("plain", "plain", 1), ("rms_norm", "plain", 1), ("add_rms_norm", "plain", 1),
-                 ("add_rms_norm", "silu_and_mul", 1), ("plain", "push", 2), ("summed_add_rms_norm", "plain", 2),
-                 ("summed_add_rms_norm", "silu_and_mul", 4), ("summed_rms_norm", "plain", 2)]
+                 ("add_rms_norm", "silu_and_mul", 1), ("plain", "silu_and_mul", 1), ("plain", "push", 2),
+                 ("plain", "push", 4)]
 EMBEDDING_ARGS = {"ids_ptr": "*i64", "w_ptr": "*bf16", "width": "i32", "stride_w": "i32", "first_row": "i32",
                   "num_rows": "i32", "sum_addresses_ptr": "*i64", "sum_site": "i32", "clear_site": "i32"}
+SITE_NORM_ARGS = {"sum_addresses_ptr": "*i64", "sum_site": "i32", "width": "i32", "res_ptr": "*bf16",
+                  "norm_w_ptr": "*bf16", "out_ptr": "*bf16", "res_out_ptr": "*bf16", "eps": "fp32", "timeout_ns": "i64"}
 ONE_SHOT_ARGS = {"x_ptr": "*bf16", "out_ptr": "*bf16", "buffers_ptr": "*i64", "slot_bits_ptr": "*i32", "n": "i32",
                  "region": "i32", "timeout_ns": "i64"}
 
@@ -33,7 +35,7 @@ def _compile_all() -> list[str]:
 
     from mili.distributed.one_shot import _one_shot_all_reduce_kernel
     from mili.kernels.linear import _gemv_kernel
-    from mili.kernels.pushed_sums import _embedding_to_sum_kernel
+    from mili.kernels.pushed_sums import _embedding_to_sum_kernel, _site_add_rms_norm_kernel
 
     def compile_one(kernel, signature: dict, constexprs: dict) -> None:
         names = list(kernel.arg_names)
@@ -48,13 +50,16 @@ def _compile_all() -> list[str]:
         signature = GEMV_ARGS if world > 1 else {**GEMV_ARGS, "sum_addresses_ptr": "*bf16"}
         jobs.append((f"_gemv_kernel INPUT={input_kind} OUTPUT={output} WORLD={world}", _gemv_kernel, signature,
                      dict(INPUT=input_kind, BLOCK_N=2, BLOCK_K=512, BLOCK_H=4096, DEPENDENT_LAUNCH=True,
-                          OUTPUT=output, RANK=world - 1, WORLD=world, WATCHDOG=world > 1)))
+                          OUTPUT=output, RANK=world - 1, WORLD=world)))
     for phases in (1, 2, 3):
         jobs.append((f"_one_shot_all_reduce_kernel PHASES={phases}", _one_shot_all_reduce_kernel, ONE_SHOT_ARGS,
                      dict(RANK=1, WORLD=2, BLOCK=1024, MAX_PROGRAMS=256, PHASES=phases, WATCHDOG=True,
                           DEPENDENT_LAUNCH=True)))
     jobs.append(("_embedding_to_sum_kernel", _embedding_to_sum_kernel, EMBEDDING_ARGS,
                  dict(BLOCK=1024, RANK=1, WORLD=2, DEPENDENT_LAUNCH=True)))
+    for adds in (False, True):
+        jobs.append((f"_site_add_rms_norm_kernel ADDS={adds}", _site_add_rms_norm_kernel, SITE_NORM_ARGS,
+                     dict(BLOCK=8192, ADDS=adds, RANK=1, WORLD=2, WATCHDOG=True, DEPENDENT_LAUNCH=True)))
     failed = []
     for name, kernel, signature, constexprs in jobs:
         try:

@@ -121,7 +121,9 @@ def test_a_rank_that_never_sends_makes_the_kernel_fail_instead_of_hang():
     reports it, or NCCL's watchdog thread, which sees the same error, aborts the process first:
     both end the process; what must not happen is a hang, or a sum returned without the peer's part."""
     context = mp.get_context("spawn")
-    results, done = context.Queue(), context.Event()
+    # a SimpleQueue's put writes to the pipe before it returns; a Queue's leaves it to a feeder
+    # thread, which os._exit does not wait for, so rank 0's report could be lost
+    results, done = context.SimpleQueue(), context.Event()
     port = free_port()
     processes = [context.Process(target=_lone_rank, args=(rank, 2, port, results, done)) for rank in range(2)]
     for p in processes:

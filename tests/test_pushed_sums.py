@@ -1,7 +1,6 @@
 """The tensor-parallel batch-1 step without all-reduce kernels (mili/kernels/pushed_sums.py): the
 o/down GEMV pushes its partial products into every rank's buffer (`linear_to_sum`), the embedding
-its lookup (`embedding_to_sum`), and the next GEMV sums them as it reads its input
-(`rms_norm_linear` given the site). Here the ranks are simulated in one process, on the CPU, in
+its lookup (`embedding_to_sum`), and the next norm sums them (`site_add_rms_norm`). Here the ranks are simulated in one process, on the CPU, in
 Triton's interpreter: their buffers are plain tensors and each rank's kernel writes into the
 others' through their addresses, as on GPUs through symmetric memory. The interpreter runs one
 kernel at a time, so every rank pushes before any rank reads; the tests check the buffers between
@@ -14,8 +13,9 @@ import torch
 
 from mili.checkpoint import load_model
 from mili.distributed.one_shot import SumBuffers
-from mili.kernels.linear import linear, linear_to_sum, rms_norm_linear
-from mili.kernels.pushed_sums import EMPTY_BITS, embedding_to_sum
+from mili.kernels.linear import linear, linear_silu_and_mul, linear_to_sum, rms_norm_linear
+from mili.kernels.pushed_sums import EMPTY_BITS, embedding_to_sum, site_add_rms_norm
+from solutions.kernels.rmsnorm import fused_add_rms_norm
 
 
 # ranks simulated in CPU memory need the interpreter, which runs where there is no GPU (conftest.py);
@@ -46,12 +46,12 @@ def _all_reduced(parts: list[torch.Tensor]) -> torch.Tensor:
 
 @simulated
 @pytest.mark.parametrize("world", [2, 3])
-def test_pushed_products_summed_by_the_next_gemv_equal_an_all_reduce_then_the_gemv(world):
+def test_pushed_products_summed_by_the_next_norm_equal_an_all_reduce_then_the_norm(world):
     """Three sites used in order over two steps, as the decode step uses them: after every rank's
     push the site holds every rank's part (-0.0 sent as +0.0) and the site before it is empty; the
-    reading GEMV (plain and SiLU-and-mul output) gives the same bits as summing the parts first and
-    running rms_norm_linear on the sum, with the same residual out."""
-    dtype, width, k_in, n_out, count = torch.float16, 37, 70, 22, 3
+    reading norm gives, on every rank, the bits of the one-shot all-reduce's sum followed by
+    fused_add_rms_norm, and the same residual out."""
+    dtype, width, k_in, count = torch.float16, 37, 70, 3
     gen = torch.Generator().manual_seed(world)
     ranks = _simulated_ranks(world, width, count)
     sites = [r.sites(width, count) for r in ranks]
@@ -77,17 +77,46 @@ def test_pushed_products_summed_by_the_next_gemv_equal_an_all_reduce_then_the_ge
             if step or site:  # the very first push has nothing before it to clear
                 assert _regions(ranks, cleared, width).eq(EMPTY_BITS).all(), \
                     f"step {step}, site {site}: pushing must empty the site read before it ({cleared})"
-            summed = _all_reduced(parts)
-            output = "silu_and_mul" if site % 2 else "plain"
-            weight = (torch.randn(2 * n_out, width, generator=gen) / width ** 0.5).to(dtype)
-            expected, expected_residual = rms_norm_linear(summed, residual, norm_weight, 1e-6, weight, output)
+            expected, expected_residual = fused_add_rms_norm(_all_reduced(parts), residual, norm_weight, 1e-6)
             for rank in range(world):
-                got, got_residual = rms_norm_linear(sites[rank][site], residual, norm_weight, 1e-6, weight, output)
+                got, got_residual = site_add_rms_norm(sites[rank][site], residual, norm_weight, 1e-6)
                 assert torch.equal(got_residual, expected_residual), \
-                    f"rank {rank}: the residual out must be the summed row + the residual"
+                    f"step {step}, site {site}, rank {rank}: the residual out must be the summed row + the residual"
                 assert torch.equal(got, expected), \
-                    f"step {step}, site {site}, rank {rank}: the summed GEMV ({output}) differs from sum-then-GEMV"
+                    f"step {step}, site {site}, rank {rank}: the summing norm differs from all-reduce-then-norm"
             residual = expected_residual
+
+
+@simulated
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_summing_norm_then_a_gemv_equals_the_fused_norm_gemv_of_one_gpu(world):
+    """With a residual and without one (the first layer's, whose row is the embedding), the
+    summing norm followed by the plain or SiLU-and-mul GEMV gives on every rank the bits that the
+    batch-1 step of one GPU (rms_norm_linear) gives for the all-reduced row."""
+    dtype, width, k_in, n_out = torch.float16, 37, 70, 22
+    gen = torch.Generator().manual_seed(10 + world)
+    ranks = _simulated_ranks(world, width, 3)
+    sites = [r.sites(width, 3) for r in ranks]
+    norm_weight = (torch.rand(width, generator=gen) + 0.5).to(dtype)
+    weight = (torch.randn(2 * n_out, width, generator=gen) / width ** 0.5).to(dtype)
+    for site, residual in ((0, None), (1, torch.randn(1, width, generator=gen).to(dtype))):
+        xs = [torch.randn(1, k_in, generator=gen).to(dtype) for _ in range(world)]
+        weights = [(torch.randn(width, k_in, generator=gen) / k_in ** 0.5).to(dtype) for _ in range(world)]
+        for rank in range(world):
+            linear_to_sum(xs[rank], weights[rank], sites[rank][site])
+        summed = _all_reduced([linear(x, w) for x, w in zip(xs, weights)])
+        for rank in range(world):
+            out, residual_out = site_add_rms_norm(sites[rank][site], residual, norm_weight, 1e-6)
+            what = f"rank {rank}, {'no residual' if residual is None else 'a residual'}"
+            for output in ("plain", "silu_and_mul"):
+                expected, expected_residual = rms_norm_linear(summed, residual, norm_weight, 1e-6, weight, output)
+                got = linear_silu_and_mul(out, weight) if output == "silu_and_mul" else linear(out, weight)
+                assert torch.equal(residual_out, expected_residual), f"{what}: residual_out must be the summed row + residual"
+                assert torch.equal(got, expected), f"{what}: the summing norm, then the {output} GEMV, differs from one GPU's"
+    with pytest.raises(ValueError, match="norm_weight must be"):
+        site_add_rms_norm(sites[0][0], None, norm_weight[:-1], 1e-6)
+    with pytest.raises(ValueError, match="residual must be"):
+        site_add_rms_norm(sites[0][0], torch.zeros(1, width + 1, dtype=dtype), norm_weight, 1e-6)
 
 
 @simulated
@@ -98,8 +127,7 @@ def test_sites_need_three_and_room_and_their_users_check_the_width():
     sites = ranks[0].sites(8, 3)
     assert [(s.site, s.clear_site) for s in sites] == [(0, 2), (1, 0), (2, 1)], "each clears the one before it"
     with pytest.raises(ValueError, match="residual"):
-        rms_norm_linear(sites[0], torch.ones(1, 6, dtype=torch.float16), torch.ones(8, dtype=torch.float16), 1e-6,
-                        torch.ones(4, 8, dtype=torch.float16))
+        site_add_rms_norm(sites[0], torch.ones(1, 6, dtype=torch.float16), torch.ones(8, dtype=torch.float16), 1e-6)
     with pytest.raises(ValueError, match="width"):
         linear_to_sum(torch.ones(1, 4, dtype=torch.float16), torch.ones(6, 4, dtype=torch.float16), sites[0])
     with pytest.raises(ValueError, match="width"):
@@ -108,10 +136,10 @@ def test_sites_need_three_and_room_and_their_users_check_the_width():
 
 @simulated
 @pytest.mark.parametrize("world", [2, 3])
-def test_pushed_embedding_summed_by_the_first_gemv_equals_the_lookup_then_the_gemv(world):
+def test_pushed_embedding_summed_by_the_first_norm_equals_the_lookup_then_the_norm(world):
     """Each rank holds rows [start, stop) of the table (views of one table, so a rank that reads a
     row past its own reads its neighbour's, and the sum shows it). Whichever rank holds the token,
-    the first layer's GEMV, given the site and no residual, gives the bits of rms_norm_linear on
+    the first layer's norm, given the site and no residual, gives the bits of rms_norm_linear on
     the token's row, and that row as the residual out; a -0.0 in the row arrives as +0.0, and the
     push empties the site before it."""
     from mili.model.parallel import shard_range
@@ -138,18 +166,19 @@ def test_pushed_embedding_summed_by_the_first_gemv_equals_the_lookup_then_the_ge
         row = table[token:token + 1] + 0.0  # -0.0 + 0.0 = +0.0: what the sum over the ranks gives
         expected, _ = rms_norm_linear(row, None, norm_weight, 1e-6, weight)
         for rank in range(world):
-            got, got_residual = rms_norm_linear(sites[rank][site], None, norm_weight, 1e-6, weight)
+            normed, got_residual = site_add_rms_norm(sites[rank][site], None, norm_weight, 1e-6)
             assert torch.equal(got_residual, row), \
                 f"token {token}, rank {rank}: the residual out must be the token's row (one rank's, the others zeros)"
-            assert torch.equal(got, expected), f"token {token}, rank {rank}: the first GEMV differs from lookup-then-GEMV"
+            assert torch.equal(linear(normed, weight), expected), \
+                f"token {token}, rank {rank}: the first norm and GEMV differ from lookup-then-norm-GEMV"
         for r in ranks:  # as the next site's push would, so that every site is empty when it is used again
             r.buffer[site * world * width:(site + 1) * world * width] = EMPTY_BITS
 
 
 @simulated
-def test_every_configuration_the_autotuner_may_pick_pushes_and_sums_the_same():
+def test_every_configuration_the_autotuner_may_pick_pushes_the_same():
     """On a GPU the GEMV is autotuned over GEMV_CONFIGS (1 to 8 rows per program, masked past N):
-    each must push every row and sum every element as the interpreter's own tiling does."""
+    each must push every row as the interpreter's own tiling does."""
     from mili.kernels._triton import triton
     from mili.kernels.linear import GEMV_CONFIGS, _gemv_kernel
 
@@ -157,33 +186,24 @@ def test_every_configuration_the_autotuner_may_pick_pushes_and_sums_the_same():
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(1, k_in, generator=gen).to(dtype)
     weight = (torch.randn(width, k_in, generator=gen) / k_in ** 0.5).to(dtype)
-    residual, norm_weight = torch.randn(1, width, generator=gen).to(dtype), torch.ones(width, dtype=dtype)
-    next_weight = (torch.randn(6, width, generator=gen) / width ** 0.5).to(dtype)
     ranks = _simulated_ranks(2, width, 3)
     sites = [r.sites(width, 3) for r in ranks]
     for rank in range(2):
         linear_to_sum(x, weight, sites[rank][0])
     expected_push = _regions(ranks, 0, width).clone()
-    expected, _ = rms_norm_linear(sites[0][0], residual, norm_weight, 1e-6, next_weight)
     for config in GEMV_CONFIGS:
         block_n, block_k = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]
         tiling = dict(BLOCK_N=block_n, BLOCK_K=block_k, DEPENDENT_LAUNCH=False, RANK=0, WORLD=2)
         site = sites[0][0]
         ranks[0].buffer.fill_(EMPTY_BITS)
         _gemv_kernel[(triton.cdiv(width, block_n),)](
-            x, weight, x, width, k_in, weight.stride(0), x, x, x, 0.0, site.addresses, 0, 2, 0,
+            x, weight, x, width, k_in, weight.stride(0), x, x, x, 0.0, site.addresses, 0, 2,
             INPUT="plain", BLOCK_H=1, OUTPUT="push", **tiling)
         assert torch.equal(_regions(ranks, 0, width)[:, 0], expected_push[:, 0]), \
             f"BLOCK_N={block_n}, BLOCK_K={block_k}: rank 0's push differs"
-        ranks[0].buffer[width:2 * width] = expected_push[0, 1]  # rank 1's part, as it pushed it
-        y, residual_out = torch.empty(1, 6, dtype=dtype), torch.empty(1, width, dtype=dtype)
-        _gemv_kernel[(triton.cdiv(6, block_n),)](
-            residual, next_weight, y, 6, width, next_weight.stride(0), residual, norm_weight, residual_out, 1e-6,
-            site.addresses, 0, 2, 0, INPUT="summed_add_rms_norm", BLOCK_H=16, OUTPUT="plain", **tiling)
-        assert torch.equal(y, expected), f"BLOCK_N={block_n}, BLOCK_K={block_k}: the summed GEMV differs"
 
 
-def test_a_shards_fused_step_sums_in_its_gemvs_at_the_embedding_and_every_o_and_down_but_the_last(
+def test_a_shards_fused_step_pushes_its_sums_at_the_embedding_and_every_o_and_down_but_the_last(
         tmp_path, monkeypatch):
     """With sum buffers installed, the batch-1 step of a tensor-parallel shard gets one site for the
     embedding and one per o and down projection, in the order the step runs them, but the last

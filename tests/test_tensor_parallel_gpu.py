@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.gpu,
 def _generate(folder, dtype="float32", **settings) -> tuple[list, str]:
     """The greedy tokens of 11 requests of mixed lengths and forks and of one that outlives them
     all (its last 20 steps are batches of one); and how the decode steps ran: "eager", "graphs",
-    "graphs, fused batch 1", or that and ", sums in the GEMVs"."""
+    "graphs, fused batch 1", or that and ", pushed sums"."""
     prompts = [{"prompt_token_ids": list(range(3, 3 + 5 * i + 7))} for i in range(11)]
     params = [SamplingParams(n=1 + i % 3, temperature=0, max_tokens=6 + 2 * i, ignore_eos=True) for i in range(11)]
     prompts.append({"prompt_token_ids": list(range(5, 40))})
@@ -38,7 +38,7 @@ def _generate(folder, dtype="float32", **settings) -> tuple[list, str]:
         graphs = llm.engine.runner.graphs
         if graphs is None:
             return tokens, "eager"
-        sums = ", sums in the GEMVs" if graphs.sums_in_gemvs else ""
+        sums = ", pushed sums" if graphs.pushed_sums else ""
         return tokens, "graphs, fused batch 1" + sums if graphs.fused_batch_1 else "graphs"
     finally:
         if llm.tensor_parallel_size > 1:
@@ -56,7 +56,7 @@ def test_bfloat16_steps_summed_by_the_one_shot_kernel_give_the_nccl_groups_token
     write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
     replayed, steps = _generate(folder, dtype="bfloat16", tensor_parallel_size=2)
     eager, _ = _generate(folder, dtype="bfloat16", tensor_parallel_size=2, enforce_eager=True)
-    assert steps == "graphs, fused batch 1, sums in the GEMVs"
+    assert steps == "graphs, fused batch 1, pushed sums"
     assert replayed == eager, "the one-shot kernel's sums, and the GEMVs' (the batch-1 steps), must equal NCCL's"
 
 

@@ -28,15 +28,16 @@ from mili.kernels.linear import GEMV_CONFIGS, _gemv_kernel
 from tests.test_kernels_compile import GEMV_ARGS  # the kernel's argument types
 
 # (INPUT, OUTPUT, ranks): the plain product, the qkv and gate_up GEMVs of one GPU, and at TP=2
+# (the GEMVs after the summing norm, and the pushing o and down)
 VARIANTS = [("plain", "plain", 1), ("add_rms_norm", "plain", 1), ("add_rms_norm", "silu_and_mul", 1),
-            ("summed_add_rms_norm", "plain", 2), ("summed_add_rms_norm", "silu_and_mul", 2)]
+            ("plain", "silu_and_mul", 1), ("plain", "push", 2)]
 
 
 def resources(input_kind: str, output: str, world: int, k: int, config) -> dict:
     """{"registers", "stack_bytes"} per thread of one compiled variant, from cuobjdump -res-usage."""
     names = list(_gemv_kernel.arg_names)
     constexprs = dict(INPUT=input_kind, OUTPUT=output, BLOCK_H=triton.next_power_of_2(k) if input_kind != "plain" else 1,
-                      DEPENDENT_LAUNCH=True, RANK=0, WORLD=world, WATCHDOG=world > 1, **config.kwargs)
+                      DEPENDENT_LAUNCH=True, RANK=0, WORLD=world, **config.kwargs)
     signature = {**{n: "constexpr" for n in names}, **GEMV_ARGS}
     aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in GEMV_ARGS if n.endswith("_ptr")}
     source = ASTSource(_gemv_kernel, signature, constexprs={(names.index(n),): v for n, v in constexprs.items()},

@@ -1,17 +1,19 @@
-"""What does summing over the ranks cost a GEMV, apart from waiting for the other GPU?
+"""What does summing over the ranks cost the batch-1 step, apart from waiting for the other GPU?
 
-At TP=2 the GEMVs that sum the ranks' parts as they read their input (qkv and gate_up, given a
-`SumSite`) add more time to a step than half of what they add at TP=1, while the o and down
-GEMVs come close to half (chapter 06, benchmarks/tp-batch-1-inputs-ab-h200/). Part of it is
-waiting for the other GPU; part may be the summing itself: every program polls the whole row of
-every rank's part, then reads it again, past L1, in its loop. This probe runs on one GPU, where
+At TP=2 the qkv and gate_up GEMVs, whose input is the row summed over the ranks, added more time
+to a step than half of what they add at TP=1, while the o and down GEMVs came close to half
+(chapter 06, benchmarks/tp-batch-1-inputs-ab-h200/). Part of it is waiting for the other GPU;
+part may be the summing itself. Its record (benchmarks/summing-gemv-probe-h200.json) is of the
+GEMVs that summed as they read, every program polling every rank's part of the whole row; the
+engine now sums and normalises in one small kernel (`site_add_rms_norm`) before a plain GEMV,
+which is what the summed chain below runs. This probe runs on one GPU, where
 nothing waits for another: the layers of a Qwen3-8B shard at TP=2 (36 x qkv [3072, 4096], o
 [4096, 2048], gate_up [12288, 4096], down [4096, 6144]; no attention: o reads the first 2048 of
 qkv's outputs), each way recorded in one CUDA graph and timed back to back:
 
     plain          the norms fused into qkv and gate_up, o and down write their rows (TP=1's kernels)
-    summed         o and down push into sum sites of a group of one rank, qkv and gate_up poll
-                   and sum them (the TP=2 step's kernels, with one part instead of two)
+    summed         o and down push into sum sites of a group of one rank, the norms before qkv
+                   and gate_up sum them (the TP=2 step's kernels, with one part instead of two)
 
 The gap between the two is what the summing machinery costs without any other GPU.
 
@@ -38,8 +40,8 @@ from fusion_probe import replay_us  # noqa: E402
 
 from mili.bench.environment import environment  # noqa: E402
 from mili.distributed.one_shot import SumBuffers  # noqa: E402
-from mili.kernels.linear import linear, linear_to_sum, rms_norm_linear  # noqa: E402
-from mili.kernels.pushed_sums import EMPTY_BITS  # noqa: E402
+from mili.kernels.linear import linear, linear_silu_and_mul, linear_to_sum, rms_norm_linear  # noqa: E402
+from mili.kernels.pushed_sums import EMPTY_BITS, site_add_rms_norm  # noqa: E402
 
 gemv = importlib.import_module("mili.kernels.linear")  # the module (mili.kernels.linear is also a function's name)
 HIDDEN, QKV, ATTN_OUT, INTER = 4096, 3072, 2048, 6144  # Qwen3-8B split over two ranks
@@ -73,9 +75,14 @@ def plain_step(layers, h, residual):
 def summed_step(layers, sites, h, residual):
     sites = iter(sites)
     for index, layer in enumerate(layers):
-        qkv, residual = rms_norm_linear(h, residual, layer.norm_1, EPS, layer.qkv)
+        if index == 0:
+            qkv, residual = rms_norm_linear(h, residual, layer.norm_1, EPS, layer.qkv)
+        else:
+            normed, residual = site_add_rms_norm(h, residual, layer.norm_1, EPS)
+            qkv = linear(normed, layer.qkv)
         h = linear_to_sum(qkv[:, :ATTN_OUT], layer.o, next(sites))
-        act, residual = rms_norm_linear(h, residual, layer.norm_2, EPS, layer.gate_up, output="silu_and_mul")
+        normed, residual = site_add_rms_norm(h, residual, layer.norm_2, EPS)
+        act = linear_silu_and_mul(normed, layer.gate_up)
         h = linear_to_sum(act, layer.down, next(sites)) if index + 1 < len(layers) else linear(act, layer.down)
     return h
 

@@ -102,7 +102,7 @@ def run_benchmark(model: str, *, prompt_len: int = 128, new_tokens: int = 512, r
     graphs = llm.engine.runner.graphs
     report = {"environment": environment(device), "model": model, "dtype": str(llm.model.dtype),
               "cuda_graphs": graphs is not None, "fused_batch_1_step": graphs is not None and graphs.fused_batch_1,
-              "sums_in_gemvs": graphs is not None and graphs.sums_in_gemvs,
+              "pushed_sums": graphs is not None and graphs.pushed_sums,
               "overlap": llm.engine.config.overlap,
               "tensor_parallel_size": devices, "prompt_len": prompt_len, "new_tokens": new_tokens, "repeats": repeats,
               "copy_bytes_per_s": copy_rate, "weight_bytes_per_step": weights, "floor_ms_per_token": 1e3 * floor_s,
@@ -135,8 +135,8 @@ def print_report(report: dict, stream=None) -> None:
           file=stream)
     if report.get("fused_batch_1_step"):
         print("decode steps replay the fused batch-1 graph (MILI_FUSED_STEP=0: the modules' forward)", file=stream)
-    if report.get("sums_in_gemvs"):
-        print("its GEMVs sum over the ranks, no all-reduce kernels (MILI_FUSED_ALL_REDUCE=0: keep them)", file=stream)
+    if report.get("pushed_sums"):
+        print("its GEMVs push their parts to every rank and the norms sum them, no all-reduce kernels (MILI_FUSED_ALL_REDUCE=0: keep them)", file=stream)
     print(f"{'engine':<8} {'ms/token':>9} {'x floor':>8} {'TTFT ms':>8}", file=stream)
     for name in ("mili", "hf"):
         if name in report:

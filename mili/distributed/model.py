@@ -183,8 +183,8 @@ class TensorParallelGraphs:
         return self.graphs.fused_batch_1
 
     @property
-    def sums_in_gemvs(self) -> bool:
-        return self.graphs.sums_in_gemvs
+    def pushed_sums(self) -> bool:
+        return self.graphs.pushed_sums
 
     @torch.inference_mode()
     def run(self, model_input) -> GraphOutput:

@@ -129,7 +129,7 @@ class DecodeGraphs:
         self.outputs: dict[int, Tensor] = {}
         fused_step = FusedDecodeStep(model) if can_fuse(model) else None
         self.fused_batch_1 = fused_step is not None  # the batch-1 graph runs the fused step
-        self.sums_in_gemvs = fused_step is not None and fused_step.sum_sites is not None  # and no all-reduce kernels
+        self.pushed_sums = fused_step is not None and fused_step.sum_sites is not None  # and no all-reduce kernels
         self.logits_at_batch_1 = with_logits
         self.static_inputs = {size: self._inputs(size) for size in self.sizes}
         pool = None

@@ -8,13 +8,16 @@ time to launch. So the engine records its batch-1 graph from this forward, which
 model's own modules and weights with fused kernels:
 
     layer, as the modules run it                    here
-    add + RMSNorm, qkv GEMV                         rms_norm_linear (mili/kernels/linear.py)
+    add + RMSNorm, qkv GEMV                         rms_norm_linear (mili/kernels/linear.py); under
+                                                      tensor parallelism site_add_rms_norm, which
+                                                      sums the pushed parts, then linear
     q/k norm + RoPE, K/V store, decode attention    attend_new_token (mili/kernels/decode_step.py):
       and its combine                                 one kernel, and one that merges the splits
     o GEMV (+ all-reduce under tensor parallelism)  the module; under tensor parallelism
                                                       linear_to_sum, which pushes the partial sums
-    add + RMSNorm, gate_up GEMV, SiLU-and-mul       rms_norm_linear(output="silu_and_mul"), which
-                                                      sums the pushed parts as it reads them
+    add + RMSNorm, gate_up GEMV, SiLU-and-mul       rms_norm_linear(output="silu_and_mul"); under
+                                                      tensor parallelism site_add_rms_norm, then
+                                                      linear_silu_and_mul
     down GEMV (+ all-reduce)                        the module, or linear_to_sum as o (but the
                                                       last layer's, which the final norm reads)
 
@@ -30,9 +33,9 @@ modules' forward: the exercises' code. `MILI_FUSED_STEP=0` records the modules' 
 
 Under tensor parallelism (one process per GPU, with the sum buffers of mili/distributed/one_shot.py)
 the all-reduce kernels after the embedding and the o and down GEMVs go too: those kernels push
-their parts into every rank's memory and the next GEMV adds them up as it normalises its input
-(mili/kernels/pushed_sums.py). The sums are the one-shot all-reduce's, bit for bit.
-`MILI_FUSED_ALL_REDUCE=0` keeps the all-reduce kernels.
+their parts into every rank's memory and the next norm adds them up (mili/kernels/pushed_sums.py).
+The sums are the one-shot all-reduce's, bit for bit. `MILI_FUSED_ALL_REDUCE=0` keeps the
+all-reduce kernels.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ from torch import Tensor
 
 from mili.distributed import one_shot
 from mili.kernels.decode_step import attend_new_token, takes_heads
-from mili.kernels.linear import linear_to_sum, rms_norm_linear
-from mili.kernels.pushed_sums import SumSite, embedding_to_sum
+from mili.kernels.linear import linear, linear_silu_and_mul, linear_to_sum, rms_norm_linear
+from mili.kernels.pushed_sums import SumSite, embedding_to_sum, site_add_rms_norm
 from mili.model.metadata import AttentionMetadata, KVCache
 from mili.model.parallel import RowParallelLinear, VocabParallelEmbedding
 
@@ -84,17 +87,28 @@ class FusedDecodeStep:
         for index, layer in enumerate(self.model.layers):
             k_cache, v_cache = kv_cache.layer(index)
             attn, mlp, norm = layer.self_attn, layer.mlp, layer.input_layernorm
-            qkv, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, attn.qkv_proj.weight)
+            qkv, residual = _normed_linear(hidden, residual, norm, attn.qkv_proj.weight)
             o = attend_new_token(qkv, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps, positions,
                                  attn.rotary.cos_sin_cache, k_cache, v_cache, md.slot_mapping, md.context_lens,
                                  md.block_tables, attn.scaling)
             hidden = _row_parallel(attn.o_proj, o.view(1, -1), next(sites, None))
             norm = layer.post_attention_layernorm
-            act, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
-                                            output="silu_and_mul")
+            act, residual = _normed_linear(hidden, residual, norm, mlp.gate_up_proj.weight, output="silu_and_mul")
             hidden = _row_parallel(mlp.down_proj, act, next(sites, None))
         hidden, _ = self.model.norm(hidden, residual)
         return hidden
+
+
+def _normed_linear(hidden: Tensor | SumSite, residual: Tensor | None, norm, weight: Tensor,
+                   output: str = "plain") -> tuple[Tensor, Tensor]:
+    """(weight · norm(hidden + residual), the new residual), output as rms_norm_linear's. A row
+    pushed to a sum site is summed and normalised by one small kernel, then the GEMV reads it:
+    a GEMV that summed as it read had every program read every rank's part of the row, which at
+    Qwen3-32B shapes cost more than the kernel (mili/kernels/pushed_sums.py)."""
+    if not isinstance(hidden, SumSite):
+        return rms_norm_linear(hidden, residual, norm.weight, norm.eps, weight, output=output)
+    x, residual = site_add_rms_norm(hidden, residual, norm.weight, norm.eps)
+    return (linear_silu_and_mul(x, weight) if output == "silu_and_mul" else linear(x, weight)), residual
 
 
 def _row_parallel(module, x: Tensor, site: SumSite | None) -> Tensor | SumSite:

@@ -16,8 +16,8 @@ Memory: reads N·K elements of W and K of x, writes N.
 `rms_norm_linear` is the same kernel with a decoder layer's pre-norm in its input, and for the
 MLP's gate_up with SiLU-and-mul in its output (the engine's batch-1 step,
 mili/engine/fused_step.py): one launch where the modules take two or three. Under tensor
-parallelism `linear_to_sum` pushes a row-parallel product's part to every rank, and
-`rms_norm_linear` given its site sums the parts as it reads them (mili/kernels/pushed_sums.py).
+parallelism `linear_to_sum` pushes a row-parallel product's part to every rank, for
+`site_add_rms_norm` to sum (mili/kernels/pushed_sums.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
-from mili.kernels.pushed_sums import SumSite, push_to_site, site_sum
+from mili.kernels.pushed_sums import SumSite, push_to_site
 
 
 @triton.jit
@@ -53,10 +53,10 @@ def first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.
 @triton.jit(do_not_specialize=["sum_site", "clear_site"])
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
                  res_ptr, norm_w_ptr, res_out_ptr, eps,
-                 sum_addresses_ptr, sum_site, clear_site, timeout_ns,
+                 sum_addresses_ptr, sum_site, clear_site,
                  INPUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
                  DEPENDENT_LAUNCH: tl.constexpr, OUTPUT: tl.constexpr = "plain",
-                 RANK: tl.constexpr = 0, WORLD: tl.constexpr = 1, WATCHDOG: tl.constexpr = False):
+                 RANK: tl.constexpr = 0, WORLD: tl.constexpr = 1):
     """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with the input in float32.
 
     The loads of W run one tile ahead of the products. Under a dependent launch the first tile is
@@ -67,10 +67,6 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
         "plain"         x [K]
         "rms_norm"      rms_norm(x) · norm_w
         "add_rms_norm"  rms_norm(x + res) · norm_w; program 0 also writes res_out = x + res
-        "summed_add_rms_norm"  the same with x the row summed over the ranks at sum_site
-                        (mili/kernels/pushed_sums.py): the prologue waits for every rank's part
-        "summed_rms_norm"  rms_norm(x) · norm_w with x summed at sum_site (the first layer's, whose x
-                        is the embedding); program 0 also writes res_out = x
     For the two norms every program first reads the whole row (BLOCK_H ≥ K elements, a few KB
     that the previous kernel just wrote, so from L2) for its rms. That prologue costs about what
     the separate norm kernel cost; scaling the finished dot products by 1/rms instead, with the
@@ -87,30 +83,22 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     dtype = y_ptr.dtype.element_ty
     rstd = 0.0
-    SUMMED: tl.constexpr = INPUT == "summed_add_rms_norm" or INPUT == "summed_rms_norm"
-    ADDS: tl.constexpr = INPUT == "add_rms_norm" or INPUT == "summed_add_rms_norm"
+    ADDS: tl.constexpr = INPUT == "add_rms_norm"
     NORMS: tl.constexpr = INPUT != "plain"
     if NORMS:
         h = tl.arange(0, BLOCK_H)
         h_ok = h < K
-        if SUMMED:
-            row = site_sum(sum_addresses_ptr, K, sum_site, h, h_ok, timeout_ns, dtype, RANK, WORLD, True, WATCHDOG)
-        else:
-            row = tl.load(x_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
-        if ADDS:
+        row = tl.load(x_ptr + h, mask=h_ok, other=0.0).to(tl.float32)
+        if ADDS:  # the residual stream's new row
             row = (row + tl.load(res_ptr + h, mask=h_ok, other=0.0).to(tl.float32)).to(dtype)
-        if ADDS or SUMMED:  # the residual stream's new row
             if tl.program_id(0) == 0:
-                tl.store(res_out_ptr + h, row.to(dtype), mask=h_ok)
+                tl.store(res_out_ptr + h, row, mask=h_ok)
             row = row.to(tl.float32)
         rstd = tl.rsqrt(tl.sum(row * row, 0) / K + eps)
     acc = tl.zeros(w.shape, tl.float32)
     for _ in range(0, K, BLOCK_K):  # cols walks along K
         ok = cols < K
-        if SUMMED:
-            x = site_sum(sum_addresses_ptr, K, sum_site, cols, ok, timeout_ns, dtype, RANK, WORLD, False, WATCHDOG)
-        else:
-            x = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + cols, mask=ok, other=0.0).to(tl.float32)
         if ADDS:
             x = (x + tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
         if NORMS:
@@ -148,22 +136,21 @@ def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | 
                  norm_weight: Tensor | None = None, eps: float = 0.0, output: str = "plain",
                  site: SumSite | None = None) -> tuple[Tensor, Tensor | None]:
     """y [1, N] = weight · (x transformed as `input_kind` says), written as `output` says, and the
-    new residual row when there is one (see _gemv_kernel). `site`: where a summed input is read
-    and "push" writes y (then nothing is returned as y but x)."""
+    new residual row when there is one (see _gemv_kernel). `site`: where "push" writes y (then
+    nothing is returned as y but x)."""
     n, k = weight.shape
     if output == "silu_and_mul":
         n //= 2
     y = x if output == "push" else torch.empty(1, n, dtype=x.dtype, device=x.device)  # a push writes no y
-    writes_residual = input_kind in ("add_rms_norm", "summed_add_rms_norm", "summed_rms_norm")
-    residual_out = torch.empty(1, k, dtype=x.dtype, device=x.device) if writes_residual else None
+    residual_out = torch.empty(1, k, dtype=x.dtype, device=x.device) if input_kind == "add_rms_norm" else None
     norms = input_kind != "plain"
     tensors = (x, weight, y, n, k, weight.stride(0), residual if residual is not None else x,
                norm_weight if norm_weight is not None else x, residual_out if residual_out is not None else y, eps)
     if site is None:
-        sums, ranks = (x, 0, 0, 0), {}
+        sums, ranks = (x, 0, 0), {}
     else:
-        sums = (site.addresses, site.site, site.clear_site, site.timeout_ns)
-        ranks = {"RANK": site.rank, "WORLD": site.world, "WATCHDOG": x.device.type == "cuda"}
+        sums = (site.addresses, site.site, site.clear_site)
+        ranks = {"RANK": site.rank, "WORLD": site.world}
     block_h = triton.next_power_of_2(k) if norms else 1
     if x.device.type == "cuda":
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
@@ -182,11 +169,20 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     return _launch_gemv(x, weight, "plain")[0]
 
 
+def linear_silu_and_mul(x: Tensor, weight: Tensor) -> Tensor:
+    """silu_and_mul(x · weightᵀ) for one row: x [1, K], weight [2I, K] = [W_gate; W_up] -> [1, I], in
+    one GEMV (the MLP's gate_up after a norm kernel), rounded as the two kernels round."""
+    if not _is_single_row(x, weight) or weight.shape[0] % 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear_silu_and_mul takes one contiguous row x [1, K] and a weight [2I, K] of its dtype "
+                         f"and device, got x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
+    return _launch_gemv(x, weight, "plain", output="silu_and_mul")[0]
+
+
 def linear_to_sum(x: Tensor, weight: Tensor, site: SumSite) -> SumSite:
     """This rank's part of a row-parallel product, weight [N, K] · x [1, K], pushed into every rank's
     sum buffer at `site` (mili/kernels/pushed_sums.py) instead of written; it also empties the site
-    before it in this rank's buffer. Returns the site, which `rms_norm_linear` takes as its x: the
-    sum over the ranks, without an all-reduce kernel between the two.
+    before it in this rank's buffer. Returns the site, which `site_add_rms_norm` sums and normalises:
+    the sum over the ranks, without an all-reduce kernel.
     Memory: reads N·K + K elements, writes N on each of the W ranks and empties W·N of its own."""
     if not _is_single_row(x, weight) or weight.shape[0] != site.width or x.dtype.itemsize != 2:
         raise ValueError(f"linear_to_sum takes one contiguous row x [1, K] of 2-byte floats in weight's dtype and "
@@ -196,7 +192,7 @@ def linear_to_sum(x: Tensor, weight: Tensor, site: SumSite) -> SumSite:
     return site
 
 
-def rms_norm_linear(x: Tensor | SumSite, residual: Tensor | None, norm_weight: Tensor, eps: float,
+def rms_norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps: float,
                     weight: Tensor, output: str = "plain") -> tuple[Tensor, Tensor]:
     """A decoder layer's pre-norm and the projection after it, in one launch, for one row.
 
@@ -205,18 +201,8 @@ def rms_norm_linear(x: Tensor | SumSite, residual: Tensor | None, norm_weight: T
     residual is None) and y = weight · rms_norm(residual_out, norm_weight, eps): fused_add_rms_norm
     (or rms_norm) followed by linear, with the same roundings. output="silu_and_mul" (the MLP's
     gate_up, weight [2I, K]) returns silu_and_mul(y) [1, I] instead, rounded as that kernel rounds.
-    x may be a SumSite that `linear_to_sum` or `embedding_to_sum` returned: x is the row summed
-    over the ranks there, as the one-shot all-reduce sums it; every program waits for the other
-    ranks' parts to arrive.
-    Memory: reads N·K + 3·K elements (K from L2 by every program), writes N (+ K); a summed x
-    is W·K elements read twice by every program.
+    Memory: reads N·K + 3·K elements (K from L2 by every program), writes N (+ K).
     """
-    site = x if isinstance(x, SumSite) else None
-    if site is not None:  # x's shape, dtype and device are the residual's, or norm_weight's; the kernel reads the site
-        x = torch.empty(1, site.width, dtype=norm_weight.dtype, device=norm_weight.device) if residual is None else residual
-        if x.shape != (1, site.width):
-            raise ValueError(f"rms_norm_linear: a summed x (a SumSite of width {site.width}) needs a residual row "
-                             f"[1, {site.width}], got {tuple(x.shape)}")
     if not _is_single_row(x, weight):
         raise ValueError(f"rms_norm_linear takes one contiguous row x [1, K] of weight's dtype and device (a "
                          f"batch-1 decode step), got x {tuple(x.shape)} {x.dtype} on {x.device}, weight "
@@ -232,10 +218,7 @@ def rms_norm_linear(x: Tensor | SumSite, residual: Tensor | None, norm_weight: T
     if output not in ("plain", "silu_and_mul") or (output == "silu_and_mul" and weight.shape[0] % 2):
         raise ValueError(f"output must be 'plain', or 'silu_and_mul' with an even number of rows [2I, K], got "
                          f"{output!r} and weight {tuple(weight.shape)}")
-    if site is not None:
-        kind = "summed_rms_norm" if residual is None else "summed_add_rms_norm"
-    else:
-        kind = "rms_norm" if residual is None else "add_rms_norm"
-    y, residual_out = _launch_gemv(x, weight, kind, residual, norm_weight, eps, output, site)
+    kind = "rms_norm" if residual is None else "add_rms_norm"
+    y, residual_out = _launch_gemv(x, weight, kind, residual, norm_weight, eps, output)
     return y, (x if residual_out is None else residual_out)
 

@@ -11,14 +11,16 @@ is complete, and no barrier is needed: the receiver waits for exactly the data i
 
 - `mili.distributed.one_shot`: an all-reduce kernel of its own (push, wait, sum, clear).
 - `mili.kernels.linear` with a `SumSite`: the o/down GEMV pushes its partial products to every
-  rank (`linear_to_sum`) and the next GEMV, which normalises its input, waits for and sums them
-  as it reads it (`rms_norm_linear` given the site). The all-reduce kernel between them is gone:
-  on two H200s Qwen3-8B's batch-1 step at TP=2 went from 2.63-2.65 to 2.57-2.58 ms
-  (benchmarks/tp-sums-in-gemvs-ab-h200/). The summing GEMV still waits for the kernel before it
-  to end before it polls: polling from its launch, though the marks make that correct, was
-  slower (benchmarks/tp-sum-wait-h200/).
+  rank (`linear_to_sum`), and `site_add_rms_norm` here, one small kernel, waits for them, sums
+  them, adds the residual and normalises: the next layer's pre-norm, which the batch-1 step
+  needs anyway, does the all-reduce's work, and the qkv or gate_up GEMV after it reads an
+  ordinary row. That GEMV once summed the parts itself, as it read its input (Qwen3-8B at TP=2
+  on two H200s: 2.57-2.58 ms against 2.63-2.65 with all-reduce kernels,
+  benchmarks/tp-sums-in-gemvs-ab-h200/), but each of its programs then read every rank's part
+  of the row, which at Qwen3-32B shapes cost 1 ms a step: the norm kernel took 32B from 9.34 to
+  8.56 ms and left 8B as it was (benchmarks/tp-32b-switches-h200/).
 - `embedding_to_sum` here: a vocabulary-parallel embedding's lookup (the row, or zeros where
-  another rank holds the token) pushed the same way, for the first layer's GEMV to sum.
+  another rank holds the token) pushed the same way, for the first layer's norm to sum.
 
 A rank that never sends (it died, or hangs) would leave the others waiting forever, out of reach
 of NCCL's abort; so a kernel that has waited `timeout_ns` aborts (a CUDA error in its process,
@@ -83,13 +85,13 @@ class SumSite:
     addresses: [world] int64 on the device, every rank's buffer address, in rank order.
 
     A call site of the decode step owns a site: its GEMV writes its partial products into region
-    [site][rank] of every rank's buffer, and the next kernel waits for all the regions of [site]
-    in its own buffer and adds them in rank order (in float32, rounded once: every rank gets the
-    same bits). Nothing can clear a site while it is read, since every program of the reading
-    GEMV reads the whole row; so the GEMV of the next site clears it (`clear_site`, the previous
-    one), in its own buffer, once the kernel before it has finished. The sites are used in a fixed
-    order, every step, and a peer writes a site again only a step later, after this rank has sent
-    the sites between: with three sites or more, a region is empty again before it is rewritten.
+    [site][rank] of every rank's buffer, and the next kernel (`site_add_rms_norm`) waits for all
+    the regions of [site] in its own buffer and adds them in rank order (in float32, rounded once:
+    every rank gets the same bits). The pushing kernel of the next site clears it (`clear_site`,
+    the previous one) in its own buffer: it starts after the summing kernel has finished. The
+    sites are used in a fixed order, every step, and a peer writes a site again only a step later,
+    after this rank has sent the sites between: with three sites or more, a region is empty again
+    before it is rewritten.
     """
 
     addresses: Tensor
@@ -103,25 +105,21 @@ class SumSite:
 
 @triton.jit
 def _site_part(own, width, site, sender, offs, mask, timeout_ns, dtype: tl.constexpr, WORLD: tl.constexpr,
-               WAIT: tl.constexpr, WATCHDOG: tl.constexpr):
-    at = own + (site * WORLD + sender) * width + offs
-    if WAIT:
-        bits = arrived(at, mask, timeout_ns, WATCHDOG)
-    else:
-        bits = tl.load(at, mask=mask, other=0, cache_modifier=".cg")
+               WATCHDOG: tl.constexpr):
+    bits = arrived(own + (site * WORLD + sender) * width + offs, mask, timeout_ns, WATCHDOG)
     return bits.to(dtype, bitcast=True).to(tl.float32)
 
 
 @triton.jit
 def site_sum(addresses_ptr, width, site, offs, mask, timeout_ns, dtype: tl.constexpr, RANK: tl.constexpr,
-             WORLD: tl.constexpr, WAIT: tl.constexpr, WATCHDOG: tl.constexpr):
-    """Elements offs (where mask) of the row summed at `site`, from this rank's buffer: the ranks'
-    parts added in rank order in float32 and rounded once to dtype, as float32. WAIT: read each
-    part again until it has arrived; without it, the caller has seen them arrive (read past L1)."""
+             WORLD: tl.constexpr, WATCHDOG: tl.constexpr):
+    """Elements offs (where mask) of the row summed at `site`, from this rank's buffer, each part
+    read again until it has arrived: the ranks' parts added in rank order in float32 and rounded
+    once to dtype, as float32."""
     own = buffer_of(addresses_ptr, RANK)
-    total = _site_part(own, width, site, 0, offs, mask, timeout_ns, dtype, WORLD, WAIT, WATCHDOG)
+    total = _site_part(own, width, site, 0, offs, mask, timeout_ns, dtype, WORLD, WATCHDOG)
     for sender in tl.static_range(1, WORLD):
-        total += _site_part(own, width, site, sender, offs, mask, timeout_ns, dtype, WORLD, WAIT, WATCHDOG)
+        total += _site_part(own, width, site, sender, offs, mask, timeout_ns, dtype, WORLD, WATCHDOG)
     return total.to(dtype).to(tl.float32)
 
 
@@ -137,6 +135,50 @@ def push_to_site(addresses_ptr, width, site, clear_site, offs, mask, values, RAN
     own = buffer_of(addresses_ptr, RANK)
     for sender in tl.static_range(WORLD):
         tl.store(own + (clear_site * WORLD + sender) * width + offs, tl.full(offs.shape, EMPTY, tl.int16), mask=mask)
+
+
+@triton.jit(do_not_specialize=["sum_site"])
+def _site_add_rms_norm_kernel(sum_addresses_ptr, sum_site, width, res_ptr, norm_w_ptr, out_ptr, res_out_ptr, eps,
+                              timeout_ns, BLOCK: tl.constexpr, ADDS: tl.constexpr, RANK: tl.constexpr,
+                              WORLD: tl.constexpr, WATCHDOG: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr):
+    """One program: the row summed at sum_site (ADDS: plus the residual), rounded as the norm GEMV
+    rounds it, into res_out, and its RMSNorm into out."""
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
+    dtype = out_ptr.dtype.element_ty
+    h = tl.arange(0, BLOCK)
+    ok = h < width
+    row = site_sum(sum_addresses_ptr, width, sum_site, h, ok, timeout_ns, dtype, RANK, WORLD, WATCHDOG)
+    if ADDS:
+        row = (row + tl.load(res_ptr + h, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+    tl.store(res_out_ptr + h, row.to(dtype), mask=ok)
+    rstd = tl.rsqrt(tl.sum(row * row, 0) / width + eps)
+    out = (row * rstd).to(dtype).to(tl.float32)
+    tl.store(out_ptr + h, (out * tl.load(norm_w_ptr + h, mask=ok, other=0.0).to(tl.float32)).to(dtype), mask=ok)
+
+
+def site_add_rms_norm(site: SumSite, residual: Tensor | None, norm_weight: Tensor,
+                      eps: float) -> tuple[Tensor, Tensor]:
+    """The row summed over the ranks at `site` (as the one-shot all-reduce sums it), plus the
+    residual where there is one, and its RMSNorm: (out [1, H], residual_out [1, H]), what
+    fused_add_rms_norm (or rms_norm, residual None) gives for the summed row, with the same
+    roundings. One small kernel waits for the parts, so the GEMV after it reads an ordinary row.
+    Memory: reads W·H elements of the site (+ H of the residual) and H of norm_weight, writes 2·H."""
+    if norm_weight.shape != (site.width,) or norm_weight.element_size() != 2:
+        raise ValueError(f"site_add_rms_norm: norm_weight must be [{site.width}] (the site's width) of 2-byte "
+                         f"floats, got {tuple(norm_weight.shape)} {norm_weight.dtype}")
+    if residual is not None and (residual.shape != (1, site.width) or residual.dtype != norm_weight.dtype
+                                 or not residual.is_contiguous()):
+        raise ValueError(f"site_add_rms_norm: residual must be a contiguous [1, {site.width}] row of "
+                         f"{norm_weight.dtype}, got {tuple(residual.shape)} {residual.dtype}")
+    out = torch.empty(1, site.width, dtype=norm_weight.dtype, device=norm_weight.device)
+    residual_out = torch.empty_like(out)
+    cuda = norm_weight.device.type == "cuda"
+    _site_add_rms_norm_kernel[(1,)](
+        site.addresses, site.site, site.width, residual if residual is not None else out, norm_weight, out,
+        residual_out, eps, site.timeout_ns, BLOCK=triton.next_power_of_2(site.width), ADDS=residual is not None,
+        RANK=site.rank, WORLD=site.world, WATCHDOG=cuda, num_warps=8 if cuda else 1,
+        **dependent_launch_options(norm_weight.device))
+    return out, residual_out
 
 
 @triton.jit(do_not_specialize=["sum_site", "clear_site"])
@@ -159,7 +201,7 @@ def embedding_to_sum(input_ids: Tensor, weight: Tensor, first_row: int, site: Su
     """This rank's part of the embedding of one token, input_ids [1], from its rows [first_row,
     first_row + R) of the table, weight [R, H]: the token's row if it holds it, else zeros, pushed
     into every rank's sum buffer at `site` (and the site before it emptied in this rank's), as
-    `linear_to_sum` pushes a product. Returns the site: `rms_norm_linear` sums it as the one-shot
+    `linear_to_sum` pushes a product. Returns the site: `site_add_rms_norm` sums it as the one-shot
     all-reduce would (one row plus zeros), so the embedding needs no all-reduce kernel.
     Memory: reads H elements (none when another rank holds the token), writes H on each of the
     W ranks and empties W·H of its own."""
