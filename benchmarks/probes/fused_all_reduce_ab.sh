@@ -2,7 +2,7 @@
 # The tensor-parallel batch-1 step with and without its all-reduce kernels (MILI_FUSED_ALL_REDUCE),
 # on 2 GPUs, in one run: the GPU tensor-parallel tests first, then batch-1 latency at Qwen3-8B
 # shapes with TP=1, and with TP=2 alternating off and on (two rounds each); with PROFILE=1 then a
-# kernel profile of rank 0 at TP=2 with the sums in the GEMVs (dependent launch off).
+# kernel profile of rank 0 at TP=2 with the pushed sums (dependent launch off).
 #   bash benchmarks/probes/fused_all_reduce_ab.sh OUT
 set -uo pipefail
 out=${1:?output folder}; mkdir -p "$out"

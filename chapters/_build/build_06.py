@@ -920,14 +920,15 @@ print(f"  {'all kernels':<56} {total_one:7.0f}  {total_two:7.0f}  {total_two / t
 
 md(r"""
 **The all-reduce inside the GEMVs.** The answer above named one more fusion: the all-reduce into
-the residual add and norm that follow it. The engine's batch-1 step now does it
-(`mili/kernels/pushed_sums.py`). The o and down GEMVs push their partial products straight into
-every GPU's buffer, by the same empty-marker rule. The next GEMV already reads its whole input row
-in every program, for the norm; it now waits for every rank's part and sums it as it reads. No
-kernel stands between the two. Each call site of the step (layer 3's o projection, layer 3's
-down projection, ...) owns a region of the buffer, and the GEMV of the next call site empties the
-previous one. One run on two H200s, alternating the two ways (`MILI_FUSED_ALL_REDUCE=0` keeps the
-all-reduce kernels):
+the residual add and norm that follow it (`mili/kernels/pushed_sums.py`). The o and down GEMVs
+push their partial products straight into every GPU's buffer, by the same empty-marker rule. In
+the first version the next GEMV, which already read its whole input row in every program for the
+norm, waited for every rank's part and summed it as it read: no kernel stood between the two.
+(The engine now sums in a small norm kernel before a plain GEMV; the section "A fusion that wins
+at one shape and loses at another" below says why.) Each call site of the step (layer 3's o
+projection, layer 3's down projection, ...) owns a region of the buffer, and the GEMV of the next
+call site empties the previous one. One run on two H200s, alternating the two ways
+(`MILI_FUSED_ALL_REDUCE=0` keeps the all-reduce kernels):
 """)
 
 code(r"""
@@ -943,13 +944,13 @@ for name, run in runs.items():
 """)
 
 think(r"""
-mili's one-shot kernel empties each element right after reading it. Why can the GEMV that reads a
-call site's sums not do the same? And the sites need no slot bits: why is one region per call
+mili's one-shot kernel empties each element right after reading it. Why could the GEMV that read a
+call site's sums, in this first version, not do the same? And the sites need no slot bits: why is one region per call
 site enough, as long as the step has three call sites or more? (When does a peer write the same
 site again, and what has this rank done by then?)
 """, r"""
 In the one-shot kernel each element is read by exactly one program, so that program knows when
-it is done with it. In the GEMV every program reads the whole row (each needs all of x for its
+it is done with it. In that GEMV every program read the whole row (each needs all of x for its
 rows' dot products and for the norm), and no program knows when the others have finished: an
 early one that emptied the site would leave a later one waiting forever. Only a later kernel
 knows that all of them are done. So the GEMV of the next call site empties the previous site
@@ -966,7 +967,7 @@ else TP=2 spent time that one GPU does not. Before its first GEMV the step ran 4
 kernels, against 9 at TP=1: the step's integer inputs packed into one tensor and broadcast, then
 unpacked and copied into the graph's buffers, and the vocabulary-parallel embedding's masks and
 all-reduce. Now rank 0 stages a batch-1 step's inputs in its graph's own buffer, one broadcast
-fills every rank's buffer, and the embedding pushes its row into a sum site that the first GEMV
+fills every rank's buffer, and the embedding pushes its row into a sum site that the first layer
 sums (`embedding_to_sum`). And each rank turns its own graph's output into its part of the
 logits, instead of receiving rank 0's hidden state: the ranks' hidden states are the same bits.
 The phases of a step, from the two traces (two calls on two H200s each; a trace runs under the
@@ -1063,8 +1064,8 @@ alternating run the step is about 0.04 ms shorter. The layers vary from call to 
 what separates TP=2 from half of TP=1 is now inside the layers. Each GEMV reads half its TP=1
 bytes, so each should add half its TP=1 time. The o and down projections come close; the qkv
 GEMV, which first waits for the other rank's down projection, is furthest from it. Every program
-of a summing GEMV polls the whole row until both ranks' parts are there, so each of the 72 sums
-per step costs the two GPUs' skew and the interconnect's latency, on top of the bytes. The memory
+of a summing GEMV polled the whole row until both ranks' parts were there, so each of the 72 sums
+per step cost the two GPUs' skew and the interconnect's latency, on top of the bytes. The memory
 sits idle during that wait; asking for the first megabytes of the weight to come into L2 then
 gained almost nothing, and asking for more lost time
 (`benchmarks/tp-batch-1-inputs-ab-h200/README.md`).
@@ -1072,7 +1073,8 @@ gained almost nothing, and asking for more lost time
 How much is the summing itself, and how much the other GPU? `benchmarks/probes/summing_gemv_probe.py`
 runs the GEMVs of the shard's 36 layers on one GPU (no attention), once with the plain kernels
 and once summing through sum sites of a group of one rank: the polling, the second read of the
-parts, the pushes, but no other GPU to wait for.
+parts, the pushes, but no other GPU to wait for. (Its record is of the summing GEMVs; the probe
+now runs the summing norm kernel.)
 """)
 
 code(r"""
@@ -1220,7 +1222,7 @@ are they, although each rank computes different products? What would make them d
 what would the user see if they did?
 """, r"""
 Every rank ends each layer with the same residual row because every sum over the ranks gives
-every rank the same bits: the one-shot kernel and the summing GEMVs add the parts in rank order,
+every rank the same bits: the one-shot kernel and the summing norms add the parts in rank order,
 in float32, and round once, on every rank, and everything after a sum (the norm, the residual
 add) is computed from that sum alone. The final norm then reads the same row on every rank. If
 each rank added the others' parts to its own, each in its own order, floating-point addition,
@@ -1275,9 +1277,41 @@ pushed row, each GPU's part, from L2: once in its prologue, polling until it has
 again tile by tile in its loop. The autotuner keeps the programs few, 8 rows each, at the cost of
 so many registers that an SM holds few of them, and that choice is the best of its set: pinned to
 fewer rows a program (a third call), the step lost milliseconds. At TP=1, whose norm GEMVs read an ordinary row,
-the same pinning cost nothing. Two fixes are written and wait for a GPU to measure them (the
-folder's README): hold the normalised row in registers, so a program reads it once for several row
-blocks, or sum and normalise it once, in one small kernel, before a plain GEMV.
+the same pinning cost nothing. Two fixes followed: tilings that hold the normalised row in
+registers, so a program reads it once for several row blocks, offered to the autotuner beside the
+others; and one small kernel of one program that sums and normalises the row once, before a plain
+GEMV. One call on two H200s timed both against the code before them (`sum-norm-kernel/`):
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+fixes = switches / "sum-norm-kernel"
+for arm, label in (("baseline-1", "summing GEMVs"), ("1", "summing GEMVs, again"),
+                   ("held-1", "the row held in registers"), ("sumnorm-1", "summing norm kernel, plain GEMV")):
+    run = json.loads((fixes / f"latency-32b-tp2-{arm}.json").read_text())
+    print(f"Qwen3-32B TP=2 {label:<32} {run['mili']['tpot_ms']:6.3f} ms/token, "
+          f"{run['mili']['times_floor']:.2f}x the group's floor")
+for tree, label in (("held", "the row held"), ("sumnorm", "summing norm kernel")):
+    kernels = json.loads((fixes / f"kernels-32b-tp2-{tree}-pdl0.json").read_text())
+    gemvs = sum(k["us_per_step"] for k in kernels["kernels"] if k["name"] == "_gemv_kernel")
+    norms = sum(k["us_per_step"] for k in kernels["kernels"] if k["name"] == "_site_add_rms_norm_kernel")
+    gate_up = next(c for c in kernels["gemv_configs"] if c.startswith("(12800, 5120"))
+    print(f"{label:<20}: GEMVs {gemvs:5.0f} µs a step, summing norms {norms:4.0f}; gate_up's tiling: "
+          f"{gate_up.split('-> ')[1].split(', num_ctas')[0]}")
+print("Qwen3-8B TP=2, another call, in the order run:")
+for arm in ("baseline-1", "1", "baseline-2", "2"):
+    run = json.loads((fixes / f"latency-8b-tp2-{arm}.json").read_text())
+    label = "summing norm kernel" if run["environment"]["git_commit"].endswith("+sumnorm") else "summing GEMVs"
+    print(f"  {label:<20} {run['mili']['tpot_ms']:.3f} ms/token")
+""")
+
+md(r"""
+The autotuner never picked the held row's tilings, and the step did not move. The summing norm
+kernel took the 32B step most of the way back: the GEMVs now read an ordinary row, the autotuner
+gives gate_up one row a program at two warps, and the 128 small kernels it adds (two a layer)
+cost far less than the GEMVs gained. At 8B it changed nothing measurable (the two arms of the same code differ by as
+much). The engine now runs it, and the summing GEMVs are gone: one more kernel per norm, where
+the first version had removed one, and a faster step.
 """)
 
 think(r"""
@@ -1292,7 +1326,7 @@ programs read 105 MB, twice the weights. The weights are read once whatever the 
 bytes do not change; the row is read once per program, so its bytes grow with the number of
 programs, and they come from L2 with the polling loads' latency, before the program can start
 streaming. The two fixes cut exactly that: one program reads the row once for many row blocks,
-or one kernel reads it once for the whole GPU.
+or one kernel reads it once for the whole GPU; the second is what the engine kept.
 """)
 
 md(r"""
