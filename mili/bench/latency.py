@@ -136,7 +136,8 @@ def print_report(report: dict, stream=None) -> None:
     if report.get("fused_batch_1_step"):
         print("decode steps replay the fused batch-1 graph (MILI_FUSED_STEP=0: the modules' forward)", file=stream)
     if report.get("pushed_sums"):
-        print("its GEMVs push their parts to every rank and the norms sum them, no all-reduce kernels (MILI_FUSED_ALL_REDUCE=0: keep them)", file=stream)
+        print("its o and down GEMVs push their parts to every rank and the next norms sum them, no all-reduce "
+              "kernels (MILI_FUSED_ALL_REDUCE=0: keep them)", file=stream)
     print(f"{'engine':<8} {'ms/token':>9} {'x floor':>8} {'TTFT ms':>8}", file=stream)
     for name in ("mili", "hf"):
         if name in report:
