@@ -59,7 +59,8 @@ def _compile_all() -> list[str]:
                  dict(BLOCK=1024, RANK=1, WORLD=2, DEPENDENT_LAUNCH=True)))
     for adds in (False, True):
         jobs.append((f"_site_add_rms_norm_kernel ADDS={adds}", _site_add_rms_norm_kernel, SITE_NORM_ARGS,
-                     dict(BLOCK=8192, ADDS=adds, RANK=1, WORLD=2, WATCHDOG=True, DEPENDENT_LAUNCH=True)))
+                     dict(BLOCK=8192, ADDS=adds, RANK=1, WORLD=2, SENDERS=2, WATCHDOG=True,
+                          DEPENDENT_LAUNCH=True)))
     failed = []
     for name, kernel, signature, constexprs in jobs:
         try:

@@ -203,19 +203,17 @@ def test_every_configuration_the_autotuner_may_pick_pushes_the_same():
             f"BLOCK_N={block_n}, BLOCK_K={block_k}: rank 0's push differs"
 
 
-def test_a_shards_fused_step_pushes_its_sums_at_the_embedding_and_every_o_and_down_but_the_last(
-        tmp_path, monkeypatch):
+def test_a_shards_fused_step_pushes_its_sums_at_the_embedding_and_every_o_and_down(tmp_path, monkeypatch):
     """With sum buffers installed, the batch-1 step of a tensor-parallel shard gets one site for the
-    embedding and one per o and down projection, in the order the step runs them, but the last
-    layer's down (the final norm reads it); with MILI_FUSED_ALL_REDUCE=0, or in one process, it
-    gets none."""
+    embedding and one per o and down projection, in the order the step runs them (the final norm
+    sums the last down's); with MILI_FUSED_ALL_REDUCE=0, or in one process, it gets none."""
     from mili.distributed import one_shot
     from mili.engine.fused_step import FusedDecodeStep
     from mili.model.parallel import TensorParallelGroup
     from tests.test_tensor_parallel import CHECKPOINTS, write_checkpoint
 
     config = write_checkpoint(tmp_path, **CHECKPOINTS["kv-heads-divide-tied"])
-    hidden, sites = config.hidden_size, 2 * config.num_hidden_layers
+    hidden, sites = config.hidden_size, 2 * config.num_hidden_layers + 1
     shard = load_model(tmp_path, dtype=torch.bfloat16, backend="triton", group=TensorParallelGroup(0, 2))
     monkeypatch.setattr(one_shot, "_sum_buffers", _simulated_ranks(2, hidden, sites)[0])
     step = FusedDecodeStep(shard)

@@ -194,9 +194,9 @@ class SumBuffers:
                 for site in range(count)]
 
 
-# Sum sites for a decode step of up to 128 rows (64 layers: the embedding, every o and down but the last) of
+# Sum sites for a decode step of up to 64 layers (129 sites: the embedding, every o and down) of rows of
 # 8192 bfloat16 elements on 8 ranks
-SUM_BUFFER_BYTES = 16 << 20
+SUM_BUFFER_BYTES = 17 << 20
 
 _installed_once = False
 _sum_buffers: SumBuffers | None = None

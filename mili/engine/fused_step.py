@@ -18,8 +18,8 @@ model's own modules and weights with fused kernels:
     add + RMSNorm, gate_up GEMV, SiLU-and-mul       rms_norm_linear(output="silu_and_mul"); under
                                                       tensor parallelism site_add_rms_norm, then
                                                       linear_silu_and_mul
-    down GEMV (+ all-reduce)                        the module, or linear_to_sum as o (but the
-                                                      last layer's, which the final norm reads)
+    down GEMV (+ all-reduce)                        the module, or linear_to_sum as o (the last
+                                                      layer's summed by the final norm)
 
 What each fusion bought, and what was measured and left out, is in benchmarks/fused-step-ab-h100.json
 and benchmarks/batch-1-fusions-ab-h100.json: SiLU in the down GEMV's input recomputes the
@@ -95,8 +95,10 @@ class FusedDecodeStep:
             norm = layer.post_attention_layernorm
             act, residual = _normed_linear(hidden, residual, norm, mlp.gate_up_proj.weight, output="silu_and_mul")
             hidden = _row_parallel(mlp.down_proj, act, next(sites, None))
-        hidden, _ = self.model.norm(hidden, residual)
-        return hidden
+        norm = self.model.norm
+        if isinstance(hidden, SumSite):
+            return site_add_rms_norm(hidden, residual, norm.weight, norm.eps)[0]
+        return norm(hidden, residual)[0]
 
 
 def _normed_linear(hidden: Tensor | SumSite, residual: Tensor | None, norm, weight: Tensor,
@@ -118,9 +120,9 @@ def _row_parallel(module, x: Tensor, site: SumSite | None) -> Tensor | SumSite:
 
 def _sum_sites(model, dtype: torch.dtype) -> list[SumSite] | None:
     """The sum sites of a tensor-parallel shard's embedding and its o and down projections, in the
-    order the step runs them, but the last down's (the final norm reads it); None in one process,
+    order the step runs them (the last down's is summed by the final norm); None in one process,
     or where the group has no sum buffers (the CPU, MILI_ALL_REDUCE=nccl, MILI_FUSED_ALL_REDUCE=0)."""
-    projections = [m for layer in model.layers for m in (layer.self_attn.o_proj, layer.mlp.down_proj)][:-1]
+    projections = [m for layer in model.layers for m in (layer.self_attn.o_proj, layer.mlp.down_proj)]
     embed = model.embed_tokens
     if (dtype.itemsize != 2 or not isinstance(embed, VocabParallelEmbedding) or embed.group.process_group is not None
             or not all(isinstance(m, RowParallelLinear) and m.bias is None and m.group.process_group is None

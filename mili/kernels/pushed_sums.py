@@ -63,12 +63,12 @@ def sendable(bits):
 
 @triton.jit
 def arrived(at, mask, timeout_ns, WATCHDOG: tl.constexpr):
-    """The int16 elements at `at` (where mask), read again until none of them is empty.
-    WATCHDOG (GPUs): abort the kernel after waiting timeout_ns."""
+    """The int16 elements at `at` (where mask), a block of any shape, read again until none of
+    them is empty. WATCHDOG (GPUs): abort the kernel after waiting timeout_ns."""
     bits = tl.load(at, mask=mask, other=0, volatile=True)
     if WATCHDOG:
         waiting_since = tl.extra.cuda.globaltimer()
-    while tl.max((bits == EMPTY).to(tl.int32), 0) > 0:
+    while tl.max((bits == EMPTY).to(tl.int32)) > 0:  # over every axis: `at` may be a block of rows
         bits = tl.load(at, mask=mask, other=0, volatile=True)
         if WATCHDOG:
             if tl.extra.cuda.globaltimer() - waiting_since > timeout_ns:
@@ -104,22 +104,19 @@ class SumSite:
 
 
 @triton.jit
-def _site_part(own, width, site, sender, offs, mask, timeout_ns, dtype: tl.constexpr, WORLD: tl.constexpr,
-               WATCHDOG: tl.constexpr):
-    bits = arrived(own + (site * WORLD + sender) * width + offs, mask, timeout_ns, WATCHDOG)
-    return bits.to(dtype, bitcast=True).to(tl.float32)
-
-
-@triton.jit
-def site_sum(addresses_ptr, width, site, offs, mask, timeout_ns, dtype: tl.constexpr, RANK: tl.constexpr,
-             WORLD: tl.constexpr, WATCHDOG: tl.constexpr):
-    """Elements offs (where mask) of the row summed at `site`, from this rank's buffer, each part
-    read again until it has arrived: the ranks' parts added in rank order in float32 and rounded
-    once to dtype, as float32."""
-    own = buffer_of(addresses_ptr, RANK)
-    total = _site_part(own, width, site, 0, offs, mask, timeout_ns, dtype, WORLD, WATCHDOG)
+def site_sum(own, width, site, offs, mask, timeout_ns, dtype: tl.constexpr, WORLD: tl.constexpr,
+             SENDERS: tl.constexpr, WATCHDOG: tl.constexpr):
+    """Elements offs (where mask) of the row summed at `site`, from this rank's buffer `own`
+    (`buffer_of`): the ranks' parts added in rank order in float32 and rounded once to dtype, as
+    float32. Every part is requested at once, as one block [SENDERS, len(offs)] (SENDERS: WORLD
+    rounded up to a power of two), and read again until all of it has arrived: one trip to memory
+    where the parts are there, where reading them one after another would wait for each in turn."""
+    senders = tl.arange(0, SENDERS)[:, None]
+    parts = arrived(own + (site * WORLD + senders) * width + offs[None, :], (senders < WORLD) & mask[None, :],
+                    timeout_ns, WATCHDOG).to(dtype, bitcast=True).to(tl.float32)
+    total = tl.sum(tl.where(senders == 0, parts, 0.0), 0)  # one part plus zeros: exact in any order
     for sender in tl.static_range(1, WORLD):
-        total += _site_part(own, width, site, sender, offs, mask, timeout_ns, dtype, WORLD, WATCHDOG)
+        total += tl.sum(tl.where(senders == sender, parts, 0.0), 0)
     return total.to(dtype).to(tl.float32)
 
 
@@ -140,20 +137,29 @@ def push_to_site(addresses_ptr, width, site, clear_site, offs, mask, values, RAN
 @triton.jit(do_not_specialize=["sum_site"])
 def _site_add_rms_norm_kernel(sum_addresses_ptr, sum_site, width, res_ptr, norm_w_ptr, out_ptr, res_out_ptr, eps,
                               timeout_ns, BLOCK: tl.constexpr, ADDS: tl.constexpr, RANK: tl.constexpr,
-                              WORLD: tl.constexpr, WATCHDOG: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr):
+                              WORLD: tl.constexpr, SENDERS: tl.constexpr, WATCHDOG: tl.constexpr,
+                              DEPENDENT_LAUNCH: tl.constexpr):
     """One program: the row summed at sum_site (ADDS: plus the residual), rounded as the norm GEMV
-    rounds it, into res_out, and its RMSNorm into out."""
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
-    dtype = out_ptr.dtype.element_ty
+    rounds it, into res_out, and its RMSNorm into out.
+
+    The kernel is a chain of dependent steps on one SM, so it asks for everything it reads as
+    early as it may: what no kernel writes (the norm's weight, the buffers' addresses) before
+    waiting for the kernel before it, the residual together with the parts, so that where the
+    parts have arrived the sum costs one trip to memory."""
     h = tl.arange(0, BLOCK)
     ok = h < width
-    row = site_sum(sum_addresses_ptr, width, sum_site, h, ok, timeout_ns, dtype, RANK, WORLD, WATCHDOG)
+    norm_w = tl.load(norm_w_ptr + h, mask=ok, other=0.0).to(tl.float32)
+    own = buffer_of(sum_addresses_ptr, RANK)
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
+    dtype = out_ptr.dtype.element_ty
     if ADDS:
-        row = (row + tl.load(res_ptr + h, mask=ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+        residual = tl.load(res_ptr + h, mask=ok, other=0.0).to(tl.float32)
+    row = site_sum(own, width, sum_site, h, ok, timeout_ns, dtype, WORLD, SENDERS, WATCHDOG)
+    if ADDS:
+        row = (row + residual).to(dtype).to(tl.float32)
     tl.store(res_out_ptr + h, row.to(dtype), mask=ok)
     rstd = tl.rsqrt(tl.sum(row * row, 0) / width + eps)
-    out = (row * rstd).to(dtype).to(tl.float32)
-    tl.store(out_ptr + h, (out * tl.load(norm_w_ptr + h, mask=ok, other=0.0).to(tl.float32)).to(dtype), mask=ok)
+    tl.store(out_ptr + h, ((row * rstd).to(dtype).to(tl.float32) * norm_w).to(dtype), mask=ok)
 
 
 def site_add_rms_norm(site: SumSite, residual: Tensor | None, norm_weight: Tensor,
@@ -176,7 +182,8 @@ def site_add_rms_norm(site: SumSite, residual: Tensor | None, norm_weight: Tenso
     _site_add_rms_norm_kernel[(1,)](
         site.addresses, site.site, site.width, residual if residual is not None else out, norm_weight, out,
         residual_out, eps, site.timeout_ns, BLOCK=triton.next_power_of_2(site.width), ADDS=residual is not None,
-        RANK=site.rank, WORLD=site.world, WATCHDOG=cuda, num_warps=8 if cuda else 1,
+        RANK=site.rank, WORLD=site.world, SENDERS=triton.next_power_of_2(site.world),
+        WATCHDOG=cuda, num_warps=8 if cuda else 1,
         **dependent_launch_options(norm_weight.device))
     return out, residual_out
 
