@@ -50,13 +50,13 @@ def _compile_all() -> list[str]:
         signature = GEMV_ARGS if world > 1 else {**GEMV_ARGS, "sum_addresses_ptr": "*bf16"}
         jobs.append((f"_gemv_kernel INPUT={input_kind} OUTPUT={output} WORLD={world}", _gemv_kernel, signature,
                      dict(INPUT=input_kind, BLOCK_N=2, BLOCK_K=512, BLOCK_H=4096, DEPENDENT_LAUNCH=True,
-                          OUTPUT=output, RANK=world - 1, WORLD=world)))
+                          OUTPUT=output, RANK=world - 1, WORLD=world, SENDERS=world)))
     for phases in (1, 2, 3):
         jobs.append((f"_one_shot_all_reduce_kernel PHASES={phases}", _one_shot_all_reduce_kernel, ONE_SHOT_ARGS,
                      dict(RANK=1, WORLD=2, BLOCK=1024, MAX_PROGRAMS=256, PHASES=phases, WATCHDOG=True,
                           DEPENDENT_LAUNCH=True)))
     jobs.append(("_embedding_to_sum_kernel", _embedding_to_sum_kernel, EMBEDDING_ARGS,
-                 dict(BLOCK=1024, RANK=1, WORLD=2, DEPENDENT_LAUNCH=True)))
+                 dict(BLOCK=1024, RANK=1, WORLD=2, SENDERS=2, DEPENDENT_LAUNCH=True)))
     for adds in (False, True):
         jobs.append((f"_site_add_rms_norm_kernel ADDS={adds}", _site_add_rms_norm_kernel, SITE_NORM_ARGS,
                      dict(BLOCK=8192, ADDS=adds, RANK=1, WORLD=2, SENDERS=2, WATCHDOG=True,

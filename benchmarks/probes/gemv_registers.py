@@ -37,7 +37,7 @@ def resources(input_kind: str, output: str, world: int, k: int, config) -> dict:
     """{"registers", "stack_bytes"} per thread of one compiled variant, from cuobjdump -res-usage."""
     names = list(_gemv_kernel.arg_names)
     constexprs = dict(INPUT=input_kind, OUTPUT=output, BLOCK_H=triton.next_power_of_2(k) if input_kind != "plain" else 1,
-                      DEPENDENT_LAUNCH=True, RANK=0, WORLD=world, **config.kwargs)
+                      DEPENDENT_LAUNCH=True, RANK=0, WORLD=world, SENDERS=world, **config.kwargs)
     signature = {**{n: "constexpr" for n in names}, **GEMV_ARGS}
     aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in GEMV_ARGS if n.endswith("_ptr")}
     source = ASTSource(_gemv_kernel, signature, constexprs={(names.index(n),): v for n, v in constexprs.items()},

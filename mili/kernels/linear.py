@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
-from mili.kernels.pushed_sums import SumSite, push_to_site
+from mili.kernels.pushed_sums import SumSite, buffer_of, every_buffer, push_to_site
 
 
 @triton.jit
@@ -56,7 +56,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
                  sum_addresses_ptr, sum_site, clear_site,
                  INPUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
                  DEPENDENT_LAUNCH: tl.constexpr, OUTPUT: tl.constexpr = "plain",
-                 RANK: tl.constexpr = 0, WORLD: tl.constexpr = 1):
+                 RANK: tl.constexpr = 0, WORLD: tl.constexpr = 1, SENDERS: tl.constexpr = 1):
     """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with the input in float32.
 
     The loads of W run one tile ahead of the products. Under a dependent launch the first tile is
@@ -80,6 +80,8 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
     """
     rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K,
                                                       OUTPUT == "silu_and_mul")
+    if OUTPUT == "push":
+        buffers, own = every_buffer(sum_addresses_ptr, WORLD, SENDERS), buffer_of(sum_addresses_ptr, RANK)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     dtype = y_ptr.dtype.element_ty
     rstd = 0.0
@@ -113,7 +115,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         tl.store(y_ptr + rows, (gate * tl.sigmoid(gate) * up).to(dtype), mask=rows < N)
     elif OUTPUT == "push":
-        push_to_site(sum_addresses_ptr, N, sum_site, clear_site, rows, row_ok, y, RANK, WORLD)
+        push_to_site(buffers, own, N, sum_site, clear_site, rows, row_ok, y, RANK, WORLD, SENDERS)
     else:
         tl.store(y_ptr + rows, y, mask=row_ok)
 
@@ -150,7 +152,7 @@ def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | 
         sums, ranks = (x, 0, 0), {}
     else:
         sums = (site.addresses, site.site, site.clear_site)
-        ranks = {"RANK": site.rank, "WORLD": site.world}
+        ranks = site.ranks
     block_h = triton.next_power_of_2(k) if norms else 1
     if x.device.type == "cuda":
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](

@@ -102,6 +102,12 @@ class SumSite:
     clear_site: int
     timeout_ns: int
 
+    @property
+    def ranks(self) -> dict:
+        """The constexprs of a kernel that pushes to or sums at the site: RANK, WORLD and SENDERS
+        (WORLD rounded up to a power of two, the rows of a block that holds every rank's part)."""
+        return {"RANK": self.rank, "WORLD": self.world, "SENDERS": triton.next_power_of_2(self.world)}
+
 
 @triton.jit
 def site_sum(own, width, site, offs, mask, timeout_ns, dtype: tl.constexpr, WORLD: tl.constexpr,
@@ -121,17 +127,28 @@ def site_sum(own, width, site, offs, mask, timeout_ns, dtype: tl.constexpr, WORL
 
 
 @triton.jit
-def push_to_site(addresses_ptr, width, site, clear_site, offs, mask, values, RANK: tl.constexpr,
-                 WORLD: tl.constexpr):
+def every_buffer(addresses_ptr, WORLD: tl.constexpr, SENDERS: tl.constexpr):
+    """Every rank's buffer, a column [SENDERS, 1] of int16 pointers in rank order (SENDERS: WORLD
+    rounded up to a power of two; the rows from WORLD on are null, to be masked off), aligned as
+    `buffer_of` says. The addresses never change: a kernel reads them before its dependent wait,
+    so that its pushes do not wait for them after its products."""
+    ranks = tl.arange(0, SENDERS)
+    addresses = tl.load(addresses_ptr + ranks, mask=ranks < WORLD, other=0)
+    return tl.multiple_of(addresses.to(tl.pointer_type(tl.int16)), 16)[:, None]
+
+
+@triton.jit
+def push_to_site(buffers, own, width, site, clear_site, offs, mask, values, RANK: tl.constexpr,
+                 WORLD: tl.constexpr, SENDERS: tl.constexpr):
     """Write values (2-byte floats, elements offs where mask) into region [site][RANK] of every
-    rank's buffer, and empty the same elements of every region of clear_site in this rank's."""
-    bits = sendable(values.to(tl.int16, bitcast=True))
-    for peer in tl.static_range(WORLD):
-        buffer = buffer_of(addresses_ptr, peer)
-        tl.store(buffer + (site * WORLD + RANK) * width + offs, bits, mask=mask)
-    own = buffer_of(addresses_ptr, RANK)
-    for sender in tl.static_range(WORLD):
-        tl.store(own + (clear_site * WORLD + sender) * width + offs, tl.full(offs.shape, EMPTY, tl.int16), mask=mask)
+    rank's buffer (buffers: `every_buffer`), and empty the same elements of every region of
+    clear_site in this rank's (own: `buffer_of`)."""
+    bits = sendable(values.to(tl.int16, bitcast=True))[None, :]
+    ranks = tl.arange(0, SENDERS)[:, None]
+    every_rank = (ranks < WORLD) & mask[None, :]
+    tl.store(buffers + (site * WORLD + RANK) * width + offs[None, :], bits, mask=every_rank)
+    tl.store(own + (clear_site * WORLD + ranks) * width + offs[None, :], tl.full(bits.shape, EMPTY, tl.int16),
+             mask=every_rank)
 
 
 @triton.jit(do_not_specialize=["sum_site"])
@@ -182,8 +199,7 @@ def site_add_rms_norm(site: SumSite, residual: Tensor | None, norm_weight: Tenso
     _site_add_rms_norm_kernel[(1,)](
         site.addresses, site.site, site.width, residual if residual is not None else out, norm_weight, out,
         residual_out, eps, site.timeout_ns, BLOCK=triton.next_power_of_2(site.width), ADDS=residual is not None,
-        RANK=site.rank, WORLD=site.world, SENDERS=triton.next_power_of_2(site.world),
-        WATCHDOG=cuda, num_warps=8 if cuda else 1,
+        **site.ranks, WATCHDOG=cuda, num_warps=8 if cuda else 1,
         **dependent_launch_options(norm_weight.device))
     return out, residual_out
 
@@ -191,9 +207,10 @@ def site_add_rms_norm(site: SumSite, residual: Tensor | None, norm_weight: Tenso
 @triton.jit(do_not_specialize=["sum_site", "clear_site"])
 def _embedding_to_sum_kernel(ids_ptr, w_ptr, width, stride_w, first_row, num_rows, sum_addresses_ptr, sum_site,
                              clear_site, BLOCK: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr,
-                             DEPENDENT_LAUNCH: tl.constexpr):
+                             SENDERS: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr):
     """One program: elements [pid·BLOCK, +BLOCK) of the embedding of token ids[0], where this rank
     holds rows [first_row, first_row + num_rows) of the table (zeros for any other token)."""
+    buffers, own = every_buffer(sum_addresses_ptr, WORLD, SENDERS), buffer_of(sum_addresses_ptr, RANK)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < width
@@ -201,7 +218,7 @@ def _embedding_to_sum_kernel(ids_ptr, w_ptr, width, stride_w, first_row, num_row
     held = (local >= 0) & (local < num_rows)
     read = offs < tl.where(held, width, 0)  # nothing where another rank holds the token
     row = tl.load(w_ptr + tl.where(held, local, 0).to(tl.int64) * stride_w + offs, mask=read, other=0.0)
-    push_to_site(sum_addresses_ptr, width, sum_site, clear_site, offs, ok, row, RANK, WORLD)
+    push_to_site(buffers, own, width, sum_site, clear_site, offs, ok, row, RANK, WORLD, SENDERS)
 
 
 def embedding_to_sum(input_ids: Tensor, weight: Tensor, first_row: int, site: SumSite) -> SumSite:
@@ -221,5 +238,5 @@ def embedding_to_sum(input_ids: Tensor, weight: Tensor, first_row: int, site: Su
     block = min(1024, triton.next_power_of_2(site.width))
     _embedding_to_sum_kernel[(triton.cdiv(site.width, block),)](
         input_ids, weight, site.width, weight.stride(0), first_row, weight.shape[0], site.addresses, site.site,
-        site.clear_site, BLOCK=block, RANK=site.rank, WORLD=site.world, **dependent_launch_options(weight.device))
+        site.clear_site, BLOCK=block, **site.ranks, **dependent_launch_options(weight.device))
     return site
