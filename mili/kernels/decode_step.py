@@ -22,11 +22,17 @@ from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_
 
 
 @triton.jit
-def _normed_rotated(x1, x2, weight_ptr, cos, sin, half, half_dim, eps, dtype):
-    """RMSNorm over head_dim of heads given as halves [heads, D/2] x 2, then RoPE, rounded where
-    rms_norm and apply_rope round (the normalised value, its product with the weight, the rotation)."""
-    w1 = tl.load(weight_ptr + half).to(tl.float32)[None, :]
-    w2 = tl.load(weight_ptr + half_dim + half).to(tl.float32)[None, :]
+def _weight_halves(weight_ptr, half, half_dim):
+    """A norm's weight [D] as its two halves, each [1, D/2] in float32."""
+    return (tl.load(weight_ptr + half).to(tl.float32)[None, :],
+            tl.load(weight_ptr + half_dim + half).to(tl.float32)[None, :])
+
+
+@triton.jit
+def _normed_rotated(x1, x2, w1, w2, cos, sin, half_dim, eps, dtype):
+    """RMSNorm over head_dim of heads given as halves [heads, D/2] x 2 (its weight's halves w1, w2),
+    then RoPE, rounded where rms_norm and apply_rope round (the normalised value, its product with
+    the weight, the rotation)."""
     rstd = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * half_dim) + eps)[:, None]
     n1 = ((x1 * rstd).to(dtype).to(tl.float32) * w1).to(dtype).to(tl.float32)
     n2 = ((x2 * rstd).to(dtype).to(tl.float32) * w2).to(dtype).to(tl.float32)
@@ -66,12 +72,14 @@ def _new_token_attention_kernel(
 ):
     """One program: one KV head, one split of the context, all the query heads of that KV head.
 
-    Everything but the new token was written by earlier steps, so before the dependent wait the
-    program reads the context length, its block-table entries and its first K/V tile: the loads
-    that make attention a chain of memory round trips overlap the qkv GEMV still running. After
-    the wait it normalises and rotates its q heads and the new k (as exercise 2.4 does), stores
-    the new k and v from the program whose split holds the new token, and uses them in place of
-    that slot's stale contents.
+    Only the new token's q, k and v come from the kernel before it (the qkv GEMV); the step's
+    inputs, the norms' weights, the RoPE table and the context's K/V come from earlier steps or
+    from before the step. So before the dependent wait the program reads all of those: its
+    position's cos/sin, the weights, the slot, the context length, its block-table entries and its
+    first K/V tile, and the loads that make attention a chain of memory round trips overlap the
+    qkv GEMV still running. After the wait it reads qkv, normalises and rotates its q heads and
+    the new k (as exercise 2.4 does), stores the new k and v from the program whose split holds
+    the new token, and uses them in place of that slot's stale contents.
     """
     GROUP: tl.constexpr = NUM_Q_HEADS // NUM_KV_HEADS
     HEAD_DIM: tl.constexpr = 2 * HALF
@@ -83,28 +91,32 @@ def _new_token_attention_kernel(
     hi = tl.minimum(lo + tokens_per_split, context_len)
     n = lo + tl.arange(0, BLOCK_N)
     k, v = _kv_tile(k_cache_ptr, v_cache_ptr, block_table_ptr, page_size, kv_head, n, n < hi, NUM_KV_HEADS, HEAD_DIM)
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
-
-    dtype = qkv_ptr.dtype.element_ty
     half = tl.arange(0, HALF)
     row = cos_sin_ptr + tl.load(positions_ptr).to(tl.int64) * cos_sin_stride
     cos = tl.load(row + half)[None, :]
     sin = tl.load(row + HALF + half)[None, :]
+    q_w1, q_w2 = _weight_halves(q_weight_ptr, half, HALF)
+    k_w1, k_w2 = _weight_halves(k_weight_ptr, half, HALF)
+    slot = tl.load(slot_ptr)
+    wait_for_previous_kernel(DEPENDENT_LAUNCH)
+
+    dtype = qkv_ptr.dtype.element_ty
     r = tl.arange(0, GROUP_PAD)  # the query heads of this KV head, padded for tl.dot
     row_ok = r < GROUP
     q_offs = (kv_head * GROUP + r)[:, None] * HEAD_DIM + half[None, :]
-    q1, q2 = _normed_rotated(tl.load(qkv_ptr + q_offs, mask=row_ok[:, None], other=0.0).to(tl.float32),
-                             tl.load(qkv_ptr + q_offs + HALF, mask=row_ok[:, None], other=0.0).to(tl.float32),
-                             q_weight_ptr, cos, sin, half, HALF, eps, dtype)
-    q = _halves_joined(q1, q2, GROUP_PAD, HEAD_DIM)
     k_offs = (NUM_Q_HEADS + kv_head) * HEAD_DIM + half[None, :]
-    k1, k2 = _normed_rotated(tl.load(qkv_ptr + k_offs).to(tl.float32), tl.load(qkv_ptr + k_offs + HALF).to(tl.float32),
-                             k_weight_ptr, cos, sin, half, HALF, eps, dtype)
-    new_k = _halves_joined(k1, k2, 1, HEAD_DIM).to(k_cache_ptr.dtype.element_ty)
     d = tl.arange(0, HEAD_DIM)
+    # q, k and v asked for together, before any of them is used
+    q_x1 = tl.load(qkv_ptr + q_offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    q_x2 = tl.load(qkv_ptr + q_offs + HALF, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    k_x1 = tl.load(qkv_ptr + k_offs).to(tl.float32)
+    k_x2 = tl.load(qkv_ptr + k_offs + HALF).to(tl.float32)
     new_v = tl.load(qkv_ptr + (NUM_Q_HEADS + NUM_KV_HEADS + kv_head) * HEAD_DIM + d)[None, :].to(v_cache_ptr.dtype.element_ty)
+    q1, q2 = _normed_rotated(q_x1, q_x2, q_w1, q_w2, cos, sin, HALF, eps, dtype)
+    q = _halves_joined(q1, q2, GROUP_PAD, HEAD_DIM)
+    k1, k2 = _normed_rotated(k_x1, k_x2, k_w1, k_w2, cos, sin, HALF, eps, dtype)
+    new_k = _halves_joined(k1, k2, 1, HEAD_DIM).to(k_cache_ptr.dtype.element_ty)
     new_token = context_len - 1
-    slot = tl.load(slot_ptr)
     if lo <= new_token and new_token < hi and slot >= 0:  # slot -1: a padding row, nothing stored
         at = (slot * NUM_KV_HEADS + kv_head) * HEAD_DIM + d[None, :]
         tl.store(k_cache_ptr + at, new_k)
