@@ -7,7 +7,9 @@ attention is four of them in the exercises: the fused q/k norm + RoPE (2.4), the
 batch-1 step with `attend_new_token` instead: one kernel for the first three, and one that
 merges the splits. Its attention kernel reads the context's K/V before it waits for the qkv
 GEMV, since earlier steps wrote them; that took a Qwen3-0.6B step from 0.90 to 0.86 ms of GPU
-time on an H100 (benchmarks/batch-1-fusions-ab-h100.json). It gives the exercises' numbers (the
+time on an H100 (benchmarks/batch-1-fusions-ab-h100.json). Reading its other inputs there too
+(all but q, k and v) took Qwen3-8B from 4.055 to 4.033 ms on one H200, and from 2.478 to 2.442 on
+two (benchmarks/tp-summing-norm-ab-h200/attention-inputs-early/). It gives the exercises' numbers (the
 tests check it); the exercises stay the path of every other step.
 """
 

@@ -18,7 +18,9 @@ is complete, and no barrier is needed: the receiver waits for exactly the data i
   on two H200s: 2.57-2.58 ms against 2.63-2.65 with all-reduce kernels,
   benchmarks/tp-sums-in-gemvs-ab-h200/), but each of its programs then read every rank's part
   of the row, which at Qwen3-32B shapes cost 1 ms a step: the norm kernel took 32B from 9.34 to
-  8.56 ms and left 8B as it was (benchmarks/tp-32b-switches-h200/).
+  8.56 ms and left 8B as it was (benchmarks/tp-32b-switches-h200/). Reading every part at once,
+  rather than one rank's after another, then took 8B from 2.58 to 2.49 ms
+  (benchmarks/tp-summing-norm-ab-h200/). The final norm sums the last down projection the same way.
 - `embedding_to_sum` here: a vocabulary-parallel embedding's lookup (the row, or zeros where
   another rank holds the token) pushed the same way, for the first layer's norm to sum.
 
