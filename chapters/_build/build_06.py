@@ -787,10 +787,10 @@ md(r"""
 Qwen3-8B shapes with one GPU and with two, Qwen3-32B (which does not fit one 80 GB card with a
 KV cache) on two, and the throughput workload at 8B shapes, each against the weight-read floor of
 its *whole group* (every GPU reads its share at the copy bandwidth measured in the run). Two
-records follow, each one run on two GPUs joined by NVLink: two H100s, when small all-reduces
-still used PyTorch's one-shot op, and two H200s, with mili's own one-shot kernel (below). Each
-JSON in `benchmarks/tp-*.json` names its own commit; a run on four H200s (TP=4 too, batch-1 decode
-only) is in `benchmarks/tp-h200-4gpu/`:
+records follow: two H100s joined by NVLink, when small all-reduces still used PyTorch's one-shot
+op, and four H200s joined by NVLink, with mili's own kernels (below), where the same run also
+took TP=4 (and, for 32B, TP=4 against TP=2). Each JSON in `benchmarks/tp-*.json` names its own
+commit; earlier H200 records are in `benchmarks/tp-h200-*/`:
 """)
 
 code(r"""
@@ -1327,6 +1327,75 @@ bytes do not change; the row is read once per program, so its bytes grow with th
 programs, and they come from L2 with the polling loads' latency, before the program can start
 streaming. The two fixes cut exactly that: one program reads the row once for many row blocks,
 or one kernel reads it once for the whole GPU; the second is what the engine kept.
+""")
+
+md(r"""
+**One trip instead of four.** The summing norm is one program on one SM. A GEMV of 2048
+programs hides the latency of memory behind its other programs' loads; a kernel of one program
+has nothing to hide it behind, so its time is its chain of dependent trips to memory, each a
+full round trip, and it runs 73 times a step. As first written it read the parts of the row one
+GPU after another (each polled until it had arrived, with a reduction over the whole program to
+ask "has all of it arrived?"), then the residual, then the norm's weight: four trips in a row.
+Now it asks for the weight, which no kernel writes, before its dependent wait, and after the
+wait for every GPU's part at once, as one block [GPUs, width], together with the residual; the
+final norm sums the last down projection the same way, so the step has no all-reduce kernel
+left. The attention kernel got the same treatment (everything but the new token's q, k and v
+before its wait). One call timed the three trees alternating on two H200s, a second call the
+attention change at TP=1 and TP=2 on another pair (`benchmarks/tp-summing-norm-ab-h200/`):
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+trip = bench / "tp-summing-norm-ab-h200"
+def tpot(path):
+    return json.loads((trip / path).read_text())["mili"]["tpot_ms"]
+tp1 = tpot("latency-8b-tp1.json")
+mean = {}  # ms/token of each tree at TP=2, over its two rounds
+for arm, label in (("baseline", "parts one GPU after another"), ("norm", "every part at once"),
+                   ("both", "and the pushes' addresses early")):
+    runs = [tpot(f"latency-8b-tp2-{arm}-{r}.json") for r in (1, 2)]
+    print(f"Qwen3-8B TP=2, {label:<32} {runs[0]:.3f}, {runs[1]:.3f} ms/token: "
+          f"{min(runs) / tp1:.3f}-{max(runs) / tp1:.3f} of TP=1's {tp1:.3f}")
+    mean[arm] = sum(runs) / 2
+saved_us = (mean["baseline"] - mean["both"]) * 1000
+norms = 2 * 36 + 1  # two a layer and the final norm
+per_gpu = json.loads((trip / "latency-8b-tp1.json").read_text())["copy_bytes_per_s"]
+print(f"saved {saved_us:.0f} µs a step, {saved_us / norms:.2f} µs for each of its {norms} summing norms; "
+      f"one GPU copies at {per_gpu / 1e12:.2f} TB/s, so 32 KB stream in {32e3 / per_gpu * 1e9:.0f} ns")
+early = trip / "attention-inputs-early"
+for tp in (1, 2):
+    before, after = (json.loads((early / f"latency-8b-tp{tp}{arm}-1.json").read_text())["mili"]["tpot_ms"]
+                     for arm in ("-before", ""))
+    print(f"attention inputs before the wait, TP={tp}: {before:.3f} -> {after:.3f} ms/token")
+for arm, label in (("", "the norm waits for the pushing kernel"), ("nowait-", "it does not (a patch)")):
+    runs = [tpot(f"no-wait/latency-8b-tp2-{arm}{r}.json") for r in (1, 2)]
+    print(f"a third call, TP=2, {label:<38} {runs[0]:.3f}, {runs[1]:.3f} ms/token")
+""")
+
+md(r"""
+About 0.09 ms of a 2.58 ms step, most of it from the norm; TP=1, which has no summing norm, runs
+none of the changed code. With the attention change too, TP=2 takes 0.60-0.61 of TP=1's time on
+three pairs of H200s (the H200 record printed at the start of this section is this code, on a
+host of four), against an ideal of 0.50 and a target of 0.6. The third call measured one more
+step that is not yet in the engine (`no-wait/`): a norm that does not wait for the pushing
+kernel at all, since the parts carry their own arrival marks. It was faster again; like every
+change to what runs beside what on the GPU, it needs the GPU tests before it lands.
+""")
+
+think(r"""
+The summing norm reads two GPUs' parts of a 4096-element bfloat16 row, the residual and the
+norm's weight: 32 KB. Compare the time those bytes take to stream (printed above) with the time
+the change saved for each norm. What bounds a kernel of one program, and why would the same
+reordering make no difference to a GEMV of thousands of programs?
+""", r"""
+The bytes take about ten nanoseconds; the change saved over a microsecond a norm, a hundred
+times more. A lone program is bound by latency: each load whose value it needs before it can
+issue the next costs a full round trip to memory (and here a reduction over the whole program
+per poll), however few bytes it moves. A GEMV keeps thousands of loads in flight from hundreds
+of programs, so one program's wait is another's transfer and what binds it is bandwidth; the
+order of its few prologue loads is hidden behind the stream of weights. So a small kernel
+should issue every independent load before it uses any, and the loads that need no dependent
+wait (weights, addresses) before the wait.
 """)
 
 md(r"""
