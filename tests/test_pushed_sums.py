@@ -45,7 +45,7 @@ def _all_reduced(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 @simulated
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [2, 3, 4])
 def test_pushed_products_summed_by_the_next_norm_equal_an_all_reduce_then_the_norm(world):
     """Three sites used in order over two steps, as the decode step uses them: after every rank's
     push the site holds every rank's part (-0.0 sent as +0.0) and the site before it is empty; the
@@ -88,7 +88,7 @@ def test_pushed_products_summed_by_the_next_norm_equal_an_all_reduce_then_the_no
 
 
 @simulated
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [2, 3, 4])
 def test_the_summing_norm_then_a_gemv_equals_the_fused_norm_gemv_of_one_gpu(world):
     """With a residual and without one (the first layer's, whose row is the embedding), the
     summing norm followed by the plain or SiLU-and-mul GEMV gives on every rank the bits that the
@@ -135,7 +135,7 @@ def test_sites_need_three_and_room_and_their_users_check_the_width():
 
 
 @simulated
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [2, 3, 4])
 def test_pushed_embedding_summed_by_the_first_norm_equals_the_lookup_then_the_norm(world):
     """Each rank holds rows [start, stop) of the table (views of one table, so a rank that reads a
     row past its own reads its neighbour's, and the sum shows it). Whichever rank holds the token,
