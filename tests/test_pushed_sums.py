@@ -193,12 +193,12 @@ def test_every_configuration_the_autotuner_may_pick_pushes_the_same():
     expected_push = _regions(ranks, 0, width).clone()
     for config in GEMV_CONFIGS:
         block_n, block_k = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]
-        tiling = dict(BLOCK_N=block_n, BLOCK_K=block_k, DEPENDENT_LAUNCH=False, RANK=0, WORLD=2, SENDERS=2)
         site = sites[0][0]
         ranks[0].buffer.fill_(EMPTY_BITS)
         _gemv_kernel[(triton.cdiv(width, block_n),)](
-            x, weight, x, width, k_in, weight.stride(0), x, x, x, 0.0, site.addresses, 0, 2,
-            INPUT="plain", BLOCK_H=1, OUTPUT="push", **tiling)
+            x, weight, x, width, k_in, weight.stride(0), x, x, x, 0.0, site.addresses, site.site, site.clear_site,
+            INPUT="plain", BLOCK_H=1, OUTPUT="push", BLOCK_N=block_n, BLOCK_K=block_k, DEPENDENT_LAUNCH=False,
+            **site.ranks)
         assert torch.equal(_regions(ranks, 0, width)[:, 0], expected_push[:, 0]), \
             f"BLOCK_N={block_n}, BLOCK_K={block_k}: rank 0's push differs"
 
