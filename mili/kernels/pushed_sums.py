@@ -162,18 +162,24 @@ def _site_add_rms_norm_kernel(sum_addresses_ptr, sum_site, width, res_ptr, norm_
     rounds it, into res_out, and its RMSNorm into out.
 
     The kernel is a chain of dependent steps on one SM, so it asks for everything it reads as
-    early as it may: what no kernel writes (the norm's weight, the buffers' addresses) before
-    waiting for the kernel before it, the residual together with the parts, so that where the
-    parts have arrived the sum costs one trip to memory."""
+    early as it may, and reads before its dependent wait: the parts carry their own arrival, and
+    the norm's weight, the buffers' addresses and the residual were written before the pushing
+    kernel started (the residual by the norm before it, which that kernel's own wait saw finish).
+    It waits only before its stores, so its outputs may not overwrite anything the pushing kernel
+    still reads, and every kernel after it still sees that kernel's writes finished; meanwhile it
+    lets the next kernel launch at once."""
     h = tl.arange(0, BLOCK)
     ok = h < width
+    if DEPENDENT_LAUNCH:
+        tl.extra.cuda.gdc_launch_dependents()
     norm_w = tl.load(norm_w_ptr + h, mask=ok, other=0.0).to(tl.float32)
     own = buffer_of(sum_addresses_ptr, RANK)
-    wait_for_previous_kernel(DEPENDENT_LAUNCH)
     dtype = out_ptr.dtype.element_ty
     if ADDS:
         residual = tl.load(res_ptr + h, mask=ok, other=0.0).to(tl.float32)
     row = site_sum(own, width, sum_site, h, ok, timeout_ns, dtype, WORLD, SENDERS, WATCHDOG)
+    if DEPENDENT_LAUNCH:
+        tl.extra.cuda.gdc_wait()
     if ADDS:
         row = (row + residual).to(dtype).to(tl.float32)
     tl.store(res_out_ptr + h, row.to(dtype), mask=ok)
