@@ -15,12 +15,12 @@ import pytest
 
 GEMV_ARGS = {"x_ptr": "*bf16", "w_ptr": "*bf16", "y_ptr": "*bf16", "N": "i32", "K": "i32", "stride_w": "i32",
              "res_ptr": "*bf16", "norm_w_ptr": "*bf16", "res_out_ptr": "*bf16", "eps": "fp32",
-             "sum_addresses_ptr": "*i64", "sum_site": "i32", "clear_site": "i32"}
+             "sum_addresses_ptr": "*i64", "sum_site": "i32"}
 GEMV_VARIANTS = [("plain", "plain", 1), ("rms_norm", "plain", 1), ("add_rms_norm", "plain", 1),
                  ("add_rms_norm", "silu_and_mul", 1), ("plain", "silu_and_mul", 1), ("plain", "push", 2),
                  ("plain", "push", 4)]
 EMBEDDING_ARGS = {"ids_ptr": "*i64", "w_ptr": "*bf16", "width": "i32", "stride_w": "i32", "first_row": "i32",
-                  "num_rows": "i32", "sum_addresses_ptr": "*i64", "sum_site": "i32", "clear_site": "i32"}
+                  "num_rows": "i32", "sum_addresses_ptr": "*i64", "sum_site": "i32"}
 SITE_NORM_ARGS = {"sum_addresses_ptr": "*i64", "sum_site": "i32", "width": "i32", "res_ptr": "*bf16",
                   "norm_w_ptr": "*bf16", "out_ptr": "*bf16", "res_out_ptr": "*bf16", "eps": "fp32", "timeout_ns": "i64"}
 ONE_SHOT_ARGS = {"x_ptr": "*bf16", "out_ptr": "*bf16", "buffers_ptr": "*i64", "slot_bits_ptr": "*i32", "n": "i32",

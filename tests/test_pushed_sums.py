@@ -48,9 +48,9 @@ def _all_reduced(parts: list[torch.Tensor]) -> torch.Tensor:
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_pushed_products_summed_by_the_next_norm_equal_an_all_reduce_then_the_norm(world):
     """Three sites used in order over two steps, as the decode step uses them: after every rank's
-    push the site holds every rank's part (-0.0 sent as +0.0) and the site before it is empty; the
-    reading norm gives, on every rank, the bits of the one-shot all-reduce's sum followed by
-    fused_add_rms_norm, and the same residual out."""
+    push the site holds every rank's part (-0.0 sent as +0.0); the reading norm gives, on every
+    rank, the bits of the one-shot all-reduce's sum followed by fused_add_rms_norm, and the same
+    residual out, and leaves the site empty for the next step's pushes."""
     dtype, width, k_in, count = torch.float16, 37, 70, 3
     gen = torch.Generator().manual_seed(world)
     ranks = _simulated_ranks(world, width, count)
@@ -73,10 +73,6 @@ def test_pushed_products_summed_by_the_next_norm_equal_an_all_reduce_then_the_no
                 sent = part.view(torch.int16).masked_fill(part.view(torch.int16) == EMPTY_BITS, 0)
                 assert torch.equal(arrived[:, sender], sent.expand(world, width)), \
                     f"site {site}: rank {sender}'s part is not in region [site][{sender}] of every rank"
-            cleared = (site - 1) % count
-            if step or site:  # the very first push has nothing before it to clear
-                assert _regions(ranks, cleared, width).eq(EMPTY_BITS).all(), \
-                    f"step {step}, site {site}: pushing must empty the site read before it ({cleared})"
             expected, expected_residual = fused_add_rms_norm(_all_reduced(parts), residual, norm_weight, 1e-6)
             for rank in range(world):
                 got, got_residual = site_add_rms_norm(sites[rank][site], residual, norm_weight, 1e-6)
@@ -84,6 +80,9 @@ def test_pushed_products_summed_by_the_next_norm_equal_an_all_reduce_then_the_no
                     f"step {step}, site {site}, rank {rank}: the residual out must be the summed row + the residual"
                 assert torch.equal(got, expected), \
                     f"step {step}, site {site}, rank {rank}: the summing norm differs from all-reduce-then-norm"
+                assert _regions(ranks, site, width)[rank].eq(EMPTY_BITS).all(), \
+                    f"step {step}, site {site}, rank {rank}: the summing norm must empty its site in its own buffer " \
+                    "(nothing else does, and the next step's pushes wait for it)"
             residual = expected_residual
 
 
@@ -120,12 +119,12 @@ def test_the_summing_norm_then_a_gemv_equals_the_fused_norm_gemv_of_one_gpu(worl
 
 
 @simulated
-def test_sites_need_three_and_room_and_their_users_check_the_width():
+def test_sites_need_two_and_room_and_their_users_check_the_width():
     ranks = _simulated_ranks(2, 8, 3, spare_sites=0)
-    assert ranks[0].sites(8, 2) is None, "two sites would clear a site in the kernel that also fills the other"
+    assert ranks[0].sites(8, 1) is None, "with one site a fast peer could push the next sum before it is emptied"
     assert ranks[0].sites(8, 4) is None, "four sites of 8 do not fit a buffer of three"
     sites = ranks[0].sites(8, 3)
-    assert [(s.site, s.clear_site) for s in sites] == [(0, 2), (1, 0), (2, 1)], "each clears the one before it"
+    assert [s.site for s in sites] == [0, 1, 2]
     with pytest.raises(ValueError, match="residual"):
         site_add_rms_norm(sites[0], torch.ones(1, 6, dtype=torch.float16), torch.ones(8, dtype=torch.float16), 1e-6)
     with pytest.raises(ValueError, match="width"):
@@ -140,8 +139,7 @@ def test_pushed_embedding_summed_by_the_first_norm_equals_the_lookup_then_the_no
     """Each rank holds rows [start, stop) of the table (views of one table, so a rank that reads a
     row past its own reads its neighbour's, and the sum shows it). Whichever rank holds the token,
     the first layer's norm, given the site and no residual, gives the bits of rms_norm_linear on
-    the token's row, and that row as the residual out; a -0.0 in the row arrives as +0.0, and the
-    push empties the site before it."""
+    the token's row, and that row as the residual out; a -0.0 in the row arrives as +0.0."""
     from mili.model.parallel import shard_range
 
     dtype, vocab, width, n_out, count = torch.float16, 11, 24, 10, 3
@@ -160,9 +158,6 @@ def test_pushed_embedding_summed_by_the_first_norm_equals_the_lookup_then_the_no
             embedding_to_sum(torch.tensor([token]), table[rows.start:rows.stop], rows.start, sites[rank][site])
         arrived = _regions(ranks, site, width)
         assert not arrived.eq(EMPTY_BITS).any(), f"token {token}: a rank's part never arrived"
-        if step:
-            assert _regions(ranks, (site - 1) % count, width).eq(EMPTY_BITS).all(), \
-                f"token {token}: pushing must empty the site before it"
         row = table[token:token + 1] + 0.0  # -0.0 + 0.0 = +0.0: what the sum over the ranks gives
         expected, _ = rms_norm_linear(row, None, norm_weight, 1e-6, weight)
         for rank in range(world):
@@ -171,8 +166,7 @@ def test_pushed_embedding_summed_by_the_first_norm_equals_the_lookup_then_the_no
                 f"token {token}, rank {rank}: the residual out must be the token's row (one rank's, the others zeros)"
             assert torch.equal(linear(normed, weight), expected), \
                 f"token {token}, rank {rank}: the first norm and GEMV differ from lookup-then-norm-GEMV"
-        for r in ranks:  # as the next site's push would, so that every site is empty when it is used again
-            r.buffer[site * world * width:(site + 1) * world * width] = EMPTY_BITS
+        assert _regions(ranks, site, width).eq(EMPTY_BITS).all(), f"token {token}: the norms must empty the site"
 
 
 @simulated
@@ -196,7 +190,7 @@ def test_every_configuration_the_autotuner_may_pick_pushes_the_same():
         site = sites[0][0]
         ranks[0].buffer.fill_(EMPTY_BITS)
         _gemv_kernel[(triton.cdiv(width, block_n),)](
-            x, weight, x, width, k_in, weight.stride(0), x, x, x, 0.0, site.addresses, site.site, site.clear_site,
+            x, weight, x, width, k_in, weight.stride(0), x, x, x, 0.0, site.addresses, site.site,
             INPUT="plain", BLOCK_H=1, OUTPUT="push", BLOCK_N=block_n, BLOCK_K=block_k, DEPENDENT_LAUNCH=False,
             **site.ranks)
         assert torch.equal(_regions(ranks, 0, width)[:, 0], expected_push[:, 0]), \

@@ -185,13 +185,11 @@ class SumBuffers:
         self.timeout_ns = int(timeout_s() * 1e9)
 
     def sites(self, width: int, count: int) -> list[SumSite] | None:
-        """`count` sites for rows of `width` elements, to be used in this order every step (each
-        clears the one before it, the first the last), or None where they do not fit this buffer
-        or are fewer than three (see SumSite)."""
-        if count < 3 or count * self.world * width > self.buffer.numel():
+        """`count` sites for rows of `width` elements, to be used in this order every step, or None
+        where they do not fit this buffer or are fewer than two (see SumSite)."""
+        if count < 2 or count * self.world * width > self.buffer.numel():
             return None
-        return [SumSite(self.addresses, self.rank, self.world, width, site, (site - 1) % count, self.timeout_ns)
-                for site in range(count)]
+        return [SumSite(self.addresses, self.rank, self.world, width, site, self.timeout_ns) for site in range(count)]
 
 
 # Sum sites for a decode step of up to 64 layers (129 sites: the embedding, every o and down) of rows of

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
-from mili.kernels.pushed_sums import SumSite, buffer_of, every_buffer, push_to_site
+from mili.kernels.pushed_sums import SumSite, every_buffer, push_to_site
 
 
 @triton.jit
@@ -50,10 +50,10 @@ def first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.
     return rows, row_ok, w_rows, cols, w
 
 
-@triton.jit(do_not_specialize=["sum_site", "clear_site"])
+@triton.jit(do_not_specialize=["sum_site"])
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
                  res_ptr, norm_w_ptr, res_out_ptr, eps,
-                 sum_addresses_ptr, sum_site, clear_site,
+                 sum_addresses_ptr, sum_site,
                  INPUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
                  DEPENDENT_LAUNCH: tl.constexpr, OUTPUT: tl.constexpr = "plain",
                  RANK: tl.constexpr = 0, WORLD: tl.constexpr = 1, SENDERS: tl.constexpr = 1):
@@ -75,13 +75,13 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
         "plain"         the products, W [N, K] · input
         "silu_and_mul"  silu(gate) · up from W [2N, K] = [W_gate; W_up]: each program takes rows j
                         of both halves, so the activation costs no extra reads and no recompute
-        "push"          the products into every rank's buffer at sum_site, not into y; and it
-                        empties clear_site in this rank's buffer (the site read before this one)
+        "push"          the products into every rank's buffer at sum_site, not into y (and
+                        nothing else: see push_to_site)
     """
     rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K,
                                                       OUTPUT == "silu_and_mul")
     if OUTPUT == "push":
-        buffers, own = every_buffer(sum_addresses_ptr, WORLD, SENDERS), buffer_of(sum_addresses_ptr, RANK)
+        buffers = every_buffer(sum_addresses_ptr, WORLD, SENDERS)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     dtype = y_ptr.dtype.element_ty
     rstd = 0.0
@@ -115,7 +115,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         tl.store(y_ptr + rows, (gate * tl.sigmoid(gate) * up).to(dtype), mask=rows < N)
     elif OUTPUT == "push":
-        push_to_site(buffers, own, N, sum_site, clear_site, rows, row_ok, y, RANK, WORLD, SENDERS)
+        push_to_site(buffers, N, sum_site, rows, row_ok, y, RANK, WORLD, SENDERS)
     else:
         tl.store(y_ptr + rows, y, mask=row_ok)
 
@@ -149,9 +149,9 @@ def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | 
     tensors = (x, weight, y, n, k, weight.stride(0), residual if residual is not None else x,
                norm_weight if norm_weight is not None else x, residual_out if residual_out is not None else y, eps)
     if site is None:
-        sums, ranks = (x, 0, 0), {}
+        sums, ranks = (x, 0), {}
     else:
-        sums = (site.addresses, site.site, site.clear_site)
+        sums = (site.addresses, site.site)
         ranks = site.ranks
     block_h = triton.next_power_of_2(k) if norms else 1
     if x.device.type == "cuda":
@@ -182,10 +182,10 @@ def linear_silu_and_mul(x: Tensor, weight: Tensor) -> Tensor:
 
 def linear_to_sum(x: Tensor, weight: Tensor, site: SumSite) -> SumSite:
     """This rank's part of a row-parallel product, weight [N, K] · x [1, K], pushed into every rank's
-    sum buffer at `site` (mili/kernels/pushed_sums.py) instead of written; it also empties the site
-    before it in this rank's buffer. Returns the site, which `site_add_rms_norm` sums and normalises:
-    the sum over the ranks, without an all-reduce kernel.
-    Memory: reads N·K + K elements, writes N on each of the W ranks and empties W·N of its own."""
+    sum buffer at `site` (mili/kernels/pushed_sums.py) instead of written. Returns the site, which
+    `site_add_rms_norm` sums, normalises and empties: the sum over the ranks, without an all-reduce
+    kernel.
+    Memory: reads N·K + K elements, writes N on each of the W ranks."""
     if not _is_single_row(x, weight) or weight.shape[0] != site.width or x.dtype.itemsize != 2:
         raise ValueError(f"linear_to_sum takes one contiguous row x [1, K] of 2-byte floats in weight's dtype and "
                          f"a weight of {site.width} rows (the site's width), got x {tuple(x.shape)} {x.dtype}, "

@@ -88,12 +88,11 @@ class SumSite:
 
     A call site of the decode step owns a site: its GEMV writes its partial products into region
     [site][rank] of every rank's buffer, and the next kernel (`site_add_rms_norm`) waits for all
-    the regions of [site] in its own buffer and adds them in rank order (in float32, rounded once:
-    every rank gets the same bits). The pushing kernel of the next site clears it (`clear_site`,
-    the previous one) in its own buffer: it starts after the summing kernel has finished. The
-    sites are used in a fixed order, every step, and a peer writes a site again only a step later,
-    after this rank has sent the sites between: with three sites or more, a region is empty again
-    before it is rewritten.
+    the regions of [site] in its own buffer, adds them in rank order (in float32, rounded once:
+    every rank gets the same bits) and empties them again. The sites are used in a fixed order,
+    every step, and a peer writes a site again only a step later, after this rank has pushed a
+    later site, which its kernels do after the summing kernel has finished: with two sites or
+    more, a region is empty again before it is rewritten.
     """
 
     addresses: Tensor
@@ -101,7 +100,6 @@ class SumSite:
     world: int
     width: int
     site: int
-    clear_site: int
     timeout_ns: int
 
     @property
@@ -140,17 +138,23 @@ def every_buffer(addresses_ptr, WORLD: tl.constexpr, SENDERS: tl.constexpr):
 
 
 @triton.jit
-def push_to_site(buffers, own, width, site, clear_site, offs, mask, values, RANK: tl.constexpr,
-                 WORLD: tl.constexpr, SENDERS: tl.constexpr):
+def push_to_site(buffers, width, site, offs, mask, values, RANK: tl.constexpr, WORLD: tl.constexpr,
+                 SENDERS: tl.constexpr):
     """Write values (2-byte floats, elements offs where mask) into region [site][RANK] of every
-    rank's buffer (buffers: `every_buffer`), and empty the same elements of every region of
-    clear_site in this rank's (own: `buffer_of`)."""
+    rank's buffer (buffers: `every_buffer`). The pushing kernel writes nothing else: its summing
+    kernel relies on it (`_site_add_rms_norm_kernel`)."""
     bits = sendable(values.to(tl.int16, bitcast=True))[None, :]
     ranks = tl.arange(0, SENDERS)[:, None]
-    every_rank = (ranks < WORLD) & mask[None, :]
-    tl.store(buffers + (site * WORLD + RANK) * width + offs[None, :], bits, mask=every_rank)
-    tl.store(own + (clear_site * WORLD + ranks) * width + offs[None, :], tl.full(bits.shape, EMPTY, tl.int16),
-             mask=every_rank)
+    tl.store(buffers + (site * WORLD + RANK) * width + offs[None, :], bits, mask=(ranks < WORLD) & mask[None, :])
+
+
+@triton.jit
+def empty_site(own, width, site, offs, mask, WORLD: tl.constexpr, SENDERS: tl.constexpr):
+    """Empty elements offs (where mask) of every region of `site` in this rank's buffer (own:
+    `buffer_of`), once they have been read."""
+    senders = tl.arange(0, SENDERS)[:, None]
+    tl.store(own + (site * WORLD + senders) * width + offs[None, :], tl.full((SENDERS, offs.shape[0]), EMPTY, tl.int16),
+             mask=(senders < WORLD) & mask[None, :])
 
 
 @triton.jit(do_not_specialize=["sum_site"])
@@ -159,15 +163,15 @@ def _site_add_rms_norm_kernel(sum_addresses_ptr, sum_site, width, res_ptr, norm_
                               WORLD: tl.constexpr, SENDERS: tl.constexpr, WATCHDOG: tl.constexpr,
                               DEPENDENT_LAUNCH: tl.constexpr):
     """One program: the row summed at sum_site (ADDS: plus the residual), rounded as the norm GEMV
-    rounds it, into res_out, and its RMSNorm into out.
+    rounds it, into res_out, and its RMSNorm into out; the site emptied again.
 
-    The kernel is a chain of dependent steps on one SM, so it asks for everything it reads as
-    early as it may, and reads before its dependent wait: the parts carry their own arrival, and
-    the norm's weight, the buffers' addresses and the residual were written before the pushing
-    kernel started (the residual by the norm before it, which that kernel's own wait saw finish).
-    It waits only before its stores, so its outputs may not overwrite anything the pushing kernel
-    still reads, and every kernel after it still sees that kernel's writes finished; meanwhile it
-    lets the next kernel launch at once."""
+    The kernel is a chain of dependent steps on one SM, so it asks for everything it reads at
+    once, and it never waits for the kernel before it (it lets the next one launch at once).
+    That is safe because that kernel is the pushing one: it writes nothing but its parts, which
+    carry their own arrival, and it pushes each only after all the reads it is made of, so once
+    every part has arrived it reads nothing the outputs here might overwrite. Everything else
+    read here (the residual, the norm's weight, the buffers' addresses) was written before it
+    started: it passed its own wait, and the kernels before it had finished."""
     h = tl.arange(0, BLOCK)
     ok = h < width
     if DEPENDENT_LAUNCH:
@@ -178,8 +182,7 @@ def _site_add_rms_norm_kernel(sum_addresses_ptr, sum_site, width, res_ptr, norm_
     if ADDS:
         residual = tl.load(res_ptr + h, mask=ok, other=0.0).to(tl.float32)
     row = site_sum(own, width, sum_site, h, ok, timeout_ns, dtype, WORLD, SENDERS, WATCHDOG)
-    if DEPENDENT_LAUNCH:
-        tl.extra.cuda.gdc_wait()
+    empty_site(own, width, sum_site, h, ok, WORLD, SENDERS)
     if ADDS:
         row = (row + residual).to(dtype).to(tl.float32)
     tl.store(res_out_ptr + h, row.to(dtype), mask=ok)
@@ -193,7 +196,8 @@ def site_add_rms_norm(site: SumSite, residual: Tensor | None, norm_weight: Tenso
     residual where there is one, and its RMSNorm: (out [1, H], residual_out [1, H]), what
     fused_add_rms_norm (or rms_norm, residual None) gives for the summed row, with the same
     roundings. One small kernel waits for the parts, so the GEMV after it reads an ordinary row.
-    Memory: reads W·H elements of the site (+ H of the residual) and H of norm_weight, writes 2·H."""
+    Memory: reads W·H elements of the site (+ H of the residual) and H of norm_weight, writes 2·H
+    and empties the W·H of the site."""
     if norm_weight.shape != (site.width,) or norm_weight.element_size() != 2:
         raise ValueError(f"site_add_rms_norm: norm_weight must be [{site.width}] (the site's width) of 2-byte "
                          f"floats, got {tuple(norm_weight.shape)} {norm_weight.dtype}")
@@ -212,13 +216,13 @@ def site_add_rms_norm(site: SumSite, residual: Tensor | None, norm_weight: Tenso
     return out, residual_out
 
 
-@triton.jit(do_not_specialize=["sum_site", "clear_site"])
+@triton.jit(do_not_specialize=["sum_site"])
 def _embedding_to_sum_kernel(ids_ptr, w_ptr, width, stride_w, first_row, num_rows, sum_addresses_ptr, sum_site,
-                             clear_site, BLOCK: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr,
+                             BLOCK: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr,
                              SENDERS: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr):
     """One program: elements [pid·BLOCK, +BLOCK) of the embedding of token ids[0], where this rank
     holds rows [first_row, first_row + num_rows) of the table (zeros for any other token)."""
-    buffers, own = every_buffer(sum_addresses_ptr, WORLD, SENDERS), buffer_of(sum_addresses_ptr, RANK)
+    buffers = every_buffer(sum_addresses_ptr, WORLD, SENDERS)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < width
@@ -226,17 +230,17 @@ def _embedding_to_sum_kernel(ids_ptr, w_ptr, width, stride_w, first_row, num_row
     held = (local >= 0) & (local < num_rows)
     read = offs < tl.where(held, width, 0)  # nothing where another rank holds the token
     row = tl.load(w_ptr + tl.where(held, local, 0).to(tl.int64) * stride_w + offs, mask=read, other=0.0)
-    push_to_site(buffers, own, width, sum_site, clear_site, offs, ok, row, RANK, WORLD, SENDERS)
+    push_to_site(buffers, width, sum_site, offs, ok, row, RANK, WORLD, SENDERS)
 
 
 def embedding_to_sum(input_ids: Tensor, weight: Tensor, first_row: int, site: SumSite) -> SumSite:
     """This rank's part of the embedding of one token, input_ids [1], from its rows [first_row,
     first_row + R) of the table, weight [R, H]: the token's row if it holds it, else zeros, pushed
-    into every rank's sum buffer at `site` (and the site before it emptied in this rank's), as
-    `linear_to_sum` pushes a product. Returns the site: `site_add_rms_norm` sums it as the one-shot
-    all-reduce would (one row plus zeros), so the embedding needs no all-reduce kernel.
+    into every rank's sum buffer at `site`, as `linear_to_sum` pushes a product. Returns the site:
+    `site_add_rms_norm` sums it as the one-shot all-reduce would (one row plus zeros), so the
+    embedding needs no all-reduce kernel.
     Memory: reads H elements (none when another rank holds the token), writes H on each of the
-    W ranks and empties W·H of its own."""
+    W ranks."""
     if (input_ids.shape != (1,) or input_ids.dtype not in (torch.int32, torch.int64) or weight.dim() != 2
             or weight.shape[1] != site.width or weight.stride(1) != 1 or weight.element_size() != 2
             or input_ids.device != weight.device):
@@ -246,5 +250,5 @@ def embedding_to_sum(input_ids: Tensor, weight: Tensor, first_row: int, site: Su
     block = min(1024, triton.next_power_of_2(site.width))
     _embedding_to_sum_kernel[(triton.cdiv(site.width, block),)](
         input_ids, weight, site.width, weight.stride(0), first_row, weight.shape[0], site.addresses, site.site,
-        site.clear_site, BLOCK=block, **site.ranks, **dependent_launch_options(weight.device))
+        BLOCK=block, **site.ranks, **dependent_launch_options(weight.device))
     return site
