@@ -49,7 +49,7 @@ def test_every_configuration_the_autotuner_may_pick_gives_the_same_products(n, k
             block_n, block_k = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]
             y, residual_out = torch.empty(1, rows, device=DEVICE), torch.empty(1, k, device=DEVICE)
             _gemv_kernel[(triton.cdiv(rows, block_n),)](
-                x, weight, y, rows, k, weight.stride(0), residual, norm_weight, residual_out, 1e-6, x, 0, 0,
+                x, weight, y, rows, k, weight.stride(0), residual, norm_weight, residual_out, 1e-6, x, 0,
                 INPUT=input_kind,
                 BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_H=triton.next_power_of_2(k), DEPENDENT_LAUNCH=False,
                 OUTPUT=output)

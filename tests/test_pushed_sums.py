@@ -48,9 +48,10 @@ def _all_reduced(parts: list[torch.Tensor]) -> torch.Tensor:
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_pushed_products_summed_by_the_next_norm_equal_an_all_reduce_then_the_norm(world):
     """Three sites used in order over two steps, as the decode step uses them: after every rank's
-    push the site holds every rank's part (-0.0 sent as +0.0); the reading norm gives, on every
-    rank, the bits of the one-shot all-reduce's sum followed by fused_add_rms_norm, and the same
-    residual out, and leaves the site empty for the next step's pushes."""
+    push the site holds every rank's part (-0.0 sent as +0.0), and every buffer is empty outside
+    it; the reading norm gives, on every rank, the bits of the one-shot all-reduce's sum followed
+    by fused_add_rms_norm, and the same residual out, and leaves the site empty for the next
+    step's pushes."""
     dtype, width, k_in, count = torch.float16, 37, 70, 3
     gen = torch.Generator().manual_seed(world)
     ranks = _simulated_ranks(world, width, count)
@@ -69,6 +70,11 @@ def test_pushed_products_summed_by_the_next_norm_equal_an_all_reduce_then_the_no
                 assert linear_to_sum(xs[rank], weights[rank], sites[rank][site]) is sites[rank][site]
             arrived = _regions(ranks, site, width)
             assert not arrived.eq(EMPTY_BITS).any(), f"step {step}, site {site}: a part never arrived"
+            elsewhere = torch.stack([r.buffer for r in ranks])
+            elsewhere[:, site * world * width:(site + 1) * world * width] = EMPTY_BITS
+            assert elsewhere.eq(EMPTY_BITS).all(), \
+                f"step {step}, site {site}: outside the site every buffer must be empty (a push writes nothing " \
+                "but its parts, which the norm relies on to skip its wait, and every norm empties what it read)"
             for sender, part in enumerate(parts):
                 sent = part.view(torch.int16).masked_fill(part.view(torch.int16) == EMPTY_BITS, 0)
                 assert torch.equal(arrived[:, sender], sent.expand(world, width)), \

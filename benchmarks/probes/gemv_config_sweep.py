@@ -52,7 +52,7 @@ def time_config(x, weights, y, config) -> float:
 
     def launch():
         w = weights[next(launches) % len(weights)]
-        _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, y, n, k, w.stride(0), x, x, y, 0.0, x, 0, 0, INPUT="plain",
+        _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, y, n, k, w.stride(0), x, x, y, 0.0, x, 0, INPUT="plain",
                                                  BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_H=1, OUTPUT="plain",
                                                  num_warps=warps, num_stages=stages,
                                                  **dependent_launch_options(x.device))

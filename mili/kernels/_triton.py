@@ -54,7 +54,8 @@ def dependent_launch(device: torch.device) -> bool:
     still runs, once every program of that kernel has called `tl.extra.cuda.gdc_launch_dependents()`
     (or exited). It must call `tl.extra.cuda.gdc_wait()` before it reads anything the earlier kernel
     writes, or writes anything at all: the wait returns when that kernel has finished and its writes
-    are visible. Before the wait it may read what no kernel writes, such as weights. So each
+    are visible. Before the wait it may read what no kernel writes, such as weights. (One kernel
+    never waits, the summing norm of `mili.kernels.pushed_sums`; its docstring says why.) So each
     kernel of a decode step launches while its predecessor runs, and its launch latency is hidden.
     The kernels take both calls through `wait_for_previous_kernel(DEPENDENT_LAUNCH)`, a constexpr
     flag that their launchers set, with `launch_pdl`, from `dependent_launch_options` (the
