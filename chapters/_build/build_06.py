@@ -1399,7 +1399,9 @@ done with it: the summing norm empties its site in its own buffer right after re
 the pushing kernels write nothing but their parts. Then the norm need not wait for the pushing
 kernel at all (`gdc_wait`), and it lets the next kernel launch at once: the parts carry their
 own arrival, a kernel pushes a part only after the reads it is made of, and everything else the
-norm reads was written before the pushing kernel started. Three calls on two H200s timed this
+norm reads was written before the pushing kernel started. It is the first of the three ideas
+that lost, come back in a kernel of one program: one poller, where the summing GEMVs had hundreds
+reading whole rows beside a kernel that still streamed its weights. Three calls on two H200s timed this
 against the norm that waits, with two more trees: a norm that reads everything first and waits
 just before its stores, and one that does not wait while the pushing kernels still empty the
 site before (`reader-empties/`; TP=2, ms/token, each round's run in order, the trees alternating
