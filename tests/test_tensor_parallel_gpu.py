@@ -2,15 +2,17 @@
 tokens are those of the eager group and of one GPU (the workload ends with one long request
 alone, so the fused batch-1 graph runs too); in bfloat16 the replayed decode steps sum
 with the one-shot kernel, and the batch-1 steps in their GEMVs (float32 goes to NCCL), and still
-give the eager group's tokens; and a
-worker killed in the middle of decoding ends rank 0 with an error, not a hang. Skipped without
-2 GPUs."""
+give the eager group's tokens; on 4 GPUs, the batch-1 steps that sum in their norms give the
+tokens of those that sum with all-reduce kernels; and a worker killed in the middle of decoding
+ends rank 0 with an error, not a hang. Skipped without 2 GPUs (the four-rank test without 4)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,6 +76,41 @@ def test_each_rank_replays_its_graphs_and_gives_the_eager_and_one_gpu_tokens(tmp
     # into 4 + 2 and 2 + 1), so each rank's batch-1 graph runs the fused step
     assert (steps, eager_steps) == ("graphs, fused batch 1", "eager")
 
+
+
+_FOUR_RANKS = r"""
+import json, sys
+from tests.test_tensor_parallel_gpu import _generate
+
+tokens, steps = _generate(sys.argv[1], dtype="bfloat16", tensor_parallel_size=4)
+print(json.dumps({"tokens": tokens, "steps": steps}))
+"""
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 4, reason="needs 4 GPUs")
+def test_four_ranks_pushing_their_sums_give_the_tokens_of_four_ranks_with_all_reduce_kernels(tmp_path):
+    """At TP=4 the summing norm reads a full block of four parts (no padding row) and every rank
+    pushes to three peers. The one-shot all-reduce kernels, which the batch-1 step uses instead
+    with MILI_FUSED_ALL_REDUCE=0, add the parts in rank order in float32 rounded once, as the
+    summing norm does, so the greedy tokens must be identical (NCCL's, whose ring rounds at every
+    hop, need not be). The 4 KV heads' 2 are replicated. Each run is a process of its own: the
+    sum buffers belong to a process's first group."""
+    folder = tmp_path / "kv-heads-divide-tied"
+    write_checkpoint(folder, **CHECKPOINTS["kv-heads-divide-tied"])
+    runs = {}
+    for name, fused in (("pushed sums", "1"), ("all-reduce kernels", "0")):
+        env = dict(os.environ, MILI_FUSED_ALL_REDUCE=fused)
+        try:
+            run = subprocess.run([sys.executable, "-c", _FOUR_RANKS, str(folder)], env=env, capture_output=True,
+                                 text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"four ranks with {name} hung:\n{e.stdout}\n{e.stderr}")
+        assert run.returncode == 0, f"four ranks with {name} failed:\n{(run.stdout + run.stderr)[-3000:]}"
+        runs[name] = json.loads(run.stdout.strip().splitlines()[-1])
+    assert runs["pushed sums"]["steps"] == "graphs, fused batch 1, pushed sums"
+    assert runs["all-reduce kernels"]["steps"] == "graphs, fused batch 1"
+    assert runs["pushed sums"]["tokens"] == runs["all-reduce kernels"]["tokens"], \
+        "four ranks summing in their norms must give the tokens of four ranks summing with all-reduce kernels"
 
 
 _KILL_A_WORKER = r"""
