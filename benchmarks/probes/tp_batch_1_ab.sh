@@ -9,7 +9,8 @@
 # TP1_AB=1: every round also runs TP=1 from the earlier tree and this one (for a change that is
 # not TP's alone), and no TP=1 run comes before the rounds. TREES (space-separated NAME=FOLDER
 # pairs, folders like BASELINE's, e.g. a patch applied to each): more trees, run in every round
-# after this one, at TP=2 and, with TP1_AB=1, at TP=1 (their commit: this one's, "+NAME").
+# after this one, at TP=2 and, with TP1_AB=1, at TP=1; NAME=FOLDER@COMMIT records COMMIT as the
+# tree's (e.g. "nowait=_variant@b1ec3ec+no-wait.patch"), else it is this one's, "+NAME".
 #   BASELINE=_baseline BASELINE_COMMIT=07859cb bash benchmarks/probes/tp_batch_1_ab.sh OUT
 set -uo pipefail
 out=$(realpath -m "${1:?output folder}"); mkdir -p "$out"
@@ -31,8 +32,10 @@ for round in $(seq "${ROUNDS:-2}"); do
   latency 2 "tp2-baseline-$round" "$PWD/${BASELINE:?}" MILI_GIT_COMMIT="${BASELINE_COMMIT:-baseline}"
   latency 2 "tp2-$round" "$PWD"
   for tree in ${TREES:-}; do
-    [[ ${TP1_AB:-0} == 1 ]] && latency 1 "tp1-${tree%%=*}-$round" "$PWD/${tree#*=}" MILI_GIT_COMMIT="$MILI_GIT_COMMIT+${tree%%=*}"
-    latency 2 "tp2-${tree%%=*}-$round" "$PWD/${tree#*=}" MILI_GIT_COMMIT="$MILI_GIT_COMMIT+${tree%%=*}"
+    name=${tree%%=*} folder=${tree#*=} commit="$MILI_GIT_COMMIT+${tree%%=*}"
+    [[ $folder == *@* ]] && commit=${folder#*@} folder=${folder%%@*}
+    [[ ${TP1_AB:-0} == 1 ]] && latency 1 "tp1-$name-$round" "$PWD/$folder" MILI_GIT_COMMIT="$commit"
+    latency 2 "tp2-$name-$round" "$PWD/$folder" MILI_GIT_COMMIT="$commit"
   done
   for variant in ${VARIANTS:-}; do
     latency 2 "tp2-${variant%%=*}-$round" "$PWD" "${variant#*=}"
