@@ -1400,12 +1400,12 @@ the pushing kernels write nothing but their parts. Then the norm need not wait f
 kernel at all (`gdc_wait`), and it lets the next kernel launch at once: the parts carry their
 own arrival, a kernel pushes a part only after the reads it is made of, and everything else the
 norm reads was written before the pushing kernel started. It is the first of the three ideas
-that lost, come back in a kernel of one program: one poller, where the summing GEMVs had hundreds
-reading whole rows beside a kernel that still streamed its weights. Three calls on two H200s timed this
-against the norm that waits, with two more trees: a norm that reads everything first and waits
-just before its stores, and one that does not wait while the pushing kernels still empty the
-site before (`reader-empties/`; TP=2, ms/token, each round's run in order, the trees alternating
-within a round):
+that lost, come back in a kernel of one program: one poller, where the summing GEMVs had
+hundreds reading whole rows beside a kernel that still streamed its weights. Three calls on two
+H200s timed this against the norm that waits, with two more trees: a norm that reads everything
+first and waits just before its stores, and one that does not wait while the pushing kernels
+still empty the site before (`reader-empties/`; TP=2, ms/token, each round's run in order, the
+trees alternating within a round):
 """)
 
 code(r"""
@@ -1433,9 +1433,9 @@ The norm that empties its site and does not wait is the engine's: in the four-ro
 faster than the waiting norm in every round, and on average it is within the target of 0.6 of
 TP=1's time there, if only just. Over every run of two calls it straddles the target: each run
 is a new pair of processes, and runs of one tree differ by about as much as the trees do, which
-is why the trees alternate and the rounds repeat. Waiting late gained nothing over waiting early. The fastest tree is not the engine's: with no wait on the pushing
-kernels anywhere, nothing orders their last stores, which empty the site before, ahead of what
-follows.
+is why the trees alternate and the rounds repeat. Waiting late gained nothing over waiting
+early. The fastest tree is not the engine's: with no wait on the pushing kernels anywhere,
+nothing orders their last stores, which empty the site before, ahead of what follows.
 """)
 
 think(r"""
