@@ -53,7 +53,7 @@ def _compile_all() -> list[str]:
                           OUTPUT=output, RANK=world - 1, WORLD=world, SENDERS=world)))
     for phases in (1, 2, 3):
         jobs.append((f"_one_shot_all_reduce_kernel PHASES={phases}", _one_shot_all_reduce_kernel, ONE_SHOT_ARGS,
-                     dict(RANK=1, WORLD=2, BLOCK=1024, MAX_PROGRAMS=256, PHASES=phases, WATCHDOG=True,
+                     dict(RANK=1, WORLD=2, SENDERS=2, BLOCK=1024, MAX_PROGRAMS=256, PHASES=phases, WATCHDOG=True,
                           DEPENDENT_LAUNCH=True)))
     jobs.append(("_embedding_to_sum_kernel", _embedding_to_sum_kernel, EMBEDDING_ARGS,
                  dict(BLOCK=1024, RANK=1, WORLD=2, SENDERS=2, DEPENDENT_LAUNCH=True)))

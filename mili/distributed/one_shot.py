@@ -12,7 +12,7 @@ sender, every element of it set to a sentinel bit pattern (-0.0) while empty:
 
     rank r, call c (slot s = c mod 2):
       1. write x, its -0.0 made +0.0, into region [s][r] of every rank's buffer (its own included)
-      2. read its own regions [s][0..W-1], each element again until it is no longer the sentinel,
+      2. read its own regions [s][0..W-1] as one block, again until no element is the sentinel,
          sum them in rank order in float32 (so every rank gets the same bits) and write the sum
       3. set what it read back to the sentinel
 
@@ -56,7 +56,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
-from mili.kernels.pushed_sums import EMPTY, EMPTY_BITS, SumSite, arrived, buffer_of, sendable
+from mili.kernels.pushed_sums import EMPTY_BITS, SumSite, buffer_of, empty_site, every_buffer, push_to_site, site_sum
 from mili.model.parallel import set_fast_all_reduce
 
 # A decode step of up to 256 sequences at hidden size 4096 in bfloat16: on two H200s the kernel beat
@@ -81,13 +81,16 @@ def timeout_s() -> float:
 
 @triton.jit
 def _one_shot_all_reduce_kernel(x_ptr, out_ptr, buffers_ptr, slot_bits_ptr, n, region, timeout_ns,
-                                RANK: tl.constexpr, WORLD: tl.constexpr, BLOCK: tl.constexpr,
-                                MAX_PROGRAMS: tl.constexpr, PHASES: tl.constexpr, WATCHDOG: tl.constexpr,
-                                DEPENDENT_LAUNCH: tl.constexpr):
+                                RANK: tl.constexpr, WORLD: tl.constexpr, SENDERS: tl.constexpr,
+                                BLOCK: tl.constexpr, MAX_PROGRAMS: tl.constexpr, PHASES: tl.constexpr,
+                                WATCHDOG: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr):
     """Reads x [n] (2-byte floats) and writes out [n] = their sum over the ranks.
 
     buffers_ptr: [WORLD] int64, the address of each rank's buffer, which holds SLOTS × WORLD
-    regions of `region` elements; slot_bits_ptr: [MAX_PROGRAMS] int32, the slot of each program.
+    regions of `region` elements: a slot is laid out as a sum site of that width, and is filled,
+    summed and emptied with the sum sites' helpers (every sender's chunk read as one block).
+    SENDERS: WORLD rounded up to a power of two.
+    slot_bits_ptr: [MAX_PROGRAMS] int32, the slot of each program.
     Program p handles chunks p, p + programs, ... of BLOCK elements. All the slot bits hold the
     same value; program p flips bits p, p + programs, ..., so a call with fewer programs than
     the last one still flips every bit, and no bit is flipped while another program reads it.
@@ -95,28 +98,22 @@ def _one_shot_all_reduce_kernel(x_ptr, out_ptr, buffers_ptr, slot_bits_ptr, n, r
     """
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
+    buffers, own = every_buffer(buffers_ptr, WORLD, SENDERS), buffer_of(buffers_ptr, RANK)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
     slot = tl.load(slot_bits_ptr + pid)
+    dtype = out_ptr.dtype.element_ty
     if PHASES & 1:  # SEND
         for start in range(pid * BLOCK, n, programs * BLOCK):
             offs = start + tl.arange(0, BLOCK)
             mask = offs < n
-            bits = sendable(tl.load(x_ptr + offs, mask=mask).to(tl.int16, bitcast=True))
-            for peer in tl.static_range(WORLD):
-                buffer = buffer_of(buffers_ptr, peer)
-                tl.store(buffer + (slot * WORLD + RANK) * region + offs, bits, mask=mask)
+            push_to_site(buffers, region, slot, offs, mask, tl.load(x_ptr + offs, mask=mask), RANK, WORLD, SENDERS)
     if PHASES & 2:  # RECEIVE
-        own = buffer_of(buffers_ptr, RANK)
         for start in range(pid * BLOCK, n, programs * BLOCK):
             offs = start + tl.arange(0, BLOCK)
             mask = offs < n
-            total = tl.zeros([BLOCK], tl.float32)
-            for sender in tl.static_range(WORLD):
-                region_at = own + (slot * WORLD + sender) * region + offs
-                bits = arrived(region_at, mask, timeout_ns, WATCHDOG)
-                total += bits.to(out_ptr.dtype.element_ty, bitcast=True).to(tl.float32)
-                tl.store(region_at, tl.full([BLOCK], EMPTY, tl.int16), mask=mask)
-            tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
+            total = site_sum(own, region, slot, offs, mask, timeout_ns, dtype, WORLD, SENDERS, WATCHDOG)
+            empty_site(own, region, slot, offs, mask, WORLD, SENDERS)
+            tl.store(out_ptr + offs, total.to(dtype), mask=mask)
         owned = pid + programs * tl.arange(0, MAX_PROGRAMS)
         tl.store(slot_bits_ptr + owned, tl.full([MAX_PROGRAMS], 1, tl.int32) - slot, mask=owned < MAX_PROGRAMS)
 
@@ -149,7 +146,8 @@ class OneShotAllReduce:
         programs = min(triton.cdiv(t.numel(), BLOCK), MAX_PROGRAMS)
         _one_shot_all_reduce_kernel[(programs,)](t, out, self.buffers, self.slot_bits, t.numel(), self.region,
                                                  self.timeout_ns, RANK=self.rank, WORLD=self.world,
-                                                 BLOCK=BLOCK, MAX_PROGRAMS=MAX_PROGRAMS, PHASES=phases,
+                                                 SENDERS=triton.next_power_of_2(self.world), BLOCK=BLOCK,
+                                                 MAX_PROGRAMS=MAX_PROGRAMS, PHASES=phases,
                                                  WATCHDOG=t.device.type == "cuda", num_warps=4,
                                                  **dependent_launch_options(t.device))
 

@@ -143,8 +143,8 @@ def every_buffer(addresses_ptr, WORLD: tl.constexpr, SENDERS: tl.constexpr):
 def push_to_site(buffers, width, site, offs, mask, values, RANK: tl.constexpr, WORLD: tl.constexpr,
                  SENDERS: tl.constexpr):
     """Write values (2-byte floats, elements offs where mask) into region [site][RANK] of every
-    rank's buffer (buffers: `every_buffer`). The pushing kernel writes nothing else: its summing
-    kernel relies on it (`_site_add_rms_norm_kernel`)."""
+    rank's buffer (buffers: `every_buffer`). A pushing GEMV or embedding writes nothing else: the
+    summing norm after it relies on that (`_site_add_rms_norm_kernel`)."""
     bits = sendable(values.to(tl.int16, bitcast=True))[None, :]
     ranks = tl.arange(0, SENDERS)[:, None]
     tl.store(buffers + (site * WORLD + RANK) * width + offs[None, :], bits, mask=(ranks < WORLD) & mask[None, :])
