@@ -16,9 +16,10 @@ import pytest
 GEMV_ARGS = {"x_ptr": "*bf16", "w_ptr": "*bf16", "y_ptr": "*bf16", "N": "i32", "K": "i32", "stride_w": "i32",
              "res_ptr": "*bf16", "norm_w_ptr": "*bf16", "res_out_ptr": "*bf16", "eps": "fp32",
              "sum_addresses_ptr": "*i64", "sum_site": "i32"}
-GEMV_VARIANTS = [("plain", "plain", 1), ("rms_norm", "plain", 1), ("add_rms_norm", "plain", 1),
-                 ("add_rms_norm", "silu_and_mul", 1), ("plain", "silu_and_mul", 1), ("plain", "push", 2),
-                 ("plain", "push", 4)]
+GEMV_VARIANTS = [("plain", "plain", 1, False), ("rms_norm", "plain", 1, False), ("add_rms_norm", "plain", 1, False),
+                 ("add_rms_norm", "silu_and_mul", 1, False), ("plain", "silu_and_mul", 1, False),
+                 ("plain", "push", 2, False), ("plain", "push", 4, False), ("plain", "plain", 2, True),
+                 ("plain", "silu_and_mul", 4, True)]
 EMBEDDING_ARGS = {"ids_ptr": "*i64", "w_ptr": "*bf16", "width": "i32", "stride_w": "i32", "first_row": "i32",
                   "num_rows": "i32", "sum_addresses_ptr": "*i64", "sum_site": "i32"}
 SITE_NORM_ARGS = {"sum_addresses_ptr": "*i64", "sum_site": "i32", "width": "i32", "res_ptr": "*bf16",
@@ -45,22 +46,22 @@ def _compile_all() -> list[str]:
         triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
 
     jobs = []
-    for input_kind, output, world in GEMV_VARIANTS:
+    for input_kind, output, world, empties in GEMV_VARIANTS:
         # one process passes x where the sum addresses go (`_launch_gemv`): a float pointer
         signature = GEMV_ARGS if world > 1 else {**GEMV_ARGS, "sum_addresses_ptr": "*bf16"}
-        jobs.append((f"_gemv_kernel INPUT={input_kind} OUTPUT={output} WORLD={world}", _gemv_kernel, signature,
-                     dict(INPUT=input_kind, BLOCK_N=2, BLOCK_K=512, BLOCK_H=4096, DEPENDENT_LAUNCH=True,
-                          OUTPUT=output, RANK=world - 1, WORLD=world, SENDERS=world)))
+        jobs.append((f"_gemv_kernel INPUT={input_kind} OUTPUT={output} WORLD={world} EMPTIES={empties}", _gemv_kernel,
+                     signature, dict(INPUT=input_kind, BLOCK_N=2, BLOCK_K=512, BLOCK_H=4096, DEPENDENT_LAUNCH=True,
+                                     OUTPUT=output, EMPTIES=empties, RANK=world - 1, WORLD=world, SENDERS=world)))
     for phases in (1, 2, 3):
         jobs.append((f"_one_shot_all_reduce_kernel PHASES={phases}", _one_shot_all_reduce_kernel, ONE_SHOT_ARGS,
                      dict(RANK=1, WORLD=2, SENDERS=2, BLOCK=1024, MAX_PROGRAMS=256, PHASES=phases, WATCHDOG=True,
                           DEPENDENT_LAUNCH=True)))
     jobs.append(("_embedding_to_sum_kernel", _embedding_to_sum_kernel, EMBEDDING_ARGS,
                  dict(BLOCK=1024, RANK=1, WORLD=2, SENDERS=2, DEPENDENT_LAUNCH=True)))
-    for adds in (False, True):
-        jobs.append((f"_site_add_rms_norm_kernel ADDS={adds}", _site_add_rms_norm_kernel, SITE_NORM_ARGS,
-                     dict(BLOCK=8192, ADDS=adds, RANK=1, WORLD=2, SENDERS=2, WATCHDOG=True,
-                          DEPENDENT_LAUNCH=True)))
+    for adds, empties in ((False, False), (True, False), (True, True)):
+        jobs.append((f"_site_add_rms_norm_kernel ADDS={adds} EMPTIES={empties}", _site_add_rms_norm_kernel,
+                     SITE_NORM_ARGS, dict(BLOCK=8192, ADDS=adds, EMPTIES=empties, RANK=1, WORLD=2, SENDERS=2,
+                                          WATCHDOG=True, DEPENDENT_LAUNCH=True)))
     failed = []
     for name, kernel, signature, constexprs in jobs:
         try:

@@ -50,13 +50,14 @@ def test_pushed_products_summed_by_the_next_norm_equal_an_all_reduce_then_the_no
     """Three sites used in order over two steps, as the decode step uses them: after every rank's
     push the site holds every rank's part (-0.0 sent as +0.0), and every buffer is empty outside
     it; the reading norm gives, on every rank, the bits of the one-shot all-reduce's sum followed
-    by fused_add_rms_norm, and the same residual out, and leaves the site empty for the next
-    step's pushes."""
+    by fused_add_rms_norm, and the same residual out; the GEMV after it (the last site: the norm
+    itself, as the final norm does) leaves the site empty for the next step's pushes."""
     dtype, width, k_in, count = torch.float16, 37, 70, 3
     gen = torch.Generator().manual_seed(world)
     ranks = _simulated_ranks(world, width, count)
     sites = [r.sites(width, count) for r in ranks]
     norm_weight = (torch.rand(width, generator=gen) + 0.5).to(dtype)
+    next_weight = (torch.randn(5, width, generator=gen) / width ** 0.5).to(dtype)
     residual = torch.randn(1, width, generator=gen).to(dtype)
     for step in range(2):
         for site in range(count):
@@ -74,21 +75,26 @@ def test_pushed_products_summed_by_the_next_norm_equal_an_all_reduce_then_the_no
             elsewhere[:, site * world * width:(site + 1) * world * width] = EMPTY_BITS
             assert elsewhere.eq(EMPTY_BITS).all(), \
                 f"step {step}, site {site}: outside the site every buffer must be empty (a push writes nothing " \
-                "but its parts, which the norm relies on to skip its wait, and every norm empties what it read)"
+                "but its parts, which the norm relies on to skip its wait, and every site read is emptied)"
             for sender, part in enumerate(parts):
                 sent = part.view(torch.int16).masked_fill(part.view(torch.int16) == EMPTY_BITS, 0)
                 assert torch.equal(arrived[:, sender], sent.expand(world, width)), \
                     f"site {site}: rank {sender}'s part is not in region [site][{sender}] of every rank"
             expected, expected_residual = fused_add_rms_norm(_all_reduced(parts), residual, norm_weight, 1e-6)
+            last = site == count - 1
             for rank in range(world):
-                got, got_residual = site_add_rms_norm(sites[rank][site], residual, norm_weight, 1e-6)
+                got, got_residual = site_add_rms_norm(sites[rank][site], residual, norm_weight, 1e-6, empty=last)
                 assert torch.equal(got_residual, expected_residual), \
                     f"step {step}, site {site}, rank {rank}: the residual out must be the summed row + the residual"
                 assert torch.equal(got, expected), \
                     f"step {step}, site {site}, rank {rank}: the summing norm differs from all-reduce-then-norm"
+                if not last:
+                    assert torch.equal(linear(got, next_weight, empties=sites[rank][site]), linear(expected, next_weight)), \
+                        f"step {step}, site {site}, rank {rank}: the GEMV that empties the site computes as the plain one"
                 assert _regions(ranks, site, width)[rank].eq(EMPTY_BITS).all(), \
-                    f"step {step}, site {site}, rank {rank}: the summing norm must empty its site in its own buffer " \
-                    "(nothing else does, and the next step's pushes wait for it)"
+                    f"step {step}, site {site}, rank {rank}: the site must be empty in this rank's buffer after " \
+                    f"{'the norm' if last else 'the GEMV after the norm'} (nothing else empties it, and the next " \
+                    "step's pushes wait for it)"
             residual = expected_residual
 
 
@@ -97,7 +103,8 @@ def test_pushed_products_summed_by_the_next_norm_equal_an_all_reduce_then_the_no
 def test_the_summing_norm_then_a_gemv_equals_the_fused_norm_gemv_of_one_gpu(world):
     """With a residual and without one (the first layer's, whose row is the embedding), the
     summing norm followed by the plain or SiLU-and-mul GEMV gives on every rank the bits that the
-    batch-1 step of one GPU (rms_norm_linear) gives for the all-reduced row."""
+    batch-1 step of one GPU (rms_norm_linear) gives for the all-reduced row, and either GEMV,
+    told to, empties the site the norm left full."""
     dtype, width, k_in, n_out = torch.float16, 37, 70, 22
     gen = torch.Generator().manual_seed(10 + world)
     ranks = _simulated_ranks(world, width, 3)
@@ -111,13 +118,24 @@ def test_the_summing_norm_then_a_gemv_equals_the_fused_norm_gemv_of_one_gpu(worl
             linear_to_sum(xs[rank], weights[rank], sites[rank][site])
         summed = _all_reduced([linear(x, w) for x, w in zip(xs, weights)])
         for rank in range(world):
-            out, residual_out = site_add_rms_norm(sites[rank][site], residual, norm_weight, 1e-6)
+            out, residual_out = site_add_rms_norm(sites[rank][site], residual, norm_weight, 1e-6, empty=False)
             what = f"rank {rank}, {'no residual' if residual is None else 'a residual'}"
+            assert not _regions(ranks, site, width)[rank].eq(EMPTY_BITS).any(), \
+                f"{what}: told not to, the norm must leave the site to the GEMV after it"
+            empties = ("plain", "silu_and_mul")[(rank + site) % 2]
             for output in ("plain", "silu_and_mul"):
                 expected, expected_residual = rms_norm_linear(summed, residual, norm_weight, 1e-6, weight, output)
-                got = linear_silu_and_mul(out, weight) if output == "silu_and_mul" else linear(out, weight)
+                gemv = linear_silu_and_mul if output == "silu_and_mul" else linear
+                got = gemv(out, weight, empties=sites[rank][site] if output == empties else None)
                 assert torch.equal(residual_out, expected_residual), f"{what}: residual_out must be the summed row + residual"
                 assert torch.equal(got, expected), f"{what}: the summing norm, then the {output} GEMV, differs from one GPU's"
+            assert _regions(ranks, site, width)[rank].eq(EMPTY_BITS).all(), \
+                f"{what}: the {empties} GEMV must empty the site in its rank's buffer"
+    with pytest.raises(ValueError, match="empties a sum site"):
+        linear(torch.ones(1, width + 1, dtype=dtype), torch.ones(3, width + 1, dtype=dtype), empties=sites[0][0])
+    with pytest.raises(ValueError, match="empties a sum site"):
+        linear_silu_and_mul(torch.ones(1, width + 1, dtype=dtype), torch.ones(4, width + 1, dtype=dtype),
+                            empties=sites[0][0])
     with pytest.raises(ValueError, match="norm_weight must be"):
         site_add_rms_norm(sites[0][0], None, norm_weight[:-1], 1e-6)
     with pytest.raises(ValueError, match="residual must be"):
@@ -178,7 +196,9 @@ def test_pushed_embedding_summed_by_the_first_norm_equals_the_lookup_then_the_no
 @simulated
 def test_every_configuration_the_autotuner_may_pick_pushes_the_same():
     """On a GPU the GEMV is autotuned over GEMV_CONFIGS (1 to 8 rows per program, masked past N):
-    each must push every row as the interpreter's own tiling does."""
+    each must push every row as the interpreter's own tiling does, and, as the GEMV after a
+    summing norm, empty every element of its site (of K elements, more than its programs' first
+    chunks)."""
     from mili.kernels._triton import triton
     from mili.kernels.linear import GEMV_CONFIGS, _gemv_kernel
 
@@ -201,6 +221,17 @@ def test_every_configuration_the_autotuner_may_pick_pushes_the_same():
             **site.ranks)
         assert torch.equal(_regions(ranks, 0, width)[:, 0], expected_push[:, 0]), \
             f"BLOCK_N={block_n}, BLOCK_K={block_k}: rank 0's push differs"
+        wide = _simulated_ranks(2, k_in, 2, spare_sites=0)[0]
+        wide.buffer.fill_(0)
+        y = torch.empty(1, width, dtype=dtype)
+        _gemv_kernel[(triton.cdiv(width, block_n),)](
+            x, weight, y, width, k_in, weight.stride(0), x, x, y, 0.0, wide.addresses, 1,
+            INPUT="plain", BLOCK_H=1, EMPTIES=True, BLOCK_N=block_n, BLOCK_K=block_k, DEPENDENT_LAUNCH=False,
+            RANK=0, WORLD=2, SENDERS=2)
+        assert torch.equal(y, linear(x, weight)), f"BLOCK_N={block_n}, BLOCK_K={block_k}: the emptying GEMV's product differs"
+        emptied = wide.buffer.view(2, 2, k_in)
+        assert emptied[1].eq(EMPTY_BITS).all() and emptied[0].eq(0).all(), \
+            f"BLOCK_N={block_n}, BLOCK_K={block_k}: the GEMV must empty all of site 1 and nothing else"
 
 
 def test_a_shards_fused_step_pushes_its_sums_at_the_embedding_and_every_o_and_down(tmp_path, monkeypatch):

@@ -109,8 +109,9 @@ def _normed_linear(hidden: Tensor | SumSite, residual: Tensor | None, norm, weig
     Qwen3-32B shapes cost more than the kernel (mili/kernels/pushed_sums.py)."""
     if not isinstance(hidden, SumSite):
         return rms_norm_linear(hidden, residual, norm.weight, norm.eps, weight, output=output)
-    x, residual = site_add_rms_norm(hidden, residual, norm.weight, norm.eps)
-    return (linear_silu_and_mul(x, weight) if output == "silu_and_mul" else linear(x, weight)), residual
+    x, residual = site_add_rms_norm(hidden, residual, norm.weight, norm.eps, empty=False)
+    gemv = linear_silu_and_mul if output == "silu_and_mul" else linear
+    return gemv(x, weight, empties=hidden), residual
 
 
 def _row_parallel(module, x: Tensor, site: SumSite | None) -> Tensor | SumSite:

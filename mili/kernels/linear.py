@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mili.kernels._triton import dependent_launch_options, tl, triton, wait_for_previous_kernel
-from mili.kernels.pushed_sums import SumSite, every_buffer, push_to_site
+from mili.kernels.pushed_sums import SumSite, buffer_of, empty_site, every_buffer, push_to_site
 
 
 @triton.jit
@@ -55,7 +55,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
                  res_ptr, norm_w_ptr, res_out_ptr, eps,
                  sum_addresses_ptr, sum_site,
                  INPUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
-                 DEPENDENT_LAUNCH: tl.constexpr, OUTPUT: tl.constexpr = "plain",
+                 DEPENDENT_LAUNCH: tl.constexpr, OUTPUT: tl.constexpr = "plain", EMPTIES: tl.constexpr = False,
                  RANK: tl.constexpr = 0, WORLD: tl.constexpr = 1, SENDERS: tl.constexpr = 1):
     """One program: rows [pid·BLOCK_N, +BLOCK_N) of W, dotted with the input in float32.
 
@@ -77,12 +77,20 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
                         of both halves, so the activation costs no extra reads and no recompute
         "push"          the products into every rank's buffer at sum_site, not into y (and
                         nothing else: see push_to_site)
+    EMPTIES: x is the row a summing norm read from sum_site (width K) of this rank's buffer, and
+    the programs empty that site again after their wait, chunk pid, pid + programs, ... of K.
     """
     rows, row_ok, w_rows, cols, w = first_weight_tile(w_ptr, N, K, stride_w, BLOCK_N, BLOCK_K,
                                                       OUTPUT == "silu_and_mul")
     if OUTPUT == "push":
         buffers = every_buffer(sum_addresses_ptr, WORLD, SENDERS)
+    if EMPTIES:
+        own = buffer_of(sum_addresses_ptr, RANK)
     wait_for_previous_kernel(DEPENDENT_LAUNCH)
+    if EMPTIES:
+        for start in range(tl.program_id(0) * BLOCK_K, K, tl.num_programs(0) * BLOCK_K):
+            chunk = start + tl.arange(0, BLOCK_K)
+            empty_site(own, K, sum_site, chunk, chunk < K, WORLD, SENDERS)
     dtype = y_ptr.dtype.element_ty
     rstd = 0.0
     ADDS: tl.constexpr = INPUT == "add_rms_norm"
@@ -126,7 +134,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
 GEMV_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
                 for n, k, w, s in ((2, 512, 2, 1), (2, 512, 2, 2), (2, 1024, 4, 1), (2, 1024, 4, 3), (8, 1024, 2, 3),
                                    (4, 2048, 4, 1), (1, 2048, 8, 1), (8, 512, 4, 1), (8, 1024, 4, 3), (1, 1024, 2, 3))]
-_gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "INPUT", "OUTPUT"])(_gemv_kernel)
+_gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "INPUT", "OUTPUT", "EMPTIES"])(_gemv_kernel)
 
 
 def _is_single_row(x: Tensor, weight: Tensor) -> bool:
@@ -136,10 +144,10 @@ def _is_single_row(x: Tensor, weight: Tensor) -> bool:
 
 def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | None = None,
                  norm_weight: Tensor | None = None, eps: float = 0.0, output: str = "plain",
-                 site: SumSite | None = None) -> tuple[Tensor, Tensor | None]:
+                 site: SumSite | None = None, empties: bool = False) -> tuple[Tensor, Tensor | None]:
     """y [1, N] = weight · (x transformed as `input_kind` says), written as `output` says, and the
     new residual row when there is one (see _gemv_kernel). `site`: where "push" writes y (then
-    nothing is returned as y but x)."""
+    nothing is returned as y but x), or with `empties` the site this GEMV empties."""
     n, k = weight.shape
     if output == "silu_and_mul":
         n //= 2
@@ -156,28 +164,42 @@ def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | 
     block_h = triton.next_power_of_2(k) if norms else 1
     if x.device.type == "cuda":
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
-            *tensors, *sums, INPUT=input_kind, BLOCK_H=block_h, OUTPUT=output, **ranks,
+            *tensors, *sums, INPUT=input_kind, BLOCK_H=block_h, OUTPUT=output, EMPTIES=empties, **ranks,
             **dependent_launch_options(x.device))
     else:  # the interpreter: one small configuration (tuning means timing, and there is no GPU to time)
         _gemv_kernel[(triton.cdiv(n, 2),)](*tensors, *sums, INPUT=input_kind, BLOCK_N=2, BLOCK_K=64, BLOCK_H=block_h,
-                                           DEPENDENT_LAUNCH=False, OUTPUT=output, **ranks)
+                                           DEPENDENT_LAUNCH=False, OUTPUT=output, EMPTIES=empties, **ranks)
     return y, residual_out
 
 
-def linear(x: Tensor, weight: Tensor) -> Tensor:
-    """x [T, K] · weight [N, K]ᵀ -> [T, N] (no bias): the GEMV kernel for one row, F.linear otherwise."""
-    if not _is_single_row(x, weight):
+def linear(x: Tensor, weight: Tensor, empties: SumSite | None = None) -> Tensor:
+    """x [T, K] · weight [N, K]ᵀ -> [T, N] (no bias): the GEMV kernel for one row, F.linear otherwise.
+    empties: the sum site that x was summed from (`site_add_rms_norm(..., empty=False)`), which the
+    GEMV empties in this rank's buffer after its wait (one row only)."""
+    if empties is not None:
+        _check_empties(x, weight, empties, "linear")
+    elif not _is_single_row(x, weight):
         return F.linear(x, weight)
-    return _launch_gemv(x, weight, "plain")[0]
+    return _launch_gemv(x, weight, "plain", site=empties, empties=empties is not None)[0]
 
 
-def linear_silu_and_mul(x: Tensor, weight: Tensor) -> Tensor:
+def linear_silu_and_mul(x: Tensor, weight: Tensor, empties: SumSite | None = None) -> Tensor:
     """silu_and_mul(x · weightᵀ) for one row: x [1, K], weight [2I, K] = [W_gate; W_up] -> [1, I], in
-    one GEMV (the MLP's gate_up after a norm kernel), rounded as the two kernels round."""
+    one GEMV (the MLP's gate_up after a norm kernel), rounded as the two kernels round. empties: as
+    `linear`'s."""
     if not _is_single_row(x, weight) or weight.shape[0] % 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"linear_silu_and_mul takes one contiguous row x [1, K] and a weight [2I, K] of its dtype "
                          f"and device, got x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
-    return _launch_gemv(x, weight, "plain", output="silu_and_mul")[0]
+    if empties is not None:
+        _check_empties(x, weight, empties, "linear_silu_and_mul")
+    return _launch_gemv(x, weight, "plain", output="silu_and_mul", site=empties, empties=empties is not None)[0]
+
+
+def _check_empties(x: Tensor, weight: Tensor, site: SumSite, name: str) -> None:
+    if not _is_single_row(x, weight) or x.shape[1] != site.width or weight.shape[1] != site.width:
+        raise ValueError(f"{name}: a GEMV that empties a sum site takes one contiguous row x [1, {site.width}] (the "
+                         f"site's width) and a weight [N, {site.width}] of its dtype and device, got x "
+                         f"{tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
 
 
 def linear_to_sum(x: Tensor, weight: Tensor, site: SumSite) -> SumSite:

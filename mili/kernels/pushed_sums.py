@@ -90,11 +90,12 @@ class SumSite:
 
     A call site of the decode step owns a site: its GEMV writes its partial products into region
     [site][rank] of every rank's buffer, and the next kernel (`site_add_rms_norm`) waits for all
-    the regions of [site] in its own buffer, adds them in rank order (in float32, rounded once:
-    every rank gets the same bits) and empties them again. The sites are used in a fixed order,
-    every step, and a peer writes a site again only a step later, after this rank has pushed a
-    later site, which its kernels do after the summing kernel has finished: with two sites or
-    more, a region is empty again before it is rewritten.
+    the regions of [site] in its own buffer and adds them in rank order (in float32, rounded once:
+    every rank gets the same bits); it, or the GEMV after it, empties them again. The sites are
+    used in a fixed order, every step, and a peer writes a site again only a step later, after
+    this rank has pushed a later site, which its kernels do after the emptying kernel has
+    finished (each waits for the one before): with two sites or more, a region is empty again
+    before it is rewritten.
     """
 
     addresses: Tensor
@@ -161,11 +162,12 @@ def empty_site(own, width, site, offs, mask, WORLD: tl.constexpr, SENDERS: tl.co
 
 @triton.jit(do_not_specialize=["sum_site"])
 def _site_add_rms_norm_kernel(sum_addresses_ptr, sum_site, width, res_ptr, norm_w_ptr, out_ptr, res_out_ptr, eps,
-                              timeout_ns, BLOCK: tl.constexpr, ADDS: tl.constexpr, RANK: tl.constexpr,
-                              WORLD: tl.constexpr, SENDERS: tl.constexpr, WATCHDOG: tl.constexpr,
-                              DEPENDENT_LAUNCH: tl.constexpr):
+                              timeout_ns, BLOCK: tl.constexpr, ADDS: tl.constexpr, EMPTIES: tl.constexpr,
+                              RANK: tl.constexpr, WORLD: tl.constexpr, SENDERS: tl.constexpr,
+                              WATCHDOG: tl.constexpr, DEPENDENT_LAUNCH: tl.constexpr):
     """One program: the row summed at sum_site (ADDS: plus the residual), rounded as the norm GEMV
-    rounds it, into res_out, and its RMSNorm into out; the site emptied again.
+    rounds it, into res_out, and its RMSNorm into out; EMPTIES: the site emptied again (else the
+    GEMV after it empties it).
 
     The kernel is a chain of dependent steps on one SM, so it asks for everything it reads at
     once, and it never waits for the kernel before it (it lets the next one launch at once).
@@ -184,7 +186,8 @@ def _site_add_rms_norm_kernel(sum_addresses_ptr, sum_site, width, res_ptr, norm_
     if ADDS:
         residual = tl.load(res_ptr + h, mask=ok, other=0.0).to(tl.float32)
     row = site_sum(own, width, sum_site, h, ok, timeout_ns, dtype, WORLD, SENDERS, WATCHDOG)
-    empty_site(own, width, sum_site, h, ok, WORLD, SENDERS)
+    if EMPTIES:
+        empty_site(own, width, sum_site, h, ok, WORLD, SENDERS)
     if ADDS:
         row = (row + residual).to(dtype).to(tl.float32)
     tl.store(res_out_ptr + h, row.to(dtype), mask=ok)
@@ -193,13 +196,15 @@ def _site_add_rms_norm_kernel(sum_addresses_ptr, sum_site, width, res_ptr, norm_
 
 
 def site_add_rms_norm(site: SumSite, residual: Tensor | None, norm_weight: Tensor,
-                      eps: float) -> tuple[Tensor, Tensor]:
+                      eps: float, empty: bool = True) -> tuple[Tensor, Tensor]:
     """The row summed over the ranks at `site` (as the one-shot all-reduce sums it), plus the
     residual where there is one, and its RMSNorm: (out [1, H], residual_out [1, H]), what
     fused_add_rms_norm (or rms_norm, residual None) gives for the summed row, with the same
     roundings. One small kernel waits for the parts, so the GEMV after it reads an ordinary row.
+    empty: the kernel empties the site once read; False leaves that to the GEMV that reads `out`
+    (`linear(out, weight, empties=site)`), off this one-program kernel, which the step waits for.
     Memory: reads W·H elements of the site (+ H of the residual) and H of norm_weight, writes 2·H
-    and empties the W·H of the site."""
+    (and empties the W·H of the site)."""
     if norm_weight.shape != (site.width,) or norm_weight.element_size() != 2:
         raise ValueError(f"site_add_rms_norm: norm_weight must be [{site.width}] (the site's width) of 2-byte "
                          f"floats, got {tuple(norm_weight.shape)} {norm_weight.dtype}")
@@ -213,7 +218,7 @@ def site_add_rms_norm(site: SumSite, residual: Tensor | None, norm_weight: Tenso
     _site_add_rms_norm_kernel[(1,)](
         site.addresses, site.site, site.width, residual if residual is not None else out, norm_weight, out,
         residual_out, eps, site.timeout_ns, BLOCK=triton.next_power_of_2(site.width), ADDS=residual is not None,
-        **site.ranks, WATCHDOG=cuda, num_warps=8 if cuda else 1,
+        EMPTIES=empty, **site.ranks, WATCHDOG=cuda, num_warps=8 if cuda else 1,
         **dependent_launch_options(norm_weight.device))
     return out, residual_out
 
