@@ -1373,8 +1373,8 @@ for tp in (1, 2):
 md(r"""
 About 0.09 ms of a 2.58 ms step, most of it from the norm; TP=1, which has no summing norm, runs
 none of the changed code. With the attention change too, TP=2 took 0.60-0.61 of TP=1's time on
-three pairs of H200s (the H200 record printed at the start of this section is this code, on a
-host of four), against an ideal of 0.50 and a target of 0.6.
+three pairs of H200s (and in `benchmarks/tp-h200-b1ec3ec/`, this code's record on a host of four),
+against an ideal of 0.50 and a target of 0.6.
 """)
 
 think(r"""
@@ -1429,7 +1429,7 @@ print(f"the engine's tree, all {len(shares)} runs of two calls: {min(shares):.3f
 """)
 
 md(r"""
-The norm that empties its site and does not wait is the engine's: in the four-round call it was
+The norm that empties its site and does not wait became the engine's: in the four-round call it was
 faster than the waiting norm in every round, and on average it is within the target of 0.6 of
 TP=1's time there, if only just. Over every run of two calls it straddles the target: each run
 is a new pair of processes, and runs of one tree differ by about as much as the trees do, which
@@ -1453,6 +1453,84 @@ has received this rank's part of a later site, and this rank pushes that part fr
 starts after its norm of site s has finished, emptying included. With one site, the peer's next
 push would need only the part of the same sum, which this rank sends before its norm empties the
 site: the push could land first and be emptied away.
+""")
+
+md(r"""
+**One more store off the path.** The whole step waits for the summing norm to *finish*, and a
+kernel has finished only when its writes have landed, the emptying stores included. The GEMV after
+the norm waits for it anyway, and it has hundreds of programs: each empties a chunk of the site
+after its wait (`linear(x, weight, empties=site)`), and the norm stores only its two output rows.
+(The final norm, which no GEMV of the step follows, still empties its own site.) The order still
+holds: a peer rewrites a site only after it has received a later part of ours, which we push from
+a kernel that starts after the emptying GEMV has finished. One call on two H200s alternated the
+two trees; then, on a host of four, three rounds of TP=1 and TP=2 (ms/token):
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+gemv_empties = repo_root() / "benchmarks" / "tp-gemv-empties-ab-h200"
+
+
+def ms_per_token(path):
+    return json.loads(path.read_text())["mili"]["tpot_ms"]
+
+
+tp1 = ms_per_token(gemv_empties / "batch-1" / "latency-8b-tp1.json")
+for arm, label in (("baseline-", "the norm empties (9c4f34b)"), ("", "the GEMV empties (82f06b9)")):
+    runs = [ms_per_token(gemv_empties / "batch-1" / f"latency-8b-tp2-{arm}{r}.json") for r in (1, 2, 3)]
+    mean = sum(runs) / len(runs)
+    print(f"{label:<27} {', '.join(f'{t:.3f}' for t in runs)}: mean {mean:.3f}, {mean / tp1:.3f} of TP=1 ({tp1:.3f})")
+for r in (1, 2, 3):
+    one, two = (ms_per_token(gemv_empties / "rounds-x4" / f"latency-8b-tp{tp}-{r}.json") for tp in (1, 2))
+    print(f"four-GPU host, round {r}: TP=1 {one:.3f}, TP=2 {two:.3f}, {two / one:.3f} of TP=1")
+""")
+
+md(r"""
+Faster in every round, by more than not waiting had gained: the stores were a real part of what
+the step waited for. But runs of this one tree, each a new pair of processes, fall in two groups,
+about 2.38 and 2.42-2.47 ms, so one run either side of the target says little. Two more runs
+printed what the GEMV's autotuner picked at warm-up, on each rank, for each of the step's four
+GEMVs, keyed as the autotuner keys them (N outputs × K inputs, and what the GEMV writes):
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+import re
+
+pick = re.compile(r"with key as \((\d+), (\d+), '\w+', '(\w+)', (\w+),.*?\n.*?\nbest config selected: "
+                  r"BLOCK_N: (\d+), BLOCK_K: (\d+), num_warps: (\d+), num_ctas: \d+, num_stages: (\d+)")
+for run in (2, 3):
+    log = gemv_empties / "autotune-choices" / f"run-{run}.log"
+    print(f"run {run}: {ms_per_token(log.with_name(f'lat-{run}.json')):.3f} ms/token")
+    picks = {}
+    for n, k, output, empties, *config in pick.findall(log.read_text()):
+        kind = output + (", empties" if empties == "True" else "")
+        picks.setdefault(f"{n} x {k} {kind}", []).append("rows {} K-tile {} warps {} stages {}".format(*config))
+    for shape, per_rank in picks.items():
+        print(f"  {shape:<34} {' | '.join(per_rank)}")
+""")
+
+md(r"""
+In the faster run both ranks made the same picks; in the slower one they disagreed on three of
+the four shapes, and both picked another tiling for the qkv. Two runs prove nothing, and an
+earlier attempt to give every rank rank 0's picks gained nothing
+(`benchmarks/tp-shared-choices-ab-h200/`), so which tiling is picked may matter more than
+whether the ranks agree. It is the next thing to measure, not a result.
+""")
+
+think(r"""
+Each rank's autotuner picked, for each GEMV, the configuration that was fastest on its own GPU
+at warm-up. Why can those picks still make the step slower than another set would, and how would
+you find out whether the two groups of runs come from them?
+""", r"""
+The autotuner times each GEMV alone, many times over, with the GPU doing nothing else; in the
+step the GEMV streams its weights right after other kernels, overlapping their tails under a
+dependent launch, and configurations within a few percent of each other are ordered by the
+timer's noise. And a sum is done only when the slower rank's part has landed, so a pick that is
+slower in the step on either rank costs both. To find out: pin each GEMV's configuration, one
+shape at a time, and time the step in alternating rounds against the autotuned tree; if the
+groups follow the pins, ship fixed configurations per shape and card (as vLLM and SGLang ship
+tuned kernel configurations) instead of tuning at start-up.
 """)
 
 md(r"""

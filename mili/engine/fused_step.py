@@ -10,7 +10,8 @@ model's own modules and weights with fused kernels:
     layer, as the modules run it                    here
     add + RMSNorm, qkv GEMV                         rms_norm_linear (mili/kernels/linear.py); under
                                                       tensor parallelism site_add_rms_norm, which
-                                                      sums the pushed parts, then linear
+                                                      sums the pushed parts, then linear,
+                                                      which empties the site
     q/k norm + RoPE, K/V store, decode attention    attend_new_token (mili/kernels/decode_step.py):
       and its combine                                 one kernel, and one that merges the splits
     o GEMV (+ all-reduce under tensor parallelism)  the module; under tensor parallelism

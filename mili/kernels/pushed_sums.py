@@ -9,7 +9,8 @@ not arrived yet; a sender writes -0.0 as +0.0, and a receiver reads an element a
 is no longer -0.0 (`arrived`). A 2-byte store is never torn, so every element that has arrived
 is complete, and no barrier is needed: the receiver waits for exactly the data it reads.
 
-- `mili.distributed.one_shot`: an all-reduce kernel of its own (push, wait, sum, clear).
+- `mili.distributed.one_shot`: an all-reduce kernel of its own (push, wait, sum, empty), with
+  the helpers below.
 - `mili.kernels.linear` with a `SumSite`: the o/down GEMV pushes its partial products to every
   rank (`linear_to_sum`), and `site_add_rms_norm` here, one small kernel, waits for them, sums
   them, adds the residual and normalises: the next layer's pre-norm, which the batch-1 step
@@ -21,8 +22,12 @@ is complete, and no barrier is needed: the receiver waits for exactly the data i
   8.56 ms and left 8B as it was (benchmarks/tp-32b-switches-h200/). Reading every part at once,
   rather than one rank's after another, then took 8B from 2.58 to 2.49 ms
   (benchmarks/tp-summing-norm-ab-h200/). The final norm sums the last down projection the same way.
-  The norm empties its site itself and does not wait for the pushing kernel: 2.480 to 2.462 ms
-  over four alternating rounds (benchmarks/tp-summing-norm-ab-h200/reader-empties/).
+  The norm does not wait for the pushing kernel: 2.480 to 2.462 ms over four alternating rounds
+  (benchmarks/tp-summing-norm-ab-h200/reader-empties/), when it still emptied its site itself;
+  the GEMV after it, which waits for it anyway, now empties the site instead (the final norm,
+  which no GEMV of the step follows, still empties its own), so the one-program
+  kernel that the whole step waits for stores only its outputs: 2.475 to 2.404 ms over three
+  rounds (benchmarks/tp-gemv-empties-ab-h200/).
 - `embedding_to_sum` here: a vocabulary-parallel embedding's lookup (the row, or zeros where
   another rank holds the token) pushed the same way, for the first layer's norm to sum.
 
