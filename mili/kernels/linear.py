@@ -205,8 +205,8 @@ def _check_empties(x: Tensor, weight: Tensor, site: SumSite, name: str) -> None:
 def linear_to_sum(x: Tensor, weight: Tensor, site: SumSite) -> SumSite:
     """This rank's part of a row-parallel product, weight [N, K] · x [1, K], pushed into every rank's
     sum buffer at `site` (mili/kernels/pushed_sums.py) instead of written. Returns the site, which
-    `site_add_rms_norm` sums, normalises and empties: the sum over the ranks, without an all-reduce
-    kernel.
+    `site_add_rms_norm` sums and normalises (and empties, or leaves to the GEMV after it): the sum
+    over the ranks, without an all-reduce kernel.
     Memory: reads N·K + K elements, writes N on each of the W ranks."""
     if not _is_single_row(x, weight) or weight.shape[0] != site.width or x.dtype.itemsize != 2:
         raise ValueError(f"linear_to_sum takes one contiguous row x [1, K] of 2-byte floats in weight's dtype and "
