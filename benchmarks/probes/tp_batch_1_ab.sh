@@ -11,15 +11,18 @@
 # pairs, folders like BASELINE's, e.g. a patch applied to each): more trees, run in every round
 # after this one, at TP=2 and, with TP1_AB=1, at TP=1; NAME=FOLDER@COMMIT records COMMIT as the
 # tree's (e.g. "nowait=_variant@b1ec3ec+no-wait.patch"), else it is this one's, "+NAME".
+# SITE: a folder put before each tree on PYTHONPATH, e.g. benchmarks/probes/gemv_pins_site, whose
+# sitecustomize.py pins the GEMV's configurations where a variant sets MILI_GEMV_PINS.
 #   BASELINE=_baseline BASELINE_COMMIT=07859cb bash benchmarks/probes/tp_batch_1_ab.sh OUT
 set -uo pipefail
 out=$(realpath -m "${1:?output folder}"); mkdir -p "$out"
+site=${SITE:+$(realpath "$SITE")}
 model=${MODEL:-Qwen3-8B}; slug=$(echo "${model#Qwen3-}" | tr '[:upper:]' '[:lower:]')
 export PYTHONUNBUFFERED=1 MILI_IMPL=reference NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 export MILI_GIT_COMMIT=${MILI_GIT_COMMIT:-$(python3 -c 'from mili.bench.environment import git_commit; print(git_commit())')}
 nvidia-smi --query-gpu=name --format=csv,noheader
 latency() {  # latency TP NAME TREE [ENV...]: run from TREE, whose mili/ `python -m` imports
-  (cd "$3" && env "${@:4}" PYTHONPATH="$3" timeout -k 10 120 python3 -m mili.bench.latency --model "$model" \
+  (cd "$3" && env "${@:4}" PYTHONPATH="${site:+$site:}$3" timeout -k 10 120 python3 -m mili.bench.latency --model "$model" \
     --tensor-parallel-size "$1" --prompt-len 128 --new-tokens 128 --repeats 3 --json "$out/latency-$slug-$2.json" 2>&1 \
     | grep -E "^mili|Error" | sed "s|^|$2: |")
 }
