@@ -1515,7 +1515,8 @@ In the faster run both ranks made the same picks; in the slower one they disagre
 the four shapes, and both picked another tiling for the qkv. Two runs prove nothing, and an
 earlier attempt to give every rank rank 0's picks gained nothing
 (`benchmarks/tp-shared-choices-ab-h200/`), so which tiling is picked may matter more than
-whether the ranks agree. It is the next thing to measure, not a result.
+whether the ranks agree. It is the next thing to measure (`benchmarks/probes/gemv_pins.py` pins
+the configurations in every rank's process), not a result.
 """)
 
 think(r"""
