@@ -3,7 +3,8 @@
 # minutes, with random weights at Qwen3 shapes (nothing is downloaded):
 #   - batch-1 decode (ms per token) at Qwen3-8B shapes with TP=1 and TP=2, at Qwen3-32B shapes
 #     with TP=2 (65 GB of bfloat16 weights do not fit one 80 GB card with a KV cache), and with
-#     TP=4 where the host has 4 GPUs;
+#     TP=4 where the host has 4 GPUs; 8B at TP=1 and TP=2 in ROUNDS rounds (2), each run a new
+#     group of processes, whose times differ by a few percent: the summary takes their mean;
 #   - the GPU tensor-parallel tests (each rank replays its own CUDA graphs) and the one-shot
 #     all-reduce's; on 4 GPUs the four-rank test last, time allowing (it alone takes about 2 min);
 #   - the throughput workload at 8B shapes with TP=1 and TP=2: 256 requests as in the default
@@ -16,11 +17,11 @@
 #   bash benchmarks/record_tp.sh OUT
 # Without a git checkout, or where its history is older than its files (the commit then ends in
 # "+dirty"), pass the commit: MILI_GIT_COMMIT=<sha> bash benchmarks/record_tp.sh OUT
-# The measurements end within BUDGET_S seconds (450; the 4-GPU latencies come last and need about
-# 540, the four-rank test after them 130 more: where that budget cannot be had, run it on its own,
+# The measurements end within BUDGET_S seconds (480; the 4-GPU latencies come last and need about
+# 560, the four-rank test after them 130 more: where that budget cannot be had, run it on its own,
 # python3 -m pytest -o addopts="" -m gpu -k four_ranks tests/test_tensor_parallel_gpu.py).
 set -uo pipefail
-budget_end=$(( $(date +%s) + ${BUDGET_S:-450} ))  # the last measurement ends by then; the summary follows
+budget_end=$(( $(date +%s) + ${BUDGET_S:-480} ))  # the last measurement ends by then; the summary follows
 out=${1:?output folder}
 mkdir -p "$out"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MILI_IMPL=reference NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
@@ -49,11 +50,11 @@ stage() {
   echo "== $name: exit status $? after $(( $(date +%s) - start )) s"
 }
 
-latency() {  # latency MODEL TP SECONDS
+latency() {  # latency MODEL TP SECONDS [ROUND]: a ROUND's JSON ends in -rROUND
   local slug
   slug=$(echo "$1" | tr '[:upper:]' '[:lower:]')
-  stage "latency $1 TP=$2" "$3" python3 -m mili.bench.latency --model "$1" --tensor-parallel-size "$2" \
-    --prompt-len 128 --new-tokens 128 --repeats 3 --json "$out/tp-latency-$card-$slug-tp$2.json"
+  stage "latency $1 TP=$2${4:+ round $4}" "$3" python3 -m mili.bench.latency --model "$1" --tensor-parallel-size "$2" \
+    --prompt-len 128 --new-tokens 128 --repeats 3 --json "$out/tp-latency-$card-$slug-tp$2${4:+-r$4}.json"
 }
 
 throughput() {  # throughput MODEL TP SECONDS
@@ -77,6 +78,10 @@ throughput Qwen3-8B 1 120
 if (( gpus >= 2 )); then
   throughput Qwen3-8B 2 110
 fi
+for round in $(seq 2 "${ROUNDS:-2}"); do
+  latency Qwen3-8B 1 90 "$round"
+  (( gpus >= 2 )) && latency Qwen3-8B 2 100 "$round"
+done
 if (( gpus >= 4 )); then
   latency Qwen3-8B 4 90
   latency Qwen3-32B 4 100

@@ -301,6 +301,22 @@ def test_the_benchmarks_split_the_model_and_hold_it_against_the_group_floor(tmp_
     assert (tmp_path / f"tp-{card}.png").stat().st_size > 5_000
 
 
+def test_the_summary_counts_a_size_run_more_than_once_with_the_mean_of_its_runs():
+    def report(size, tpot, floor):
+        return {"model": "Qwen3-8B", "tensor_parallel_size": size, "floor_ms_per_token": floor, "cuda_graphs": True,
+                "prompt_len": 128, "new_tokens": 128,
+                "mili": {"tpot_ms": tpot, "ttft_ms": 2 * tpot, "times_floor": tpot / floor}}
+
+    rows = tensor_parallel_summary.latency_rows([report(2, 2.5, 2.0), report(1, 4.0, 3.9), report(2, 2.3, 2.2),
+                                                 report(1, 4.2, 4.1)])
+    assert [(r["tensor_parallel_size"], r["runs_tpot_ms"]) for r in rows] == [(1, [4.0, 4.2]), (2, [2.5, 2.3])]
+    one, two = rows
+    assert two["tpot_ms"] == pytest.approx(2.4) and two["ttft_ms"] == pytest.approx(4.8)
+    assert two["times_floor"] == pytest.approx(2.4 / 2.1), "against the mean of the runs' floors"
+    ratio = tensor_parallel_summary.speedups(rows)["Qwen3-8B"]["tp2_over_tp1"]
+    assert ratio["time_ratio"] == pytest.approx(2.4 / 4.1), "the target is judged on the means, not on one run"
+
+
 def test_the_summary_sets_each_speed_up_against_the_floors():
     def row(model, size, tpot, floor):
         return {"model": model, "tensor_parallel_size": size, "tpot_ms": tpot, "floor_ms_per_token": floor}

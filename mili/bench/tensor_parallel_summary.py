@@ -4,7 +4,8 @@ Reads the reports `mili bench latency|throughput --json` wrote into a folder as
 `tp-latency-*.json` and `tp-throughput-*.json`, and writes `tp-summary-CARD.json` and
 `tp-CARD.png` there. For each model measured at more than one size, the speed-up of batch-1
 decode over TP=1 (or the smallest size measured) is set against the ideal one, the ratio of
-the groups' weight-read floors.
+the groups' weight-read floors. A size measured more than once (the script's rounds, each run a
+new group of processes, whose times differ by a few percent) counts with the mean of its runs.
 
     python -m mili.bench.tensor_parallel_summary OUT
 """
@@ -24,6 +25,20 @@ def latency_row(report: dict) -> dict:
             "floor_ms_per_token": report["floor_ms_per_token"], "times_floor": report["mili"]["times_floor"],
             "cuda_graphs": report["cuda_graphs"], "prompt_len": report["prompt_len"],
             "new_tokens": report["new_tokens"]}
+
+
+def latency_rows(reports: list[dict]) -> list[dict]:
+    """One row per model and size, in that order: a size's only run, or the mean of its runs
+    (time per token, time to the first token and floor; `runs_tpot_ms` lists them)."""
+    runs_of = {}
+    for row in map(latency_row, reports):
+        runs_of.setdefault((row["model"], row["tensor_parallel_size"]), []).append(row)
+    rows = []
+    for _, runs in sorted(runs_of.items()):
+        means = {key: sum(run[key] for run in runs) / len(runs) for key in ("tpot_ms", "ttft_ms", "floor_ms_per_token")}
+        rows.append({**runs[0], **means, "times_floor": means["tpot_ms"] / means["floor_ms_per_token"],
+                     "runs_tpot_ms": [run["tpot_ms"] for run in runs]})
+    return rows
 
 
 def throughput_row(report: dict) -> dict:
@@ -58,7 +73,7 @@ def summarize(folder: Path) -> dict:
     reports = latency_reports + throughput_reports
     if not reports:
         raise FileNotFoundError(f"no tp-latency-*.json or tp-throughput-*.json in {folder}")
-    latency = sorted(map(latency_row, latency_reports), key=lambda r: (r["model"], r["tensor_parallel_size"]))
+    latency = latency_rows(latency_reports)
     throughput = sorted(map(throughput_row, throughput_reports), key=lambda r: (r["model"], r["tensor_parallel_size"]))
     return {"environment": reports[0]["environment"], "latency": latency, "throughput": throughput,
             "decode_speedup": speedups(latency)}
