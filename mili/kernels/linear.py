@@ -144,10 +144,10 @@ def _is_single_row(x: Tensor, weight: Tensor) -> bool:
 
 def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | None = None,
                  norm_weight: Tensor | None = None, eps: float = 0.0, output: str = "plain",
-                 site: SumSite | None = None, empties: bool = False) -> tuple[Tensor, Tensor | None]:
+                 site: SumSite | None = None) -> tuple[Tensor, Tensor | None]:
     """y [1, N] = weight · (x transformed as `input_kind` says), written as `output` says, and the
     new residual row when there is one (see _gemv_kernel). `site`: where "push" writes y (then
-    nothing is returned as y but x), or with `empties` the site this GEMV empties."""
+    nothing is returned as y but x); with any other output, the site this GEMV empties."""
     n, k = weight.shape
     if output == "silu_and_mul":
         n //= 2
@@ -161,6 +161,7 @@ def _launch_gemv(x: Tensor, weight: Tensor, input_kind: str, residual: Tensor | 
     else:
         sums = (site.addresses, site.site)
         ranks = site.ranks
+    empties = site is not None and output != "push"
     block_h = triton.next_power_of_2(k) if norms else 1
     if x.device.type == "cuda":
         _gemv_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
@@ -180,7 +181,7 @@ def linear(x: Tensor, weight: Tensor, empties: SumSite | None = None) -> Tensor:
         _check_empties(x, weight, empties, "linear")
     elif not _is_single_row(x, weight):
         return F.linear(x, weight)
-    return _launch_gemv(x, weight, "plain", site=empties, empties=empties is not None)[0]
+    return _launch_gemv(x, weight, "plain", site=empties)[0]
 
 
 def linear_silu_and_mul(x: Tensor, weight: Tensor, empties: SumSite | None = None) -> Tensor:
@@ -192,7 +193,7 @@ def linear_silu_and_mul(x: Tensor, weight: Tensor, empties: SumSite | None = Non
                          f"and device, got x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
     if empties is not None:
         _check_empties(x, weight, empties, "linear_silu_and_mul")
-    return _launch_gemv(x, weight, "plain", output="silu_and_mul", site=empties, empties=empties is not None)[0]
+    return _launch_gemv(x, weight, "plain", output="silu_and_mul", site=empties)[0]
 
 
 def _check_empties(x: Tensor, weight: Tensor, site: SumSite, name: str) -> None:
