@@ -63,6 +63,7 @@ from mili.kernels.pushed_sums import (
     empty_site,
     every_buffer,
     push_to_site,
+    rank_constexprs,
     site_sum,
 )
 from mili.model.parallel import set_fast_all_reduce
@@ -153,9 +154,8 @@ class OneShotAllReduce:
     def launch(self, t: Tensor, out: Tensor, phases: int) -> None:
         programs = min(triton.cdiv(t.numel(), BLOCK), MAX_PROGRAMS)
         _one_shot_all_reduce_kernel[(programs,)](t, out, self.buffers, self.slot_bits, t.numel(), self.region,
-                                                 self.timeout_ns, RANK=self.rank, WORLD=self.world,
-                                                 SENDERS=triton.next_power_of_2(self.world), BLOCK=BLOCK,
-                                                 MAX_PROGRAMS=MAX_PROGRAMS, PHASES=phases,
+                                                 self.timeout_ns, **rank_constexprs(self.rank, self.world),
+                                                 BLOCK=BLOCK, MAX_PROGRAMS=MAX_PROGRAMS, PHASES=phases,
                                                  WATCHDOG=t.device.type == "cuda", num_warps=4,
                                                  **dependent_launch_options(t.device))
 

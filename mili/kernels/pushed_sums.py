@@ -112,9 +112,14 @@ class SumSite:
 
     @property
     def ranks(self) -> dict:
-        """The constexprs of a kernel that pushes to or sums at the site: RANK, WORLD and SENDERS
-        (WORLD rounded up to a power of two, the rows of a block that holds every rank's part)."""
-        return {"RANK": self.rank, "WORLD": self.world, "SENDERS": triton.next_power_of_2(self.world)}
+        """The constexprs of a kernel that pushes to or sums at the site (`rank_constexprs`)."""
+        return rank_constexprs(self.rank, self.world)
+
+
+def rank_constexprs(rank: int, world: int) -> dict:
+    """The constexprs of a kernel that pushes to or sums over every rank's buffer: RANK, WORLD and
+    SENDERS (WORLD rounded up to a power of two, the rows of a block that holds every rank's part)."""
+    return {"RANK": rank, "WORLD": world, "SENDERS": triton.next_power_of_2(world)}
 
 
 @triton.jit
