@@ -1,36 +1,85 @@
-"""benchmarks/probes/gemv_pins.py: pinning the batch-1 GEMV's launch configuration per shape, through
-the autotuner's own pruning hook, as Triton calls it."""
+"""The batch-1 GEMV's configurations pinned per card and shape (mili/kernels/linear.py's GEMV_PINS),
+and benchmarks/probes/gemv_pins.py, which pins more from the environment: both through the
+autotuner's own pruning hook, as Triton calls it."""
 
 from __future__ import annotations
 
 from importlib import import_module
 
 import pytest
+import torch
 
 from benchmarks.probes.gemv_pins import parse_pins, pin
+from mili.config import preset
 
 linear = import_module("mili.kernels.linear")  # the module; mili.kernels.linear is also its function's name
+
+H200 = "NVIDIA H200"
 
 
 def _launch(config) -> tuple[int, int, int, int]:
     return config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps, config.num_stages
 
 
-def test_a_pinned_shape_is_timed_in_its_pinned_configuration_only(monkeypatch):
-    pins = parse_pins("3072x4096:plain,empties=2,1024,4,3; 4096x2048:push=8,1024,2,3;")
-    assert pins == {(3072, 4096, "plain", True): (2, 1024, 4, 3), (4096, 2048, "push", False): (8, 1024, 2, 3)}
+def _kept(monkeypatch, card: str, n: int, k: int, input_kind="plain", output="plain", empties=False):
+    """The configurations the GEMV's autotuner would time for this shape, on a card of this name."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: card)
     tuner = linear._gemv_tuned
-    monkeypatch.setattr(tuner, "early_config_prune", None)
+    monkeypatch.setattr(tuner, "nargs", {"N": n, "K": k, "x_ptr": torch.empty(1)}, raising=False)
+    return [_launch(c) for c in tuner.prune_configs({"INPUT": input_kind, "OUTPUT": output, "EMPTIES": empties})]
+
+
+def test_every_pin_is_one_of_the_autotuners_configurations():
+    known = {_launch(c) for c in linear.GEMV_CONFIGS}
+    for card, pins in linear.GEMV_PINS.items():
+        for shape, launch in pins.items():
+            assert launch in known, f"{card} pins {shape} to {launch}, which GEMV_CONFIGS lacks: it would fail at launch"
+
+
+def test_the_h200_pins_are_the_qwen3_8b_tensor_parallel_step_gemvs():
+    """The pins are keyed as the autotuner keys a launch: for silu_and_mul N is the rows of one half,
+    and the GEMVs that follow a summing norm empty its site. A change to Qwen3-8B's shapes at TP=2 or
+    to how the step launches them leaves a pin that nothing uses: this test names it."""
+    config = preset("Qwen3-8B")
+    tp, hidden, head = 2, config.hidden_size, config.head_dim
+    step = {
+        (head * (config.num_attention_heads + 2 * config.num_key_value_heads) // tp, hidden, "plain", "plain", True),
+        (hidden, head * config.num_attention_heads // tp, "plain", "push", False),
+        (config.intermediate_size // tp, hidden, "plain", "silu_and_mul", True),
+        (hidden, config.intermediate_size // tp, "plain", "push", False),
+    }
+    assert set(linear.GEMV_PINS[H200]) == step
+
+
+def test_a_pinned_shape_is_launched_in_its_pin_on_its_card_only(monkeypatch):
+    monkeypatch.setattr(linear._gemv_tuned, "early_config_prune", linear.keep_pinned(linear.card_pins))
+    (shape, launch), *_ = linear.GEMV_PINS[H200].items()
+    n, k, input_kind, output, empties = shape
+    assert _kept(monkeypatch, H200, n, k, input_kind, output, empties) == [launch], \
+        "a pinned shape must be launched in its pin and nothing else: one configuration is not timed"
+    everything = [_launch(c) for c in linear.GEMV_CONFIGS]
+    assert _kept(monkeypatch, "NVIDIA H100 80GB HBM3", n, k, input_kind, output, empties) == everything, \
+        "another card's GEMV must be autotuned over every configuration"
+    assert _kept(monkeypatch, H200, n, k, "rms_norm", output, empties) == everything, \
+        "a shape that differs in any part of the key (here what it multiplies) is not the pinned one"
+
+
+def test_pins_from_the_environment_add_to_the_cards(monkeypatch):
+    monkeypatch.setattr(linear._gemv_tuned, "early_config_prune", None)
+    pins = parse_pins("3072x4096:plain,empties=8,1024,4,3; 4096x4096:plain,input=rms_norm=8,1024,2,3;")
+    assert pins == {(3072, 4096, "plain", "plain", True): (8, 1024, 4, 3),
+                    (4096, 4096, "rms_norm", "plain", False): (8, 1024, 2, 3)}
     pin(pins)
-    monkeypatch.setattr(tuner, "nargs", {"N": 3072, "K": 4096}, raising=False)
-    kept = tuner.prune_configs({"INPUT": "plain", "OUTPUT": "plain", "EMPTIES": True})
-    assert [_launch(c) for c in kept] == [(2, 1024, 4, 3)], "a pinned shape must time its pin and nothing else"
-    kept = tuner.prune_configs({"INPUT": "plain", "OUTPUT": "plain", "EMPTIES": False})
-    assert len(kept) == len(linear.GEMV_CONFIGS), "a shape without a pin (this one does not empty) is autotuned as usual"
+    assert _kept(monkeypatch, H200, 3072, 4096, empties=True) == [(8, 1024, 4, 3)], "the environment's pin wins"
+    assert _kept(monkeypatch, "any card", 4096, 4096, "rms_norm") == [(8, 1024, 2, 3)]
+    assert _kept(monkeypatch, H200, 4096, 2048, output="push") == [linear.GEMV_PINS[H200][(4096, 2048, "plain", "push", False)]], \
+        "the card's pins for the shapes the environment does not name stay"
+    assert len(_kept(monkeypatch, "any card", 4096, 2048, output="push")) == len(linear.GEMV_CONFIGS)
 
 
 @pytest.mark.parametrize("text", ["3072x4096:plain=2,1024,4", "3072x4096:gather=2,1024,4,3", "3072:plain=2,1024,4,3",
-                                  "3072x4096:push,clears=2,1024,4,3"])
+                                  "3072x4096:push,clears=2,1024,4,3", "3072x4096:plain,input=silu=2,1024,4,3",
+                                  "3072x4096:plain,empties,empties=2,1024,4,3"])
 def test_a_malformed_pin_names_the_syntax(text):
     with pytest.raises(ValueError, match="NxK:OUTPUT"):
         parse_pins(text)
@@ -39,5 +88,5 @@ def test_a_malformed_pin_names_the_syntax(text):
 def test_a_pin_outside_the_autotuners_configurations_is_refused(monkeypatch):
     monkeypatch.setattr(linear._gemv_tuned, "early_config_prune", None)
     with pytest.raises(ValueError, match="GEMV_CONFIGS"):
-        pin({(3072, 4096, "plain", False): (3, 3, 3, 3)})
+        pin({(3072, 4096, "plain", "plain", False): (3, 3, 3, 3)})
     assert linear._gemv_tuned.early_config_prune is None

@@ -22,6 +22,8 @@ parallelism `linear_to_sum` pushes a row-parallel product's part to every rank, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -134,7 +136,45 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_w,
 GEMV_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
                 for n, k, w, s in ((2, 512, 2, 1), (2, 512, 2, 2), (2, 1024, 4, 1), (2, 1024, 4, 3), (8, 1024, 2, 3),
                                    (4, 2048, 4, 1), (1, 2048, 8, 1), (8, 512, 4, 1), (8, 1024, 4, 3), (1, 1024, 2, 3))]
-_gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "INPUT", "OUTPUT", "EMPTIES"])(_gemv_kernel)
+GemvShape = tuple[int, int, str, str, bool]  # the autotuner's key without the dtypes: N, K, INPUT, OUTPUT, EMPTIES
+GemvLaunch = tuple[int, int, int, int]  # BLOCK_N, BLOCK_K, num_warps, num_stages: one of GEMV_CONFIGS
+
+# Shapes whose configuration is fixed per card instead of autotuned. The autotuner times each GEMV
+# on its own at warm-up, on each rank, and picks among configurations within its timer's noise;
+# in the step (CUDA graph, dependent launches, pushes) two such picks differ. Qwen3-8B at TP=2 on
+# two H200s: runs fell in two groups, 2.37 and 2.42-2.47 ms a token, and pinning the picks of a
+# fast run made every run 2.373-2.374 (benchmarks/tp-gemv-pins-ab-h200/).
+GEMV_PINS: dict[str, dict[GemvShape, GemvLaunch]] = {
+    "NVIDIA H200": {
+        (3072, 4096, "plain", "plain", True): (2, 1024, 4, 3),  # q, k, v of 8B at TP=2, emptying the site
+        (4096, 2048, "plain", "push", False): (2, 512, 2, 2),  # o of 8B at TP=2
+        (6144, 4096, "plain", "silu_and_mul", True): (8, 512, 4, 1),  # gate_up of 8B at TP=2
+        (4096, 6144, "plain", "push", False): (8, 1024, 4, 3),  # down of 8B at TP=2
+    },
+}
+
+
+def card_pins(device: torch.device) -> dict[GemvShape, GemvLaunch]:
+    """GEMV_PINS's pins for the card `device` is (by its name), none for a card it lacks."""
+    return GEMV_PINS.get(torch.cuda.get_device_name(device), {})
+
+
+def keep_pinned(pins_of: Callable[[torch.device], dict[GemvShape, GemvLaunch]]) -> Callable:
+    """The autotuner's early pruning hook that leaves a pinned shape only its pinned configuration
+    (one configuration is launched untimed), and every other shape all of GEMV_CONFIGS.
+    pins_of(device): the pins for the card that x is on."""
+    configs_by_launch = {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages): c for c in GEMV_CONFIGS}
+
+    def prune(configs, named_args, **kwargs):
+        shape = (named_args["N"], named_args["K"], kwargs["INPUT"], kwargs["OUTPUT"], kwargs["EMPTIES"])
+        launch = pins_of(named_args["x_ptr"].device).get(shape)
+        return configs if launch is None else [configs_by_launch[launch]]
+
+    return prune
+
+
+_gemv_tuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "INPUT", "OUTPUT", "EMPTIES"],
+                              prune_configs_by={"early_config_prune": keep_pinned(card_pins)})(_gemv_kernel)
 
 
 def _is_single_row(x: Tensor, weight: Tensor) -> bool:
