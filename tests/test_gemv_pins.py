@@ -90,3 +90,19 @@ def test_a_pin_outside_the_autotuners_configurations_is_refused(monkeypatch):
     with pytest.raises(ValueError, match="GEMV_CONFIGS"):
         pin({(3072, 4096, "plain", "plain", False): (3, 3, 3, 3)})
     assert linear._gemv_tuned.early_config_prune is None
+
+
+def test_the_picks_a_run_printed_become_pins_that_read_back():
+    from pathlib import Path
+
+    from benchmarks.probes.gemv_pins import format_pins, picks_in_log
+
+    log = Path(__file__).parents[1] / "benchmarks" / "tp-gemv-empties-ab-h200" / "autotune-choices" / "run-3.log"
+    picks = picks_in_log(log.read_text())
+    assert set(picks) == set(linear.GEMV_PINS[H200]), "the log is of the 8B TP=2 step: its four GEMVs"
+    assert all(len(launches) == 2 for launches in picks.values()), "each of the two ranks printed one pick a shape"
+    assert picks[(4096, 2048, "plain", "push", False)] == [(2, 512, 2, 1), (8, 1024, 2, 3)]
+    first = {shape: launches[0] for shape, launches in picks.items()}
+    assert parse_pins(format_pins(first)) == first
+    with_input = {(4096, 4096, "rms_norm", "plain", False): (8, 1024, 2, 3)}
+    assert parse_pins(format_pins(with_input)) == with_input

@@ -16,11 +16,19 @@ it multiplies, "plain" unless said), and one of GEMV_CONFIGS. The card's own pin
 environment names another shape. gemv_pins_site/ holds a sitecustomize.py that applies
 MILI_GEMV_PINS in every Python process started with that folder on PYTHONPATH, the worker ranks
 included (it hides any other sitecustomize of the environment).
+
+    python3 -m benchmarks.probes.gemv_pins LOG
+
+prints, in that syntax, the picks a run printed with TRITON_PRINT_AUTOTUNING=1 (the first printed
+for each shape: with several ranks, the log does not say whose it is).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
+from pathlib import Path
 
 from mili.kernels.linear import (
     GEMV_CONFIGS,
@@ -33,6 +41,8 @@ from mili.kernels.linear import (
 
 INPUTS = ("plain", "rms_norm", "add_rms_norm")
 OUTPUTS = ("plain", "silu_and_mul", "push")
+PICK = re.compile(r"with key as \((\d+), (\d+), '(\w+)', '(\w+)', (True|False),.*?\n.*?\nbest config selected: "
+                  r"BLOCK_N: (\d+), BLOCK_K: (\d+), num_warps: (\d+), num_ctas: \d+, num_stages: (\d+)")
 
 
 def parse_pins(text: str) -> dict[GemvShape, GemvLaunch]:
@@ -70,3 +80,28 @@ def pin(pins: dict[GemvShape, GemvLaunch]) -> None:
 def pin_from_environment() -> None:
     if os.environ.get("MILI_GEMV_PINS"):
         pin(parse_pins(os.environ["MILI_GEMV_PINS"]))
+
+
+def picks_in_log(text: str) -> dict[GemvShape, list[GemvLaunch]]:
+    """The GEMV autotuner's picks that TRITON_PRINT_AUTOTUNING=1 printed, by shape, in the order
+    printed (one a rank, for the shapes the ranks tuned)."""
+    picks = {}
+    for n, k, input_kind, output, empties, *launch in PICK.findall(text):
+        picks.setdefault((int(n), int(k), input_kind, output, empties == "True"), []).append(tuple(map(int, launch)))
+    return picks
+
+
+def format_pins(pins: dict[GemvShape, GemvLaunch]) -> str:
+    """The pins in MILI_GEMV_PINS's syntax (parse_pins reads them back)."""
+    def shape(n, k, input_kind, output, empties):
+        return f"{n}x{k}:{output}" + (",empties" if empties else "") + ("" if input_kind == "plain" else f",input={input_kind}")
+    return ";".join(f"{shape(*key)}={','.join(map(str, launch))}" for key, launch in pins.items())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python3 -m benchmarks.probes.gemv_pins LOG  (a run's output with TRITON_PRINT_AUTOTUNING=1)")
+    picks = picks_in_log(Path(sys.argv[1]).read_text())
+    if not picks:
+        sys.exit(f"{sys.argv[1]}: no GEMV picks printed (was TRITON_PRINT_AUTOTUNING=1 set?)")
+    print(format_pins({shape: launches[0] for shape, launches in picks.items()}))
