@@ -36,19 +36,23 @@ def test_every_pin_is_one_of_the_autotuners_configurations():
             assert launch in known, f"{card} pins {shape} to {launch}, which GEMV_CONFIGS lacks: it would fail at launch"
 
 
-def test_the_h200_pins_are_the_qwen3_8b_tensor_parallel_step_gemvs():
-    """The pins are keyed as the autotuner keys a launch: for silu_and_mul N is the rows of one half,
-    and the GEMVs that follow a summing norm empty its site. A change to Qwen3-8B's shapes at TP=2 or
-    to how the step launches them leaves a pin that nothing uses: this test names it."""
+def _qwen3_8b_step_gemvs(tp: int) -> set:
+    """The four GEMVs of Qwen3-8B's batch-1 step on a rank of `tp`, keyed as the autotuner keys them:
+    for silu_and_mul N is the rows of one half, and the GEMVs after a summing norm empty its site."""
     config = preset("Qwen3-8B")
-    tp, hidden, head = 2, config.hidden_size, config.head_dim
-    step = {
+    hidden, head = config.hidden_size, config.head_dim
+    return {
         (head * (config.num_attention_heads + 2 * config.num_key_value_heads) // tp, hidden, "plain", "plain", True),
         (hidden, head * config.num_attention_heads // tp, "plain", "push", False),
         (config.intermediate_size // tp, hidden, "plain", "silu_and_mul", True),
         (hidden, config.intermediate_size // tp, "plain", "push", False),
     }
-    assert set(linear.GEMV_PINS[H200]) == step
+
+
+def test_the_h200_pins_are_the_qwen3_8b_tensor_parallel_step_gemvs():
+    """A change to Qwen3-8B's shapes or to how the step launches them would leave pins that nothing
+    uses, and the shapes they were measured for autotuned again: this test names them."""
+    assert set(linear.GEMV_PINS[H200]) == _qwen3_8b_step_gemvs(2) | _qwen3_8b_step_gemvs(4)
 
 
 def test_a_pinned_shape_is_launched_in_its_pin_on_its_card_only(monkeypatch):
@@ -95,14 +99,19 @@ def test_a_pin_outside_the_autotuners_configurations_is_refused(monkeypatch):
 def test_the_picks_a_run_printed_become_pins_that_read_back():
     from pathlib import Path
 
-    from benchmarks.probes.gemv_pins import format_pins, picks_in_log
+    from benchmarks.probes.gemv_pins import first_picks, format_pins, picks_in_log
 
     log = Path(__file__).parents[1] / "benchmarks" / "tp-gemv-empties-ab-h200" / "autotune-choices" / "run-3.log"
     picks = picks_in_log(log.read_text())
-    assert set(picks) == set(linear.GEMV_PINS[H200]), "the log is of the 8B TP=2 step: its four GEMVs"
+    assert set(picks) == _qwen3_8b_step_gemvs(2), "the log is of the 8B TP=2 step: its four GEMVs"
     assert all(len(launches) == 2 for launches in picks.values()), "each of the two ranks printed one pick a shape"
     assert picks[(4096, 2048, "plain", "push", False)] == [(2, 512, 2, 1), (8, 1024, 2, 3)]
-    first = {shape: launches[0] for shape, launches in picks.items()}
+    first = first_picks(picks)
+    assert first[(4096, 2048, "plain", "push", False)] == (2, 512, 2, 1)
     assert parse_pins(format_pins(first)) == first
+    unlike = first_picks(picks, unlike=first)
+    assert unlike[(4096, 2048, "plain", "push", False)] == (8, 1024, 2, 3), "the other rank's pick, unlike the first"
+    assert unlike[(3072, 4096, "plain", "plain", True)] == first[(3072, 4096, "plain", "plain", True)], \
+        "where every rank picked alike there is nothing else to take"
     with_input = {(4096, 4096, "rms_norm", "plain", False): (8, 1024, 2, 3)}
     assert parse_pins(format_pins(with_input)) == with_input

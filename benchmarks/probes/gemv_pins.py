@@ -17,10 +17,11 @@ environment names another shape. gemv_pins_site/ holds a sitecustomize.py that a
 MILI_GEMV_PINS in every Python process started with that folder on PYTHONPATH, the worker ranks
 included (it hides any other sitecustomize of the environment).
 
-    python3 -m benchmarks.probes.gemv_pins LOG
+    python3 -m benchmarks.probes.gemv_pins LOG [UNLIKE]
 
-prints, in that syntax, the picks a run printed with TRITON_PRINT_AUTOTUNING=1 (the first printed
-for each shape: with several ranks, the log does not say whose it is).
+prints, in that syntax, the picks a run printed with TRITON_PRINT_AUTOTUNING=1: for each shape
+the first printed (with several ranks, the log does not say whose it is), or with UNLIKE (pins in
+that syntax, e.g. another run's picks) the first that differs from UNLIKE's, where one does.
 """
 
 from __future__ import annotations
@@ -98,10 +99,19 @@ def format_pins(pins: dict[GemvShape, GemvLaunch]) -> str:
     return ";".join(f"{shape(*key)}={','.join(map(str, launch))}" for key, launch in pins.items())
 
 
+def first_picks(picks: dict[GemvShape, list[GemvLaunch]], unlike: dict[GemvShape, GemvLaunch] | None = None
+                ) -> dict[GemvShape, GemvLaunch]:
+    """One pick a shape: the first printed, or the first that differs from `unlike`'s where one does."""
+    unlike = unlike or {}
+    return {shape: next((launch for launch in launches if launch != unlike.get(shape)), launches[0])
+            for shape, launches in picks.items()}
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python3 -m benchmarks.probes.gemv_pins LOG  (a run's output with TRITON_PRINT_AUTOTUNING=1)")
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python3 -m benchmarks.probes.gemv_pins LOG [UNLIKE]  (LOG: a run's output with "
+                 "TRITON_PRINT_AUTOTUNING=1; UNLIKE: pins to differ from where the log allows)")
     picks = picks_in_log(Path(sys.argv[1]).read_text())
     if not picks:
         sys.exit(f"{sys.argv[1]}: no GEMV picks printed (was TRITON_PRINT_AUTOTUNING=1 set?)")
-    print(format_pins({shape: launches[0] for shape, launches in picks.items()}))
+    print(format_pins(first_picks(picks, parse_pins(sys.argv[2]) if len(sys.argv) == 3 else None)))

@@ -2,7 +2,8 @@
 # Do the GEMV autotuner's picks decide how long a tensor-parallel batch-1 run takes? RUNS (4)
 # autotuned runs of MODEL (Qwen3-8B) at TP (4), each printing its picks (TRITON_PRINT_AUTOTUNING=1),
 # then ROUNDS (3) rounds of two runs with every rank pinned (gemv_pins.py): to the picks of the
-# fastest autotuned run, and to the slowest's (the first printed for each shape). TP=1 once first,
+# fastest autotuned run (the first printed for each shape), and to the slowest's (for each shape
+# the first that differs from the fast ones, where any rank's does). TP=1 once first,
 # for the ratio. Batch-1 latency, prompt 128, 128 new tokens, median of 3; each run a new group of
 # processes; the pins in pins.txt. Shapes that linear.GEMV_PINS pins for the card are not tuned.
 #   TP=4 bash benchmarks/probes/tp_pick_groups.sh OUT
@@ -27,7 +28,7 @@ mapfile -t ranked < <(python3 -c 'import json, sys; print(*sorted(sys.argv[1:], 
 (( ${#ranked[@]} )) || { echo "no autotuned run finished"; exit 1; }
 fastest=${ranked[0]} slowest=${ranked[-1]}
 fast=$(python3 -m benchmarks.probes.gemv_pins "${fastest%.json}.log") || exit 1
-slow=$(python3 -m benchmarks.probes.gemv_pins "${slowest%.json}.log") || exit 1
+slow=$(python3 -m benchmarks.probes.gemv_pins "${slowest%.json}.log" "$fast") || exit 1
 printf 'fast (%s): %s\nslow (%s): %s\n' "${fastest##*/}" "$fast" "${slowest##*/}" "$slow" | tee "$out/pins.txt"
 for round in $(seq "${ROUNDS:-3}"); do
   latency "$tp" "latency-$slug-tp$tp-fast-picks-$round" MILI_GEMV_PINS="$fast"

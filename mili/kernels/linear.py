@@ -5,7 +5,7 @@ two flops, so the product is bound by reading W, and all that matters is streami
 memory's full rate. cuBLAS's GEMM kernels are built for many rows; at one row and the small
 shapes of Qwen3-0.6B they reach 0.9-2.5 TB/s on an H100, and for some shapes they split K and
 add a second, reducing kernel. This kernel gives each program a few whole rows of W (1 to 8,
-autotuned per shape over GEMV_CONFIGS) and walks along K, so the loads of every SM are long
+autotuned per shape over GEMV_CONFIGS, or pinned per card in GEMV_PINS) and walks along K, so the loads of every SM are long
 and contiguous: 1.7-3.2 TB/s on the same shapes (benchmarks/gemv-probe-h100.json, each product
 timed back to back, so part of a small weight may be served from L2). In the engine it took the
 batch-1 decode step of Qwen3-0.6B from 1.35 to 1.21 ms on an H100
@@ -143,13 +143,18 @@ GemvLaunch = tuple[int, int, int, int]  # BLOCK_N, BLOCK_K, num_warps, num_stage
 # on its own at warm-up, on each rank, and picks among configurations within its timer's noise;
 # in the step (CUDA graph, dependent launches, pushes) two such picks differ. Qwen3-8B at TP=2 on
 # two H200s: runs fell in two groups, 2.37 and 2.42-2.47 ms a token, and pinning the picks of a
-# fast run made every run 2.373-2.374 (benchmarks/tp-gemv-pins-ab-h200/).
+# fast run made every run 2.373-2.374 (benchmarks/tp-gemv-pins-ab-h200/); at TP=4 on four,
+# autotuned runs took 1.587-1.670 ms and pinned ones 1.583-1.587 (benchmarks/tp-gemv-pins-tp4-h200/).
 GEMV_PINS: dict[str, dict[GemvShape, GemvLaunch]] = {
     "NVIDIA H200": {
         (3072, 4096, "plain", "plain", True): (2, 1024, 4, 3),  # q, k, v of 8B at TP=2, emptying the site
         (4096, 2048, "plain", "push", False): (2, 512, 2, 2),  # o of 8B at TP=2
         (6144, 4096, "plain", "silu_and_mul", True): (8, 512, 4, 1),  # gate_up of 8B at TP=2
         (4096, 6144, "plain", "push", False): (8, 1024, 4, 3),  # down of 8B at TP=2
+        (1536, 4096, "plain", "plain", True): (2, 1024, 4, 3),  # q, k, v of 8B at TP=4
+        (4096, 1024, "plain", "push", False): (8, 512, 4, 1),  # o of 8B at TP=4
+        (3072, 4096, "plain", "silu_and_mul", True): (1, 2048, 8, 1),  # gate_up of 8B at TP=4
+        (4096, 3072, "plain", "push", False): (2, 512, 2, 1),  # down of 8B at TP=4
     },
 }
 
