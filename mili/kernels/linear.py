@@ -166,7 +166,7 @@ def card_pins(device: torch.device) -> dict[GemvShape, GemvLaunch]:
 
 def keep_pinned(pins_of: Callable[[torch.device], dict[GemvShape, GemvLaunch]]) -> Callable:
     """The autotuner's early pruning hook that leaves a pinned shape only its pinned configuration
-    (one configuration is launched untimed), and every other shape all of GEMV_CONFIGS.
+    (nothing left to choose between), and every other shape all of GEMV_CONFIGS.
     pins_of(device): the pins for the card that x is on."""
     configs_by_launch = {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages): c for c in GEMV_CONFIGS}
 
