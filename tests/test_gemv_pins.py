@@ -115,3 +115,23 @@ def test_the_picks_a_run_printed_become_pins_that_read_back():
         "where every rank picked alike there is nothing else to take"
     with_input = {(4096, 4096, "rms_norm", "plain", False): (8, 1024, 2, 3)}
     assert parse_pins(format_pins(with_input)) == with_input
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_cards_pins_are_found_by_its_name_and_a_pin_is_what_launches(monkeypatch):
+    """The card's name as CUDA reports it is GEMV_PINS's key; and Triton's own autotuner, as installed,
+    launches a pinned shape in its pin and computes the product with it."""
+    card = torch.cuda.get_device_name()
+    tuner = linear._gemv_tuned
+    x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
+    for (n, k, input_kind, output, empties), launch in linear.GEMV_PINS.get(card, {}).items():
+        monkeypatch.setattr(tuner, "nargs", {"N": n, "K": k, "x_ptr": x}, raising=False)
+        kept = tuner.prune_configs({"INPUT": input_kind, "OUTPUT": output, "EMPTIES": empties})
+        assert [_launch(c) for c in kept] == [launch], f"{card}'s pin for {(n, k, output)} is not applied"
+    monkeypatch.setattr(tuner, "nargs", None, raising=False)
+    monkeypatch.setattr(tuner, "early_config_prune", tuner.early_config_prune)
+    pin({(96, 1024, "plain", "plain", False): (8, 512, 4, 1)})
+    weight = torch.randn(96, 1024, device="cuda", dtype=torch.bfloat16)
+    y = linear.linear(x, weight)
+    assert _launch(tuner.best_config) == (8, 512, 4, 1), "the pinned configuration must be the one launched"
+    torch.testing.assert_close(y.float(), x.float() @ weight.float().T, rtol=2e-2, atol=2e-1)
