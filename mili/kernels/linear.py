@@ -8,9 +8,9 @@ add a second, reducing kernel. This kernel gives each program a few whole rows o
 autotuned per shape over GEMV_CONFIGS, or pinned per card and shape in GEMV_PINS) and walks
 along K, so the loads of every SM are long and contiguous: 1.7-3.2 TB/s on the same shapes
 (benchmarks/gemv-probe-h100.json, each product timed back to back, so part of a small weight may
-be served from L2). In the engine it took the batch-1 decode step of Qwen3-0.6B from 1.35 to 1.21 ms on an H100
-(benchmarks/latency-h100-qwen3-0.6b-58bc43a.json and -1d22c47.json). More than one row goes to
-cuBLAS, where the matrix-matrix kernels are the right tool.
+be served from L2). In the engine it took the batch-1 decode step of Qwen3-0.6B from 1.35 to
+1.21 ms on an H100 (benchmarks/latency-h100-qwen3-0.6b-58bc43a.json and -1d22c47.json). More
+than one row goes to cuBLAS, where the matrix-matrix kernels are the right tool.
 Memory: reads N·K elements of W and K of x, writes N.
 
 `rms_norm_linear` is the same kernel with a decoder layer's pre-norm in its input, and for the
