@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import random
 import tempfile
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from mili.bench.environment import environment
 from mili.engine.llm import LLM
 from mili.engine.sampling_params import RequestOutputKind, SamplingParams
 
@@ -69,7 +71,8 @@ def decode_kernels(model: str, steps: int, prompt_len: int, trace: str | None, t
     linears["lm_head"] = _time_linear(shard.lm_head.weight)
     if tensor_parallel_size > 1:
         llm.model.shutdown()
-    return {"device": torch.cuda.get_device_name(), "model": model, "tensor_parallel_size": tensor_parallel_size,
+    return {"environment": environment(mili_pdl=os.environ.get("MILI_PDL", "1")),
+            "device": torch.cuda.get_device_name(), "model": model, "tensor_parallel_size": tensor_parallel_size,
             "steps": steps,
             "kernels_per_step": len(kernels) / steps, "busy_us_per_step": busy, "span_us_per_step": span,
             "kernels": rows, "launch_shapes": shapes, "gemv_configs": gemv_configs(),
@@ -154,7 +157,7 @@ def main() -> None:
     print("\n".join(report["gemv_configs"]))
     print(report["host_profile"])
     for name, r in report["linears_batch1"].items():
-        print(f"linear {name:<22} {str(r['shape']):>16} {r['us']:8.2f} us {r['GB_per_s']:7.0f} GB/s")
+        print(f"linear {name:<22} {r['shape']!s:>16} {r['us']:8.2f} us {r['GB_per_s']:7.0f} GB/s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
