@@ -895,21 +895,22 @@ A kernel trace of rank 0's decode step splits it (`benchmarks/probes/decode_kern
 
 code(r"""
 # NBVAL_IGNORE_OUTPUT
-def kernel_split(path):
+def kernel_split(path, groups):
+    # each group's microseconds per step in a kernel trace (groups: name -> kernel name prefixes), and the rest
     record = json.loads((repo_root() / "benchmarks" / path).read_text())
-    groups = {"GEMVs (the layers' weights)": ("_gemv_kernel",), "LM head": ("nvjet",),
-              "all-reduces": ("_one_shot_all_reduce_kernel",),
-              "small kernels: norms, RoPE, KV store, attention, SiLU": (
-                  "_rms_norm_kernel", "_qk_norm_rope_kernel", "_store_kvcache_kernel", "_paged_decode_split_kernel",
-                  "_combine_splits_kernel", "_silu_and_mul_kernel")}
     split = {group: sum(k["us_per_step"] for k in record["kernels"] if k["name"].startswith(names))
              for group, names in groups.items()}
     kernels = [k for k in record["kernels"] if not k["name"].startswith("nccl:")]  # annotations, not kernels
     split["the rest: sampling, gathering the logits, copies"] = sum(k["us_per_step"] for k in kernels) - sum(split.values())
     return record, split
 
-one, split_one = kernel_split("decode-kernels-h200-qwen3-8b-tp1-pdl-off.json")
-two, split_two = kernel_split("decode-kernels-h200-qwen3-8b-tp2-pdl-off.json")
+then = {"GEMVs (the layers' weights)": ("_gemv_kernel",), "LM head": ("nvjet",),
+        "all-reduces": ("_one_shot_all_reduce_kernel",),
+        "small kernels: norms, RoPE, KV store, attention, SiLU": (
+            "_rms_norm_kernel", "_qk_norm_rope_kernel", "_store_kvcache_kernel", "_paged_decode_split_kernel",
+            "_combine_splits_kernel", "_silu_and_mul_kernel")}
+one, split_one = kernel_split("decode-kernels-h200-qwen3-8b-tp1-pdl-off.json", then)
+two, split_two = kernel_split("decode-kernels-h200-qwen3-8b-tp2-pdl-off.json", then)
 print(f"{one['device']}, {one['model']}, batch 1, rank 0, us per step    TP=1     TP=2   TP=2/TP=1")
 for group in split_one:
     ratio = f"{split_two[group] / split_one[group]:8.2f}" if split_one[group] else "       -"
@@ -1585,6 +1586,46 @@ set: within 0.004 ms of each other, at the best autotuned run's time, where the 
 spread over 0.08 ms. In the slowest, one rank alone took another tiling for the gate_up, and
 the ranks disagreed on the other three shapes, as they did in the faster runs. Those pinned picks
 are now the H200's for TP=4 too.
+""")
+
+md(r"""
+**Where the step's time goes now.** The same kernel trace as at the start of this section (rank 0,
+`MILI_PDL=0`, each kernel's time its own), at the code of these records, on two H200s.
+""")
+
+think(r"""
+No all-reduce kernel is left in the step. Before you run the next cell: which kernels would you
+expect to make up the gap between TP=2 and half of TP=1 now, and would any of them shrink if the
+interconnect were twice as fast?
+""", r"""
+The summing norms: 73 one-program kernels a step that TP=1 does not run at all (its norms are
+inside the GEMVs), each a short chain of memory round trips to wait for and add the parts. The
+GEMVs: each shard is half the bytes in as many launches, with the same ramp-up and tail, so they
+stream at a lower rate. And attention: with half the heads each rank's batch-1 attention kernel
+does half the work, but it is bound by its latency, not its bytes, so it takes about as long.
+Only the summing norms' wait for the parts depends on the interconnect, and a part is one 8 KB
+row, whose time is latency, not bandwidth: a faster link would barely move any of the three.
+""")
+
+code(r"""
+# NBVAL_IGNORE_OUTPUT
+now = {"GEMVs (the layers' weights)": ("_gemv_kernel",), "LM head": ("nvjet",),
+       "summing norms (the sums of the parts)": ("_site_add_rms_norm_kernel", "_embedding_to_sum_kernel"),
+       "attention (new token, merging the splits)": ("_new_token_attention_kernel", "_merge_splits_kernel"),
+       "final norm (at TP=2 a summing norm)": ("_rms_norm_kernel",)}
+one, split_one = kernel_split("tp-step-kernels-h200/decode-kernels-h200-qwen3-8b-tp1-pdl-off.json", now)
+two, split_two = kernel_split("tp-step-kernels-h200/decode-kernels-h200-qwen3-8b-tp2-pdl-off.json", now)
+print(f"{one['device']}, {one['model']}, commit {one['environment']['git_commit']}, rank 0, us per step"
+      f"   TP=1   TP=2   TP=2 - TP=1/2")
+for group in split_one:
+    print(f"  {group:<52} {split_one[group]:6.0f} {split_two[group]:6.0f} {split_two[group] - split_one[group] / 2:+9.0f}")
+total_one, total_two = sum(split_one.values()), sum(split_two.values())
+print(f"  {'all kernels':<52} {total_one:6.0f} {total_two:6.0f} {total_two - total_one / 2:+9.0f}")
+""")
+
+md(r"""
+Three parts of similar size, as predicted: the summing norms, the GEMVs' lower rate, and
+attention. The LM head, one large GEMM, halves as it should.
 """)
 
 md(r"""
