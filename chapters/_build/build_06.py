@@ -1559,8 +1559,8 @@ for arm, label in (("baseline-", "autotuned"), ("", "autotuned again"), ("pinned
 """)
 
 md(r"""
-Pinned, every run takes its picks' time to within a microsecond, and the two sets of picks are
-the two groups. So the engine now fixes those four configurations for the H200
+Pinned, every run takes its picks' time to within 5 µs, and the two sets of picks are the
+two groups. So the engine now fixes those four configurations for the H200
 (`GEMV_PINS` in `mili/kernels/linear.py`, through the autotuner's own pruning hook; shapes and
 cards without a pin are autotuned as before), and the record on four H200s above, two rounds of
 TP=1 and TP=2, is at that code. With four ranks there are four picks a shape to disagree. A later
