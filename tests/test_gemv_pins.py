@@ -17,20 +17,16 @@ linear = import_module("mili.kernels.linear")  # the module; mili.kernels.linear
 H200 = "NVIDIA H200"
 
 
-def _launch(config) -> tuple[int, int, int, int]:
-    return config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps, config.num_stages
-
-
 def _kept(monkeypatch, card: str, n: int, k: int, input_kind="plain", output="plain", empties=False):
     """The configurations the GEMV's autotuner would time for this shape, on a card of this name."""
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: card)
     tuner = linear._gemv_tuned
     monkeypatch.setattr(tuner, "nargs", {"N": n, "K": k, "x_ptr": torch.empty(1)}, raising=False)
-    return [_launch(c) for c in tuner.prune_configs({"INPUT": input_kind, "OUTPUT": output, "EMPTIES": empties})]
+    return [linear.launch_of(c) for c in tuner.prune_configs({"INPUT": input_kind, "OUTPUT": output, "EMPTIES": empties})]
 
 
 def test_every_pin_is_one_of_the_autotuners_configurations():
-    known = {_launch(c) for c in linear.GEMV_CONFIGS}
+    known = {linear.launch_of(c) for c in linear.GEMV_CONFIGS}
     for card, pins in linear.GEMV_PINS.items():
         for shape, launch in pins.items():
             assert launch in known, f"{card} pins {shape} to {launch}, which GEMV_CONFIGS lacks: it would fail at launch"
@@ -61,7 +57,7 @@ def test_a_pinned_shape_is_launched_in_its_pin_on_its_card_only(monkeypatch):
     n, k, input_kind, output, empties = shape
     assert _kept(monkeypatch, H200, n, k, input_kind, output, empties) == [launch], \
         "a pinned shape must be launched in its pin and nothing else"
-    everything = [_launch(c) for c in linear.GEMV_CONFIGS]
+    everything = [linear.launch_of(c) for c in linear.GEMV_CONFIGS]
     assert _kept(monkeypatch, "NVIDIA H100 80GB HBM3", n, k, input_kind, output, empties) == everything, \
         "another card's GEMV must be autotuned over every configuration"
     assert _kept(monkeypatch, H200, n, k, "rms_norm", output, empties) == everything, \
@@ -127,11 +123,11 @@ def test_on_a_gpu_the_cards_pins_are_found_by_its_name_and_a_pin_is_what_launche
     for (n, k, input_kind, output, empties), launch in linear.GEMV_PINS.get(card, {}).items():
         monkeypatch.setattr(tuner, "nargs", {"N": n, "K": k, "x_ptr": x}, raising=False)
         kept = tuner.prune_configs({"INPUT": input_kind, "OUTPUT": output, "EMPTIES": empties})
-        assert [_launch(c) for c in kept] == [launch], f"{card}'s pin for {(n, k, output)} is not applied"
+        assert [linear.launch_of(c) for c in kept] == [launch], f"{card}'s pin for {(n, k, output)} is not applied"
     monkeypatch.setattr(tuner, "nargs", None, raising=False)
     monkeypatch.setattr(tuner, "early_config_prune", tuner.early_config_prune)
     pin({(96, 1024, "plain", "plain", False): (8, 512, 4, 1)})
     weight = torch.randn(96, 1024, device="cuda", dtype=torch.bfloat16)
     y = linear.linear(x, weight)
-    assert _launch(tuner.best_config) == (8, 512, 4, 1), "the pinned configuration must be the one launched"
+    assert linear.launch_of(tuner.best_config) == (8, 512, 4, 1), "the pinned configuration must be the one launched"
     torch.testing.assert_close(y.float(), x.float() @ weight.float().T, rtol=2e-2, atol=2e-1)

@@ -29,7 +29,7 @@ from gemv_probe import replay_us  # the graph-replay timing of the GEMV probe
 
 from mili.bench.environment import environment
 from mili.kernels._triton import dependent_launch_options, triton
-from mili.kernels.linear import GEMV_CONFIGS, _gemv_kernel
+from mili.kernels.linear import GEMV_CONFIGS, _gemv_kernel, launch_of
 
 # (name, N, K): the linear layers of one decoder layer, whole and as one rank's shard at TP=2
 SHAPES = [("8B qkv", 6144, 4096), ("8B o", 4096, 4096), ("8B gate_up", 24576, 4096), ("8B down", 4096, 12288),
@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json")
     args = parser.parse_args()
-    engine = [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) for c in GEMV_CONFIGS]
+    engine = list(map(launch_of, GEMV_CONFIGS))
     grid = sorted(set(GRID) | set(engine))
     report = {"environment": environment(torch.device("cuda")), "repeats": REPEATS, "grid": grid,
               "engine_configs": engine, "rows": []}

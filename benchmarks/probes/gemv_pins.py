@@ -38,6 +38,7 @@ from mili.kernels.linear import (
     _gemv_tuned,
     card_pins,
     keep_pinned,
+    launch_of,
 )
 
 INPUTS = ("plain", "rms_norm", "add_rms_norm")
@@ -71,7 +72,7 @@ def parse_pins(text: str) -> dict[GemvShape, GemvLaunch]:
 def pin(pins: dict[GemvShape, GemvLaunch]) -> None:
     """Make the GEMV's autotuner launch each pinned shape in its pinned configuration only (the
     card's own pins, linear.GEMV_PINS, for the shapes not named here)."""
-    known = {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) for c in GEMV_CONFIGS}
+    known = set(map(launch_of, GEMV_CONFIGS))
     unknown = [launch for launch in pins.values() if launch not in known]
     if unknown:
         raise ValueError(f"MILI_GEMV_PINS: {unknown} not among GEMV_CONFIGS {sorted(known)}")

@@ -139,6 +139,12 @@ GEMV_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_sta
 GemvShape = tuple[int, int, str, str, bool]  # the autotuner's key without the dtypes: N, K, INPUT, OUTPUT, EMPTIES
 GemvLaunch = tuple[int, int, int, int]  # BLOCK_N, BLOCK_K, num_warps, num_stages: one of GEMV_CONFIGS
 
+
+def launch_of(config: triton.Config) -> GemvLaunch:
+    """A GEMV configuration as the GemvLaunch that names it."""
+    return config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps, config.num_stages
+
+
 # Shapes whose configuration is fixed per card instead of autotuned. The autotuner times each GEMV
 # on its own at warm-up, on each rank, and picks among configurations within its timer's noise;
 # in the step (CUDA graph, dependent launches, pushes) two such picks differ. Qwen3-8B at TP=2 on
@@ -168,7 +174,7 @@ def keep_pinned(pins_of: Callable[[torch.device], dict[GemvShape, GemvLaunch]]) 
     """The autotuner's early pruning hook that leaves a pinned shape only its pinned configuration
     (nothing left to choose between), and every other shape all of GEMV_CONFIGS.
     pins_of(device): the pins for the card that x is on."""
-    configs_by_launch = {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages): c for c in GEMV_CONFIGS}
+    configs_by_launch = {launch_of(config): config for config in GEMV_CONFIGS}
 
     def prune(configs, named_args, **kwargs):
         shape = (named_args["N"], named_args["K"], kwargs["INPUT"], kwargs["OUTPUT"], kwargs["EMPTIES"])
